@@ -1,0 +1,490 @@
+//! The native REST API, `/v1/...`: routes, and handlers that turn requests into calls on
+//! the core and its answers into JSON.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::domain::{
+    AssignmentPatch, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain, NewInbox,
+    NewMessage, NewOperator, OperatorPatch, Presence, Principal,
+};
+use crate::http::{ApiError, App, HttpResponse, Req};
+
+/// Every path the API serves. Methods are matched in [`dispatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    WidgetJs,
+    WidgetVisitors,
+    AuthToken,
+    AuthRefresh,
+    Me,
+    MePresence,
+    Operators,
+    Operator,
+    OperatorSessions,
+    Domains,
+    Domain,
+    Inboxes,
+    Inbox,
+    InboxBroadcasts,
+    Assignments,
+    Assignment,
+    Customers,
+    Customer,
+    CustomerSessions,
+    Chats,
+    Chat,
+    ChatTake,
+    ChatFinish,
+    ChatMessages,
+    ChatReceipts,
+}
+
+#[derive(Debug)]
+pub(crate) struct Routes(matchit::Router<Route>);
+
+impl Routes {
+    pub(crate) fn new() -> Self {
+        let table = [
+            ("/v1/health", Route::Health),
+            ("/widget.js", Route::WidgetJs),
+            ("/v1/widget/{key}/visitors", Route::WidgetVisitors),
+            ("/v1/auth/token", Route::AuthToken),
+            ("/v1/auth/refresh", Route::AuthRefresh),
+            ("/v1/me", Route::Me),
+            ("/v1/me/presence", Route::MePresence),
+            ("/v1/operators", Route::Operators),
+            ("/v1/operators/{id}", Route::Operator),
+            ("/v1/operators/{id}/sessions", Route::OperatorSessions),
+            ("/v1/domains", Route::Domains),
+            ("/v1/domains/{id}", Route::Domain),
+            ("/v1/inboxes", Route::Inboxes),
+            ("/v1/inboxes/{id}", Route::Inbox),
+            ("/v1/inboxes/{id}/broadcasts", Route::InboxBroadcasts),
+            ("/v1/assignments", Route::Assignments),
+            ("/v1/assignments/{id}", Route::Assignment),
+            ("/v1/customers", Route::Customers),
+            ("/v1/customers/{id}", Route::Customer),
+            ("/v1/customers/{id}/sessions", Route::CustomerSessions),
+            ("/v1/chats", Route::Chats),
+            ("/v1/chats/{id}", Route::Chat),
+            ("/v1/chats/{id}/take", Route::ChatTake),
+            ("/v1/chats/{id}/finish", Route::ChatFinish),
+            ("/v1/chats/{id}/messages", Route::ChatMessages),
+            ("/v1/chats/{id}/receipts", Route::ChatReceipts),
+        ];
+        let mut router = matchit::Router::new();
+        for (path, route) in table {
+            // The table above is fixed; a clash would fail every test at the first request.
+            if let Err(e) = router.insert(path, route) {
+                panic!("route table is inconsistent at {path}: {e}");
+            }
+        }
+        Routes(router)
+    }
+}
+
+type Reply = Result<HttpResponse, ApiError>;
+
+fn reply(status: StatusCode, body: &impl Serialize) -> Reply {
+    let bytes = serde_json::to_vec(body)
+        .map_err(|e| ApiError::from(crate::domain::Error::Internal(e.to_string())))?;
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+fn ok(body: &impl Serialize) -> Reply {
+    reply(StatusCode::OK, body)
+}
+
+fn created_or_ok(created: bool, body: &impl Serialize) -> Reply {
+    reply(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        body,
+    )
+}
+
+fn no_content() -> Reply {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+/// `{"items": [...]}` for the admin lists.
+fn items<T: Serialize>(items: Vec<T>) -> Reply {
+    ok(&json!({ "items": items }))
+}
+
+/// The id in the path; an id that is not a positive integer names nothing, so 404.
+fn path_id(params: &matchit::Params) -> Result<i64, ApiError> {
+    params
+        .get("id")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(ApiError::not_found)
+}
+
+async fn principal(app: &App, req: &Req) -> Result<Principal, ApiError> {
+    let token = req.bearer().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing token: send Authorization: Bearer <token>",
+        )
+    })?;
+    Ok(app.core.authenticate(token).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    email: String,
+    password: String,
+    /// The organisation's subdomain.
+    organisation: String,
+    addon: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Refresh {
+    refresh_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPresence {
+    presence: Presence,
+}
+
+/// The embeddable chat widget (see the comment at its top).
+const WIDGET_JS: &str = include_str!("widget.js");
+
+fn cors(mut response: HttpResponse) -> HttpResponse {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static("POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::HeaderValue::from_static("content-type"),
+    );
+    response
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VisitorBody {
+    /// A visitor's earlier token, to continue as the same visitor.
+    #[serde(default)]
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Broadcast {
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenChat {
+    inbox_id: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mark {
+    #[serde(default)]
+    received: Option<i64>,
+    #[serde(default)]
+    read: Option<i64>,
+}
+
+/// Routes one request and runs its handler.
+pub(crate) async fn dispatch(app: &App, req: Req) -> Reply {
+    let path = req.path.clone();
+    let matched = app.routes.0.at(&path).map_err(|_| ApiError::not_found())?;
+    let route = *matched.value;
+    let params = matched.params;
+    let core = &app.core;
+    use Method as M;
+    use Route as R;
+
+    // Routes that need no token.
+    match (route, &req.method) {
+        (R::Health, &M::GET) => return ok(&json!({ "status": "ok" })),
+        (R::AuthToken, &M::POST) => {
+            let b: SignIn = req.json()?;
+            return ok(&core
+                .sign_in(&b.email, &b.password, &b.organisation, &b.addon)
+                .await?);
+        }
+        (R::AuthRefresh, &M::POST) => {
+            let b: Refresh = req.json()?;
+            return ok(&core.refresh_admin_tokens(&b.refresh_token).await?);
+        }
+        (R::WidgetJs, &M::GET) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(WIDGET_JS.as_bytes())));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/javascript; charset=utf-8"),
+            );
+            headers.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("public, max-age=300"),
+            );
+            return Ok(response);
+        }
+        // The widget runs on the merchant's site: its one REST call is cross-origin. It
+        // carries no cookie, so any origin may make it.
+        (R::WidgetVisitors, &M::OPTIONS) => return Ok(cors(no_content()?)),
+        (R::WidgetVisitors, &M::POST) => {
+            let key = params.get("key").unwrap_or_default();
+            let b: VisitorBody = if req.body.iter().all(u8::is_ascii_whitespace) {
+                VisitorBody::default()
+            } else {
+                req.json()?
+            };
+            let result = core.visitor(key, b.token.as_deref()).await;
+            return match result {
+                Ok(v) => Ok(cors(reply(StatusCode::OK, &v)?)),
+                Err(e) => Ok(cors(ApiError::from(e).into_response())),
+            };
+        }
+        (R::Health | R::AuthToken | R::AuthRefresh | R::WidgetJs | R::WidgetVisitors, _) => {
+            return Err(ApiError::method_not_allowed());
+        }
+        _ => {}
+    }
+
+    let who = principal(app, &req).await?;
+    match (route, req.method.clone()) {
+        (R::Me, M::GET) => me(app, &who).await,
+        (R::MePresence, M::PUT) => {
+            let Principal::Operator { operator_id, .. } = who else {
+                return Err(
+                    crate::domain::Error::Forbidden("only an operator has a presence").into(),
+                );
+            };
+            let b: SetPresence = req.json()?;
+            let patch = OperatorPatch {
+                presence: Some(b.presence),
+                ..Default::default()
+            };
+            ok(&core.update_operator(&who, operator_id, patch).await?)
+        }
+
+        (R::Operators, M::POST) => reply(
+            StatusCode::CREATED,
+            &core
+                .create_operator(&who, req.json::<NewOperator>()?)
+                .await?,
+        ),
+        (R::Operators, M::GET) => items(
+            core.list_operators(&who, req.query_num("after")?, req.query_num("limit")?)
+                .await?,
+        ),
+        (R::Operator, M::GET) => ok(&core.operator(&who, path_id(&params)?).await?),
+        (R::Operator, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .update_operator(&who, id, req.json::<OperatorPatch>()?)
+                .await?)
+        }
+        (R::OperatorSessions, M::POST) => reply(
+            StatusCode::CREATED,
+            &core.operator_session(&who, path_id(&params)?).await?,
+        ),
+
+        (R::Domains, M::POST) => {
+            let (domain, inbox) = core.create_domain(&who, req.json::<NewDomain>()?).await?;
+            reply(
+                StatusCode::CREATED,
+                &json!({ "domain": domain, "inbox": inbox }),
+            )
+        }
+        (R::Domains, M::GET) => items(
+            core.list_domains(&who, req.query_num("after")?, req.query_num("limit")?)
+                .await?,
+        ),
+        (R::Domain, M::GET) => ok(&core.domain(&who, path_id(&params)?).await?),
+        (R::Domain, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .update_domain(&who, id, req.json::<DomainPatch>()?)
+                .await?)
+        }
+
+        (R::Inboxes, M::POST) => reply(
+            StatusCode::CREATED,
+            &core.create_inbox(&who, req.json::<NewInbox>()?).await?,
+        ),
+        (R::Inboxes, M::GET) => items(
+            core.list_inboxes(
+                &who,
+                req.query_num("domain_id")?,
+                req.query_num("after")?,
+                req.query_num("limit")?,
+            )
+            .await?,
+        ),
+        (R::Inbox, M::GET) => ok(&core.inbox(&who, path_id(&params)?).await?),
+        (R::InboxBroadcasts, M::POST) => {
+            let id = path_id(&params)?;
+            let b: Broadcast = req.json()?;
+            let chats = core.broadcast(&who, id, &b.text).await?;
+            reply(StatusCode::CREATED, &json!({ "chats": chats }))
+        }
+
+        (R::Assignments, M::POST) => reply(
+            StatusCode::CREATED,
+            &core
+                .create_assignment(&who, req.json::<NewAssignment>()?)
+                .await?,
+        ),
+        (R::Assignments, M::GET) => items(
+            core.list_assignments(
+                &who,
+                req.query_num("operator_id")?,
+                req.query_num("inbox_id")?,
+                req.query_num("after")?,
+                req.query_num("limit")?,
+            )
+            .await?,
+        ),
+        (R::Assignment, M::GET) => ok(&core.assignment(&who, path_id(&params)?).await?),
+        (R::Assignment, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .update_assignment(&who, id, req.json::<AssignmentPatch>()?)
+                .await?)
+        }
+        (R::Assignment, M::DELETE) => {
+            core.delete_assignment(&who, path_id(&params)?).await?;
+            no_content()
+        }
+
+        (R::Customers, M::POST) => {
+            let (customer, created) = core
+                .identify_customer(&who, req.json::<CustomerFields>()?)
+                .await?;
+            created_or_ok(created, &customer)
+        }
+        (R::Customer, M::GET) => ok(&core.customer(&who, path_id(&params)?).await?),
+        (R::CustomerSessions, M::POST) => reply(
+            StatusCode::CREATED,
+            &core.customer_session(&who, path_id(&params)?).await?,
+        ),
+
+        (R::Chats, M::POST) => {
+            let b: OpenChat = req.json()?;
+            let (chat, created) = core.open_chat(&who, b.inbox_id).await?;
+            created_or_ok(created, &chat)
+        }
+        (R::Chats, M::GET) => ok(&core
+            .list_chats(
+                &who,
+                req.query("status"),
+                req.query("before"),
+                req.query_num("limit")?,
+            )
+            .await?),
+        (R::Chat, M::GET) => ok(&core.chat(&who, path_id(&params)?).await?),
+        (R::ChatTake, M::POST) => ok(&core.take_chat(&who, path_id(&params)?).await?),
+        (R::ChatFinish, M::POST) => ok(&core.finish_chat(&who, path_id(&params)?).await?),
+        (R::ChatMessages, M::POST) => {
+            let id = path_id(&params)?;
+            let (message, created) = core.send(&who, id, req.json::<NewMessage>()?).await?;
+            created_or_ok(created, &message)
+        }
+        (R::ChatMessages, M::GET) => {
+            let q = MessageQuery {
+                after: req.query_num("after")?,
+                before: req.query_num("before")?,
+                limit: req.query_num("limit")?,
+            };
+            let id = path_id(&params)?;
+            match req.query_num::<u64>("wait")? {
+                None => ok(&core.messages(&who, id, q).await?),
+                Some(wait) => ok(&long_poll(app, &who, id, q, wait).await?),
+            }
+        }
+        (R::ChatReceipts, M::POST) => {
+            let id = path_id(&params)?;
+            let b: Mark = req.json()?;
+            ok(&core.mark(&who, id, b.received, b.read).await?)
+        }
+
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// The polling fallback: messages after a seq, waiting up to `wait` seconds (at most 30)
+/// for the first one to be committed. Woken by the same bus as the sockets.
+async fn long_poll(
+    app: &App,
+    who: &Principal,
+    chat_id: i64,
+    q: MessageQuery,
+    wait: u64,
+) -> Result<crate::domain::MessagePage, ApiError> {
+    if wait > 30 {
+        return Err(ApiError::invalid("wait must be at most 30 seconds"));
+    }
+    if q.after.is_none() {
+        return Err(ApiError::invalid("wait needs after: the last seq you have"));
+    }
+    let hub = app.core.bus().hub();
+    /// Forgets the chat's waiter entry however the request ends (a client that hangs up
+    /// drops this future mid-wait). Declared before the receiver so it drops after it.
+    struct Forget<'a>(&'a crate::hub::Hub, i64);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            self.0.forget_waiter(self.1);
+        }
+    }
+    let _forget = Forget(hub, chat_id);
+    // Subscribe before reading, so that a commit between the read and the wait still wakes us.
+    let mut woken = hub.waiter(chat_id);
+    let page = app.core.messages(who, chat_id, q).await?;
+    if !page.items.is_empty() || wait == 0 {
+        return Ok(page);
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(wait), woken.changed()).await;
+    Ok(app.core.messages(who, chat_id, q).await?)
+}
+
+/// Who the token belongs to.
+async fn me(app: &App, who: &Principal) -> Reply {
+    match *who {
+        Principal::Admin { org_id, addon_id } => ok(&json!({
+            "kind": "admin", "organisation_id": org_id, "addon_id": addon_id
+        })),
+        Principal::Operator { operator_id, .. } => ok(&json!({
+            "kind": "operator", "operator": app.core.operator(who, operator_id).await?
+        })),
+        Principal::Customer { customer_id, .. } => ok(&json!({
+            "kind": "customer", "customer": app.core.customer(who, customer_id).await?
+        })),
+    }
+}

@@ -1,0 +1,292 @@
+//! The hojre customer API (`/web/...`, seeds/000 and 001): a customer's chats with stores
+//! and a chat's messages, authorised by `username` (the customer's phone) and `token`
+//! (their session token) in the query, paged with `page` and `perPage` (or `per-page`),
+//! in the `{items, _links, _meta}` envelope. Errors are `{"status": "error", "message",
+//! "data": ""}` with HTTP 200, as the document shows them in a successful-looking reply.
+//!
+//! Beyond the documented two, in the same style: `GET /web/broadcasts` (what stores the
+//! customer chatted with announced to all their customers, newest first, with `store` and
+//! `storeId`), `GET /web/store-messages?storeId=` (the messages of the customer's newest
+//! chat with a store) and `POST /web/submit-store-messages` (`storeId`, `text`: write to a
+//! store).
+//! The coordinates `x`, `y` are accepted and not used.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::domain::{Error, NewMessage, Numbered, Principal, Said};
+use crate::http::request::parse_query;
+use crate::http::{App, HttpResponse, Req};
+
+/// The largest page, and the size of a page when none is asked for.
+const PER_PAGE: u64 = 300;
+
+fn reply(body: Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    response
+}
+
+pub(crate) fn error(message: &str) -> HttpResponse {
+    reply(json!({"status": "error", "message": message, "data": ""}))
+}
+
+/// Query parameters, and for a POST the form or JSON body's fields too.
+fn params(req: &Req) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = req.query_pairs().cloned().collect();
+    if req.method == Method::POST {
+        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&req.body) {
+            for (k, v) in body {
+                let v = match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                all.push((k, v));
+            }
+        } else if let Ok(text) = std::str::from_utf8(&req.body) {
+            all.extend(parse_query(text));
+        }
+    }
+    all
+}
+
+fn get<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Paging {
+    page: u64,
+    per_page: u64,
+}
+
+fn paging(params: &[(String, String)]) -> Result<Paging, &'static str> {
+    let page = match get(params, "page") {
+        None => 1,
+        Some(p) => p
+            .parse::<u64>()
+            .ok()
+            .filter(|p| *p >= 1)
+            .ok_or("page must be a positive number")?,
+    };
+    let per_page = match get(params, "perPage").or_else(|| get(params, "per-page")) {
+        None => PER_PAGE,
+        Some(p) => p
+            .parse::<u64>()
+            .ok()
+            .filter(|p| (1..=PER_PAGE).contains(p))
+            .ok_or("perPage must be between 1 and 300")?,
+    };
+    Ok(Paging { page, per_page })
+}
+
+/// `{items, _links: {self: {href}}, _meta: {...}}` for page `p` of `total`.
+fn listing(
+    req: &Req,
+    params: &[(String, String)],
+    extra: &[&str],
+    items: Vec<Value>,
+    total: u64,
+    p: &Paging,
+) -> Value {
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let mut query = String::new();
+    for name in ["username", "token"].iter().chain(extra) {
+        if let Some(v) = get(params, name) {
+            query.push_str(&format!("{name}={}&", encode(v)));
+        }
+    }
+    json!({
+        "items": items,
+        "_links": {"self": {"href": format!("http://{host}{}?{query}page={}&per-page={}", req.path, p.page, p.per_page)}},
+        "_meta": {
+            "totalCount": total,
+            "pageCount": total.div_ceil(p.per_page),
+            "currentPage": p.page,
+            "perPage": p.per_page,
+        },
+    })
+}
+
+fn said(s: &Said) -> Value {
+    let m = &s.message;
+    json!({
+        "id": m.id,
+        "sender": s.sender,
+        "text": m.text,
+        "sentDate": m.created_at / 1000,
+        "status": m.status,
+        "chat": m.chat_id,
+        "senderId": m.author.id,
+        "senderAvatar": s.sender_avatar.clone().unwrap_or_default(),
+    })
+}
+
+fn messages(
+    req: &Req,
+    params: &[(String, String)],
+    extra: &[&str],
+    page: Numbered<Said>,
+    p: &Paging,
+) -> Value {
+    let items = page.items.iter().map(said).collect();
+    listing(req, params, extra, items, page.total, p)
+}
+
+/// Answers one `/web/...` request.
+pub async fn handle(app: &App, req: Req) -> HttpResponse {
+    let params = params(&req);
+    let who = match (get(&params, "username"), get(&params, "token")) {
+        (Some(username), Some(token)) => match app.core.customer_by_phone(token, username).await {
+            Ok(who) => who,
+            Err(_) => return error("not login"),
+        },
+        _ => return error("not login"),
+    };
+    let p = match paging(&params) {
+        Ok(p) => p,
+        Err(e) => return error(e),
+    };
+    let core = &app.core;
+    let path = req.path.trim_end_matches('/');
+    let result: Result<Value, Error> = match (&req.method, path) {
+        (&Method::GET, "/web/chats") => {
+            core.store_chats(&who, p.page, p.per_page)
+                .await
+                .map(|page| {
+                    let items = page
+                        .items
+                        .iter()
+                        .map(|c| {
+                            json!({
+                                "id": c.chat.id,
+                                "user": c.chat.customer.id,
+                                "seller": c.seller,
+                                "startDate": c.chat.created_at / 1000,
+                                "status": c.chat.status.as_str(),
+                                "store": c.store,
+                                "storeId": c.chat.inbox_id,
+                                "sellerAvatar": c.seller_avatar.clone().unwrap_or_default(),
+                            })
+                        })
+                        .collect();
+                    listing(&req, &params, &[], items, page.total, &p)
+                })
+        }
+        (&Method::GET, "/web/main-chats") => {
+            let Some(id) = get(&params, "id").and_then(|v| v.parse::<i64>().ok()) else {
+                return error("there is no chat for u");
+            };
+            match core
+                .messages_newest_first(&who, id, p.page, p.per_page)
+                .await
+            {
+                Ok(page) => Ok(messages(&req, &params, &["id"], page, &p)),
+                Err(Error::NotFound(_)) => return error("there is no chat for u"),
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::GET, "/web/broadcasts") => core
+            .broadcasts_to(&who, p.page, p.per_page)
+            .await
+            .map(|page| {
+                let items = page
+                    .items
+                    .iter()
+                    .map(|(s, store_id, store)| {
+                        let mut item = said(s);
+                        item["store"] = json!(store);
+                        item["storeId"] = json!(store_id);
+                        item
+                    })
+                    .collect();
+                listing(&req, &params, &[], items, page.total, &p)
+            }),
+        (&Method::GET, "/web/store-messages") => {
+            match store_chat(app, &who, &params, false).await {
+                Ok(chat_id) => core
+                    .messages_newest_first(&who, chat_id, p.page, p.per_page)
+                    .await
+                    .map(|page| messages(&req, &params, &["storeId"], page, &p)),
+                Err(e) => Err(e),
+            }
+        }
+        (&Method::POST, "/web/submit-store-messages") => {
+            let Some(text) = get(&params, "text") else {
+                return error("text is required");
+            };
+            match store_chat(app, &who, &params, true).await {
+                Ok(chat_id) => {
+                    let new = NewMessage {
+                        local_id: get(&params, "localId").map(str::to_owned),
+                        payload: None,
+                        text: text.to_owned(),
+                        file_id: None,
+                    };
+                    match core.send(&who, chat_id, new).await {
+                        Ok(_) => core
+                            .messages_newest_first(&who, chat_id, 1, 1)
+                            .await
+                            .map(|page| json!({"status": "success", "message": "", "data": page.items.first().map(said)})),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+        _ => return error("no such operation"),
+    };
+    match result {
+        Ok(body) => reply(body),
+        Err(e) => error(&crate::http::ApiError::from(e).message),
+    }
+}
+
+/// The customer's chat with the store `storeId`: the newest one, opened if `open` and there
+/// is no unfinished one.
+async fn store_chat(
+    app: &App,
+    who: &Principal,
+    params: &[(String, String)],
+    open: bool,
+) -> Result<i64, Error> {
+    let store = get(params, "storeId")
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| Error::Invalid("storeId is required".into()))?;
+    if open {
+        return Ok(app.core.open_chat(who, store).await?.0.id);
+    }
+    let chats = app.core.store_chats(who, 1, PER_PAGE).await?;
+    chats
+        .items
+        .iter()
+        .rev()
+        .find(|c| c.chat.inbox_id == store)
+        .map(|c| c.chat.id)
+        .ok_or(Error::NotFound("chat"))
+}

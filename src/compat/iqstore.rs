@@ -1,0 +1,277 @@
+//! The iqstore public API (`/public/api/v1/...`, seeds/002): every call is a POST with a
+//! JSON body, and every answer is HTTP 200 with `{"OK", "Error", "Result", "Rels"}`. The
+//! result's related clients, users and files come once each in `Rels`. A client (the
+//! customer) is authorised by the `client-session` cookie or `Authorization: Client TOKEN`
+//! (a customer session token of souq).
+//!
+//! The support channel is the customer's newest unfinished chat, or a new one with the
+//! organisation's first active domain. Calls beyond the documented send follow its style:
+//! `chats/channel/history/support`, `chats/channel/new/support`,
+//! `chats/channel/received/support`, `chats/channel/read/support`, `chats/list`,
+//! `profile/get`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::domain::events::Person;
+use crate::domain::{Error, Message, MessageQuery, NewMessage, Presence, Principal};
+use crate::http::{ApiError, App, HttpResponse, Req};
+
+fn answer(body: Value) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// An error answer: still HTTP 200, as the document says of every call.
+pub(crate) fn failure(message: &str) -> HttpResponse {
+    answer(json!({"OK": false, "Error": message, "Result": null, "Rels": null}))
+}
+
+fn session_token(req: &Req) -> Option<String> {
+    if let Some(v) = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some((scheme, token)) = v.split_once(' ')
+        && scheme.eq_ignore_ascii_case("client")
+    {
+        return Some(token.trim().to_owned());
+    }
+    for cookies in req.headers.get_all(header::COOKIE) {
+        let Ok(cookies) = cookies.to_str() else {
+            continue;
+        };
+        for pair in cookies.split(';') {
+            if let Some(("client-session", value)) = pair.trim().split_once('=') {
+                return Some(value.trim().to_owned());
+            }
+        }
+    }
+    None
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Send {
+    #[serde(rename = "LocalId", default)]
+    local_id: Option<i64>,
+    #[serde(rename = "Payload", default)]
+    payload: Option<String>,
+    #[serde(rename = "Text", default)]
+    text: String,
+    #[serde(rename = "FileId", default)]
+    file_id: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    /// Messages older than this message id (history), or newer (new).
+    #[serde(rename = "BeforeId", default)]
+    before_id: Option<i64>,
+    #[serde(rename = "AfterId", default)]
+    after_id: Option<i64>,
+    #[serde(rename = "Limit", default)]
+    limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mark {
+    /// Mark up to and including this message.
+    #[serde(rename = "Id")]
+    id: i64,
+}
+
+fn body<T: for<'de> Deserialize<'de> + Default>(req: &Req) -> Result<T, ApiError> {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    req.json()
+}
+
+impl Default for Mark {
+    fn default() -> Self {
+        Mark { id: -1 }
+    }
+}
+
+/// A message as iqstore shows it, `My` from the caller's side.
+fn message(m: &Message, me: i64) -> Value {
+    let (author, client, user) = match m.author.kind.as_str() {
+        "customer" => ("client", m.author.id, None),
+        "operator" => ("user", None, m.author.id),
+        _ => ("system", None, None),
+    };
+    json!({
+        "Id": m.id,
+        "ChatId": m.chat_id,
+        "LocalId": m.local_id.as_deref().and_then(|l| l.parse::<i64>().ok()),
+        "EventId": m.seq,
+        "TicketMessageId": null,
+        "Author": author,
+        "ClientId": client,
+        "UserId": user,
+        "Payload": m.payload,
+        "Text": m.text,
+        "Received": m.received_at.is_some(),
+        "Read": m.read_at.is_some(),
+        "Pushed": false,
+        "CreatedAt": m.created_at,
+        "ReceivedAt": m.received_at,
+        "ReadAt": m.read_at,
+        "My": author == "client" && client == Some(me),
+    })
+}
+
+/// Answers one `/public/api/v1/...` request.
+pub async fn handle(app: &App, req: Req) -> HttpResponse {
+    if req.method != hyper::Method::POST {
+        return failure("every call of this API is a POST");
+    }
+    match route(app, &req).await {
+        Ok(body) => answer(body),
+        Err(e) => failure(&e.message),
+    }
+}
+
+async fn route(app: &App, req: &Req) -> Result<Value, ApiError> {
+    let core = &app.core;
+    let token = session_token(req).ok_or_else(|| {
+        ApiError::from(Error::Unauthorized(
+            "not authorised: send the client-session cookie",
+        ))
+    })?;
+    let who = core.authenticate(&token).await?;
+    let Principal::Customer { customer_id, .. } = who else {
+        return Err(Error::Unauthorized("not a client session").into());
+    };
+    let path = req
+        .path
+        .trim_start_matches("/public/api/v1/")
+        .trim_end_matches('/');
+    let messages: Vec<Message> = match path {
+        "chats/channel/send/support" => {
+            let b: Send = body(req)?;
+            let chat_id = core.support_chat(&who).await?;
+            let new = NewMessage {
+                local_id: b.local_id.map(|l| l.to_string()),
+                payload: b.payload,
+                text: b.text,
+                file_id: b.file_id,
+            };
+            vec![core.send(&who, chat_id, new).await?.0]
+        }
+        "chats/channel/history/support" | "chats/channel/new/support" => {
+            let b: Page = body(req)?;
+            let chat_id = core.support_chat(&who).await?;
+            let mut q = MessageQuery {
+                limit: b.limit.or(Some(50)),
+                ..Default::default()
+            };
+            if path.ends_with("new/support") {
+                q.after = Some(match b.after_id {
+                    Some(id) => core.seq_of(&who, chat_id, id).await?,
+                    None => 0,
+                });
+            } else if let Some(id) = b.before_id {
+                q.before = Some(core.seq_of(&who, chat_id, id).await?);
+            }
+            core.messages(&who, chat_id, q).await?.items
+        }
+        "chats/channel/received/support" | "chats/channel/read/support" => {
+            let b: Mark = body(req)?;
+            let chat_id = core.support_chat(&who).await?;
+            let seq = core.seq_of(&who, chat_id, b.id).await?;
+            let read = path.ends_with("read/support");
+            core.mark(&who, chat_id, (!read).then_some(seq), read.then_some(seq))
+                .await?;
+            let q = MessageQuery {
+                after: Some(seq - 1),
+                limit: Some(1),
+                ..Default::default()
+            };
+            core.messages(&who, chat_id, q).await?.items
+        }
+        "chats/list" => {
+            let page = core.list_chats(&who, None, None, Some(200)).await?;
+            let result: Vec<Value> = page
+                .items
+                .iter()
+                .map(|c| {
+                    json!({
+                        "Id": c.id, "ClientId": c.customer.id, "UserId": c.operator.as_ref().map(|o| o.id),
+                        "Status": c.status.as_str(), "Unread": c.unread,
+                        "CreatedAt": c.created_at, "UpdatedAt": c.last_activity_at,
+                        "LastMessage": c.last_message.as_ref().map(|m| message(m, customer_id)),
+                    })
+                })
+                .collect();
+            return Ok(json!({"OK": true, "Error": null, "Result": result,
+                "Rels": {"Clients": [client(app, &who, customer_id).await?], "Files": [], "Users": []}}));
+        }
+        "profile/get" => {
+            return Ok(
+                json!({"OK": true, "Error": null, "Result": client(app, &who, customer_id).await?,
+                "Rels": {"Clients": [], "Files": [], "Users": []}}),
+            );
+        }
+        _ => return Err(ApiError::not_found()),
+    };
+    let users: Vec<Value> = core
+        .authors_of(&who, &messages)
+        .await?
+        .into_iter()
+        .map(|card| {
+            let o = card.operator;
+            json!({
+                "Id": o.id, "Name": o.name, "Email": o.email, "Position": "", "RoleId": 1,
+                "AvatarId": o.avatar, "Online": o.presence == Presence::Online.code(), "Deleted": false,
+                "TotalAssignedTickets": card.taken_chats, "CreatedAt": o.created_at,
+                "UpdatedAt": o.updated_at, "LastSeenAt": o.updated_at, "AssignedAt": null,
+                "DisplayName": o.name,
+            })
+        })
+        .collect();
+    let result: Vec<Value> = messages.iter().map(|m| message(m, customer_id)).collect();
+    Ok(json!({
+        "OK": true,
+        "Error": null,
+        "Result": result,
+        "Rels": {"Clients": [client(app, &who, customer_id).await?], "Files": [], "Users": users},
+    }))
+}
+
+/// The calling client, as iqstore shows it.
+async fn client(app: &App, who: &Principal, customer_id: i64) -> Result<Value, ApiError> {
+    let card = app.core.customer_card(who, customer_id).await?;
+    let c = card.customer;
+    Ok(json!({
+        "Id": c.id,
+        "ProjectId": who.org_id(),
+        "CompanyId": who.org_id(),
+        "Type": "crm",
+        "Name": c.name,
+        "Online": app.core.bus().hub().is_connected(Person::Customer(c.id)),
+        "CustomerId": c.id,
+        "ChannelId": null,
+        "TelegramId": c.telegram_id,
+        "FacebookId": c.facebook_id,
+        "VKId": c.vk_id,
+        "TotalTickets": card.total_chats,
+        "TotalOpenTickets": card.open_chats,
+        "CreatedAt": c.created_at,
+        "UpdatedAt": c.updated_at,
+        "SeenAt": c.updated_at,
+        "MessagedAt": card.messaged_at,
+        "IntegrationId": c.external_id,
+    }))
+}

@@ -1,0 +1,214 @@
+//! One typed configuration, from flags and environment variables, with defaults that
+//! run out of the box: `cargo run --release` serves on 127.0.0.1:8080 with a SQLite file
+//! in the working folder.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::domain::Limits;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SOUQ_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Database: `sqlite://FILE` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://souq.db")]
+    pub database_url: String,
+
+    /// Redis for several nodes (`redis://HOST:6379`); unset, events stay in this process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of souq's Redis keys and channels (deployments or tests sharing a Redis
+    /// each use their own).
+    #[arg(long, env = "SOUQ_REDIS_PREFIX", default_value = "souq")]
+    pub redis_prefix: String,
+
+    /// With Redis: seconds a node's claim that an operator is connected lasts unless
+    /// refreshed; an operator of a dead node goes offline within about this long.
+    #[arg(long, env = "SOUQ_PRESENCE_TTL", default_value_t = 30)]
+    pub presence_ttl: u64,
+
+    /// Most database connections held open by this process.
+    #[arg(long, env = "SOUQ_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "SOUQ_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Longest message text, in characters.
+    #[arg(long, env = "SOUQ_MAX_TEXT_CHARS", default_value_t = 10_000)]
+    pub max_text_chars: usize,
+
+    /// Lifetime of an admin access token, in seconds.
+    #[arg(long, env = "SOUQ_ACCESS_TOKEN_TTL", default_value_t = 3600)]
+    pub access_token_ttl: i64,
+
+    /// Lifetime of an admin refresh token, in seconds.
+    #[arg(long, env = "SOUQ_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl: i64,
+
+    /// Lifetime of an operator or customer session token, in seconds.
+    #[arg(long, env = "SOUQ_SESSION_TTL", default_value_t = 30 * 24 * 3600)]
+    pub session_ttl: i64,
+
+    /// Frames queued for one socket before it is closed as a slow consumer (4008).
+    #[arg(long, env = "SOUQ_WS_QUEUE", default_value_t = 1024)]
+    pub ws_queue: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes.
+    #[arg(long, env = "SOUQ_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_frame_bytes: usize,
+
+    /// Client frames per second a socket may send (bursts of twice that).
+    #[arg(long, env = "SOUQ_WS_FRAMES_PER_SEC", default_value_t = 50)]
+    pub ws_frames_per_sec: u32,
+
+    /// Seconds between server pings on a socket.
+    #[arg(long, env = "SOUQ_WS_PING", default_value_t = 20)]
+    pub ws_ping: u64,
+
+    /// Seconds of silence (no frame, no pong) after which a socket is dropped.
+    #[arg(long, env = "SOUQ_WS_IDLE_TIMEOUT", default_value_t = 60)]
+    pub ws_idle_timeout: u64,
+
+    /// On shutdown, how long open requests get to finish, in seconds.
+    #[arg(long, env = "SOUQ_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// The defaults, as `souq` with no flags and no environment would run.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: database_url.into(),
+            redis_url: None,
+            redis_prefix: "souq".into(),
+            presence_ttl: 30,
+            db_max_connections: 16,
+            max_body_bytes: 1024 * 1024,
+            max_text_chars: 10_000,
+            access_token_ttl: 3600,
+            refresh_token_ttl: 30 * 24 * 3600,
+            session_ttl: 30 * 24 * 3600,
+            ws_queue: 1024,
+            ws_max_frame_bytes: 64 * 1024,
+            ws_frames_per_sec: 50,
+            ws_ping: 20,
+            ws_idle_timeout: 60,
+            shutdown_grace: 10,
+        }
+    }
+
+    /// Rejects values that cannot work, saying which and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(format!(
+                "DATABASE_URL must start with sqlite: or postgres:// (got {url:?})"
+            )));
+        }
+        if let Some(redis) = &self.redis_url
+            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        {
+            return Err(ConfigError(format!(
+                "REDIS_URL must start with redis:// (got {redis:?})"
+            )));
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(ConfigError("redis-prefix must be a non-empty word".into()));
+        }
+        if self.presence_ttl < 3 {
+            return Err(ConfigError(
+                "presence-ttl must be at least 3 seconds".into(),
+            ));
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError("db-max-connections must be at least 1".into()));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError("max-body-bytes must be at least 1024".into()));
+        }
+        if self.max_text_chars == 0 {
+            return Err(ConfigError("max-text-chars must be at least 1".into()));
+        }
+        for (name, v) in [
+            ("access-token-ttl", self.access_token_ttl),
+            ("refresh-token-ttl", self.refresh_token_ttl),
+            ("session-ttl", self.session_ttl),
+        ] {
+            if v <= 0 {
+                return Err(ConfigError(format!(
+                    "{name} must be a positive number of seconds"
+                )));
+            }
+        }
+        if self.ws_queue < 16 {
+            return Err(ConfigError("ws-queue must be at least 16".into()));
+        }
+        if self.ws_max_frame_bytes < 1024 {
+            return Err(ConfigError(
+                "ws-max-frame-bytes must be at least 1024".into(),
+            ));
+        }
+        if self.ws_frames_per_sec == 0 || self.ws_ping == 0 {
+            return Err(ConfigError(
+                "ws-frames-per-sec and ws-ping must be at least 1".into(),
+            ));
+        }
+        if self.ws_idle_timeout <= self.ws_ping {
+            return Err(ConfigError(
+                "ws-idle-timeout must be longer than ws-ping".into(),
+            ));
+        }
+        if self.refresh_token_ttl < self.access_token_ttl {
+            return Err(ConfigError(
+                "refresh-token-ttl must not be shorter than access-token-ttl".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_text_chars: self.max_text_chars,
+            access_token_ttl_s: self.access_token_ttl,
+            refresh_token_ttl_s: self.refresh_token_ttl,
+            session_ttl_s: self.session_ttl,
+        }
+    }
+
+    pub fn ws_limits(&self) -> crate::http::WsLimits {
+        crate::http::WsLimits {
+            queue: self.ws_queue,
+            max_frame_bytes: self.ws_max_frame_bytes,
+            frames_per_sec: self.ws_frames_per_sec,
+            ping_every: Duration::from_secs(self.ws_ping),
+            idle_timeout: Duration::from_secs(self.ws_idle_timeout),
+        }
+    }
+
+    pub fn redis(&self) -> Option<crate::bus::RedisConfig> {
+        self.redis_url.as_ref().map(|url| crate::bus::RedisConfig {
+            url: url.clone(),
+            prefix: self.redis_prefix.clone(),
+            presence_ttl: Duration::from_secs(self.presence_ttl),
+        })
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+}

@@ -1,0 +1,761 @@
+//! What an organisation's admin manages: operators, domains, inboxes, assignments.
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Core, Error, Principal, Result, conflict_on_unique, email, now_ms, optional, required,
+};
+use crate::store::entity::{assignment, domain, inbox, operator};
+
+/// An operator's presence. Stored as the numbers Chatwhizz uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Offline,
+    Online,
+    Away,
+    Busy,
+}
+
+impl Presence {
+    pub fn code(self) -> i16 {
+        match self {
+            Presence::Offline => 0,
+            Presence::Online => 1,
+            Presence::Away => 2,
+            Presence::Busy => 3,
+        }
+    }
+
+    pub fn from_code(code: i16) -> Presence {
+        match code {
+            1 => Presence::Online,
+            2 => Presence::Away,
+            3 => Presence::Busy,
+            _ => Presence::Offline,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Operator {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub avatar: Option<String>,
+    pub presence: Presence,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<operator::Model> for Operator {
+    fn from(m: operator::Model) -> Self {
+        Operator {
+            id: m.id,
+            email: m.email,
+            name: m.name,
+            avatar: m.avatar,
+            presence: Presence::from_code(m.presence),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperator {
+    pub email: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub avatar: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorPatch {
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub avatar: Option<String>,
+    #[serde(default)]
+    pub presence: Option<Presence>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Domain {
+    pub id: i64,
+    pub name: String,
+    pub email: Option<String>,
+    pub active: bool,
+    /// Public key for the website widget (not a secret).
+    pub widget_key: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<domain::Model> for Domain {
+    fn from(m: domain::Model) -> Self {
+        Domain {
+            id: m.id,
+            name: m.name,
+            email: m.email,
+            active: m.active,
+            widget_key: m.widget_key,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDomain {
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inbox {
+    pub id: i64,
+    pub domain_id: i64,
+    /// The page or store this inbox is for; `null` for the whole domain.
+    pub unique_id: Option<String>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl From<inbox::Model> for Inbox {
+    fn from(m: inbox::Model) -> Self {
+        Inbox {
+            id: m.id,
+            domain_id: m.domain_id,
+            unique_id: (!m.unique_id.is_empty()).then_some(m.unique_id),
+            name: m.name,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInbox {
+    pub domain_id: i64,
+    pub unique_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Assignment {
+    pub id: i64,
+    pub operator_id: i64,
+    pub inbox_id: i64,
+    pub domain_id: i64,
+    pub is_admin: bool,
+    pub online: bool,
+    pub receiving: bool,
+    pub created_at: i64,
+}
+
+impl From<assignment::Model> for Assignment {
+    fn from(m: assignment::Model) -> Self {
+        Assignment {
+            id: m.id,
+            operator_id: m.operator_id,
+            inbox_id: m.inbox_id,
+            domain_id: m.domain_id,
+            is_admin: m.is_admin,
+            online: m.online,
+            receiving: m.receiving,
+            created_at: m.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAssignment {
+    pub operator_id: i64,
+    pub inbox_id: i64,
+    #[serde(default)]
+    pub is_admin: bool,
+    #[serde(default = "yes")]
+    pub online: bool,
+    #[serde(default = "yes")]
+    pub receiving: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentPatch {
+    #[serde(default)]
+    pub is_admin: Option<bool>,
+    #[serde(default)]
+    pub online: Option<bool>,
+    #[serde(default)]
+    pub receiving: Option<bool>,
+}
+
+/// A domain name as a website has it: no scheme, no path.
+fn domain_name(value: &str) -> Result<String> {
+    let value = required("name", value, 253)?.to_lowercase();
+    let ok = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    if !ok {
+        return Err(Error::Invalid(
+            "name must be a bare domain name such as shop.example.com (no scheme or path)".into(),
+        ));
+    }
+    Ok(value)
+}
+
+fn widget_key() -> String {
+    let bytes: [u8; 12] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Page size for admin lists: `limit` within 1..=500, default 100.
+pub(super) fn list_limit(limit: Option<u64>) -> Result<u64> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=500) => Ok(n),
+        Some(_) => Err(Error::Invalid("limit must be between 1 and 500".into())),
+    }
+}
+
+impl Core {
+    pub async fn create_operator(&self, who: &Principal, new: NewOperator) -> Result<Operator> {
+        let (org_id, _) = self.require_admin(who)?;
+        let email = email("email", &new.email)?;
+        let name = match optional("name", new.name.as_deref(), 200)? {
+            Some(name) => name,
+            None => email.split('@').next().unwrap_or_default().to_owned(),
+        };
+        let avatar = optional("avatar", new.avatar.as_deref(), 2000)?;
+        let now = now_ms();
+        let tx = self.store().write().await?;
+        let model = operator::ActiveModel {
+            org_id: Set(org_id),
+            email: Set(email),
+            name: Set(name),
+            avatar: Set(avatar),
+            presence: Set(Presence::Offline.code()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, "an operator with this email exists"))?;
+        tx.commit().await?;
+        Ok(model.into())
+    }
+
+    /// An operator of the caller's organisation: an admin sees all, an operator itself.
+    pub async fn operator(&self, who: &Principal, id: i64) -> Result<Operator> {
+        let visible = match *who {
+            Principal::Admin { .. } => true,
+            Principal::Operator { operator_id, .. } => operator_id == id,
+            Principal::Customer { .. } => false,
+        };
+        if !visible {
+            return Err(Error::NotFound("operator"));
+        }
+        Ok(self.operator_model(who.org_id(), id).await?.into())
+    }
+
+    async fn operator_model(&self, org_id: i64, id: i64) -> Result<operator::Model> {
+        operator::Entity::find_by_id(id)
+            .filter(operator::Column::OrgId.eq(org_id))
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("operator"))
+    }
+
+    pub async fn list_operators(
+        &self,
+        who: &Principal,
+        after: Option<i64>,
+        limit: Option<u64>,
+    ) -> Result<Vec<Operator>> {
+        let (org_id, _) = self.require_admin(who)?;
+        let rows = operator::Entity::find()
+            .filter(operator::Column::OrgId.eq(org_id))
+            .filter(operator::Column::Id.gt(after.unwrap_or(0)))
+            .order_by_asc(operator::Column::Id)
+            .limit(list_limit(limit)?)
+            .all(self.store().db())
+            .await?;
+        Ok(rows.into_iter().map(Operator::from).collect())
+    }
+
+    /// Updates an operator. An admin may change every field; an operator only its own
+    /// presence.
+    pub async fn update_operator(
+        &self,
+        who: &Principal,
+        id: i64,
+        patch: OperatorPatch,
+    ) -> Result<Operator> {
+        let self_presence_only = match *who {
+            Principal::Admin { .. } => false,
+            Principal::Operator { operator_id, .. } if operator_id == id => true,
+            _ => return Err(Error::NotFound("operator")),
+        };
+        if patch.email.is_none()
+            && patch.name.is_none()
+            && patch.avatar.is_none()
+            && patch.presence.is_none()
+        {
+            return Err(Error::Invalid(
+                "give at least one of email, name, avatar, presence".into(),
+            ));
+        }
+        if self_presence_only
+            && (patch.email.is_some() || patch.name.is_some() || patch.avatar.is_some())
+        {
+            return Err(Error::Forbidden(
+                "an operator may change only its own presence",
+            ));
+        }
+        let email = patch
+            .email
+            .as_deref()
+            .map(|e| email("email", e))
+            .transpose()?;
+        let name = patch
+            .name
+            .as_deref()
+            .map(|n| required("name", n, 200))
+            .transpose()?;
+        let avatar = patch
+            .avatar
+            .as_deref()
+            .map(|a| optional("avatar", Some(a), 2000))
+            .transpose()?;
+        let tx = self.store().write().await?;
+        let current = operator::Entity::find_by_id(id)
+            .filter(operator::Column::OrgId.eq(who.org_id()))
+            .one(&*tx)
+            .await?
+            .ok_or(Error::NotFound("operator"))?;
+        let mut model = current.into_active_model();
+        if let Some(email) = email {
+            model.email = Set(email);
+        }
+        if let Some(name) = name {
+            model.name = Set(name);
+        }
+        if let Some(avatar) = avatar {
+            model.avatar = Set(avatar);
+        }
+        if let Some(presence) = patch.presence {
+            model.presence = Set(presence.code());
+        }
+        model.updated_at = Set(now_ms());
+        let updated = model
+            .update(&*tx)
+            .await
+            .map_err(|e| conflict_on_unique(e, "an operator with this email exists"))?;
+        tx.commit().await?;
+        if let Some(presence) = patch.presence {
+            self.publish_presence(id, presence).await?;
+        }
+        Ok(updated.into())
+    }
+
+    /// Creates a domain with its whole-domain inbox.
+    pub async fn create_domain(&self, who: &Principal, new: NewDomain) -> Result<(Domain, Inbox)> {
+        let (org_id, addon_id) = self.require_admin(who)?;
+        let name = domain_name(&new.name)?;
+        let email = new
+            .email
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| email("email", e))
+            .transpose()?;
+        let now = now_ms();
+        let tx = self.store().write().await?;
+        let domain = domain::ActiveModel {
+            org_id: Set(org_id),
+            addon_id: Set(addon_id),
+            name: Set(name.clone()),
+            email: Set(email),
+            active: Set(true),
+            widget_key: Set(widget_key()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, "a domain with this name exists"))?;
+        let inbox = inbox::ActiveModel {
+            org_id: Set(org_id),
+            domain_id: Set(domain.id),
+            unique_id: Set(String::new()),
+            name: Set(name),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await?;
+        tx.commit().await?;
+        Ok((domain.into(), inbox.into()))
+    }
+
+    pub async fn domain(&self, who: &Principal, id: i64) -> Result<Domain> {
+        let (org_id, _) = self.require_admin(who)?;
+        Ok(self.domain_model(org_id, id).await?.into())
+    }
+
+    async fn domain_model(&self, org_id: i64, id: i64) -> Result<domain::Model> {
+        domain::Entity::find_by_id(id)
+            .filter(domain::Column::OrgId.eq(org_id))
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("domain"))
+    }
+
+    pub async fn list_domains(
+        &self,
+        who: &Principal,
+        after: Option<i64>,
+        limit: Option<u64>,
+    ) -> Result<Vec<Domain>> {
+        let (org_id, _) = self.require_admin(who)?;
+        let rows = domain::Entity::find()
+            .filter(domain::Column::OrgId.eq(org_id))
+            .filter(domain::Column::Id.gt(after.unwrap_or(0)))
+            .order_by_asc(domain::Column::Id)
+            .limit(list_limit(limit)?)
+            .all(self.store().db())
+            .await?;
+        Ok(rows.into_iter().map(Domain::from).collect())
+    }
+
+    pub async fn update_domain(
+        &self,
+        who: &Principal,
+        id: i64,
+        patch: DomainPatch,
+    ) -> Result<Domain> {
+        let (org_id, _) = self.require_admin(who)?;
+        if patch.name.is_none() && patch.email.is_none() && patch.active.is_none() {
+            return Err(Error::Invalid(
+                "give at least one of name, email, active".into(),
+            ));
+        }
+        let name = patch.name.as_deref().map(domain_name).transpose()?;
+        // An empty email clears it; otherwise it must be an address.
+        let email = match patch.email.as_deref().map(str::trim) {
+            None => None,
+            Some("") => Some(None),
+            Some(e) => Some(Some(email("email", e)?)),
+        };
+        let tx = self.store().write().await?;
+        let current = domain::Entity::find_by_id(id)
+            .filter(domain::Column::OrgId.eq(org_id))
+            .one(&*tx)
+            .await?
+            .ok_or(Error::NotFound("domain"))?;
+        let mut model = current.into_active_model();
+        if let Some(name) = name {
+            model.name = Set(name);
+        }
+        if let Some(email) = email {
+            model.email = Set(email);
+        }
+        if let Some(active) = patch.active {
+            model.active = Set(active);
+        }
+        model.updated_at = Set(now_ms());
+        let updated = model
+            .update(&*tx)
+            .await
+            .map_err(|e| conflict_on_unique(e, "a domain with this name exists"))?;
+        tx.commit().await?;
+        Ok(updated.into())
+    }
+
+    /// Creates the inbox of one page or store of a domain.
+    pub async fn create_inbox(&self, who: &Principal, new: NewInbox) -> Result<Inbox> {
+        let (org_id, _) = self.require_admin(who)?;
+        let unique_id = required("unique_id", &new.unique_id, 200)?;
+        let name = optional("name", new.name.as_deref(), 200)?.unwrap_or_else(|| unique_id.clone());
+        let domain = self.domain_model(org_id, new.domain_id).await?;
+        let tx = self.store().write().await?;
+        let model = inbox::ActiveModel {
+            org_id: Set(org_id),
+            domain_id: Set(domain.id),
+            unique_id: Set(unique_id),
+            name: Set(name),
+            created_at: Set(now_ms()),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, "this domain has an inbox with this unique_id"))?;
+        tx.commit().await?;
+        Ok(model.into())
+    }
+
+    /// An inbox: any of the organisation's to its admin and customers (who need it to
+    /// open a chat), only assigned ones to an operator.
+    pub async fn inbox(&self, who: &Principal, id: i64) -> Result<Inbox> {
+        let model = self.inbox_model(who.org_id(), id).await?;
+        if let Principal::Operator { operator_id, .. } = *who
+            && !self.operator_sees_inbox(operator_id, &model).await?
+        {
+            return Err(Error::NotFound("inbox"));
+        }
+        Ok(model.into())
+    }
+
+    pub(super) async fn inbox_model(&self, org_id: i64, id: i64) -> Result<inbox::Model> {
+        inbox::Entity::find_by_id(id)
+            .filter(inbox::Column::OrgId.eq(org_id))
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("inbox"))
+    }
+
+    pub(super) async fn operator_sees_inbox(
+        &self,
+        operator_id: i64,
+        inbox: &inbox::Model,
+    ) -> Result<bool> {
+        Ok(self
+            .counted_assignments(operator_id)
+            .await?
+            .iter()
+            .any(|a| a.covers(inbox.id, inbox.domain_id)))
+    }
+
+    pub async fn list_inboxes(
+        &self,
+        who: &Principal,
+        domain_id: Option<i64>,
+        after: Option<i64>,
+        limit: Option<u64>,
+    ) -> Result<Vec<Inbox>> {
+        let (org_id, _) = self.require_admin(who)?;
+        let mut query = inbox::Entity::find()
+            .filter(inbox::Column::OrgId.eq(org_id))
+            .filter(inbox::Column::Id.gt(after.unwrap_or(0)));
+        if let Some(domain_id) = domain_id {
+            query = query.filter(inbox::Column::DomainId.eq(domain_id));
+        }
+        let rows = query
+            .order_by_asc(inbox::Column::Id)
+            .limit(list_limit(limit)?)
+            .all(self.store().db())
+            .await?;
+        Ok(rows.into_iter().map(Inbox::from).collect())
+    }
+
+    pub async fn create_assignment(
+        &self,
+        who: &Principal,
+        new: NewAssignment,
+    ) -> Result<Assignment> {
+        let (org_id, _) = self.require_admin(who)?;
+        let operator = self.operator_model(org_id, new.operator_id).await?;
+        let inbox = self.inbox_model(org_id, new.inbox_id).await?;
+        let tx = self.store().write().await?;
+        let model = assignment::ActiveModel {
+            org_id: Set(org_id),
+            operator_id: Set(operator.id),
+            inbox_id: Set(inbox.id),
+            domain_id: Set(inbox.domain_id),
+            is_admin: Set(new.is_admin),
+            online: Set(new.online),
+            receiving: Set(new.receiving),
+            created_at: Set(now_ms()),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, "this operator is already assigned to this inbox"))?;
+        tx.commit().await?;
+        self.access_changed(operator.id);
+        Ok(model.into())
+    }
+
+    pub async fn assignment(&self, who: &Principal, id: i64) -> Result<Assignment> {
+        let (org_id, _) = self.require_admin(who)?;
+        assignment::Entity::find_by_id(id)
+            .filter(assignment::Column::OrgId.eq(org_id))
+            .one(self.store().db())
+            .await?
+            .map(Assignment::from)
+            .ok_or(Error::NotFound("assignment"))
+    }
+
+    pub async fn list_assignments(
+        &self,
+        who: &Principal,
+        operator_id: Option<i64>,
+        inbox_id: Option<i64>,
+        after: Option<i64>,
+        limit: Option<u64>,
+    ) -> Result<Vec<Assignment>> {
+        let (org_id, _) = self.require_admin(who)?;
+        let mut query = assignment::Entity::find()
+            .filter(assignment::Column::OrgId.eq(org_id))
+            .filter(assignment::Column::Id.gt(after.unwrap_or(0)));
+        if let Some(operator_id) = operator_id {
+            query = query.filter(assignment::Column::OperatorId.eq(operator_id));
+        }
+        if let Some(inbox_id) = inbox_id {
+            query = query.filter(assignment::Column::InboxId.eq(inbox_id));
+        }
+        let rows = query
+            .order_by_asc(assignment::Column::Id)
+            .limit(list_limit(limit)?)
+            .all(self.store().db())
+            .await?;
+        Ok(rows.into_iter().map(Assignment::from).collect())
+    }
+
+    pub async fn update_assignment(
+        &self,
+        who: &Principal,
+        id: i64,
+        patch: AssignmentPatch,
+    ) -> Result<Assignment> {
+        let (org_id, _) = self.require_admin(who)?;
+        if patch.is_admin.is_none() && patch.online.is_none() && patch.receiving.is_none() {
+            return Err(Error::Invalid(
+                "give at least one of is_admin, online, receiving".into(),
+            ));
+        }
+        let tx = self.store().write().await?;
+        let current = assignment::Entity::find_by_id(id)
+            .filter(assignment::Column::OrgId.eq(org_id))
+            .one(&*tx)
+            .await?
+            .ok_or(Error::NotFound("assignment"))?;
+        let mut model = current.into_active_model();
+        if let Some(v) = patch.is_admin {
+            model.is_admin = Set(v);
+        }
+        if let Some(v) = patch.online {
+            model.online = Set(v);
+        }
+        if let Some(v) = patch.receiving {
+            model.receiving = Set(v);
+        }
+        let updated = model.update(&*tx).await?;
+        tx.commit().await?;
+        self.access_changed(updated.operator_id);
+        Ok(updated.into())
+    }
+
+    pub async fn delete_assignment(&self, who: &Principal, id: i64) -> Result<()> {
+        let (org_id, _) = self.require_admin(who)?;
+        let tx = self.store().write().await?;
+        let Some(row) = assignment::Entity::find_by_id(id)
+            .filter(assignment::Column::OrgId.eq(org_id))
+            .one(&*tx)
+            .await?
+        else {
+            return Err(Error::NotFound("assignment"));
+        };
+        assignment::Entity::delete_by_id(row.id).exec(&*tx).await?;
+        tx.commit().await?;
+        self.access_changed(row.operator_id);
+        Ok(())
+    }
+
+    /// Tells the operator's live sockets to re-read which chats they may follow.
+    pub(super) fn access_changed(&self, operator_id: i64) {
+        self.bus().publish(super::events::Event::AccessChanged(
+            super::events::Person::Operator(operator_id),
+        ));
+    }
+
+    /// A socket of the operator opened: an offline operator becomes online (a chosen
+    /// away or busy stays).
+    pub async fn operator_connected(&self, operator_id: i64) -> Result<()> {
+        self.set_presence_if(operator_id, Presence::Online, |p| p == Presence::Offline)
+            .await
+    }
+
+    /// The operator's last socket closed: they are offline.
+    pub async fn operator_disconnected(&self, operator_id: i64) -> Result<()> {
+        self.set_presence_if(operator_id, Presence::Offline, |p| p != Presence::Offline)
+            .await
+    }
+
+    async fn set_presence_if(
+        &self,
+        operator_id: i64,
+        to: Presence,
+        when: impl Fn(Presence) -> bool,
+    ) -> Result<()> {
+        let tx = self.store().write().await?;
+        let current = operator::Entity::find_by_id(operator_id).one(&*tx).await?;
+        let Some(current) = current.filter(|c| when(Presence::from_code(c.presence))) else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let mut model = current.into_active_model();
+        model.presence = Set(to.code());
+        model.updated_at = Set(now_ms());
+        model.update(&*tx).await?;
+        tx.commit().await?;
+        self.publish_presence(operator_id, to).await
+    }
+
+    /// Announces a presence in the rooms of the operator's open chats.
+    async fn publish_presence(&self, operator_id: i64, presence: Presence) -> Result<()> {
+        let Some(op) = operator::Entity::find_by_id(operator_id)
+            .one(self.store().db())
+            .await?
+        else {
+            return Ok(());
+        };
+        let who = Principal::Operator {
+            org_id: op.org_id,
+            operator_id,
+        };
+        let chat_ids = self
+            .live_chats(&who)
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        self.bus().publish(super::events::Event::Presence {
+            operator_id,
+            presence,
+            chat_ids,
+        });
+        Ok(())
+    }
+}

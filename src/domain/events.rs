@@ -1,0 +1,84 @@
+//! What the core announces after a commit. The bus encodes each event once and the hub
+//! hands the bytes to every interested socket.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ChatStatus, Message, Presence};
+
+/// A chat member as the hub knows them: whose sockets to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum Person {
+    Customer(i64),
+    Operator(i64),
+}
+
+/// Who wrote or did something, on the wire: `{"kind": "customer", "id": 7}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Actor {
+    pub kind: &'static str,
+    pub id: i64,
+}
+
+impl From<Person> for Actor {
+    fn from(p: Person) -> Self {
+        match p {
+            Person::Customer(id) => Actor {
+                kind: "customer",
+                id,
+            },
+            Person::Operator(id) => Actor {
+                kind: "operator",
+                id,
+            },
+        }
+    }
+}
+
+/// A chat's identity and status, as carried by `chat` frames.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatSummary {
+    pub id: i64,
+    pub inbox_id: i64,
+    pub customer_id: i64,
+    pub operator_id: Option<i64>,
+    pub status: ChatStatus,
+    pub last_seq: i64,
+}
+
+/// Something committed that live clients should hear about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new message; `seq` orders it within the chat.
+    Message(Message),
+    /// A member's cursors moved.
+    Receipt {
+        chat_id: i64,
+        member: Person,
+        received_seq: i64,
+        read_seq: i64,
+    },
+    /// A chat was opened: `audience` (its customer and the operators who see its inbox)
+    /// join its room and hear of it.
+    ChatCreated {
+        chat: ChatSummary,
+        audience: Vec<Person>,
+    },
+    /// A chat's status or operator changed.
+    ChatUpdated(ChatSummary),
+    /// Someone is typing (not stored).
+    Typing {
+        chat_id: i64,
+        who: Person,
+        typing: bool,
+    },
+    /// What this person may see changed (an assignment came or went): their sockets
+    /// re-read their chats, leaving rooms they may no longer be in. No frame is sent.
+    AccessChanged(Person),
+    /// An operator's presence changed; heard in the rooms of the operator's open chats.
+    Presence {
+        operator_id: i64,
+        presence: Presence,
+        chat_ids: Vec<i64>,
+    },
+}

@@ -1,0 +1,497 @@
+//! Messages and receipts: the chat's total order by seq, idempotent sends, and cursors
+//! that only move forward.
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde::{Deserialize, Serialize};
+
+use super::events::{Event, Person};
+use super::{Core, Error, Principal, Result, now_ms};
+use crate::store::entity::{chat, file, message, receipt};
+use crate::store::{is_unique_violation, stmt};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Author {
+    /// `customer`, `operator` or `system`.
+    pub kind: String,
+    /// `null` for system messages.
+    pub id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub chat_id: i64,
+    pub seq: i64,
+    pub local_id: Option<String>,
+    pub author: Author,
+    /// `text`, `notice` or `file`.
+    pub payload: String,
+    pub text: String,
+    pub file_id: Option<String>,
+    /// `sent`, then `received` once a device of the other side has it, then `read`.
+    pub status: &'static str,
+    pub created_at: i64,
+    pub received_at: Option<i64>,
+    pub read_at: Option<i64>,
+}
+
+impl From<message::Model> for Message {
+    fn from(m: message::Model) -> Self {
+        let status = if m.read_at.is_some() {
+            "read"
+        } else if m.received_at.is_some() {
+            "received"
+        } else {
+            "sent"
+        };
+        Message {
+            id: m.id,
+            chat_id: m.chat_id,
+            seq: m.seq,
+            local_id: m.local_id,
+            author: Author {
+                id: (m.author_kind != "system").then_some(m.author_id),
+                kind: m.author_kind,
+            },
+            payload: m.payload,
+            text: m.text,
+            file_id: m.file_id,
+            status,
+            created_at: m.created_at,
+            received_at: m.received_at,
+            read_at: m.read_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// Client-made id: the same (author, chat, local_id) twice gives the first message.
+    #[serde(default)]
+    pub local_id: Option<String>,
+    /// `text` (the default) or `file`.
+    #[serde(default)]
+    pub payload: Option<String>,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub file_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageQuery {
+    /// Only messages with a greater seq, oldest first.
+    pub after: Option<i64>,
+    /// Only messages with a smaller seq (the newest of them).
+    pub before: Option<i64>,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessagePage {
+    /// In ascending seq.
+    pub items: Vec<Message>,
+    /// Whether more messages lie beyond this page in the direction asked.
+    pub has_more: bool,
+}
+
+/// A member's cursors in one chat.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    pub chat_id: i64,
+    pub received_seq: i64,
+    pub read_seq: i64,
+    pub received_at: Option<i64>,
+    pub read_at: Option<i64>,
+}
+
+/// A message to store, already checked.
+pub(super) struct Append<'a> {
+    pub kind: &'static str,
+    pub author_id: i64,
+    pub local_id: Option<String>,
+    pub payload: &'a str,
+    pub text: String,
+    pub file_id: Option<String>,
+}
+
+/// A member's cursors, as sent to live clients when they resume.
+#[derive(Debug, Clone)]
+pub struct MemberReceipt {
+    pub member: Person,
+    pub received_seq: i64,
+    pub read_seq: i64,
+}
+
+fn person(kind: &str, id: i64) -> Person {
+    if kind == "customer" {
+        Person::Customer(id)
+    } else {
+        Person::Operator(id)
+    }
+}
+
+/// The (kind, id) under which a principal writes and holds receipts; `None` for admins.
+pub(super) fn member_of(who: &Principal) -> Option<(&'static str, i64)> {
+    match *who {
+        Principal::Customer { customer_id, .. } => Some(("customer", customer_id)),
+        Principal::Operator { operator_id, .. } => Some(("operator", operator_id)),
+        Principal::Admin { .. } => None,
+    }
+}
+
+impl Core {
+    /// Appends a message to a chat: the next seq, in one transaction. Returns the message
+    /// and whether it is new; a repeated `local_id` gives back the first message.
+    ///
+    /// Fails with `NotFound` for a chat the caller cannot see, `Forbidden` for an admin
+    /// token, `Conflict` for a finished chat, `Invalid` for bad text or payload.
+    pub async fn send(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        new: NewMessage,
+    ) -> Result<(Message, bool)> {
+        let (kind, author_id) =
+            member_of(who).ok_or(Error::Forbidden("an admin token cannot send messages"))?;
+        // Visibility first: a chat the caller cannot see is 404 whatever the body says.
+        let chat = self.visible_chat(who, chat_id).await?;
+        let local_id = match new.local_id.as_deref() {
+            Some(id) if id.is_empty() || id.len() > 64 => {
+                return Err(Error::Invalid("local_id must be 1-64 bytes".into()));
+            }
+            other => other.map(str::to_owned),
+        };
+        let payload = new.payload.as_deref().unwrap_or("text");
+        let file_id = match payload {
+            "text" => {
+                if new.file_id.is_some() {
+                    return Err(Error::Invalid("file_id goes with payload \"file\"".into()));
+                }
+                if new.text.trim().is_empty() {
+                    return Err(Error::Invalid("text must not be empty".into()));
+                }
+                None
+            }
+            "file" => {
+                let id = new
+                    .file_id
+                    .ok_or_else(|| Error::Invalid("payload \"file\" needs a file_id".into()))?;
+                file::Entity::find_by_id(id.clone())
+                    .filter(file::Column::OrgId.eq(who.org_id()))
+                    .one(self.store().db())
+                    .await?
+                    .ok_or(Error::NotFound("file"))?;
+                Some(id)
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "payload must be \"text\" or \"file\"".into(),
+                ));
+            }
+        };
+        if new.text.chars().count() > self.limits().max_text_chars {
+            return Err(Error::Invalid(format!(
+                "text must be at most {} characters",
+                self.limits().max_text_chars
+            )));
+        }
+        self.append(
+            &chat,
+            Append {
+                kind,
+                author_id,
+                local_id,
+                payload,
+                text: new.text,
+                file_id,
+            },
+        )
+        .await
+    }
+
+    /// Stores a message at the chat's next seq, in one transaction, and announces it. A
+    /// repeated `local_id` gives back the first message (`false`). A `notice` goes into any
+    /// chat, finished or not, and changes nothing else of it; other payloads are refused
+    /// in a finished chat, and an operator's answers a pending one.
+    pub(super) async fn append(
+        &self,
+        chat: &chat::Model,
+        a: Append<'_>,
+    ) -> Result<(Message, bool)> {
+        let Append {
+            kind,
+            author_id,
+            local_id,
+            payload,
+            text,
+            file_id,
+        } = a;
+        let find_existing = |local_id: String| {
+            message::Entity::find()
+                .filter(message::Column::ChatId.eq(chat.id))
+                .filter(message::Column::AuthorKind.eq(kind))
+                .filter(message::Column::AuthorId.eq(author_id))
+                .filter(message::Column::LocalId.eq(local_id))
+        };
+        let tx = self.store().write().await?;
+        if let Some(local_id) = &local_id
+            && let Some(existing) = find_existing(local_id.clone()).one(&*tx).await?
+        {
+            tx.commit().await?;
+            return Ok((existing.into(), false));
+        }
+        let now = now_ms();
+        let backend = self.store().backend();
+        // The row lock this UPDATE takes (PostgreSQL), or the writer lock (SQLite), orders
+        // concurrent sends into one chat: each sees the previous one's seq.
+        let bump = if payload == "notice" {
+            stmt(
+                backend,
+                "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ? \
+                 WHERE id = ? RETURNING last_seq",
+                [now.into(), chat.id.into()],
+            )
+        } else if kind == "operator" {
+            stmt(
+                backend,
+                "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?, \
+                 status = CASE WHEN status = 'pending' THEN 'chatting' ELSE status END, \
+                 operator_id = COALESCE(operator_id, ?) \
+                 WHERE id = ? AND status <> 'finished' RETURNING last_seq",
+                [now.into(), author_id.into(), chat.id.into()],
+            )
+        } else {
+            stmt(
+                backend,
+                "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ? \
+                 WHERE id = ? AND status <> 'finished' RETURNING last_seq",
+                [now.into(), chat.id.into()],
+            )
+        };
+        let seq: i64 = match tx.query_one_raw(bump).await? {
+            Some(row) => row.try_get("", "last_seq")?,
+            None => return Err(Error::Conflict("chat is finished".into())),
+        };
+        let inserted = message::ActiveModel {
+            chat_id: Set(chat.id),
+            seq: Set(seq),
+            author_kind: Set(kind.to_owned()),
+            author_id: Set(author_id),
+            local_id: Set(local_id.clone()),
+            payload: Set(payload.to_owned()),
+            text: Set(text),
+            file_id: Set(file_id),
+            created_at: Set(now),
+            received_at: Set(None),
+            read_at: Set(None),
+            ..Default::default()
+        }
+        .insert(&*tx)
+        .await;
+        match inserted {
+            Ok(model) => {
+                tx.commit().await?;
+                let message = Message::from(model);
+                self.bus().publish(Event::Message(message.clone()));
+                if kind == "operator" && payload != "notice" && chat.status == "pending" {
+                    self.publish_chat_updated(chat.id).await?;
+                }
+                Ok((message, true))
+            }
+            // A concurrent send with the same local_id committed first (PostgreSQL): this
+            // transaction, seq bump included, is rolled back and the first one answers.
+            Err(e) if is_unique_violation(&e) && local_id.is_some() => {
+                drop(tx);
+                let existing = find_existing(local_id.unwrap_or_default())
+                    .one(self.store().db())
+                    .await?
+                    .ok_or(Error::Store(e))?;
+                Ok((existing.into(), false))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A page of a chat's messages in ascending seq.
+    pub async fn messages(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        q: MessageQuery,
+    ) -> Result<MessagePage> {
+        let limit = match q.limit {
+            None => 50,
+            Some(n @ 1..=500) => n,
+            Some(_) => return Err(Error::Invalid("limit must be between 1 and 500".into())),
+        };
+        if q.after.is_some() && q.before.is_some() {
+            return Err(Error::Invalid("give after or before, not both".into()));
+        }
+        let chat = self.visible_chat(who, chat_id).await?;
+        let query = message::Entity::find().filter(message::Column::ChatId.eq(chat.id));
+        // One row past the page tells whether there is more.
+        let mut rows = match q.after {
+            Some(after) => {
+                query
+                    .filter(message::Column::Seq.gt(after))
+                    .order_by_asc(message::Column::Seq)
+                    .limit(limit + 1)
+                    .all(self.store().db())
+                    .await?
+            }
+            None => {
+                let mut rows = query
+                    .filter(message::Column::Seq.lt(q.before.unwrap_or(i64::MAX)))
+                    .order_by_desc(message::Column::Seq)
+                    .limit(limit + 1)
+                    .all(self.store().db())
+                    .await?;
+                rows.reverse();
+                rows
+            }
+        };
+        let has_more = rows.len() as u64 > limit;
+        if has_more {
+            if q.after.is_some() {
+                rows.pop();
+            } else {
+                rows.remove(0);
+            }
+        }
+        Ok(MessagePage {
+            items: rows.into_iter().map(Message::from).collect(),
+            has_more,
+        })
+    }
+
+    /// Moves the caller's cursors forward to `received` and `read` (a read implies
+    /// received). A cursor never moves back: a lower seq than the current one changes
+    /// nothing. The other side's messages up to the cursors get their received/read times.
+    ///
+    /// Fails with `Invalid` for a seq below 0 or past the chat's last message.
+    pub async fn mark(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        received: Option<i64>,
+        read: Option<i64>,
+    ) -> Result<Receipt> {
+        let (kind, member_id) =
+            member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
+        if received.is_none() && read.is_none() {
+            return Err(Error::Invalid("give received, read or both".into()));
+        }
+        let chat = self.visible_chat(who, chat_id).await?;
+        for seq in [received, read].into_iter().flatten() {
+            if seq < 0 || seq > chat.last_seq {
+                return Err(Error::Invalid(format!(
+                    "seq {seq} is outside this chat's messages (0..={})",
+                    chat.last_seq
+                )));
+            }
+        }
+        let received = received.max(read);
+        let now = now_ms();
+        let backend = self.store().backend();
+        // Customers mark the operators' and system's messages; operators the customer's.
+        let others = if kind == "customer" {
+            "author_kind <> 'customer'"
+        } else {
+            "author_kind = 'customer'"
+        };
+        let tx = self.store().write().await?;
+        tx.execute_raw(stmt(
+            backend,
+            "INSERT INTO receipts (chat_id, member_kind, member_id, received_seq, read_seq) \
+             VALUES (?, ?, ?, 0, 0) ON CONFLICT (chat_id, member_kind, member_id) DO NOTHING",
+            [chat.id.into(), kind.into(), member_id.into()],
+        ))
+        .await?;
+        let before = receipt::Entity::find()
+            .filter(receipt::Column::ChatId.eq(chat.id))
+            .filter(receipt::Column::MemberKind.eq(kind))
+            .filter(receipt::Column::MemberId.eq(member_id))
+            .one(&*tx)
+            .await?;
+        let (old_received, old_read) = before.map_or((0, 0), |r| (r.received_seq, r.read_seq));
+        // Conditional updates: under concurrency the higher seq wins, never the later one.
+        // Messages at or below this member's old cursor were marked when it got there.
+        for (cursor, seq, old) in [
+            ("received", received, old_received),
+            ("read", read, old_read),
+        ] {
+            let Some(seq) = seq else { continue };
+            if seq <= old {
+                continue;
+            }
+            tx.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE receipts SET {cursor}_seq = ?, {cursor}_at = ? \
+                     WHERE chat_id = ? AND member_kind = ? AND member_id = ? AND {cursor}_seq < ?"
+                ),
+                [
+                    seq.into(),
+                    now.into(),
+                    chat.id.into(),
+                    kind.into(),
+                    member_id.into(),
+                    seq.into(),
+                ],
+            ))
+            .await?;
+            tx.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE messages SET {cursor}_at = ? \
+                     WHERE chat_id = ? AND seq > ? AND seq <= ? AND {cursor}_at IS NULL AND {others}"
+                ),
+                [now.into(), chat.id.into(), old.into(), seq.into()],
+            ))
+            .await?;
+        }
+        let row = receipt::Entity::find()
+            .filter(receipt::Column::ChatId.eq(chat.id))
+            .filter(receipt::Column::MemberKind.eq(kind))
+            .filter(receipt::Column::MemberId.eq(member_id))
+            .one(&*tx)
+            .await?
+            .ok_or_else(|| Error::Internal("receipt row vanished".into()))?;
+        tx.commit().await?;
+        self.bus().publish(Event::Receipt {
+            chat_id: row.chat_id,
+            member: person(kind, member_id),
+            received_seq: row.received_seq,
+            read_seq: row.read_seq,
+        });
+        Ok(Receipt {
+            chat_id: row.chat_id,
+            received_seq: row.received_seq,
+            read_seq: row.read_seq,
+            received_at: row.received_at,
+            read_at: row.read_at,
+        })
+    }
+
+    /// Every member's cursors in a chat the caller can see.
+    pub async fn chat_receipts(&self, who: &Principal, chat_id: i64) -> Result<Vec<MemberReceipt>> {
+        let chat = self.visible_chat(who, chat_id).await?;
+        Ok(receipt::Entity::find()
+            .filter(receipt::Column::ChatId.eq(chat.id))
+            .all(self.store().db())
+            .await?
+            .into_iter()
+            .map(|r| MemberReceipt {
+                member: person(&r.member_kind, r.member_id),
+                received_seq: r.received_seq,
+                read_seq: r.read_seq,
+            })
+            .collect())
+    }
+}

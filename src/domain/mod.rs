@@ -1,0 +1,200 @@
+//! The core: chats, messages, receipts, organisations and their people. Knows nothing of
+//! HTTP or sockets; every surface (native API, the seed APIs) calls in here.
+//!
+//! Every function takes the caller's [`Principal`] and checks it first: an id that
+//! belongs to another organisation, or that the caller may not see, is answered exactly
+//! like an id that does not exist.
+
+mod admin;
+mod auth;
+mod chats;
+mod chatwhizz;
+mod customers;
+pub mod events;
+mod messages;
+mod storefront;
+mod support;
+mod widget;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sea_orm::DbErr;
+
+use crate::bus::Bus;
+use crate::store::Store;
+
+pub use admin::{
+    Assignment, AssignmentPatch, Domain, DomainPatch, Inbox, NewAssignment, NewDomain, NewInbox,
+    NewOperator, Operator, OperatorPatch, Presence,
+};
+pub use auth::{AdminTokens, NewOrganisation, SessionToken};
+pub use chats::{Chat, ChatPage, ChatStatus, LiveChat};
+pub use customers::{Customer, CustomerFields};
+pub use messages::{
+    Author, MemberReceipt, Message, MessagePage, MessageQuery, NewMessage, Receipt,
+};
+pub use storefront::{Numbered, Said, StoreChat};
+pub use support::{CustomerCard, OperatorCard};
+pub use widget::Visitor;
+
+/// Who is calling, as proven by a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// An organisation's admin token for one addon.
+    Admin {
+        org_id: i64,
+        addon_id: i64,
+    },
+    Operator {
+        org_id: i64,
+        operator_id: i64,
+    },
+    Customer {
+        org_id: i64,
+        customer_id: i64,
+    },
+}
+
+impl Principal {
+    pub fn org_id(&self) -> i64 {
+        match *self {
+            Principal::Admin { org_id, .. }
+            | Principal::Operator { org_id, .. }
+            | Principal::Customer { org_id, .. } => org_id,
+        }
+    }
+}
+
+/// Errors of the core, each one a distinct answer to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Unknown, or not visible to the caller (the two are never told apart).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Missing, bad or expired credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Valid credentials of a kind that may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The request is well-formed but its values are not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the current state (a taken email, a finished chat).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error")]
+    Store(#[from] DbErr),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Limits and lifetimes the core enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest message text, in characters.
+    pub max_text_chars: usize,
+    /// Lifetime of an admin access token, in seconds.
+    pub access_token_ttl_s: i64,
+    /// Lifetime of an admin refresh token, in seconds.
+    pub refresh_token_ttl_s: i64,
+    /// Lifetime of an operator or customer session, in seconds.
+    pub session_ttl_s: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_chars: 10_000,
+            access_token_ttl_s: 3600,
+            refresh_token_ttl_s: 30 * 24 * 3600,
+            session_ttl_s: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// The core service: one per process, shared by every request.
+#[derive(Debug)]
+pub struct Core {
+    store: Store,
+    limits: Limits,
+    bus: Bus,
+}
+
+impl Core {
+    pub fn new(store: Store, limits: Limits, bus: Bus) -> Self {
+        Core { store, limits, bus }
+    }
+
+    /// Where committed events are announced.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn into_store(self) -> Store {
+        self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks a required text field: trimmed, non-empty, at most `max` characters.
+fn required(field: &str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::Invalid(format!("{field} must not be empty")));
+    }
+    if value.chars().count() > max {
+        return Err(Error::Invalid(format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// Checks an optional text field; an empty string counts as absent.
+fn optional(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => required(field, v, max).map(Some),
+    }
+}
+
+fn email(field: &str, value: &str) -> Result<String> {
+    let value = required(field, value, 254)?.to_lowercase();
+    let valid = match value.split_once('@') {
+        Some((local, host)) => {
+            !local.is_empty() && host.contains('.') && !value.contains(char::is_whitespace)
+        }
+        None => false,
+    };
+    if !valid {
+        return Err(Error::Invalid(format!("{field} is not an email address")));
+    }
+    Ok(value)
+}
+
+/// Maps a lost insert race on a unique key to a conflict with `message`.
+fn conflict_on_unique(err: DbErr, message: impl Into<String>) -> Error {
+    if crate::store::is_unique_violation(&err) {
+        Error::Conflict(message.into())
+    } else {
+        Error::Store(err)
+    }
+}

@@ -1,0 +1,75 @@
+//! Website visitors: the embeddable widget of a domain makes anonymous customers, each with
+//! a session and a chat with the domain's inbox.
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde::Serialize;
+
+use super::{Core, Error, Principal, Result};
+use crate::store::entity::{domain, inbox};
+
+/// What the widget needs to chat.
+#[derive(Debug, Clone, Serialize)]
+pub struct Visitor {
+    pub token: String,
+    pub customer_id: i64,
+    pub chat_id: i64,
+}
+
+impl Core {
+    /// A visitor of the domain whose widget key this is: the one a still valid `token`
+    /// belongs to, or a new anonymous customer. Either way with an open chat with the
+    /// domain's inbox. Fails with `NotFound` for an unknown key and `Conflict` for an
+    /// inactive domain.
+    pub async fn visitor(&self, widget_key: &str, token: Option<&str>) -> Result<Visitor> {
+        let domain = domain::Entity::find()
+            .filter(domain::Column::WidgetKey.eq(widget_key))
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("widget"))?;
+        if !domain.active {
+            return Err(Error::Conflict("this domain is not active".into()));
+        }
+        let inbox = inbox::Entity::find()
+            .filter(inbox::Column::DomainId.eq(domain.id))
+            .filter(inbox::Column::UniqueId.eq(""))
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("widget"))?;
+        let known = match token {
+            Some(token) => match self.authenticate(token).await {
+                Ok(Principal::Customer {
+                    org_id,
+                    customer_id,
+                }) if org_id == domain.org_id => Some((customer_id, token.to_owned())),
+                _ => None,
+            },
+            None => None,
+        };
+        let (customer_id, token) = match known {
+            Some(k) => k,
+            None => {
+                let admin = Principal::Admin {
+                    org_id: domain.org_id,
+                    addon_id: domain.addon_id,
+                };
+                let fields = super::CustomerFields {
+                    name: Some("Visitor".into()),
+                    ..Default::default()
+                };
+                let (customer, _) = self.identify_customer(&admin, fields).await?;
+                let session = self.customer_session(&admin, customer.id).await?;
+                (customer.id, session.token)
+            }
+        };
+        let who = Principal::Customer {
+            org_id: domain.org_id,
+            customer_id,
+        };
+        let (chat, _) = self.open_chat(&who, inbox.id).await?;
+        Ok(Visitor {
+            token,
+            customer_id,
+            chat_id: chat.id,
+        })
+    }
+}

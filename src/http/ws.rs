@@ -1,0 +1,859 @@
+//! `/v1/ws`: the WebSocket upgrade and one session per socket.
+//!
+//! Each socket has two tasks. The reader parses client frames and calls the core (send,
+//! received/read, typing, presence, resume). The writer owns the socket's sink and drains
+//! the session's bounded queue, keeping every chat in seq order: it skips what it already
+//! sent and fills any gap from the database before going on, so a client sees each
+//! message once, in order, whatever the bus did.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+use super::request::parse_query;
+use super::{ApiError, App, HttpResponse};
+use crate::bus::encode;
+use crate::domain::events::{Event, Person};
+use crate::domain::{Error, MessageQuery, NewMessage, OperatorPatch, Presence, Principal};
+use crate::hub::{CloseReason, Outbound, Session};
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Limits of live sockets.
+#[derive(Debug, Clone)]
+pub struct WsLimits {
+    /// Frames queued for one socket before it counts as a slow consumer.
+    pub queue: usize,
+    /// Largest client frame, in bytes.
+    pub max_frame_bytes: usize,
+    /// Sustained client frames per second (bursts of twice that are allowed).
+    pub frames_per_sec: u32,
+    /// Interval of server pings.
+    pub ping_every: Duration,
+    /// A socket silent for this long (no frame, no pong) is dropped.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            queue: 1024,
+            max_frame_bytes: 64 * 1024,
+            frames_per_sec: 50,
+            ping_every: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The token of a socket: `Authorization: Bearer`, the `souq_token` cookie, or the `token`
+/// query parameter (browsers cannot set headers on a WebSocket).
+fn socket_token(req: &Request<Incoming>) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some((scheme, token)) = v.split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return Some(token.trim().to_owned());
+    }
+    for cookies in req.headers().get_all(header::COOKIE) {
+        let Ok(cookies) = cookies.to_str() else {
+            continue;
+        };
+        for pair in cookies.split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=')
+                && name == "souq_token"
+            {
+                return Some(value.to_owned());
+            }
+        }
+    }
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    query
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+}
+
+/// `?resume=12:5,13:0`: chats the client already has up to a seq.
+fn resume_cursors(req: &Request<Incoming>) -> Result<Vec<(i64, i64)>, ApiError> {
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let Some((_, spec)) = query.into_iter().find(|(k, _)| k == "resume") else {
+        return Ok(Vec::new());
+    };
+    spec.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (chat, seq) = pair.split_once(':').unwrap_or((pair, ""));
+            match (chat.parse::<i64>(), seq.parse::<i64>()) {
+                (Ok(c), Ok(s)) if c > 0 && s >= 0 => Ok((c, s)),
+                _ => Err(ApiError::invalid(
+                    "resume must look like 12:5,13:0 (chat:seq)",
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Answers the upgrade request: 101 and a session, or an HTTP error before any upgrade.
+pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (is_upgrade && req.method() == hyper::Method::GET, key) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "this is the WebSocket endpoint: send a GET with Upgrade: websocket",
+        ));
+    };
+    let token = socket_token(&req)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing token"))?;
+    let who = app.core.authenticate(&token).await?;
+    let resume = resume_cursors(&req)?;
+    if let Principal::Admin { .. } = who {
+        return Err(Error::Forbidden("an admin token has no live socket").into());
+    }
+
+    let accept = derive_accept_key(key.as_bytes());
+    let app2 = app.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(app2.ws.max_frame_bytes))
+                    .max_frame_size(Some(app2.ws.max_frame_bytes))
+                    .write_buffer_size(0);
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                run(app2, who, socket, resume).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut response = HttpResponse::new(http_body_util::Full::new(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(response)
+}
+
+fn person_of(who: &Principal) -> Option<Person> {
+    match *who {
+        Principal::Customer { customer_id, .. } => Some(Person::Customer(customer_id)),
+        Principal::Operator { operator_id, .. } => Some(Person::Operator(operator_id)),
+        Principal::Admin { .. } => None,
+    }
+}
+
+#[derive(Serialize)]
+struct ReadyChat {
+    id: i64,
+    last_seq: i64,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Reply<'a> {
+    Ready {
+        session_id: u64,
+        chats: &'a [ReadyChat],
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        chat_id: i64,
+        local_id: Option<&'a str>,
+        message_id: i64,
+        seq: i64,
+    },
+    Resumed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        chats: &'a HashMap<String, i64>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+fn error_frame(id: Option<&str>, code: &str, message: &str) -> Utf8Bytes {
+    encode(&Reply::Error { id, code, message })
+}
+
+fn domain_error_frame(id: Option<&str>, e: Error) -> Utf8Bytes {
+    let api = ApiError::from(e);
+    error_frame(id, api.code, &api.message)
+}
+
+async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i64)>) {
+    let Some(person) = person_of(&who) else {
+        return;
+    };
+    let hub = app.core.bus().hub().clone();
+    // Register first, then read the chats: a chat opened in between reaches this session
+    // through its person (and is then caught up), rather than being missed.
+    let (session, rx) = hub.connect(person, app.ws.queue);
+    let chats = match app.core.live_chats(&who).await {
+        Ok(chats) => chats,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a socket's chats");
+            hub.disconnect(&session);
+            return;
+        }
+    };
+    let mut cursors = HashMap::new();
+    for chat in &chats {
+        hub.join(&session, chat.id);
+        // A reconnecting client starts from what it has, so that live messages arriving
+        // before its catch-up are preceded by the missing ones, not followed.
+        let from = resume
+            .iter()
+            .find(|(c, _)| *c == chat.id)
+            .map_or(chat.last_seq, |(_, s)| *s);
+        cursors.insert(chat.id, from.min(chat.last_seq));
+    }
+    if let Person::Operator(id) = person {
+        app.core.bus().operator_connected(id).await;
+        if let Err(e) = app.core.operator_connected(id).await {
+            tracing::warn!(error = %e, "cannot mark the operator online");
+        }
+    }
+    let ready: Vec<ReadyChat> = chats
+        .iter()
+        .map(|c| ReadyChat {
+            id: c.id,
+            last_seq: c.last_seq,
+        })
+        .collect();
+    session.push(Outbound::Direct(encode(&Reply::Ready {
+        session_id: session.id,
+        chats: &ready,
+    })));
+    // Anything committed between reading the chats and joining their rooms, and whatever a
+    // reconnecting client asked for, is caught up from the database first.
+    let mut catch_up: Vec<(i64, i64, bool)> =
+        chats.iter().map(|c| (c.id, c.last_seq, false)).collect();
+    for (chat, seq) in resume {
+        match catch_up.iter_mut().find(|(c, _, _)| *c == chat) {
+            Some(entry) => *entry = (chat, seq, true),
+            None => catch_up.push((chat, seq, true)),
+        }
+    }
+    session.push(Outbound::Resume {
+        id: None,
+        chats: catch_up,
+        rewind: false,
+    });
+
+    let (sink, stream) = socket.split();
+    let last_seen = Arc::new(AtomicI64::new(0));
+    let started = Instant::now();
+    let writer = {
+        let session = session.clone();
+        let task = write_loop(
+            app.clone(),
+            who,
+            session.clone(),
+            rx,
+            sink,
+            cursors,
+            last_seen.clone(),
+            started,
+        );
+        tokio::spawn(async move {
+            task.await;
+            // However the writer ended, the reader must stop too.
+            session.close(CloseReason::Shutdown);
+        })
+    };
+    let mut stream = stream;
+    read_loop(&app, &who, &session, &mut stream, &last_seen, started).await;
+    // The reader is done (client closed or broke): stop the writer unless it stopped first.
+    session.close(CloseReason::Shutdown);
+    let _ = writer.await;
+    // Closing handshake: give the client a moment to answer our close before the TCP
+    // connection goes, so it reads the close code rather than a reset.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    if hub.disconnect(&session)
+        && let Person::Operator(id) = person
+        && app.core.bus().operator_disconnected(id).await
+        && let Err(e) = app.core.operator_disconnected(id).await
+    {
+        tracing::warn!(error = %e, "cannot mark the operator offline");
+    }
+}
+
+/// Client frames.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientFrame {
+    Send {
+        #[serde(default)]
+        id: Option<String>,
+        chat_id: i64,
+        #[serde(default)]
+        local_id: Option<String>,
+        #[serde(default)]
+        payload: Option<String>,
+        #[serde(default)]
+        text: String,
+        #[serde(default)]
+        file_id: Option<String>,
+    },
+    Received {
+        #[serde(default)]
+        id: Option<String>,
+        chat_id: i64,
+        seq: i64,
+    },
+    Read {
+        #[serde(default)]
+        id: Option<String>,
+        chat_id: i64,
+        seq: i64,
+    },
+    Typing {
+        #[serde(default)]
+        id: Option<String>,
+        chat_id: i64,
+        #[serde(default = "yes")]
+        typing: bool,
+    },
+    Resume {
+        #[serde(default)]
+        id: Option<String>,
+        chats: HashMap<String, i64>,
+    },
+    Presence {
+        #[serde(default)]
+        id: Option<String>,
+        presence: Presence,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `id` of a frame that failed to parse, if it has one, so the error can name it.
+fn frame_id(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value.get("id")?.as_str().map(str::to_owned)
+}
+
+/// A token bucket: `rate` frames a second, bursts up to twice that.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        RateLimit {
+            rate,
+            tokens: rate * 2.0,
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn read_loop(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    stream: &mut SplitStream<Socket>,
+    last_seen: &AtomicI64,
+    started: Instant,
+) {
+    let mut limit = RateLimit::new(app.ws.frames_per_sec);
+    let mut last_typing: HashMap<i64, Instant> = HashMap::new();
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = session.close_requested() => return,
+        };
+        let text = match frame {
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                session.close(CloseReason::TooBig);
+                return;
+            }
+            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+            Some(Ok(msg)) => {
+                last_seen.store(started.elapsed().as_millis() as i64, Ordering::Relaxed);
+                match msg {
+                    WsMessage::Text(text) => text,
+                    WsMessage::Binary(_) => {
+                        session.push(Outbound::Direct(error_frame(
+                            None,
+                            "bad_frame",
+                            "send JSON text frames",
+                        )));
+                        continue;
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        if !limit.allow() {
+            let id = frame_id(&text);
+            session.push(Outbound::Direct(error_frame(
+                id.as_deref(),
+                "rate_limited",
+                "too many frames; slow down",
+            )));
+            continue;
+        }
+        let frame: ClientFrame = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                let id = frame_id(&text);
+                session.push(Outbound::Direct(error_frame(
+                    id.as_deref(),
+                    "bad_frame",
+                    &e.to_string(),
+                )));
+                continue;
+            }
+        };
+        handle(app, who, session, frame, &mut last_typing).await;
+    }
+}
+
+async fn handle(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    frame: ClientFrame,
+    last_typing: &mut HashMap<i64, Instant>,
+) {
+    let core = &app.core;
+    match frame {
+        ClientFrame::Send {
+            id,
+            chat_id,
+            local_id,
+            payload,
+            text,
+            file_id,
+        } => {
+            let new = NewMessage {
+                local_id,
+                payload,
+                text,
+                file_id,
+            };
+            let reply = match core.send(who, chat_id, new).await {
+                Ok((m, _)) => encode(&Reply::Ack {
+                    id: id.as_deref(),
+                    chat_id,
+                    local_id: m.local_id.as_deref(),
+                    message_id: m.id,
+                    seq: m.seq,
+                }),
+                Err(e) => domain_error_frame(id.as_deref(), e),
+            };
+            session.push(Outbound::Direct(reply));
+        }
+        ClientFrame::Received { id, chat_id, seq } => {
+            if let Err(e) = core.mark(who, chat_id, Some(seq), None).await {
+                session.push(Outbound::Direct(domain_error_frame(id.as_deref(), e)));
+            }
+        }
+        ClientFrame::Read { id, chat_id, seq } => {
+            if let Err(e) = core.mark(who, chat_id, None, Some(seq)).await {
+                session.push(Outbound::Direct(domain_error_frame(id.as_deref(), e)));
+            }
+        }
+        ClientFrame::Typing {
+            id,
+            chat_id,
+            typing,
+        } => {
+            if !session.in_chat(chat_id) {
+                session.push(Outbound::Direct(error_frame(
+                    id.as_deref(),
+                    "not_found",
+                    "chat not found",
+                )));
+                return;
+            }
+            // At most one typing signal per chat per second from a socket; extras are dropped.
+            let now = Instant::now();
+            if last_typing
+                .get(&chat_id)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
+                && typing
+            {
+                return;
+            }
+            last_typing.insert(chat_id, now);
+            core.bus().publish(Event::Typing {
+                chat_id,
+                who: session.person,
+                typing,
+            });
+        }
+        ClientFrame::Resume { id, chats } => {
+            let mut list = Vec::new();
+            for (chat, seq) in chats {
+                match chat.parse::<i64>() {
+                    Ok(c) if c > 0 && seq >= 0 => list.push((c, seq, true)),
+                    _ => {
+                        session.push(Outbound::Direct(error_frame(
+                            id.as_deref(),
+                            "invalid",
+                            "chats maps chat ids to seqs >= 0",
+                        )));
+                        return;
+                    }
+                }
+            }
+            session.push(Outbound::Resume {
+                id,
+                chats: list,
+                rewind: true,
+            });
+        }
+        ClientFrame::Presence { id, presence } => {
+            let Principal::Operator { operator_id, .. } = *who else {
+                session.push(Outbound::Direct(error_frame(
+                    id.as_deref(),
+                    "forbidden",
+                    "only an operator has a presence",
+                )));
+                return;
+            };
+            let patch = OperatorPatch {
+                presence: Some(presence),
+                ..Default::default()
+            };
+            if let Err(e) = core.update_operator(who, operator_id, patch).await {
+                session.push(Outbound::Direct(domain_error_frame(id.as_deref(), e)));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one task's whole state, handed over once
+async fn write_loop(
+    app: Arc<App>,
+    who: Principal,
+    session: Arc<Session>,
+    mut rx: tokio::sync::mpsc::Receiver<Outbound>,
+    mut sink: SplitSink<Socket, WsMessage>,
+    mut cursors: HashMap<i64, i64>,
+    last_seen: Arc<AtomicI64>,
+    started: Instant,
+) {
+    let mut ping = tokio::time::interval(app.ws.ping_every);
+    ping.tick().await;
+    let reason = loop {
+        let out = tokio::select! {
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => break CloseReason::Shutdown,
+            },
+            reason = session.close_requested() => break reason,
+            _ = ping.tick() => {
+                let idle = started.elapsed().as_millis() as i64 - last_seen.load(Ordering::Relaxed);
+                if idle > app.ws.idle_timeout.as_millis() as i64 {
+                    break CloseReason::Timeout;
+                }
+                if !put(&mut sink, WsMessage::Ping(bytes::Bytes::new())).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let sent = match out {
+            Outbound::Direct(frame) => put(&mut sink, WsMessage::Text(frame)).await,
+            Outbound::Event {
+                seq: None, frame, ..
+            } => put(&mut sink, WsMessage::Text(frame)).await,
+            Outbound::Event {
+                chat_id,
+                seq: Some(seq),
+                frame,
+            } => {
+                let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
+                if seq <= cursor {
+                    true
+                } else {
+                    let mut ok = true;
+                    if seq > cursor + 1 {
+                        ok = catch_up(
+                            &app,
+                            &who,
+                            &mut sink,
+                            chat_id,
+                            cursor,
+                            seq - 1,
+                            &mut cursors,
+                        )
+                        .await;
+                    }
+                    ok = ok && put(&mut sink, WsMessage::Text(frame)).await;
+                    cursors.insert(chat_id, seq);
+                    ok
+                }
+            }
+            Outbound::Recheck => {
+                recheck(&app, &who, &session, &mut cursors).await;
+                true
+            }
+            Outbound::Resync(only) => {
+                if only.is_none()
+                    && let Ok(live) = app.core.live_chats(&who).await
+                {
+                    // Chats opened while the bus was away were never announced here.
+                    for chat in live {
+                        if !session.in_chat(chat.id) {
+                            app.core.bus().hub().join(&session, chat.id);
+                            cursors.entry(chat.id).or_insert(0);
+                        }
+                    }
+                }
+                let chats: Vec<(i64, i64)> = cursors
+                    .iter()
+                    .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
+                    .map(|(chat, seq)| (*chat, *seq))
+                    .collect();
+                let mut ok = true;
+                for (chat_id, from) in chats {
+                    ok = ok
+                        && catch_up(&app, &who, &mut sink, chat_id, from, i64::MAX, &mut cursors)
+                            .await;
+                }
+                ok
+            }
+            Outbound::Resume { id, chats, rewind } => {
+                let request = ResumeRequest {
+                    id: id.as_deref(),
+                    chats,
+                    rewind,
+                };
+                resume(&app, &who, &session, &mut sink, request, &mut cursors).await
+            }
+        };
+        if !sent {
+            // The socket failed, or the database did mid catch-up: either way this socket
+            // cannot go on without a gap, so it closes and the client resumes.
+            break CloseReason::Unavailable;
+        }
+    };
+    let close = CloseFrame {
+        code: CloseCode::from(reason.code()),
+        reason: Utf8Bytes::from_static(reason.text()),
+    };
+    let _ = put(&mut sink, WsMessage::Close(Some(close))).await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+}
+
+/// Sends the messages of `chat_id` after `from` up to `to` (or to the newest when `to`
+/// is None) from the database, and moves the cursor. Returns false if the socket failed.
+async fn catch_up(
+    app: &App,
+    who: &Principal,
+    sink: &mut SplitSink<Socket, WsMessage>,
+    chat_id: i64,
+    from: i64,
+    to: i64,
+    cursors: &mut HashMap<i64, i64>,
+) -> bool {
+    let mut after = from;
+    while after < to {
+        let q = MessageQuery {
+            after: Some(after),
+            before: None,
+            limit: Some(500),
+        };
+        let page = match app.core.messages(who, chat_id, q).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, chat_id, "catch-up failed");
+                return false;
+            }
+        };
+        if page.items.is_empty() {
+            break;
+        }
+        for m in page.items.iter().filter(|m| m.seq <= to) {
+            let frame = crate::bus::Envelope::of(&Event::Message(m.clone())).frame;
+            if !put(sink, WsMessage::Text(frame)).await {
+                return false;
+            }
+            after = m.seq;
+        }
+        if !page.has_more {
+            break;
+        }
+    }
+    cursors.insert(chat_id, after.max(from));
+    true
+}
+
+/// Leaves the rooms of chats the socket may no longer see and joins the open chats it may
+/// now see (from their newest seq, as at connect).
+async fn recheck(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    cursors: &mut HashMap<i64, i64>,
+) {
+    let hub = app.core.bus().hub();
+    let Ok(live) = app.core.live_chats(who).await else {
+        return;
+    };
+    for chat_id in session.chat_ids() {
+        if live.iter().any(|c| c.id == chat_id) {
+            continue;
+        }
+        // Not open, or not visible: only the second is a reason to leave.
+        if let Err(Error::NotFound(_)) = app.core.chat(who, chat_id).await {
+            hub.leave(session, chat_id);
+            cursors.remove(&chat_id);
+        }
+    }
+    for chat in live {
+        if !session.in_chat(chat.id) {
+            hub.join(session, chat.id);
+            cursors.entry(chat.id).or_insert(chat.last_seq);
+        }
+    }
+}
+
+/// A catch-up asked for: at connect (`rewind` false: never before what was sent) or by a
+/// client's resume frame (`rewind` true: replay from its seq, even what was sent).
+struct ResumeRequest<'a> {
+    id: Option<&'a str>,
+    chats: Vec<(i64, i64, bool)>,
+    rewind: bool,
+}
+
+async fn resume(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    sink: &mut SplitSink<Socket, WsMessage>,
+    request: ResumeRequest<'_>,
+    cursors: &mut HashMap<i64, i64>,
+) -> bool {
+    let id = request.id;
+    let mut done = HashMap::new();
+    for (chat_id, from, with_receipts) in request.chats {
+        let chat = match app.core.chat(who, chat_id).await {
+            Ok(chat) => chat,
+            Err(e) => {
+                if !put(sink, WsMessage::Text(domain_error_frame(id, e))).await {
+                    return false;
+                }
+                continue;
+            }
+        };
+        if !session.in_chat(chat_id) {
+            // A finished or not yet followed chat the caller can see: follow it now.
+            app.core.bus().hub().join(session, chat_id);
+        }
+        // A seq past the end would skip messages to come: start at the end instead.
+        let mut from = from.min(chat.last_seq);
+        if !request.rewind {
+            from = from.max(cursors.get(&chat_id).copied().unwrap_or(0));
+        }
+        if !catch_up(app, who, sink, chat_id, from, i64::MAX, cursors).await {
+            return false;
+        }
+        if with_receipts && let Ok(receipts) = app.core.chat_receipts(who, chat_id).await {
+            for r in receipts {
+                let frame = crate::bus::Envelope::of(&Event::Receipt {
+                    chat_id,
+                    member: r.member,
+                    received_seq: r.received_seq,
+                    read_seq: r.read_seq,
+                })
+                .frame;
+                if !put(sink, WsMessage::Text(frame)).await {
+                    return false;
+                }
+            }
+        }
+        done.insert(
+            chat_id.to_string(),
+            cursors.get(&chat_id).copied().unwrap_or(from),
+        );
+    }
+    put(
+        sink,
+        WsMessage::Text(encode(&Reply::Resumed { id, chats: &done })),
+    )
+    .await
+}
+
+/// How long one frame may take to leave: a client that stops reading (its TCP window
+/// full) would otherwise hold its session forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends one frame; false if the socket failed or the frame could not leave in time.
+async fn put(sink: &mut SplitSink<Socket, WsMessage>, msg: WsMessage) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await,
+        Ok(Ok(()))
+    )
+}

@@ -1,0 +1,26 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "chats")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub org_id: i64,
+    pub inbox_id: i64,
+    pub domain_id: i64,
+    pub customer_id: i64,
+    /// The operator who took the chat.
+    pub operator_id: Option<i64>,
+    /// `pending`, `chatting` or `finished`.
+    pub status: String,
+    /// The seq of the newest message; the next message gets `last_seq + 1`.
+    pub last_seq: i64,
+    pub created_at: i64,
+    /// Time of the newest message, or of creation; chat lists are ordered by it.
+    pub last_activity_at: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

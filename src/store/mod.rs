@@ -1,0 +1,169 @@
+//! Persistence: the connection to SQLite or PostgreSQL, migrations, entities, and the
+//! write-transaction discipline that keeps SQLite free of lock errors under concurrency.
+
+pub mod entity;
+mod migrate;
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// The database handle shared by every request.
+#[derive(Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite allows one writer at a time. Writers queue here, in process, instead of
+    /// spinning in SQLite's busy handler; PostgreSQL needs no such lock (`None`).
+    sqlite_writer: Option<Mutex<()>>,
+}
+
+/// A transaction that may write. On SQLite it holds the writer lock until it ends.
+#[derive(Debug)]
+pub struct WriteTx<'a> {
+    tx: DatabaseTransaction,
+    _writer: Option<MutexGuard<'a, ()>>,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://file.db?mode=rwc`, `postgres://...`) and applies
+    /// pending migrations.
+    ///
+    /// Fails when the url names another database kind, the database cannot be reached,
+    /// or a migration fails (nothing of that migration is kept).
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let is_sqlite = url.starts_with("sqlite:");
+        if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        }
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                // WAL lets readers run beside the writer; NORMAL sync in WAL mode loses
+                // nothing on a process crash (only on power loss, the last commits).
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(options).await?;
+        let store = Store {
+            db,
+            sqlite_writer: is_sqlite.then(|| Mutex::new(())),
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// The connection, for reads.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Begins a transaction that may write.
+    pub async fn write(&self) -> Result<WriteTx<'_>, DbErr> {
+        let writer = match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        // IMMEDIATE takes SQLite's write lock at BEGIN, so a second process (the CLI
+        // beside a running server) waits in the busy handler rather than failing on
+        // a lock upgrade halfway through.
+        let tx = self
+            .db
+            .begin_with_options(TransactionOptions {
+                isolation_level: None,
+                access_mode: None,
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            })
+            .await?;
+        Ok(WriteTx {
+            tx,
+            _writer: writer,
+        })
+    }
+
+    /// Runs a read written with `?` placeholders (see [`stmt`]).
+    pub async fn query(
+        &self,
+        sql: &str,
+        values: impl IntoIterator<Item = sea_orm::Value>,
+    ) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        self.db
+            .query_all_raw(stmt(self.backend(), sql, values))
+            .await
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.db.close().await
+    }
+}
+
+impl WriteTx<'_> {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+/// Builds a statement from SQL written with `?` placeholders, numbering them `$1, $2...`
+/// on PostgreSQL. The SQL must not contain a literal `?`.
+pub fn stmt(
+    backend: DbBackend,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Statement {
+    let sql = if backend == DbBackend::Postgres {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        sql.to_owned()
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Whether `err` is a unique-constraint violation (a lost race on insert).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
