@@ -1,0 +1,465 @@
+//! Several nodes as separate processes on one PostgreSQL database and one Redis, each
+//! test with its own database, its own key prefix and its own Redis user (whose
+//! connections it can cut without touching anyone else's).
+//!
+//! They run when TEST_DATABASE_URL is PostgreSQL and TEST_REDIS_URL is set. In CI
+//! (CI set) a missing TEST_REDIS_URL fails them; on a machine without it they skip.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Desk, PASSWORD, TestApp, fresh_database, unique_name};
+
+struct Node {
+    child: Child,
+    app: TestApp,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    redis_admin: String,
+    /// The Redis user, which is also the key prefix.
+    user: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+        if let Ok(client) = redis::Client::open(self.redis_admin.as_str())
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let _: redis::RedisResult<()> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.user)
+                .query(&mut conn);
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.user))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// The services a cluster needs, or None (after saying why) when this run has none.
+fn services() -> Option<String> {
+    let redis = std::env::var("TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let postgres = std::env::var("TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"));
+    match (redis, postgres) {
+        (Some(redis), true) => Some(redis),
+        (None, _) if std::env::var("CI").is_ok() => {
+            panic!("CI must set TEST_REDIS_URL: the multi-node tests need Redis")
+        }
+        (None, _) => {
+            eprintln!(
+                "skipped: set TEST_REDIS_URL and a PostgreSQL TEST_DATABASE_URL to run the multi-node tests"
+            );
+            None
+        }
+        (Some(_), false) => {
+            eprintln!("skipped on SQLite: the multi-node tests run in the PostgreSQL pass");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Option<Cluster> {
+        let redis_admin = services()?;
+        let (database_url, _) = fresh_database().await;
+        let prefix = unique_name("souq_t");
+        let user = prefix.clone();
+        let password = "node-secret";
+        // A Redis user of this test alone, limited to its keys and channels.
+        let client = redis::Client::open(redis_admin.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("TEST_REDIS_URL is set but Redis cannot be reached");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg(format!("~{prefix}:*"))
+            .arg(format!("&{prefix}:*"))
+            .arg("+@all")
+            .query_async(&mut conn)
+            .await
+            .expect("acl setuser");
+        // The nodes log in as that user: same host, our credentials.
+        let rest = redis_admin
+            .split_once("://")
+            .map_or(redis_admin.as_str(), |(_, r)| r);
+        let host = rest
+            .rsplit_once('@')
+            .map_or(rest, |(_, h)| h)
+            .trim_end_matches('/');
+        let node_redis = format!("redis://{user}:{password}@{host}");
+
+        let out = Command::new(env!("CARGO_BIN_EXE_souq"))
+            .args([
+                "org",
+                "create",
+                "--email",
+                "owner@acme.test",
+                "--password",
+                PASSWORD,
+                "--subdomain",
+                "acme",
+            ])
+            .env("DATABASE_URL", &database_url)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("souq org create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            redis_admin,
+            user,
+        };
+        for _ in 0..n {
+            let port = free_port();
+            let child = Command::new(env!("CARGO_BIN_EXE_souq"))
+                .env("DATABASE_URL", &database_url)
+                .env("REDIS_URL", &node_redis)
+                .env("SOUQ_REDIS_PREFIX", &prefix)
+                .env("SOUQ_BIND", format!("127.0.0.1:{port}"))
+                .env("SOUQ_PRESENCE_TTL", "3")
+                .env("SOUQ_DB_MAX_CONNECTIONS", "8")
+                .env("RUST_LOG", "souq=warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("node starts");
+            let app = TestApp::at(format!("http://127.0.0.1:{port}"));
+            cluster.nodes.push(Node { child, app });
+        }
+        for node in &cluster.nodes {
+            let mut up = false;
+            for _ in 0..200 {
+                if let Ok(r) = node
+                    .app
+                    .client
+                    .get(format!("{}/v1/health", node.app.base))
+                    .send()
+                    .await
+                    && r.status() == 200
+                {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(up, "node {} did not come up", node.app.base);
+        }
+        Some(cluster)
+    }
+
+    fn node(&self, i: usize) -> &TestApp {
+        &self.nodes[i].app
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.nodes[i].child.kill();
+        let _ = self.nodes[i].child.wait();
+    }
+
+    /// Cuts every Redis connection of this cluster's nodes.
+    async fn cut_redis(&self) -> i64 {
+        let client = redis::Client::open(self.redis_admin.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&self.user)
+            .query_async(&mut conn)
+            .await
+            .expect("client kill")
+    }
+}
+
+fn seqs(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .map(|f| f["message"]["seq"].as_i64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test]
+async fn clients_on_three_nodes_chat_with_receipts_typing_and_presence() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let admin = a.admin().await;
+    let desk: Desk = a.desk(&admin).await;
+
+    let mut customer = a.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = b.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    let mut operator_laptop = c.ws(&desk.operator, "").await;
+    operator_laptop.next_of("resumed").await;
+    // The operator came online on node B; the customer on node A hears it.
+    assert_eq!(customer.next_of("presence").await["presence"], "online");
+
+    customer.send(json!({"type": "send", "chat_id": desk.chat_id, "local_id": "x1", "text": "across nodes"})).await;
+    for device in [&mut operator, &mut operator_laptop] {
+        let m = device.next_of("message").await;
+        assert_eq!(
+            (m["message"]["seq"].clone(), m["message"]["text"].clone()),
+            (json!(1), json!("across nodes"))
+        );
+    }
+    // The sender gets the ack and its own message (the message is pushed first), once.
+    let (first, second) = (
+        customer.recv().await.expect("open"),
+        customer.recv().await.expect("open"),
+    );
+    assert_eq!(
+        (first["type"].clone(), first["message"]["seq"].clone()),
+        (json!("message"), json!(1))
+    );
+    assert_eq!(
+        (second["type"].clone(), second["seq"].clone()),
+        (json!("ack"), json!(1))
+    );
+
+    operator
+        .send(json!({"type": "read", "chat_id": desk.chat_id, "seq": 1}))
+        .await;
+    let r = customer.next_of("receipt").await;
+    assert_eq!(
+        (r["member"]["kind"].clone(), r["read_seq"].clone()),
+        (json!("operator"), json!(1))
+    );
+
+    operator
+        .send(json!({"type": "typing", "chat_id": desk.chat_id}))
+        .await;
+    assert_eq!(customer.next_of("typing").await["who"]["kind"], "operator");
+
+    // A message sent over REST on node C reaches sockets on A and B.
+    c.send(&desk.operator, desk.chat_id, "from C", None)
+        .await
+        .expect(201);
+    let m = customer.next_of("message").await;
+    assert_eq!(
+        (m["message"]["seq"].clone(), m["message"]["text"].clone()),
+        (json!(2), json!("from C"))
+    );
+    assert_eq!(operator.next_of("message").await["message"]["seq"], 2);
+
+    // A new chat opened through node C reaches the operator's sockets on B and C.
+    let (_, newcomer) = c.customer(&admin, "newcomer").await;
+    let chat = c
+        .post("/v1/chats", &newcomer, json!({"inbox_id": desk.inbox_id}))
+        .await
+        .expect(201);
+    for device in [&mut operator, &mut operator_laptop] {
+        let created = loop {
+            let f = device.next_of("chat").await;
+            if f["event"] == "created" {
+                break f;
+            }
+        };
+        assert_eq!(created["chat"]["id"], chat["id"]);
+    }
+    c.send(&newcomer, chat["id"].as_i64().expect("id"), "hello B", None)
+        .await
+        .expect(201);
+    assert_eq!(
+        operator.next_of("message").await["message"]["text"],
+        "hello B"
+    );
+
+    // Offline only when the operator's last socket, on any node, is gone.
+    drop(operator);
+    operator_laptop
+        .send(json!({"type": "typing", "chat_id": desk.chat_id, "typing": false}))
+        .await;
+    loop {
+        let f = customer.recv().await.expect("open");
+        assert_ne!(
+            f["type"], "presence",
+            "the operator went offline while a socket was still open"
+        );
+        if f["type"] == "typing" {
+            assert_eq!(f["typing"], false);
+            break;
+        }
+    }
+    drop(operator_laptop);
+    assert_eq!(customer.next_of("presence").await["presence"], "offline");
+}
+
+#[tokio::test]
+async fn a_killed_nodes_clients_resume_on_another_node_without_loss_or_duplicates() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let admin = cluster.node(0).admin().await;
+    let desk = cluster.node(0).desk(&admin).await;
+    let mut customer = cluster.node(2).ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let total = 60;
+    let sender = {
+        let app = TestApp::at(cluster.node(0).base.clone());
+        let token = desk.operator.clone();
+        tokio::spawn(async move {
+            for i in 1..=total {
+                app.send(
+                    &token,
+                    desk.chat_id,
+                    &format!("m{i}"),
+                    Some(&format!("l{i}")),
+                )
+                .await
+                .expect(201);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        got.push(customer.next_of("message").await);
+    }
+    cluster.kill(2);
+    let last = seqs(&got).last().copied().expect("some");
+    let mut customer = cluster
+        .node(1)
+        .ws(&desk.customer, &format!("?resume={}:{last}", desk.chat_id))
+        .await;
+    while seqs(&got).last().copied().unwrap_or(0) < total {
+        let f = customer.recv().await.expect("open");
+        if f["type"] == "message" {
+            got.push(f);
+        }
+    }
+    sender.await.expect("sender");
+    assert_eq!(seqs(&got), (1..=total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn cutting_the_redis_connection_mid_stream_loses_nothing() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let admin = cluster.node(0).admin().await;
+    let desk = cluster.node(0).desk(&admin).await;
+    let mut customer = cluster.node(1).ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let total = 40;
+    let sender = {
+        let app = TestApp::at(cluster.node(0).base.clone());
+        let token = desk.operator.clone();
+        tokio::spawn(async move {
+            for i in 1..=total {
+                app.send(&token, desk.chat_id, &format!("m{i}"), None)
+                    .await
+                    .expect(201);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.push(customer.next_of("message").await);
+    }
+    assert!(cluster.cut_redis().await > 0, "no connection was cut");
+    while seqs(&got).last().copied().unwrap_or(0) < total {
+        got.push(customer.next_of("message").await);
+    }
+    sender.await.expect("sender");
+    assert_eq!(seqs(&got), (1..=total).collect::<Vec<_>>());
+    // Live delivery works again after the reconnect.
+    cluster
+        .node(0)
+        .send(&desk.operator, desk.chat_id, "after the cut", None)
+        .await
+        .expect(201);
+    assert_eq!(
+        customer.next_of("message").await["message"]["text"],
+        "after the cut"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_of_a_dead_node_goes_offline_soon_after() {
+    let Some(mut cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let admin = cluster.node(0).admin().await;
+    let desk = cluster.node(0).desk(&admin).await;
+    let mut customer = cluster.node(0).ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = cluster.node(1).ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    assert_eq!(customer.next_of("presence").await["presence"], "online");
+    cluster.kill(1);
+    // The dead node cannot say so; its presence claim (3 s here) expires and node A's
+    // sweep sets the operator offline.
+    assert_eq!(customer.next_of("presence").await["presence"], "offline");
+    let me = cluster
+        .node(0)
+        .get("/v1/me", &desk.operator)
+        .await
+        .expect(200);
+    assert_eq!(me["operator"]["presence"], "offline");
+}
+
+#[tokio::test]
+async fn a_long_poll_on_one_node_wakes_on_a_send_through_another() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let admin = cluster.node(0).admin().await;
+    let desk = cluster.node(0).desk(&admin).await;
+    let poll = {
+        let app = TestApp::at(cluster.node(1).base.clone());
+        let token = desk.customer.clone();
+        tokio::spawn(async move {
+            app.get(
+                &format!("/v1/chats/{}/messages?after=0&wait=30", desk.chat_id),
+                &token,
+            )
+            .await
+            .expect(200)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster
+        .node(0)
+        .send(&desk.operator, desk.chat_id, "across nodes", None)
+        .await
+        .expect(201);
+    // Well inside the 30 s wait: only a wake-up through Redis answers this soon.
+    let page = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll on node B answered on a commit through node A")
+        .expect("task");
+    assert_eq!(page["items"][0]["text"], "across nodes");
+}

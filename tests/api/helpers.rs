@@ -1,0 +1,532 @@
+//! `spawn_app()`: the real server on an ephemeral port with a database of its own
+//! (a temporary SQLite file, or a fresh PostgreSQL database when TEST_DATABASE_URL is
+//! set), and typed helpers for its REST API. Every response is checked against
+//! schema/openapi.json before the test sees it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::{Method, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use souq::domain::NewOrganisation;
+use souq::{Config, Server};
+use tokio::sync::oneshot;
+
+use crate::openapi;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A running server and a client for it. Stops the server when dropped.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    temp_files: Vec<PathBuf>,
+}
+
+impl TestApp {
+    /// A client of a server started elsewhere (a node of a cluster test).
+    pub fn at(base: String) -> TestApp {
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            stop: None,
+            temp_files: Vec::new(),
+        }
+    }
+
+    /// Stops the server as SIGTERM would.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for f in &self.temp_files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// A unique name for this test's database or file.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let r: u32 = rand_u32();
+    format!("{prefix}_{}_{n}_{r:08x}", std::process::id())
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// A fresh, empty database for one test; returns its url and files to delete after.
+pub async fn fresh_database() -> (String, Vec<PathBuf>) {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(base) if !base.is_empty() => {
+            let admin = Database::connect(base.as_str())
+                .await
+                .expect("TEST_DATABASE_URL is set but PostgreSQL cannot be reached");
+            let name = unique_name("souq_test");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create test database");
+            let _ = admin.close().await;
+            let (prefix, _) = base
+                .rsplit_once('/')
+                .expect("TEST_DATABASE_URL has a database name");
+            (format!("{prefix}/{name}"), Vec::new())
+        }
+        _ => {
+            let path = std::env::temp_dir().join(format!("{}.db", unique_name("souq_test")));
+            let files = ["", "-wal", "-shm"]
+                .iter()
+                .map(|s| PathBuf::from(format!("{}{s}", path.display())))
+                .collect();
+            (format!("sqlite://{}", path.display()), files)
+        }
+    }
+}
+
+/// Starts the server with the default config on port 0 and a fresh database, and creates
+/// the organisation `acme` (owner@acme.test / PASSWORD, addons live_chat and seller_buyer).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let (database_url, temp_files) = fresh_database().await;
+    let mut config = Config::with_database(database_url);
+    config.bind = "127.0.0.1:0".parse().expect("address");
+    tweak(&mut config);
+    let server = Server::build(&config).await.expect("server starts");
+    for (email, subdomain) in [("owner@acme.test", "acme"), ("owner@globex.test", "globex")] {
+        server
+            .core()
+            .create_organisation(NewOrganisation {
+                email: email.into(),
+                password: PASSWORD.into(),
+                subdomain: subdomain.into(),
+                addons: vec!["live_chat".into(), "seller_buyer".into()],
+            })
+            .await
+            .expect("organisation created");
+    }
+    let addr = server.local_addr().expect("bound");
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(server.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        temp_files,
+    }
+}
+
+/// A response: its status and JSON body (Null when empty).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Resp {
+    /// The error code of an error response.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        self.body
+    }
+}
+
+impl TestApp {
+    /// Sends a request with a raw body and checks the response against the OpenAPI
+    /// document.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body read");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("{method} {path}: response is not JSON ({e}): {bytes:?}")
+            })
+        };
+        openapi::check_response(method.as_str(), path, status.as_u16(), &body);
+        Resp { status, body }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let body = body.map(|b| serde_json::to_vec(&b).expect("json"));
+        self.raw(method, path, token, body).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Signs in to an organisation for an addon; returns the token response.
+    pub async fn sign_in(&self, organisation: &str, addon: &str) -> Value {
+        let email = format!("owner@{organisation}.test");
+        self.call(
+            Method::POST,
+            "/v1/auth/token",
+            None,
+            Some(json!({"email": email, "password": PASSWORD, "organisation": organisation, "addon": addon})),
+        )
+        .await
+        .expect(200)
+    }
+
+    /// An admin access token of `acme` for live_chat.
+    pub async fn admin(&self) -> String {
+        self.admin_of("acme").await
+    }
+
+    pub async fn admin_of(&self, organisation: &str) -> String {
+        str_of(&self.sign_in(organisation, "live_chat").await["access_token"])
+    }
+
+    /// Builds a small desk: a domain (with its inbox), an operator assigned to it with a
+    /// session, and a customer with a session and an open chat.
+    pub async fn desk(&self, admin: &str) -> Desk {
+        let name = unique_name("shop").replace('_', "-");
+        let d = self
+            .post(
+                "/v1/domains",
+                admin,
+                json!({"name": format!("{name}.test")}),
+            )
+            .await
+            .expect(201);
+        let inbox_id = d["inbox"]["id"].as_i64().expect("inbox id");
+        let operator_id = self.operator(admin, &format!("op-{name}@acme.test")).await;
+        self.post(
+            "/v1/assignments",
+            admin,
+            json!({"operator_id": operator_id, "inbox_id": inbox_id}),
+        )
+        .await
+        .expect(201);
+        let operator = self.operator_token(admin, operator_id).await;
+        let (customer_id, customer) = self.customer(admin, &format!("ext-{name}")).await;
+        let chat = self
+            .post("/v1/chats", &customer, json!({"inbox_id": inbox_id}))
+            .await
+            .expect(201);
+        Desk {
+            domain_id: d["domain"]["id"].as_i64().expect("domain id"),
+            inbox_id,
+            operator_id,
+            operator,
+            customer_id,
+            customer,
+            chat_id: chat["id"].as_i64().expect("chat id"),
+        }
+    }
+
+    pub async fn operator(&self, admin: &str, email: &str) -> i64 {
+        self.post("/v1/operators", admin, json!({"email": email}))
+            .await
+            .expect(201)["id"]
+            .as_i64()
+            .expect("operator id")
+    }
+
+    pub async fn operator_token(&self, admin: &str, operator_id: i64) -> String {
+        str_of(
+            &self
+                .post(
+                    &format!("/v1/operators/{operator_id}/sessions"),
+                    admin,
+                    json!({}),
+                )
+                .await
+                .expect(201)["token"],
+        )
+    }
+
+    /// Identifies (creates) a customer and issues a session; returns (id, token).
+    pub async fn customer(&self, admin: &str, external_id: &str) -> (i64, String) {
+        let c = self
+            .post(
+                "/v1/customers",
+                admin,
+                json!({"external_id": external_id, "name": "Customer"}),
+            )
+            .await;
+        assert!(c.status == 201 || c.status == 200, "customer: {}", c.body);
+        let id = c.body["id"].as_i64().expect("customer id");
+        let token = str_of(
+            &self
+                .post(&format!("/v1/customers/{id}/sessions"), admin, json!({}))
+                .await
+                .expect(201)["token"],
+        );
+        (id, token)
+    }
+
+    /// Sends a text message; returns the response.
+    pub async fn send(
+        &self,
+        token: &str,
+        chat_id: i64,
+        text: &str,
+        local_id: Option<&str>,
+    ) -> Resp {
+        let mut body = json!({"text": text});
+        if let Some(l) = local_id {
+            body["local_id"] = json!(l);
+        }
+        self.post(&format!("/v1/chats/{chat_id}/messages"), token, body)
+            .await
+    }
+}
+
+/// The pieces of one support desk built by [`TestApp::desk`].
+#[derive(Debug, Clone)]
+pub struct Desk {
+    pub domain_id: i64,
+    pub inbox_id: i64,
+    pub operator_id: i64,
+    pub operator: String,
+    pub customer_id: i64,
+    pub customer: String,
+    pub chat_id: i64,
+}
+
+#[track_caller]
+pub fn str_of(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+        .to_owned()
+}
+
+/// A WebSocket client of `/v1/ws` whose every received frame is checked against
+/// schema/ws.json.
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// How long a test waits for a frame before failing.
+pub const FRAME_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl TestApp {
+    /// Opens a socket with `Authorization: Bearer`; `query` is appended as is.
+    pub async fn ws(&self, token: &str, query: &str) -> Ws {
+        self.try_ws(token, query).await.expect("socket opens")
+    }
+
+    /// Opens a socket, or gives the HTTP status of the refused upgrade.
+    pub async fn try_ws(&self, token: &str, query: &str) -> Result<Ws, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/v1/ws{query}", self.base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().expect("request");
+        if !token.is_empty() {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((stream, _)) => Ok(Ws { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("socket failed: {e}"),
+        }
+    }
+}
+
+impl Ws {
+    /// Sends a client frame, first checking it against schema/ws.json so that the
+    /// documented client frames are the ones the server takes.
+    pub async fn send(&mut self, frame: Value) {
+        crate::openapi::check_client_frame(&frame);
+        self.send_unchecked(frame).await;
+    }
+
+    /// Sends any JSON, valid or not.
+    pub async fn send_unchecked(&mut self, frame: Value) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                frame.to_string().into(),
+            ))
+            .await
+            .expect("frame sent");
+    }
+
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures_util::SinkExt;
+        self.stream.send(message).await.expect("frame sent");
+    }
+
+    /// The next text frame (checked against the schema), or None when the socket closes.
+    pub async fn recv(&mut self) -> Option<Value> {
+        self.read(FRAME_WAIT).await.expect("a frame within the wait")
+    }
+
+    /// The next text frame if one comes within `wait`; None on timeout or close.
+    pub async fn recv_within(&mut self, wait: std::time::Duration) -> Option<Value> {
+        self.read(wait).await.ok().flatten()
+    }
+
+    async fn read(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Result<Option<Value>, tokio::time::error::Elapsed> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(wait, self.stream.next()).await? {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("frame is JSON");
+                    crate::openapi::check_server_frame(&frame);
+                    return Ok(Some(frame));
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame of type `ty`, skipping others (presence, typing, receipts...).
+    pub async fn next_of(&mut self, ty: &str) -> Value {
+        loop {
+            let frame = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for {ty}"));
+            if frame["type"] == ty {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let next = tokio::time::timeout(FRAME_WAIT, self.stream.next())
+                .await
+                .expect("closed within the wait");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+                Some(Err(e)) => return (1006, e.to_string()),
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).expect("frame is JSON");
+                    crate::openapi::check_server_frame(&frame);
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// Asserts that `got` has exactly the fields of `spec`, recursively; a leaf of `spec` is a
+/// type name: "number", "string", "bool", "null", or alternatives like "number|null". An
+/// array in `spec` holds the spec of every element.
+#[track_caller]
+pub fn assert_types(got: &Value, spec: &Value, at: &str) {
+    match spec {
+        Value::Object(fields) => {
+            let object = got
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: expected an object, got {got}"));
+            let mut have: Vec<&String> = object.keys().collect();
+            let mut want: Vec<&String> = fields.keys().collect();
+            have.sort();
+            want.sort();
+            assert_eq!(have, want, "{at}: fields differ in {got}");
+            for (k, v) in fields {
+                assert_types(&object[k], v, &format!("{at}.{k}"));
+            }
+        }
+        Value::Array(element) => {
+            let items = got
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: expected an array, got {got}"));
+            if let Some(element) = element.first() {
+                for (i, item) in items.iter().enumerate() {
+                    assert_types(item, element, &format!("{at}[{i}]"));
+                }
+            }
+        }
+        Value::String(types) => {
+            let ok = types.split('|').any(|t| match t {
+                "number" => got.is_number(),
+                "string" => got.is_string(),
+                "bool" => got.is_boolean(),
+                "null" => got.is_null(),
+                other => panic!("unknown type {other} in a spec"),
+            });
+            assert!(ok, "{at}: expected {types}, got {got}");
+        }
+        other => panic!("bad spec {other}"),
+    }
+}

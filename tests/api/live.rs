@@ -1,0 +1,695 @@
+//! The live socket: push, receipts, typing, presence, resume, backpressure, bad frames,
+//! and the long-poll fallback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Desk, TestApp, spawn_app, spawn_app_with};
+
+fn seqs_of(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .map(|f| f["message"]["seq"].as_i64().expect("seq"))
+        .collect()
+}
+
+async fn desk_app() -> (TestApp, Desk) {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    (app, desk)
+}
+
+#[tokio::test]
+async fn two_parties_chat_live_with_receipts_both_ways() {
+    let (app, desk) = desk_app().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    let ready = customer.next_of("ready").await;
+    assert_eq!(ready["chats"], json!([{"id": desk.chat_id, "last_seq": 0}]));
+    operator.next_of("ready").await;
+
+    customer
+        .send(json!({"type": "send", "id": "r1", "chat_id": desk.chat_id, "local_id": "l1", "text": "hi"}))
+        .await;
+    let ack = customer.next_of("ack").await;
+    assert_eq!(
+        (
+            ack["id"].clone(),
+            ack["local_id"].clone(),
+            ack["seq"].clone()
+        ),
+        (json!("r1"), json!("l1"), json!(1))
+    );
+    let pushed = operator.next_of("message").await;
+    assert_eq!(pushed["message"]["text"], "hi");
+    assert_eq!(
+        pushed["message"]["author"],
+        json!({"kind": "customer", "id": desk.customer_id})
+    );
+
+    operator
+        .send(json!({"type": "read", "chat_id": desk.chat_id, "seq": 1}))
+        .await;
+    let receipt = customer.next_of("receipt").await;
+    assert_eq!(
+        receipt["member"],
+        json!({"kind": "operator", "id": desk.operator_id})
+    );
+    assert_eq!(
+        (receipt["received_seq"].clone(), receipt["read_seq"].clone()),
+        (json!(1), json!(1))
+    );
+
+    operator
+        .send(json!({"type": "send", "chat_id": desk.chat_id, "text": "hello!"}))
+        .await;
+    assert_eq!(operator.next_of("ack").await["seq"], 2);
+    let reply = customer.next_of("message").await;
+    assert_eq!(
+        (
+            reply["message"]["seq"].clone(),
+            reply["message"]["text"].clone()
+        ),
+        (json!(2), json!("hello!"))
+    );
+    // The operator's reply answered the pending chat.
+    let chat = customer.next_of("chat").await;
+    assert_eq!(
+        (chat["event"].clone(), chat["chat"]["status"].clone()),
+        (json!("updated"), json!("chatting"))
+    );
+
+    customer
+        .send(json!({"type": "received", "chat_id": desk.chat_id, "seq": 2}))
+        .await;
+    let r = operator.next_of("receipt").await;
+    assert_eq!(
+        (
+            r["member"]["kind"].clone(),
+            r["received_seq"].clone(),
+            r["read_seq"].clone()
+        ),
+        (json!("customer"), json!(2), json!(0))
+    );
+    let stored = app
+        .get(
+            &format!("/v1/chats/{}/messages", desk.chat_id),
+            &desk.customer,
+        )
+        .await
+        .expect(200);
+    assert_eq!(stored["items"][0]["status"], "read");
+    assert_eq!(stored["items"][1]["status"], "received");
+}
+
+#[tokio::test]
+async fn a_message_sent_over_rest_is_pushed_like_one_sent_over_a_socket() {
+    let (app, desk) = desk_app().await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("ready").await;
+    app.send(&desk.customer, desk.chat_id, "via REST", Some("rest-1"))
+        .await
+        .expect(201);
+    let pushed = operator.next_of("message").await;
+    assert_eq!(
+        (
+            pushed["message"]["text"].clone(),
+            pushed["message"]["local_id"].clone()
+        ),
+        (json!("via REST"), json!("rest-1"))
+    );
+}
+
+#[tokio::test]
+async fn a_resent_send_whose_ack_was_lost_gives_the_first_message() {
+    let (app, desk) = desk_app().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("ready").await;
+    let send =
+        json!({"type": "send", "chat_id": desk.chat_id, "local_id": "once", "text": "only once"});
+    customer.send(send.clone()).await;
+    let first = customer.next_of("ack").await;
+    customer.send(send).await;
+    let second = customer.next_of("ack").await;
+    assert_eq!(
+        (first["message_id"].clone(), first["seq"].clone()),
+        (second["message_id"].clone(), second["seq"].clone())
+    );
+    let chat = app
+        .get(&format!("/v1/chats/{}", desk.chat_id), &desk.customer)
+        .await
+        .expect(200);
+    assert_eq!(chat["last_seq"], 1);
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_side_and_is_not_stored() {
+    let (app, desk) = desk_app().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    customer.next_of("ready").await;
+    operator.next_of("ready").await;
+    customer
+        .send(json!({"type": "typing", "chat_id": desk.chat_id}))
+        .await;
+    let typing = operator.next_of("typing").await;
+    assert_eq!(
+        typing["who"],
+        json!({"kind": "customer", "id": desk.customer_id})
+    );
+    assert_eq!(typing["typing"], true);
+    customer
+        .send(json!({"type": "typing", "chat_id": desk.chat_id, "typing": false}))
+        .await;
+    assert_eq!(operator.next_of("typing").await["typing"], false);
+    let chat = app
+        .get(&format!("/v1/chats/{}", desk.chat_id), &desk.customer)
+        .await
+        .expect(200);
+    assert_eq!(chat["last_seq"], 0);
+    // Typing into a chat one is not in is refused.
+    customer
+        .send(json!({"type": "typing", "id": "t9", "chat_id": 999_999}))
+        .await;
+    let err = customer.next_of("error").await;
+    assert_eq!(
+        (err["id"].clone(), err["code"].clone()),
+        (json!("t9"), json!("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn operator_presence_follows_sockets_and_choices() {
+    let (app, desk) = desk_app().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("ready").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("ready").await;
+    let online = customer.next_of("presence").await;
+    assert_eq!(
+        (online["operator_id"].clone(), online["presence"].clone()),
+        (json!(desk.operator_id), json!("online"))
+    );
+    operator
+        .send(json!({"type": "presence", "presence": "away"}))
+        .await;
+    assert_eq!(customer.next_of("presence").await["presence"], "away");
+    let op = app.get("/v1/me", &desk.operator).await.expect(200);
+    assert_eq!(op["operator"]["presence"], "away");
+    drop(operator);
+    assert_eq!(customer.next_of("presence").await["presence"], "offline");
+    // Customers have no presence to set.
+    customer
+        .send(json!({"type": "presence", "id": "p", "presence": "online"}))
+        .await;
+    assert_eq!(customer.next_of("error").await["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn every_device_of_a_person_receives() {
+    let (app, desk) = desk_app().await;
+    let mut phone = app.ws(&desk.customer, "").await;
+    let mut laptop = app.ws(&desk.customer, "").await;
+    phone.next_of("ready").await;
+    laptop.next_of("ready").await;
+    app.send(&desk.operator, desk.chat_id, "to all your devices", None)
+        .await
+        .expect(201);
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(
+            device.next_of("message").await["message"]["text"],
+            "to all your devices"
+        );
+    }
+}
+
+#[tokio::test]
+async fn operators_hear_of_new_chats_in_their_inboxes_and_follow_them() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("ready").await;
+    let (_, newcomer) = app.customer(&admin, "newcomer").await;
+    let chat = app
+        .post("/v1/chats", &newcomer, json!({"inbox_id": desk.inbox_id}))
+        .await
+        .expect(201);
+    let created = operator.next_of("chat").await;
+    assert_eq!(
+        (created["event"].clone(), created["chat"]["id"].clone()),
+        (json!("created"), chat["id"].clone())
+    );
+    app.send(
+        &newcomer,
+        chat["id"].as_i64().expect("id"),
+        "first words",
+        None,
+    )
+    .await
+    .expect(201);
+    assert_eq!(
+        operator.next_of("message").await["message"]["text"],
+        "first words"
+    );
+}
+
+#[tokio::test]
+async fn resume_after_a_drop_gives_exactly_what_was_missed_even_while_sends_go_on() {
+    let app = Arc::new(spawn_app().await);
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("ready").await;
+    for text in ["one", "two"] {
+        app.send(&desk.operator, desk.chat_id, text, None)
+            .await
+            .expect(201);
+    }
+    assert_eq!(customer.next_of("message").await["message"]["seq"], 1);
+    assert_eq!(customer.next_of("message").await["message"]["seq"], 2);
+    drop(customer);
+
+    for i in 3..=5 {
+        app.send(&desk.operator, desk.chat_id, &format!("missed {i}"), None)
+            .await
+            .expect(201);
+    }
+    app.post(
+        &format!("/v1/chats/{}/receipts", desk.chat_id),
+        &desk.operator,
+        json!({"read": 0, "received": 0}),
+    )
+    .await
+    .expect(200);
+    // Sends keep coming while the client reconnects and catches up.
+    let sender = {
+        let (app, token) = (app.clone(), desk.operator.clone());
+        tokio::spawn(async move {
+            for i in 6..=40 {
+                app.send(&token, desk.chat_id, &format!("live {i}"), None)
+                    .await
+                    .expect(201);
+            }
+        })
+    };
+    let mut customer = app
+        .ws(&desk.customer, &format!("?resume={}:2", desk.chat_id))
+        .await;
+    let mut messages = Vec::new();
+    let mut saw_resumed = false;
+    while seqs_of(&messages).last().copied().unwrap_or(2) < 40 {
+        let frame = customer.recv().await.expect("socket open");
+        match frame["type"].as_str() {
+            Some("message") => messages.push(frame),
+            Some("resumed") => saw_resumed = true,
+            _ => {}
+        }
+    }
+    sender.await.expect("sender");
+    assert!(saw_resumed, "no resumed frame");
+    assert_eq!(seqs_of(&messages), (3..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_resume_frame_replays_a_chat_from_a_seq() {
+    let (app, desk) = desk_app().await;
+    for text in ["a", "b", "c"] {
+        app.send(&desk.operator, desk.chat_id, text, None)
+            .await
+            .expect(201);
+    }
+    app.post(
+        &format!("/v1/chats/{}/receipts", desk.chat_id),
+        &desk.operator,
+        json!({"read": 3}),
+    )
+    .await
+    .expect(200);
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("ready").await;
+    customer.next_of("resumed").await;
+    customer
+        .send(json!({"type": "resume", "chats": {desk.chat_id.to_string(): 1}}))
+        .await;
+    let mut got = Vec::new();
+    let mut receipts = Vec::new();
+    loop {
+        let f = customer.recv().await.expect("open");
+        match f["type"].as_str() {
+            Some("message") => got.push(f),
+            Some("receipt") => receipts.push(f),
+            Some("resumed") => {
+                assert_eq!(f["chats"][desk.chat_id.to_string()], 3);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs_of(&got), vec![2, 3]);
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r["member"]["kind"] == "operator" && r["read_seq"] == 3)
+    );
+    customer
+        .send(json!({"type": "resume", "id": "x", "chats": {"999999": 0}}))
+        .await;
+    assert_eq!(customer.next_of("error").await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_while_the_room_keeps_receiving() {
+    let app = spawn_app_with(|c| {
+        c.ws_queue = 16;
+        c.max_text_chars = 200_000;
+    })
+    .await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut fast = app.ws(&desk.customer, "").await;
+    let mut slow = app.ws(&desk.customer, "").await;
+    fast.next_of("ready").await;
+    slow.next_of("ready").await;
+    let big = "x".repeat(100_000);
+    let total = 300;
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < total {
+            let f = fast.next_of("message").await;
+            seqs.push(f["message"]["seq"].as_i64().expect("seq"));
+        }
+        seqs
+    });
+    // The slow socket reads nothing while 30 MB are sent into its chat.
+    for _ in 0..total {
+        app.send(&desk.operator, desk.chat_id, &big, None)
+            .await
+            .expect(201);
+    }
+    let seqs = reader.await.expect("fast reader");
+    assert_eq!(seqs, (1..=total as i64).collect::<Vec<_>>());
+    let (code, reason) = slow.closed().await;
+    assert_eq!(code, 4008, "reason: {reason}");
+    assert!(reason.contains("slow consumer"));
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_socket_stays_usable() {
+    let (app, desk) = desk_app().await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("ready").await;
+    let cases = [
+        (json!("not an object"), None, "bad_frame"),
+        (json!({"type": "dance"}), None, "bad_frame"),
+        (
+            json!({"type": "send", "id": "s1", "chat_id": "one", "text": "x"}),
+            Some("s1"),
+            "bad_frame",
+        ),
+        (
+            json!({"type": "send", "id": "s2", "chat_id": desk.chat_id, "text": "x", "extra": 1}),
+            Some("s2"),
+            "bad_frame",
+        ),
+        (
+            json!({"type": "send", "id": "s3", "chat_id": desk.chat_id, "text": ""}),
+            Some("s3"),
+            "invalid",
+        ),
+        (
+            json!({"type": "send", "id": "s4", "chat_id": 999_999, "text": "x"}),
+            Some("s4"),
+            "not_found",
+        ),
+        (
+            json!({"type": "read", "id": "s5", "chat_id": desk.chat_id, "seq": 50}),
+            Some("s5"),
+            "invalid",
+        ),
+    ];
+    for (frame, id, code) in cases {
+        ws.send_unchecked(frame.clone()).await;
+        let err = ws.next_of("error").await;
+        assert_eq!(err["code"], code, "{frame}");
+        assert_eq!(err.get("id").and_then(Value::as_str), id, "{frame}");
+    }
+    ws.send_raw(tokio_tungstenite::tungstenite::Message::Text(
+        "{broken".into(),
+    ))
+    .await;
+    assert_eq!(ws.next_of("error").await["code"], "bad_frame");
+    ws.send_raw(tokio_tungstenite::tungstenite::Message::Binary(
+        vec![1, 2, 3].into(),
+    ))
+    .await;
+    assert_eq!(ws.next_of("error").await["code"], "bad_frame");
+    ws.send(json!({"type": "send", "chat_id": desk.chat_id, "text": "still here"}))
+        .await;
+    assert_eq!(ws.next_of("ack").await["seq"], 1);
+}
+
+#[tokio::test]
+async fn an_oversize_frame_closes_the_socket_with_1009() {
+    let app = spawn_app_with(|c| c.ws_max_frame_bytes = 2048).await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("ready").await;
+    ws.send(json!({"type": "send", "chat_id": desk.chat_id, "text": "y".repeat(4096)}))
+        .await;
+    let (code, _) = ws.closed().await;
+    assert_eq!(code, 1009);
+    let chat = app
+        .get(&format!("/v1/chats/{}", desk.chat_id), &desk.customer)
+        .await
+        .expect(200);
+    assert_eq!(chat["last_seq"], 0);
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_before_the_upgrade() {
+    let (app, _desk) = desk_app().await;
+    let admin = app.admin().await;
+    assert_eq!(app.try_ws("", "").await.err(), Some(401));
+    assert_eq!(app.try_ws("sqs_nope", "").await.err(), Some(401));
+    assert_eq!(app.try_ws(&admin, "").await.err(), Some(403));
+    assert_eq!(app.try_ws("", "?token=garbage").await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn a_token_in_the_query_or_a_cookie_opens_a_socket() {
+    let (app, desk) = desk_app().await;
+    let mut by_query = app.ws("", &format!("?token={}", desk.customer)).await;
+    assert_eq!(
+        by_query.next_of("ready").await["chats"][0]["id"],
+        desk.chat_id
+    );
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("{}/v1/ws", app.base.replacen("http", "ws", 1))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "cookie",
+        format!("theme=dark; souq_token={}", desk.customer)
+            .parse()
+            .expect("cookie"),
+    );
+    let (_, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("cookie socket");
+    assert_eq!(response.status(), 101);
+}
+
+#[tokio::test]
+async fn the_long_poll_answers_when_a_message_is_committed() {
+    let (app, desk) = desk_app().await;
+    let app = Arc::new(app);
+    let poll = {
+        let (app, token) = (app.clone(), desk.operator.clone());
+        tokio::spawn(async move {
+            app.get(
+                &format!("/v1/chats/{}/messages?after=0&wait=30", desk.chat_id),
+                &token,
+            )
+            .await
+            .expect(200)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.send(&desk.customer, desk.chat_id, "wake up", None)
+        .await
+        .expect(201);
+    // Well inside the 30 s wait: only a wake-up on commit answers this soon.
+    let page = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("the poll answered on commit")
+        .expect("task");
+    assert_eq!(page["items"][0]["text"], "wake up");
+    let r = app
+        .get(
+            &format!("/v1/chats/{}/messages?wait=5", desk.chat_id),
+            &desk.operator,
+        )
+        .await;
+    assert_eq!(r.status, 422, "wait without after");
+    let r = app
+        .get(
+            &format!("/v1/chats/{}/messages?after=0&wait=31", desk.chat_id),
+            &desk.operator,
+        )
+        .await;
+    assert_eq!(r.status, 422);
+}
+
+/// A desk on a server that pings every second and drops sockets silent for two.
+async fn fast_heartbeat_desk() -> (TestApp, Desk) {
+    let app = spawn_app_with(|c| {
+        c.ws_ping = 1;
+        c.ws_idle_timeout = 2;
+    })
+    .await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    (app, desk)
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_dropped_after_the_idle_timeout() {
+    let (app, desk) = fast_heartbeat_desk().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    assert_eq!(customer.next_of("presence").await["presence"], "online");
+    // The operator's client stops reading, so it answers no pings: to the server it is
+    // dead. The server drops it, and with it the operator's presence goes offline, while
+    // the customer, who keeps reading, stays connected and hears of it.
+    let offline = customer.next_of("presence").await;
+    assert_eq!(offline["presence"], "offline");
+    let (code, reason) = operator.closed().await;
+    // 4002 when the close frame is read; a client that was truly gone sees a reset.
+    assert!(code == 4002 || code == 1006, "closed with {code} {reason}");
+}
+
+#[tokio::test]
+async fn a_reading_socket_answers_pings_and_stays_open() {
+    let (app, desk) = fast_heartbeat_desk().await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("resumed").await;
+    // Keep reading (which answers pings) for longer than the idle timeout.
+    let reading = ws.next_of("message");
+    let send = async {
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        app.send(&desk.operator, desk.chat_id, "still there?", None)
+            .await
+            .expect(201);
+    };
+    let (frame, ()) = tokio::join!(reading, send);
+    assert_eq!(frame["message"]["text"], "still there?");
+}
+
+#[tokio::test]
+async fn too_many_frames_are_refused_with_rate_limited() {
+    let app = spawn_app_with(|c| c.ws_frames_per_sec = 5).await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("resumed").await;
+    for i in 0..30 {
+        ws.send(json!({"type": "typing", "id": format!("t{i}"), "chat_id": desk.chat_id, "typing": false})).await;
+    }
+    let limited = ws.next_of("error").await;
+    assert_eq!(limited["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn shutdown_tells_sockets_to_reconnect_with_1001() {
+    let (mut app, desk) = desk_app().await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("resumed").await;
+    app.stop();
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 1001, "{reason}");
+}
+
+#[tokio::test]
+async fn an_operator_who_loses_an_inbox_stops_hearing_its_chats_and_one_who_gains_one_starts() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let other = app.desk(&admin).await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    let assignment = app
+        .get(
+            &format!("/v1/assignments?operator_id={}", desk.operator_id),
+            &admin,
+        )
+        .await
+        .expect(200)["items"][0]["id"]
+        .clone();
+    app.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/assignments/{assignment}"),
+        Some(&admin),
+        None,
+    )
+    .await
+    .expect(204);
+    // Give the socket the inbox of the other desk instead.
+    app.post(
+        "/v1/assignments",
+        &admin,
+        json!({"operator_id": desk.operator_id, "inbox_id": other.inbox_id}),
+    )
+    .await
+    .expect(201);
+    // Wait until the socket hears of its new chat...
+    let mut heard_new = false;
+    for _ in 0..50 {
+        app.send(&other.customer, other.chat_id, "anyone?", None)
+            .await
+            .expect(201);
+        // The socket re-checks its chats asynchronously; a send that races the re-check is
+        // not heard, so each try waits briefly and then sends again.
+        while let Some(f) = operator.recv_within(Duration::from_millis(300)).await {
+            if f["type"] == "message" && f["chat_id"] == other.chat_id {
+                heard_new = true;
+                break;
+            }
+        }
+        if heard_new {
+            break;
+        }
+    }
+    assert!(heard_new, "the new inbox's chat never reached the socket");
+    // ...then the old chat's messages no longer reach it: the marker from the new chat
+    // comes with nothing of the old one before it.
+    app.send(
+        &desk.customer,
+        desk.chat_id,
+        "you should not see this",
+        None,
+    )
+    .await
+    .expect(201);
+    app.send(&other.customer, other.chat_id, "marker", None)
+        .await
+        .expect(201);
+    loop {
+        let f = operator.recv().await.expect("open");
+        if f["type"] == "message" {
+            assert_eq!(
+                f["chat_id"], other.chat_id,
+                "a chat of a removed assignment still reaches the socket: {f}"
+            );
+            if f["message"]["text"] == "marker" {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The integration suite: the real server on an ephemeral port, a real database (SQLite,
+//! or PostgreSQL when TEST_DATABASE_URL is set), real HTTP clients.
+
+mod helpers;
+mod hojre;
+mod iqstore;
+mod openapi;
+
+mod admin;
+mod auth;
+mod bad_input;
+mod chats;
+mod chatwhizz;
+mod cli;
+mod cluster;
+mod isolation;
+mod live;
+mod messages;
+mod widget;
