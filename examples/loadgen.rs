@@ -1,0 +1,421 @@
+//! Load generator for souq: R chats × M sockets, one sender per chat, over one or more
+//! nodes. Prints one JSON line: sends/s, deliveries/s, send→deliver latency percentiles,
+//! lost and duplicated deliveries, and the CPU time and RSS of the given processes.
+//!
+//! It needs an organisation (`souq org create`), and signs in as it to set up customers and
+//! chats. The M sockets of a chat are devices of the chat's customer; the first one sends.
+//! Every delivery is checked: each socket must see each message once, in seq order.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --nodes http://127.0.0.1:8080 \
+//!     --chats 200 --members 5 --rate 10 --seconds 20 --pids $(pgrep -d, souq)
+//! ```
+//! `--window W` instead of `--rate` runs closed loop: each sender keeps W sends unacked.
+//! Start the server with `SOUQ_WS_FRAMES_PER_SEC` above the per-sender rate (closed loop:
+//! far above), or the rate limit answers sends with errors (counted as sends without acks).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, Clone)]
+struct Args {
+    nodes: Vec<String>,
+    email: String,
+    password: String,
+    organisation: String,
+    chats: usize,
+    members: usize,
+    rate: f64,
+    window: usize,
+    seconds: u64,
+    pids: Vec<u32>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        nodes: vec!["http://127.0.0.1:8080".into()],
+        email: "owner@acme.test".into(),
+        password: "correct horse".into(),
+        organisation: "acme".into(),
+        chats: 200,
+        members: 5,
+        rate: 10.0,
+        window: 0,
+        seconds: 20,
+        pids: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = |v: &str| {
+            v.parse::<f64>()
+                .map_err(|_| format!("{flag} takes a number"))
+        };
+        match flag.as_str() {
+            "--nodes" => a.nodes = v.split(',').map(str::to_owned).collect(),
+            "--email" => a.email = v,
+            "--password" => a.password = v,
+            "--organisation" => a.organisation = v,
+            "--chats" => a.chats = num(&v)? as usize,
+            "--members" => a.members = num(&v)? as usize,
+            "--rate" => a.rate = num(&v)?,
+            "--window" => a.window = num(&v)? as usize,
+            "--seconds" => a.seconds = num(&v)? as u64,
+            "--pids" => {
+                a.pids = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|p| p.parse().unwrap_or(0))
+                    .collect()
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.chats == 0 || a.members == 0 || a.seconds == 0 {
+        return Err("chats, members and seconds must be positive".into());
+    }
+    Ok(a)
+}
+
+/// Busy CPU time of the whole machine, in clock ticks (all but idle and iowait).
+fn machine_busy() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?;
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let idle = v.get(3)? + v.get(4)?;
+    Some(v.iter().sum::<u64>() - idle)
+}
+
+/// CPU time (user + system, in clock ticks) of this process.
+fn own_cpu() -> Option<u64> {
+    proc_stat(std::process::id()).map(|(t, _)| t)
+}
+
+/// CPU time (user + system, in clock ticks) and RSS (KiB) of a process.
+fn proc_stat(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks, rss))
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> Result<Value, String> {
+    let mut req = client.post(url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {v}"));
+    }
+    Ok(v)
+}
+
+struct Stats {
+    latency: Mutex<Histogram<u64>>,
+    deliveries: AtomicU64,
+    duplicates: AtomicU64,
+    sends: AtomicU64,
+    acks: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(a).await {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: Args) -> Result<(), String> {
+    let http = reqwest::Client::new();
+    let base = &a.nodes[0];
+    let tokens = post(&http, format!("{base}/v1/auth/token"), None, json!({
+        "email": a.email, "password": a.password, "organisation": a.organisation, "addon": "live_chat"
+    }))
+    .await?;
+    let admin = tokens["access_token"]
+        .as_str()
+        .ok_or("no access token")?
+        .to_owned();
+    let run_id = format!("{:x}", rand_id());
+    let domain = post(
+        &http,
+        format!("{base}/v1/domains"),
+        Some(&admin),
+        json!({"name": format!("load-{run_id}.test")}),
+    )
+    .await?;
+    let inbox = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
+    let mut chats = Vec::new();
+    for i in 0..a.chats {
+        let c = post(
+            &http,
+            format!("{base}/v1/customers"),
+            Some(&admin),
+            json!({"external_id": format!("load-{run_id}-{i}")}),
+        )
+        .await?;
+        let id = c["id"].as_i64().ok_or("no customer id")?;
+        let s = post(
+            &http,
+            format!("{base}/v1/customers/{id}/sessions"),
+            Some(&admin),
+            json!({}),
+        )
+        .await?;
+        let token = s["token"].as_str().ok_or("no token")?.to_owned();
+        let chat = post(
+            &http,
+            format!("{base}/v1/chats"),
+            Some(&token),
+            json!({"inbox_id": inbox}),
+        )
+        .await?;
+        chats.push((chat["id"].as_i64().ok_or("no chat id")?, token));
+    }
+
+    let stats = Arc::new(Stats {
+        latency: Mutex::new(
+            Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+        ),
+        deliveries: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        sends: AtomicU64::new(0),
+        acks: AtomicU64::new(0),
+    });
+    let start = Instant::now();
+    let deadline = Duration::from_secs(a.seconds);
+    let mut node = 0usize;
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    for (chat_id, token) in &chats {
+        for m in 0..a.members {
+            let url = format!(
+                "{}/v1/ws",
+                a.nodes[node % a.nodes.len()].replacen("http", "ws", 1)
+            );
+            node += 1;
+            let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().map_err(|_| "token")?,
+            );
+            let (socket, _) = tokio_tungstenite::connect_async(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (sink, stream) = socket.split();
+            let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            readers.push(tokio::spawn(read_socket(
+                stream,
+                *chat_id,
+                stats.clone(),
+                start,
+                (m == 0).then_some(ack_tx),
+            )));
+            if m == 0 {
+                senders.push((sink, ack_rx, *chat_id));
+            }
+        }
+    }
+    let before: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
+    let (busy_before, own_before) = (machine_busy(), own_cpu());
+    let measure_start = Instant::now();
+    let mut tasks = Vec::new();
+    let period = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
+    let count = senders.len() as u32;
+    for (i, (mut sink, mut acks, chat_id)) in senders.into_iter().enumerate() {
+        let (stats, a) = (stats.clone(), a.clone());
+        // Senders are spread evenly over the period, as independent users would be,
+        // rather than all firing on the same tick.
+        let offset = period * i as u32 / count.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut unacked = 0usize;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            while measure_start.elapsed() < deadline {
+                if a.window > 0 {
+                    while unacked >= a.window {
+                        if acks.recv().await.is_none() {
+                            return;
+                        }
+                        unacked -= 1;
+                    }
+                    while acks.try_recv().is_ok() {
+                        unacked = unacked.saturating_sub(1);
+                    }
+                } else {
+                    tick.tick().await;
+                }
+                n += 1;
+                let frame = json!({"type": "send", "chat_id": chat_id, "local_id": n.to_string(),
+                    "text": start.elapsed().as_nanos().to_string()});
+                if sink
+                    .send(Message::Text(frame.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                unacked += 1;
+                stats.sends.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = measure_start.elapsed().as_secs_f64();
+    let after: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
+    let (busy_after, own_after) = (machine_busy(), own_cpu());
+    // Let in-flight deliveries land before counting.
+    let sends = stats.sends.load(Ordering::Relaxed);
+    let expected = sends * a.members as u64;
+    let drain = Instant::now();
+    while stats.deliveries.load(Ordering::Relaxed) < expected
+        && drain.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in readers {
+        r.abort();
+    }
+    let deliveries = stats.deliveries.load(Ordering::Relaxed);
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let mut cpu_s = 0.0;
+    let mut procs = Vec::new();
+    for ((pid, b), af) in a.pids.iter().zip(&before).zip(&after) {
+        if let (Some((t0, _)), Some((t1, rss))) = (b, af) {
+            let s = (t1 - t0) as f64 / ticks_per_s;
+            cpu_s += s;
+            procs.push(json!({"pid": pid, "cpu_s": s, "rss_kib": rss}));
+        }
+    }
+    // Everything but this load generator: the nodes, the database, Redis, the kernel.
+    let server_side_s = match (busy_before, busy_after, own_before, own_after) {
+        (Some(b0), Some(b1), Some(o0), Some(o1)) => {
+            ((b1 - b0).saturating_sub(o1 - o0)) as f64 / ticks_per_s
+        }
+        _ => 0.0,
+    };
+    let h = stats.latency.lock().await;
+    let us = |q: f64| h.value_at_quantile(q);
+    let line = json!({
+        "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
+        "mode": if a.window > 0 { format!("closed-loop w={}", a.window) } else { format!("rate {}/s per sender", a.rate) },
+        "seconds": elapsed,
+        "sends": sends, "acks": stats.acks.load(Ordering::Relaxed),
+        "sends_per_s": sends as f64 / elapsed,
+        "deliveries": deliveries, "deliveries_per_s": deliveries as f64 / elapsed,
+        "undelivered_10s_after": expected.saturating_sub(deliveries), "duplicated": stats.duplicates.load(Ordering::Relaxed),
+        "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max()},
+        "processes": procs,
+        "cpu_us_per_delivery": if deliveries > 0 { cpu_s * 1e6 / deliveries as f64 } else { 0.0 },
+        "machine_cpu_s_without_loadgen": server_side_s,
+        "all_in_cpu_us_per_delivery": if deliveries > 0 { server_side_s * 1e6 / deliveries as f64 } else { 0.0 },
+        "loadgen_cpu_s": own_after.zip(own_before).map_or(0.0, |(a, b)| (a - b) as f64 / ticks_per_s),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+async fn read_socket(
+    mut stream: futures_util::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+    chat_id: i64,
+    stats: Arc<Stats>,
+    start: Instant,
+    acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) {
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        match frame["type"].as_str() {
+            Some("message") if frame["chat_id"] == chat_id => {
+                let now = start.elapsed().as_nanos() as u64;
+                let seq = frame["message"]["seq"].as_i64().unwrap_or(0);
+                let prev = last.entry(chat_id).or_insert(0);
+                if seq <= *prev {
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                *prev = seq;
+                stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                if let Some(sent) = frame["message"]["text"]
+                    .as_str()
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    let _ = stats
+                        .latency
+                        .lock()
+                        .await
+                        .record(now.saturating_sub(sent) / 1000);
+                }
+            }
+            // An error (rate limit, say) answers a send as well: it frees the window.
+            Some("ack") | Some("error") => {
+                if frame["type"] == "ack" {
+                    stats.acks.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(tx) = &acks {
+                    let _ = tx.send(());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
