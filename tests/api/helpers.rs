@@ -424,7 +424,9 @@ impl Ws {
 
     /// The next text frame (checked against the schema), or None when the socket closes.
     pub async fn recv(&mut self) -> Option<Value> {
-        self.read(FRAME_WAIT).await.expect("a frame within the wait")
+        self.read(FRAME_WAIT)
+            .await
+            .expect("a frame within the wait")
     }
 
     /// The next text frame if one comes within `wait`; None on timeout or close.
