@@ -247,7 +247,7 @@ impl Core {
 
     async fn issue_admin_tokens(
         &self,
-        tx: &WriteTx<'_>,
+        tx: &WriteTx,
         org: &organisation::Model,
         addon: &addon::Model,
     ) -> Result<AdminTokens> {

@@ -1,16 +1,14 @@
 //! Messages and receipts: the chat's total order by seq, idempotent sends, and cursors
 //! that only move forward.
 
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
+use super::append::Append;
 use super::events::{Event, Person};
 use super::{Core, Error, Principal, Result, now_ms};
 use crate::store::entity::{chat, file, message, receipt};
-use crate::store::{is_unique_violation, stmt};
+use crate::store::stmt;
 
 /// Who wrote a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,16 +108,6 @@ pub struct Receipt {
     pub read_at: Option<i64>,
 }
 
-/// A message to store, already checked.
-pub(super) struct Append<'a> {
-    pub kind: &'static str,
-    pub author_id: i64,
-    pub local_id: Option<String>,
-    pub payload: &'a str,
-    pub text: String,
-    pub file_id: Option<String>,
-}
-
 /// A member's cursors, as sent to live clients when they resume.
 #[derive(Debug, Clone)]
 pub struct MemberReceipt {
@@ -167,8 +155,7 @@ impl Core {
             }
             other => other.map(str::to_owned),
         };
-        let payload = new.payload.as_deref().unwrap_or("text");
-        let file_id = match payload {
+        let (payload, file_id) = match new.payload.as_deref().unwrap_or("text") {
             "text" => {
                 if new.file_id.is_some() {
                     return Err(Error::Invalid("file_id goes with payload \"file\"".into()));
@@ -176,7 +163,7 @@ impl Core {
                 if new.text.trim().is_empty() {
                     return Err(Error::Invalid("text must not be empty".into()));
                 }
-                None
+                ("text", None)
             }
             "file" => {
                 let id = new
@@ -187,7 +174,7 @@ impl Core {
                     .one(self.store().db())
                     .await?
                     .ok_or(Error::NotFound("file"))?;
-                Some(id)
+                ("file", Some(id))
             }
             _ => {
                 return Err(Error::Invalid(
@@ -215,107 +202,17 @@ impl Core {
         .await
     }
 
-    /// Stores a message at the chat's next seq, in one transaction, and announces it. A
-    /// repeated `local_id` gives back the first message (`false`). A `notice` goes into any
-    /// chat, finished or not, and changes nothing else of it; other payloads are refused
-    /// in a finished chat, and an operator's answers a pending one.
-    pub(super) async fn append(
-        &self,
-        chat: &chat::Model,
-        a: Append<'_>,
-    ) -> Result<(Message, bool)> {
-        let Append {
-            kind,
-            author_id,
-            local_id,
-            payload,
-            text,
-            file_id,
-        } = a;
-        let find_existing = |local_id: String| {
-            message::Entity::find()
-                .filter(message::Column::ChatId.eq(chat.id))
-                .filter(message::Column::AuthorKind.eq(kind))
-                .filter(message::Column::AuthorId.eq(author_id))
-                .filter(message::Column::LocalId.eq(local_id))
-        };
-        let tx = self.store().write().await?;
-        if let Some(local_id) = &local_id
-            && let Some(existing) = find_existing(local_id.clone()).one(&*tx).await?
-        {
-            tx.commit().await?;
-            return Ok((existing.into(), false));
+    /// Stores a message at the chat's next seq (group-committed with concurrent sends) and
+    /// announces it. A repeated `local_id` gives back the first message (`false`). A
+    /// `notice` goes into any chat, finished or not, and changes nothing else of it; other
+    /// payloads are refused in a finished chat, and an operator's answers a pending one.
+    pub(super) async fn append(&self, chat: &chat::Model, a: Append) -> Result<(Message, bool)> {
+        let takes = a.kind == "operator" && a.payload != "notice" && chat.status == "pending";
+        let (message, new) = self.appender.append(chat.id, a).await?;
+        if new && takes {
+            self.publish_chat_updated(chat.id).await?;
         }
-        let now = now_ms();
-        let backend = self.store().backend();
-        // The row lock this UPDATE takes (PostgreSQL), or the writer lock (SQLite), orders
-        // concurrent sends into one chat: each sees the previous one's seq.
-        let bump = if payload == "notice" {
-            stmt(
-                backend,
-                "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ? \
-                 WHERE id = ? RETURNING last_seq",
-                [now.into(), chat.id.into()],
-            )
-        } else if kind == "operator" {
-            stmt(
-                backend,
-                "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?, \
-                 status = CASE WHEN status = 'pending' THEN 'chatting' ELSE status END, \
-                 operator_id = COALESCE(operator_id, ?) \
-                 WHERE id = ? AND status <> 'finished' RETURNING last_seq",
-                [now.into(), author_id.into(), chat.id.into()],
-            )
-        } else {
-            stmt(
-                backend,
-                "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ? \
-                 WHERE id = ? AND status <> 'finished' RETURNING last_seq",
-                [now.into(), chat.id.into()],
-            )
-        };
-        let seq: i64 = match tx.query_one_raw(bump).await? {
-            Some(row) => row.try_get("", "last_seq")?,
-            None => return Err(Error::Conflict("chat is finished".into())),
-        };
-        let inserted = message::ActiveModel {
-            chat_id: Set(chat.id),
-            seq: Set(seq),
-            author_kind: Set(kind.to_owned()),
-            author_id: Set(author_id),
-            local_id: Set(local_id.clone()),
-            payload: Set(payload.to_owned()),
-            text: Set(text),
-            file_id: Set(file_id),
-            created_at: Set(now),
-            received_at: Set(None),
-            read_at: Set(None),
-            ..Default::default()
-        }
-        .insert(&*tx)
-        .await;
-        match inserted {
-            Ok(model) => {
-                tx.commit().await?;
-                let message = Message::from(model);
-                self.bus().publish(Event::Message(message.clone()));
-                if kind == "operator" && payload != "notice" && chat.status == "pending" {
-                    self.publish_chat_updated(chat.id).await?;
-                }
-                Ok((message, true))
-            }
-            // A concurrent send with the same local_id committed first (PostgreSQL): this
-            // transaction, seq bump included, is rolled back and the first one answers.
-            Err(e) if is_unique_violation(&e) && local_id.is_some() => {
-                drop(tx);
-                let existing = find_existing(local_id.unwrap_or_default())
-                    .one(self.store().db())
-                    .await?
-                    .ok_or(Error::Store(e))?;
-                Ok((existing.into(), false))
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok((message, new))
     }
 
     /// A page of a chat's messages in ascending seq.

@@ -6,6 +6,7 @@
 //! like an id that does not exist.
 
 mod admin;
+mod append;
 mod auth;
 mod chats;
 mod chatwhizz;
@@ -121,11 +122,20 @@ pub struct Core {
     store: Store,
     limits: Limits,
     bus: Bus,
+    /// Where every message is stored: concurrent sends share a commit.
+    appender: append::Appender,
 }
 
 impl Core {
+    /// Must be called within a tokio runtime: it starts the message writer task.
     pub fn new(store: Store, limits: Limits, bus: Bus) -> Self {
-        Core { store, limits, bus }
+        let appender = append::Appender::start(store.clone(), bus.clone());
+        Core {
+            store,
+            limits,
+            bus,
+            appender,
+        }
     }
 
     /// Where committed events are announced.

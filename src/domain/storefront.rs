@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::messages::Append;
+use super::append::Append;
 use super::{Chat, Core, Error, Message, Principal, Result, required};
 use crate::store::entity::{assignment, chat, customer, inbox, message, operator};
 
@@ -168,20 +168,24 @@ impl Core {
             .order_by_desc(chat::Column::Id)
             .all(self.store().db())
             .await?;
+        // The newest chat of each customer gets the notice; sent together, they share commits.
         let mut reached = std::collections::HashSet::new();
-        for chat in chats {
-            if !reached.insert(chat.customer_id) {
-                continue;
-            }
-            let notice = Append {
-                kind: "operator",
-                author_id: operator_id,
-                local_id: None,
-                payload: "notice",
-                text: text.clone(),
-                file_id: None,
-            };
-            self.append(&chat, notice).await?;
+        let sends = chats
+            .iter()
+            .filter(|chat| reached.insert(chat.customer_id))
+            .map(|chat| {
+                let notice = Append {
+                    kind: "operator",
+                    author_id: operator_id,
+                    local_id: None,
+                    payload: "notice",
+                    text: text.clone(),
+                    file_id: None,
+                };
+                self.append(chat, notice)
+            });
+        for sent in futures_util::future::join_all(sends).await {
+            sent?;
         }
         Ok(reached.len() as u64)
     }

@@ -4,6 +4,7 @@
 pub mod entity;
 mod migrate;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -11,7 +12,7 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]
@@ -22,20 +23,20 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
-/// The database handle shared by every request.
-#[derive(Debug)]
+/// The database handle shared by every request. Clones share the pool and the writer lock.
+#[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
     /// SQLite allows one writer at a time. Writers queue here, in process, instead of
     /// spinning in SQLite's busy handler; PostgreSQL needs no such lock (`None`).
-    sqlite_writer: Option<Mutex<()>>,
+    sqlite_writer: Option<Arc<Mutex<()>>>,
 }
 
 /// A transaction that may write. On SQLite it holds the writer lock until it ends.
 #[derive(Debug)]
-pub struct WriteTx<'a> {
+pub struct WriteTx {
     tx: DatabaseTransaction,
-    _writer: Option<MutexGuard<'a, ()>>,
+    _writer: Option<OwnedMutexGuard<()>>,
 }
 
 impl Store {
@@ -67,7 +68,7 @@ impl Store {
         let db = Database::connect(options).await?;
         let store = Store {
             db,
-            sqlite_writer: is_sqlite.then(|| Mutex::new(())),
+            sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -83,9 +84,9 @@ impl Store {
     }
 
     /// Begins a transaction that may write.
-    pub async fn write(&self) -> Result<WriteTx<'_>, DbErr> {
+    pub async fn write(&self) -> Result<WriteTx, DbErr> {
         let writer = match &self.sqlite_writer {
-            Some(lock) => Some(lock.lock().await),
+            Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
         // IMMEDIATE takes SQLite's write lock at BEGIN, so a second process (the CLI
@@ -121,13 +122,13 @@ impl Store {
     }
 }
 
-impl WriteTx<'_> {
+impl WriteTx {
     pub async fn commit(self) -> Result<(), DbErr> {
         self.tx.commit().await
     }
 }
 
-impl std::ops::Deref for WriteTx<'_> {
+impl std::ops::Deref for WriteTx {
     type Target = DatabaseTransaction;
     fn deref(&self) -> &DatabaseTransaction {
         &self.tx

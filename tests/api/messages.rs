@@ -360,3 +360,91 @@ async fn unread_counts_follow_the_read_cursor() {
     assert_eq!(chat["last_message"]["text"], "reply");
     assert_eq!(chat["unread"], 1);
 }
+
+/// Concurrent sends share commits (group commit); each still succeeds or fails on its own.
+#[tokio::test]
+async fn sends_sharing_a_commit_succeed_or_fail_each_on_its_own() {
+    let app = Arc::new(spawn_app().await);
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let (_, late) = app.customer(&admin, "late-comer").await;
+    let closed = app
+        .post("/v1/chats", &late, json!({"inbox_id": desk.inbox_id}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .expect("chat id");
+    let before_close = app
+        .send(&late, closed, "before closing", Some("kept"))
+        .await
+        .expect(201);
+    app.post(
+        &format!("/v1/chats/{closed}/finish"),
+        &desk.operator,
+        json!({}),
+    )
+    .await
+    .expect(200);
+
+    // 40 new messages, each sent twice at once, beside sends into the finished chat.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        for _ in 0..2 {
+            let (app, token) = (app.clone(), desk.customer.clone());
+            tasks.push(tokio::spawn(async move {
+                let local = format!("m{i}");
+                let r = app.send(&token, desk.chat_id, &local, Some(&local)).await;
+                (i, r.status, r.body)
+            }));
+        }
+    }
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        let (app, token) = (app.clone(), late.clone());
+        refused.push(tokio::spawn(async move {
+            app.send(&token, closed, "too late", None).await.status
+        }));
+    }
+    let mut first_of = std::collections::HashMap::new();
+    let mut created = 0;
+    for t in tasks {
+        let (i, status, body) = t.await.expect("task");
+        assert!(status == 201 || status == 200, "{status}: {body}");
+        created += usize::from(status == 201);
+        let id = body["id"].clone();
+        assert_eq!(
+            *first_of.entry(i).or_insert_with(|| id.clone()),
+            id,
+            "two messages for one local_id"
+        );
+    }
+    assert_eq!(created, 40, "each local_id created once");
+    for t in refused {
+        assert_eq!(t.await.expect("task"), 409);
+    }
+    let page = app
+        .get(
+            &format!("/v1/chats/{}/messages?limit=100", desk.chat_id),
+            &desk.customer,
+        )
+        .await
+        .expect(200);
+    let seqs: Vec<i64> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    // The finished chat kept only what it had; a resend of that still gets it back.
+    let again = app
+        .send(&late, closed, "before closing", Some("kept"))
+        .await
+        .expect(200);
+    assert_eq!(again["id"], before_close["id"]);
+    let kept = app
+        .get(&format!("/v1/chats/{closed}/messages"), &late)
+        .await
+        .expect(200);
+    assert_eq!(kept["items"].as_array().map(Vec::len), Some(1));
+}
