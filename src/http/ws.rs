@@ -141,7 +141,10 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
                 let config = WebSocketConfig::default()
                     .max_message_size(Some(app2.ws.max_frame_bytes))
                     .max_frame_size(Some(app2.ws.max_frame_bytes))
-                    .write_buffer_size(0);
+                    // Small buffers: an idle socket should cost little memory. Writes
+                    // gather in the write buffer and leave on flush.
+                    .read_buffer_size(READ_BUFFER)
+                    .write_buffer_size(WRITE_BUFFER);
                 let socket = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
@@ -617,83 +620,108 @@ async fn write_loop(
                 if idle > app.ws.idle_timeout.as_millis() as i64 {
                     break CloseReason::Timeout;
                 }
-                if !put(&mut sink, WsMessage::Ping(bytes::Bytes::new())).await {
+                if !(put(&mut sink, WsMessage::Ping(bytes::Bytes::new())).await
+                    && flush(&mut sink).await)
+                {
                     return;
                 }
                 continue;
             }
         };
-        let sent = match out {
-            Outbound::Direct(frame) => put(&mut sink, WsMessage::Text(frame)).await,
-            Outbound::Event {
-                seq: None, frame, ..
-            } => put(&mut sink, WsMessage::Text(frame)).await,
-            Outbound::Event {
-                chat_id,
-                seq: Some(seq),
-                frame,
-            } => {
-                let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
-                if seq <= cursor {
-                    true
-                } else {
-                    let mut ok = true;
-                    if seq > cursor + 1 {
-                        ok = catch_up(
-                            &app,
-                            &who,
-                            &mut sink,
-                            chat_id,
-                            cursor,
-                            seq - 1,
-                            &mut cursors,
-                        )
-                        .await;
+        // Whatever else is already queued goes out with this frame, in one flush.
+        let mut next = Some(out);
+        let mut taken = 1;
+        let mut sent = true;
+        while let Some(out) = next.take() {
+            sent = match out {
+                Outbound::Direct(frame) => put(&mut sink, WsMessage::Text(frame)).await,
+                Outbound::Event {
+                    seq: None, frame, ..
+                } => put(&mut sink, WsMessage::Text(frame)).await,
+                Outbound::Event {
+                    chat_id,
+                    seq: Some(seq),
+                    frame,
+                } => {
+                    let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
+                    if seq <= cursor {
+                        true
+                    } else {
+                        let mut ok = true;
+                        if seq > cursor + 1 {
+                            ok = catch_up(
+                                &app,
+                                &who,
+                                &mut sink,
+                                chat_id,
+                                cursor,
+                                seq - 1,
+                                &mut cursors,
+                            )
+                            .await;
+                        }
+                        ok = ok && put(&mut sink, WsMessage::Text(frame)).await;
+                        cursors.insert(chat_id, seq);
+                        ok
                     }
-                    ok = ok && put(&mut sink, WsMessage::Text(frame)).await;
-                    cursors.insert(chat_id, seq);
-                    ok
                 }
-            }
-            Outbound::Recheck => {
-                recheck(&app, &who, &session, &mut cursors).await;
-                true
-            }
-            Outbound::Resync(only) => {
-                if only.is_none()
-                    && let Ok(live) = app.core.live_chats(&who).await
-                {
-                    // Chats opened while the bus was away were never announced here.
-                    for chat in live {
-                        if !session.in_chat(chat.id) {
-                            app.core.bus().hub().join(&session, chat.id);
-                            cursors.entry(chat.id).or_insert(0);
+                Outbound::Recheck => {
+                    recheck(&app, &who, &session, &mut cursors).await;
+                    true
+                }
+                Outbound::Resync(only) => {
+                    if only.is_none()
+                        && let Ok(live) = app.core.live_chats(&who).await
+                    {
+                        // Chats opened while the bus was away were never announced here.
+                        for chat in live {
+                            if !session.in_chat(chat.id) {
+                                app.core.bus().hub().join(&session, chat.id);
+                                cursors.entry(chat.id).or_insert(0);
+                            }
                         }
                     }
-                }
-                let chats: Vec<(i64, i64)> = cursors
-                    .iter()
-                    .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
-                    .map(|(chat, seq)| (*chat, *seq))
-                    .collect();
-                let mut ok = true;
-                for (chat_id, from) in chats {
-                    ok = ok
-                        && catch_up(&app, &who, &mut sink, chat_id, from, i64::MAX, &mut cursors)
+                    let chats: Vec<(i64, i64)> = cursors
+                        .iter()
+                        .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
+                        .map(|(chat, seq)| (*chat, *seq))
+                        .collect();
+                    let mut ok = true;
+                    for (chat_id, from) in chats {
+                        ok = ok
+                            && catch_up(
+                                &app,
+                                &who,
+                                &mut sink,
+                                chat_id,
+                                from,
+                                i64::MAX,
+                                &mut cursors,
+                            )
                             .await;
+                    }
+                    ok
                 }
-                ok
+                Outbound::Resume { id, chats, rewind } => {
+                    let request = ResumeRequest {
+                        id: id.as_deref(),
+                        chats,
+                        rewind,
+                    };
+                    resume(&app, &who, &session, &mut sink, request, &mut cursors).await
+                }
+            };
+            if !sent {
+                break;
             }
-            Outbound::Resume { id, chats, rewind } => {
-                let request = ResumeRequest {
-                    id: id.as_deref(),
-                    chats,
-                    rewind,
-                };
-                resume(&app, &who, &session, &mut sink, request, &mut cursors).await
+            if taken < WRITE_BATCH
+                && let Ok(more) = rx.try_recv()
+            {
+                next = Some(more);
+                taken += 1;
             }
-        };
-        if !sent {
+        }
+        if !(sent && flush(&mut sink).await) {
             // The socket failed, or the database did mid catch-up: either way this socket
             // cannot go on without a gap, so it closes and the client resumes.
             break CloseReason::Unavailable;
@@ -846,14 +874,32 @@ async fn resume(
     .await
 }
 
+/// What a socket reads at a time (tungstenite's default is 128 KiB, allocated per socket).
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Frames gather up to this much before being written, unless flushed sooner.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// How long one frame may take to leave: a client that stops reading (its TCP window
 /// full) would otherwise hold its session forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends one frame; false if the socket failed or the frame could not leave in time.
+/// Most queued frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Queues one frame in the socket's write buffer (which writes out once it is full); false
+/// if the socket failed or the frame could not be queued in time. [`flush`] sends the rest.
 async fn put(sink: &mut SplitSink<Socket, WsMessage>, msg: WsMessage) -> bool {
     matches!(
-        tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await,
+        tokio::time::timeout(SEND_TIMEOUT, sink.feed(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Writes out what [`put`] queued; false if the socket failed or it could not leave in time.
+async fn flush(sink: &mut SplitSink<Socket, WsMessage>) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, sink.flush()).await,
         Ok(Ok(()))
     )
 }
