@@ -13,8 +13,13 @@
 //! `--window W` instead of `--rate` runs closed loop: each sender keeps W sends unacked.
 //! Start the server with `SOUQ_WS_FRAMES_PER_SEC` above the per-sender rate (closed loop:
 //! far above), or the rate limit answers sends with errors (counted as sends without acks).
+//!
+//! `--ceiling` drives `examples/ceiling` instead: sockets join `/room/N`, a send is the bare
+//! text `"n nanos"`, and the sender's own copy counts as its ack.
+//!
+//! `--idle N` opens N sockets that only stay connected (devices of the R customers, spread
+//! over source addresses 127.0.0.2, .3, ...), and reports the server's RSS per socket.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +43,8 @@ struct Args {
     window: usize,
     seconds: u64,
     pids: Vec<u32>,
+    ceiling: bool,
+    idle: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -52,9 +59,15 @@ fn args() -> Result<Args, String> {
         window: 0,
         seconds: 20,
         pids: Vec::new(),
+        ceiling: false,
+        idle: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--ceiling" {
+            a.ceiling = true;
+            continue;
+        }
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
         let num = |v: &str| {
             v.parse::<f64>()
@@ -70,6 +83,7 @@ fn args() -> Result<Args, String> {
             "--rate" => a.rate = num(&v)?,
             "--window" => a.window = num(&v)? as usize,
             "--seconds" => a.seconds = num(&v)? as u64,
+            "--idle" => a.idle = num(&v)? as usize,
             "--pids" => {
                 a.pids = v
                     .split(',')
@@ -163,7 +177,20 @@ async fn main() {
     }
 }
 
-async fn run(a: Args) -> Result<(), String> {
+/// One chat of the run: its id and the token of its customer (none for the ceiling,
+/// whose rooms are numbered 0..R).
+struct Room {
+    id: i64,
+    token: Option<String>,
+}
+
+/// Signs in and makes R customers with one chat each in a new inbox.
+async fn setup(a: &Args) -> Result<Vec<Room>, String> {
+    if a.ceiling {
+        return Ok((0..a.chats as i64)
+            .map(|id| Room { id, token: None })
+            .collect());
+    }
     let http = reqwest::Client::new();
     let base = &a.nodes[0];
     let tokens = post(&http, format!("{base}/v1/auth/token"), None, json!({
@@ -183,7 +210,7 @@ async fn run(a: Args) -> Result<(), String> {
     )
     .await?;
     let inbox = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
-    let mut chats = Vec::new();
+    let mut rooms = Vec::new();
     for i in 0..a.chats {
         let c = post(
             &http,
@@ -208,9 +235,126 @@ async fn run(a: Args) -> Result<(), String> {
             json!({"inbox_id": inbox}),
         )
         .await?;
-        chats.push((chat["id"].as_i64().ok_or("no chat id")?, token));
+        rooms.push(Room {
+            id: chat["id"].as_i64().ok_or("no chat id")?,
+            token: Some(token),
+        });
     }
+    Ok(rooms)
+}
 
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a socket to `node` for `room`, from `source` when given.
+async fn connect(
+    a: &Args,
+    node: &str,
+    room: &Room,
+    source: Option<std::net::Ipv4Addr>,
+) -> Result<Socket, String> {
+    let url = if a.ceiling {
+        format!("{}/room/{}", node.replacen("http", "ws", 1), room.id)
+    } else {
+        format!("{}/v1/ws", node.replacen("http", "ws", 1))
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(token) = &room.token {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().map_err(|_| "token")?,
+        );
+    }
+    let host = node
+        .split("://")
+        .nth(1)
+        .unwrap_or(node)
+        .trim_end_matches('/');
+    let target: std::net::SocketAddr = tokio::net::lookup_host(host)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if let Some(ip) = source {
+        socket
+            .bind(std::net::SocketAddr::from((ip, 0)))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    let tcp = socket.connect(target).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// RSS (KiB) of the given pids, summed.
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| proc_stat(*p))
+        .map(|(_, rss)| rss)
+        .sum()
+}
+
+/// Sockets per source address (the kernel's ephemeral ports are about 28,000 per address).
+const PER_SOURCE: usize = 10_000;
+
+/// Opens `a.idle` sockets that only stay connected; prints the server's RSS per socket.
+async fn run_idle(a: &Args, rooms: &[Room]) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_of(&a.pids);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(a.idle);
+    let mut readers = Vec::with_capacity(a.idle);
+    let frames = Arc::new(AtomicU64::new(0));
+    for i in 0..a.idle {
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / PER_SOURCE) as u8);
+        let node = &a.nodes[i % a.nodes.len()];
+        let ws = connect(a, node, &rooms[i % rooms.len()], Some(source)).await?;
+        let (sink, mut stream) = ws.split();
+        let frames = frames.clone();
+        // Read (and so answer pings) without keeping anything.
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = stream.next().await {
+                frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        sockets.push(sink);
+    }
+    let opened_in = started.elapsed().as_secs_f64();
+    // Let the server settle (ready frames, catch-ups) before reading its memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_of(&a.pids);
+    let held = Duration::from_secs(a.seconds);
+    tokio::time::sleep(held).await;
+    let still_open = readers.iter().filter(|r| !r.is_finished()).count();
+    let line = json!({
+        "mode": format!("idle {}", a.idle),
+        "nodes": a.nodes.len(),
+        "sockets": a.idle,
+        "opened_in_s": opened_in,
+        "still_open_after_s": [a.seconds, still_open],
+        "server_rss_kib_before": before,
+        "server_rss_kib_after": after,
+        "server_rss_kib_per_socket": (after.saturating_sub(before)) as f64 / a.idle as f64,
+        "frames_received": frames.load(Ordering::Relaxed),
+    });
+    println!("{line}");
+    for r in readers {
+        r.abort();
+    }
+    drop(sockets);
+    Ok(())
+}
+
+async fn run(a: Args) -> Result<(), String> {
+    let rooms = setup(&a).await?;
+    if a.idle > 0 {
+        return run_idle(&a, &rooms).await;
+    }
     let stats = Arc::new(Stats {
         latency: Mutex::new(
             Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
@@ -225,32 +369,22 @@ async fn run(a: Args) -> Result<(), String> {
     let mut node = 0usize;
     let mut readers = Vec::new();
     let mut senders = Vec::new();
-    for (chat_id, token) in &chats {
+    for room in &rooms {
         for m in 0..a.members {
-            let url = format!(
-                "{}/v1/ws",
-                a.nodes[node % a.nodes.len()].replacen("http", "ws", 1)
-            );
+            let socket = connect(&a, &a.nodes[node % a.nodes.len()], room, None).await?;
             node += 1;
-            let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-            request.headers_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().map_err(|_| "token")?,
-            );
-            let (socket, _) = tokio_tungstenite::connect_async(request)
-                .await
-                .map_err(|e| e.to_string())?;
             let (sink, stream) = socket.split();
             let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             readers.push(tokio::spawn(read_socket(
                 stream,
-                *chat_id,
+                room.id,
+                a.ceiling,
                 stats.clone(),
                 start,
                 (m == 0).then_some(ack_tx),
             )));
             if m == 0 {
-                senders.push((sink, ack_rx, *chat_id));
+                senders.push((sink, ack_rx, room.id));
             }
         }
     }
@@ -284,13 +418,15 @@ async fn run(a: Args) -> Result<(), String> {
                     tick.tick().await;
                 }
                 n += 1;
-                let frame = json!({"type": "send", "chat_id": chat_id, "local_id": n.to_string(),
-                    "text": start.elapsed().as_nanos().to_string()});
-                if sink
-                    .send(Message::Text(frame.to_string().into()))
-                    .await
-                    .is_err()
-                {
+                let sent_at = start.elapsed().as_nanos();
+                let frame = if a.ceiling {
+                    format!("{n} {sent_at}")
+                } else {
+                    json!({"type": "send", "chat_id": chat_id, "local_id": n.to_string(),
+                        "text": sent_at.to_string()})
+                    .to_string()
+                };
+                if sink.send(Message::Text(frame.into())).await.is_err() {
                     return;
                 }
                 unacked += 1;
@@ -338,6 +474,7 @@ async fn run(a: Args) -> Result<(), String> {
     let us = |q: f64| h.value_at_quantile(q);
     let line = json!({
         "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
+        "server": if a.ceiling { "ceiling" } else { "souq" },
         "mode": if a.window > 0 { format!("closed-loop w={}", a.window) } else { format!("rate {}/s per sender", a.rate) },
         "seconds": elapsed,
         "sends": sends, "acks": stats.acks.load(Ordering::Relaxed),
@@ -356,55 +493,64 @@ async fn run(a: Args) -> Result<(), String> {
 }
 
 async fn read_socket(
-    mut stream: futures_util::stream::SplitStream<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    >,
+    mut stream: futures_util::stream::SplitStream<Socket>,
     chat_id: i64,
+    ceiling: bool,
     stats: Arc<Stats>,
     start: Instant,
     acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 ) {
-    let mut last: HashMap<i64, i64> = HashMap::new();
+    let mut last = 0i64;
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else { continue };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+        // A delivery: its seq and when it was sent (nanoseconds since `start`).
+        let delivery = if ceiling {
+            let (n, sent) = text.split_once(' ').unwrap_or(("", ""));
+            if let Some(tx) = &acks {
+                stats.acks.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.send(());
+            }
+            n.parse::<i64>().ok().zip(sent.parse::<u64>().ok())
+        } else {
+            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            match frame["type"].as_str() {
+                Some("message") if frame["chat_id"] == chat_id => {
+                    frame["message"]["seq"].as_i64().zip(
+                        frame["message"]["text"]
+                            .as_str()
+                            .and_then(|t| t.parse().ok()),
+                    )
+                }
+                // An error (rate limit, say) answers a send as well: it frees the window.
+                Some("ack") | Some("error") => {
+                    if frame["type"] == "ack" {
+                        stats.acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(tx) = &acks {
+                        let _ = tx.send(());
+                    }
+                    None
+                }
+                _ => None,
+            }
+        };
+        let Some((seq, sent)) = delivery else {
             continue;
         };
-        match frame["type"].as_str() {
-            Some("message") if frame["chat_id"] == chat_id => {
-                let now = start.elapsed().as_nanos() as u64;
-                let seq = frame["message"]["seq"].as_i64().unwrap_or(0);
-                let prev = last.entry(chat_id).or_insert(0);
-                if seq <= *prev {
-                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                *prev = seq;
-                stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                if let Some(sent) = frame["message"]["text"]
-                    .as_str()
-                    .and_then(|t| t.parse::<u64>().ok())
-                {
-                    let _ = stats
-                        .latency
-                        .lock()
-                        .await
-                        .record(now.saturating_sub(sent) / 1000);
-                }
-            }
-            // An error (rate limit, say) answers a send as well: it frees the window.
-            Some("ack") | Some("error") => {
-                if frame["type"] == "ack" {
-                    stats.acks.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(tx) = &acks {
-                    let _ = tx.send(());
-                }
-            }
-            _ => {}
+        let now = start.elapsed().as_nanos() as u64;
+        if seq <= last {
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
+        last = seq;
+        stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        let _ = stats
+            .latency
+            .lock()
+            .await
+            .record(now.saturating_sub(sent) / 1000);
     }
 }
 
