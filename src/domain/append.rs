@@ -1,20 +1,27 @@
 //! Group commit of messages. Every send of the process goes through one appender task,
-//! which takes whatever sends are waiting (up to [`MAX_BATCH`]), stores them in one
-//! transaction, and only after that commit announces them and answers each caller. Under
-//! load one commit carries many messages; alone, a send commits at once.
+//! which takes whatever sends are waiting (up to [`MAX_BATCH`]) and stores them in one
+//! transaction of a few statements, whatever the batch's size: one read of repeated
+//! `local_id`s, one locked read of the chats, one update of their seqs, one multi-row
+//! insert. Only after that commit does it announce the messages and answer each caller.
+//! Under load one commit carries many messages; alone, a send commits at once.
 //!
 //! A send that fails on its own (a finished chat) fails alone inside the batch. If the
 //! transaction fails as a whole, each of its sends is tried again in a transaction of its
 //! own, so that one bad send never takes the others down with it.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use std::collections::HashMap;
+
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, Value,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::Event;
 use super::messages::Message;
 use super::{Error, Result, now_ms};
 use crate::bus::Bus;
-use crate::store::entity::message;
+use crate::store::entity::{chat, message};
 use crate::store::{Store, WriteTx, stmt};
 
 /// Most sends in one transaction.
@@ -72,19 +79,31 @@ async fn run(store: Store, bus: Bus, mut rx: mpsc::Receiver<Job>) {
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match commit(&store, &batch).await {
             Ok(outcomes) => answer(&bus, batch.drain(..), outcomes),
-            Err(e) if batch.len() == 1 => answer(&bus, batch.drain(..), vec![Err(e.into())]),
             Err(e) => {
-                tracing::warn!(error = %e, sends = batch.len(), "a batch failed; retrying its sends one by one");
+                tracing::debug!(error = %e, sends = batch.len(), "a batch failed; retrying its sends one by one");
                 for job in batch.drain(..) {
-                    let outcome = match commit(&store, std::slice::from_ref(&job)).await {
-                        Ok(mut one) => one
-                            .pop()
-                            .unwrap_or_else(|| Err(Error::Internal("no outcome".into()))),
-                        Err(e) => Err(e.into()),
-                    };
+                    let outcome = alone(&store, &job).await;
                     answer(&bus, std::iter::once(job), vec![outcome]);
                 }
             }
+        }
+    }
+}
+
+/// One send in a transaction of its own, tried twice: a local_id that another node stored
+/// meanwhile is found as a repeat on the second try.
+async fn alone(store: &Store, job: &Job) -> Result<(Message, bool)> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match commit(store, std::slice::from_ref(job)).await {
+            Ok(mut one) => {
+                return one
+                    .pop()
+                    .unwrap_or_else(|| Err(Error::Internal("a send got no outcome".into())));
+            }
+            Err(e) if tries >= 2 => return Err(e.into()),
+            Err(_) => continue,
         }
     }
 }
@@ -100,91 +119,118 @@ fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<(Mess
     }
 }
 
-/// Stores the batch in one transaction: one outcome per job, or the error that failed the
-/// whole transaction (nothing of it is kept).
-async fn commit(
-    store: &Store,
-    jobs: &[Job],
-) -> Result<Vec<Result<(Message, bool)>>, sea_orm::DbErr> {
+/// Stores the batch in one transaction, in a fixed number of statements whatever its
+/// size: find repeated `local_id`s, lock and read the chats, move their seqs, insert the
+/// new messages. Returns one outcome per job, or the error that failed the whole
+/// transaction (nothing of it is kept).
+async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool)>>, DbErr> {
     let tx = store.write().await?;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        outcomes.push(store_one(store, &tx, job.chat_id, &job.append).await?);
-    }
-    tx.commit().await?;
-    Ok(outcomes)
-}
+    let mut outcomes: Vec<Option<Result<(Message, bool)>>> = jobs.iter().map(|_| None).collect();
 
-/// One message inside the batch's transaction. The seq bump comes first: its row lock
-/// (PostgreSQL) or the writer lock (SQLite) orders sends into one chat. The insert then
-/// skips a repeated `local_id` instead of failing, and in that case the bump is undone
-/// (still under the same lock) and the first message answers.
-async fn store_one(
-    store: &Store,
-    tx: &WriteTx,
-    chat_id: i64,
-    a: &Append,
-) -> Result<Result<(Message, bool)>, sea_orm::DbErr> {
-    let backend = store.backend();
-    let now = now_ms();
-    let bump = if a.payload == "notice" {
-        stmt(
-            backend,
-            "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ? \
-             WHERE id = ? RETURNING last_seq",
-            [now.into(), chat_id.into()],
-        )
-    } else if a.kind == "operator" {
-        // An operator's answer takes a pending chat.
-        stmt(
-            backend,
-            "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ?, \
-             status = CASE WHEN status = 'pending' THEN 'chatting' ELSE status END, \
-             operator_id = COALESCE(operator_id, ?) \
-             WHERE id = ? AND status <> 'finished' RETURNING last_seq",
-            [now.into(), a.author_id.into(), chat_id.into()],
-        )
-    } else {
-        stmt(
-            backend,
-            "UPDATE chats SET last_seq = last_seq + 1, last_activity_at = ? \
-             WHERE id = ? AND status <> 'finished' RETURNING last_seq",
-            [now.into(), chat_id.into()],
-        )
-    };
-    let seq: i64 = match tx.query_one_raw(bump).await? {
-        Some(row) => row.try_get("", "last_seq")?,
-        // A finished chat: a resend of a message it already has still gets that message.
-        None => {
-            return Ok(match existing(tx, chat_id, a).await? {
-                Some(first) => Ok((first, false)),
-                None => Err(Error::Conflict("chat is finished".into())),
-            });
+    // 1. Repeats: a local_id already stored answers with its message; one repeated within
+    //    the batch answers with the message of its first job (`copy_of`).
+    let stored = already_stored(&tx, jobs).await?;
+    let mut first_with_key: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut copy_of: Vec<Option<usize>> = vec![None; jobs.len()];
+    for (i, job) in jobs.iter().enumerate() {
+        let Some(key) = key(job) else { continue };
+        if let Some(m) = stored.iter().find(|m| stored_key(m) == key) {
+            outcomes[i] = Some(Ok((m.clone().into(), false)));
+        } else if let Some(&first) = first_with_key.get(&key) {
+            copy_of[i] = Some(first);
+        } else {
+            first_with_key.insert(key, i);
         }
-    };
-    let insert = stmt(
-        backend,
-        "INSERT INTO messages \
-         (chat_id, seq, author_kind, author_id, local_id, payload, text, file_id, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-        [
-            chat_id.into(),
-            seq.into(),
-            a.kind.into(),
-            a.author_id.into(),
-            a.local_id.clone().into(),
-            a.payload.into(),
-            a.text.clone().into(),
-            a.file_id.clone().into(),
-            now.into(),
-        ],
-    );
-    match tx.query_one_raw(insert).await? {
-        Some(row) => {
-            let id: i64 = row.try_get("", "id")?;
+    }
+
+    // 2. The chats, locked (PostgreSQL: FOR UPDATE, in id order so that batches on several
+    //    nodes never deadlock; SQLite: the writer lock is already held).
+    let mut chat_ids: Vec<i64> = jobs.iter().map(|j| j.chat_id).collect();
+    chat_ids.sort_unstable();
+    chat_ids.dedup();
+    let chats: HashMap<i64, chat::Model> = chat::Entity::find()
+        .filter(chat::Column::Id.is_in(chat_ids))
+        .order_by_asc(chat::Column::Id)
+        .lock_exclusive()
+        .all(&*tx)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+
+    // 3. Seqs, in job order within each chat; a finished chat refuses all but notices.
+    let now = now_ms();
+    let mut changed: HashMap<i64, chat::Model> = HashMap::new();
+    let mut to_insert: Vec<(usize, i64)> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        if outcomes[i].is_some() || copy_of[i].is_some() {
+            continue;
+        }
+        let a = &job.append;
+        let Some(chat) = changed
+            .get(&job.chat_id)
+            .or_else(|| chats.get(&job.chat_id))
+            .cloned()
+        else {
+            outcomes[i] = Some(Err(Error::NotFound("chat")));
+            continue;
+        };
+        if a.payload != "notice" && chat.status == "finished" {
+            outcomes[i] = Some(Err(Error::Conflict("chat is finished".into())));
+            continue;
+        }
+        let mut chat = chat;
+        chat.last_seq += 1;
+        chat.last_activity_at = now;
+        if a.payload != "notice" && a.kind == "operator" {
+            // An operator's answer takes a pending chat.
+            if chat.status == "pending" {
+                chat.status = "chatting".into();
+            }
+            chat.operator_id = chat.operator_id.or(Some(a.author_id));
+        }
+        to_insert.push((i, chat.last_seq));
+        changed.insert(chat.id, chat);
+    }
+    // Later copies of a local_id whose first job was refused are refused alike.
+    for i in 0..jobs.len() {
+        if let Some(first) = copy_of[i]
+            && let Some(Err(e)) = &outcomes[first]
+        {
+            outcomes[i] = Some(Err(same_error(e)));
+            copy_of[i] = None;
+        }
+    }
+    if !changed.is_empty() {
+        tx.execute_raw(update_chats(store.backend(), changed.values(), now))
+            .await?;
+    }
+
+    // 4. The new messages, in one insert. A row it skips is a local_id that another node
+    //    stored since step 1: the batch gives up, and its sends are retried one by one.
+    if !to_insert.is_empty() {
+        let rows = tx
+            .query_all_raw(insert_messages(store.backend(), jobs, &to_insert, now))
+            .await?;
+        if rows.len() != to_insert.len() {
+            return Err(DbErr::Custom(
+                "a concurrent send stored the same local_id".into(),
+            ));
+        }
+        let mut ids = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let chat_id: i64 = row.try_get("", "chat_id")?;
+            let seq: i64 = row.try_get("", "seq")?;
+            ids.insert((chat_id, seq), row.try_get::<i64>("", "id")?);
+        }
+        for &(i, seq) in &to_insert {
+            let (job, a) = (&jobs[i], &jobs[i].append);
+            let id = ids.get(&(job.chat_id, seq)).copied().ok_or_else(|| {
+                DbErr::Custom("an inserted message came back without an id".into())
+            })?;
             let stored = message::Model {
                 id,
-                chat_id,
+                chat_id: job.chat_id,
                 seq,
                 author_kind: a.kind.to_owned(),
                 author_id: a.author_id,
@@ -196,39 +242,223 @@ async fn store_one(
                 received_at: None,
                 read_at: None,
             };
-            Ok(Ok((stored.into(), true)))
+            outcomes[i] = Some(Ok((stored.into(), true)));
         }
-        None => {
-            // Only the (chat, author, local_id) key can conflict: seq came from the bump.
-            tx.execute_raw(stmt(
-                backend,
-                "UPDATE chats SET last_seq = last_seq - 1 WHERE id = ?",
-                [chat_id.into()],
-            ))
-            .await?;
-            Ok(match existing(tx, chat_id, a).await? {
-                Some(first) => Ok((first, false)),
-                None => Err(Error::Internal("a send conflicted with no message".into())),
-            })
+    }
+    tx.commit().await?;
+
+    for i in 0..jobs.len() {
+        if let Some(first) = copy_of[i] {
+            outcomes[i] = Some(match &outcomes[first] {
+                Some(Ok((m, _))) => Ok((m.clone(), false)),
+                _ => Err(Error::Internal("a repeated send lost its first".into())),
+            });
         }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(Error::Internal("a send got no outcome".into()))))
+        .collect())
+}
+
+/// What makes two sends the same message: chat, author and local_id.
+type Key<'a> = (i64, &'a str, i64, &'a str);
+
+fn key(job: &Job) -> Option<Key<'_>> {
+    let a = &job.append;
+    Some((job.chat_id, a.kind, a.author_id, a.local_id.as_deref()?))
+}
+
+fn stored_key(m: &message::Model) -> Key<'_> {
+    (
+        m.chat_id,
+        m.author_kind.as_str(),
+        m.author_id,
+        m.local_id.as_deref().unwrap_or_default(),
+    )
+}
+
+fn same_error(e: &Error) -> Error {
+    match e {
+        Error::NotFound(what) => Error::NotFound(what),
+        Error::Conflict(why) => Error::Conflict(why.clone()),
+        other => Error::Internal(other.to_string()),
     }
 }
 
-/// The message this author already stored in the chat under the same `local_id`.
-async fn existing(
-    tx: &WriteTx,
-    chat_id: i64,
-    a: &Append,
-) -> Result<Option<Message>, sea_orm::DbErr> {
-    let Some(local_id) = &a.local_id else {
-        return Ok(None);
+/// The stored messages whose (chat, author, local_id) some job of the batch repeats.
+async fn already_stored(tx: &WriteTx, jobs: &[Job]) -> Result<Vec<message::Model>, DbErr> {
+    let mut any = Condition::any();
+    let mut keyed = 0;
+    for (chat_id, kind, author_id, local_id) in jobs.iter().filter_map(key) {
+        keyed += 1;
+        any = any.add(
+            Condition::all()
+                .add(message::Column::ChatId.eq(chat_id))
+                .add(message::Column::AuthorKind.eq(kind))
+                .add(message::Column::AuthorId.eq(author_id))
+                .add(message::Column::LocalId.eq(local_id)),
+        );
+    }
+    if keyed == 0 {
+        return Ok(Vec::new());
+    }
+    message::Entity::find().filter(any).all(&**tx).await
+}
+
+/// `?, ?, ?` for `n` values.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// One UPDATE setting each changed chat's seq, status, operator and activity time.
+fn update_chats<'a>(
+    backend: DbBackend,
+    chats: impl Iterator<Item = &'a chat::Model> + Clone,
+    now: i64,
+) -> Statement {
+    let mut values: Vec<Value> = Vec::new();
+    let mut case = |column: &str, value: &dyn Fn(&chat::Model) -> Value| {
+        let mut sql = format!("{column} = CASE id");
+        for c in chats.clone() {
+            sql.push_str(" WHEN ? THEN ?");
+            values.push(c.id.into());
+            values.push(value(c));
+        }
+        sql.push_str(" END");
+        sql
     };
-    let found = message::Entity::find()
-        .filter(message::Column::ChatId.eq(chat_id))
-        .filter(message::Column::AuthorKind.eq(a.kind))
-        .filter(message::Column::AuthorId.eq(a.author_id))
-        .filter(message::Column::LocalId.eq(local_id.as_str()))
-        .one(&**tx)
-        .await?;
-    Ok(found.map(Message::from))
+    let seq = case("last_seq", &|c| c.last_seq.into());
+    let status = case("status", &|c| c.status.clone().into());
+    let operator = case("operator_id", &|c| c.operator_id.into());
+    let ids: Vec<i64> = chats.map(|c| c.id).collect();
+    let sql = format!(
+        "UPDATE chats SET {seq}, {status}, {operator}, last_activity_at = ? WHERE id IN ({})",
+        marks(ids.len())
+    );
+    values.push(now.into());
+    values.extend(ids.into_iter().map(Value::from));
+    stmt(backend, &sql, values)
+}
+
+/// One multi-row INSERT of the new messages, returning their ids.
+fn insert_messages(backend: DbBackend, jobs: &[Job], rows: &[(usize, i64)], now: i64) -> Statement {
+    let row = format!("({})", marks(9));
+    let sql = format!(
+        "INSERT INTO messages \
+         (chat_id, seq, author_kind, author_id, local_id, payload, text, file_id, created_at) \
+         VALUES {} ON CONFLICT DO NOTHING RETURNING id, chat_id, seq",
+        vec![row.as_str(); rows.len()].join(", ")
+    );
+    let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 9);
+    for &(i, seq) in rows {
+        let (job, a) = (&jobs[i], &jobs[i].append);
+        values.extend([
+            job.chat_id.into(),
+            seq.into(),
+            a.kind.into(),
+            a.author_id.into(),
+            a.local_id.clone().into(),
+            a.payload.into(),
+            a.text.clone().into(),
+            a.file_id.clone().into(),
+            now.into(),
+        ]);
+    }
+    stmt(backend, &sql, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(chat_id: i64, kind: &'static str, payload: &'static str, local: Option<&str>) -> Job {
+        Job {
+            chat_id,
+            append: Append {
+                kind,
+                author_id: 1,
+                local_id: local.map(str::to_owned),
+                payload,
+                text: format!("{kind} {payload}"),
+                file_id: None,
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// One batch holding a new message, its repeat, an operator's first answer, a refused
+    /// send and a notice into a finished chat: each gets its own outcome.
+    #[tokio::test]
+    async fn one_batch_gives_each_send_its_own_outcome() {
+        let path = std::env::temp_dir().join(format!(
+            "souq-append-{}-{}.db",
+            std::process::id(),
+            now_ms()
+        ));
+        let store = Store::open(&format!("sqlite://{}", path.display()), 2)
+            .await
+            .expect("store");
+        for sql in [
+            "INSERT INTO organisations (id, email, password_hash, subdomain, created_at) VALUES (1, 'o@x.test', '-', 'x', 0)",
+            "INSERT INTO addons (id, org_id, name, created_at) VALUES (1, 1, 'live_chat', 0)",
+            "INSERT INTO domains (id, org_id, addon_id, name, active, widget_key, created_at, updated_at) VALUES (1, 1, 1, 'x.test', true, 'k', 0, 0)",
+            "INSERT INTO inboxes (id, org_id, domain_id, unique_id, name, created_at) VALUES (1, 1, 1, 'main', 'Main', 0)",
+            "INSERT INTO customers (id, org_id, name, created_at, updated_at) VALUES (1, 1, 'C', 0, 0)",
+            "INSERT INTO operators (id, org_id, email, name, created_at, updated_at) VALUES (1, 1, 'op@x.test', 'Op', 0, 0)",
+            "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, status, last_seq, created_at, last_activity_at) VALUES (1, 1, 1, 1, 1, 'pending', 0, 0, 0)",
+            "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, status, last_seq, created_at, last_activity_at) VALUES (2, 1, 1, 1, 1, 'finished', 5, 0, 0)",
+        ] {
+            store.db().execute_unprepared(sql).await.expect(sql);
+        }
+        let batch = [
+            job(1, "customer", "text", Some("x")),
+            job(1, "customer", "text", Some("x")),
+            job(1, "operator", "text", None),
+            job(2, "customer", "text", None),
+            job(2, "operator", "notice", None),
+            job(1, "customer", "text", None),
+            job(99, "customer", "text", None),
+        ];
+        let out = commit(&store, &batch).await.expect("batch commits");
+        let seq = |i: usize| match &out[i] {
+            Ok((m, new)) => (m.seq, *new),
+            Err(e) => panic!("send {i} failed: {e}"),
+        };
+        assert_eq!(seq(0), (1, true));
+        assert_eq!(seq(1), (1, false), "a repeat within the batch");
+        assert_eq!(
+            out[1].as_ref().map(|(m, _)| m.id).ok(),
+            out[0].as_ref().map(|(m, _)| m.id).ok()
+        );
+        assert_eq!(seq(2), (2, true));
+        assert!(matches!(out[3], Err(Error::Conflict(_))), "finished chat");
+        assert_eq!(seq(4), (6, true), "a notice goes into a finished chat");
+        assert_eq!(seq(5), (3, true));
+        assert!(matches!(out[6], Err(Error::NotFound(_))), "unknown chat");
+
+        let again = commit(&store, &[job(1, "customer", "text", Some("x"))])
+            .await
+            .expect("commits");
+        assert_eq!(
+            again[0].as_ref().map(|(m, new)| (m.seq, *new)).ok(),
+            Some((1, false))
+        );
+        let chat = chat::Entity::find_by_id(1)
+            .one(store.db())
+            .await
+            .expect("read")
+            .expect("chat");
+        assert_eq!(
+            (chat.last_seq, chat.status.as_str(), chat.operator_id),
+            (3, "chatting", Some(1)),
+            "the operator's answer took the chat"
+        );
+        let stored = message::Entity::find().all(store.db()).await.expect("read");
+        assert_eq!(stored.len(), 4);
+        store.close().await.expect("close");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }
