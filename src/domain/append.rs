@@ -39,10 +39,30 @@ pub(super) struct Append {
     pub file_id: Option<String>,
 }
 
+/// What became of a send.
+#[derive(Debug, Clone)]
+pub(super) struct Stored {
+    pub message: Message,
+    /// False when a repeated `local_id` gave back the first message.
+    pub new: bool,
+    /// This message, an operator's answer, took the pending chat.
+    pub took_chat: bool,
+}
+
+impl Stored {
+    fn repeat(message: Message) -> Stored {
+        Stored {
+            message,
+            new: false,
+            took_chat: false,
+        }
+    }
+}
+
 struct Job {
     chat_id: i64,
     append: Append,
-    reply: oneshot::Sender<Result<(Message, bool)>>,
+    reply: oneshot::Sender<Result<Stored>>,
 }
 
 /// The handle of the appender task; the task ends when the handle is dropped.
@@ -61,7 +81,7 @@ impl Appender {
 
     /// Stores a message at its chat's next seq and announces it; answers after the commit.
     /// A repeated `local_id` gives back the first message (`false`).
-    pub async fn append(&self, chat_id: i64, append: Append) -> Result<(Message, bool)> {
+    pub async fn append(&self, chat_id: i64, append: Append) -> Result<Stored> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             chat_id,
@@ -92,7 +112,7 @@ async fn run(store: Store, bus: Bus, mut rx: mpsc::Receiver<Job>) {
 
 /// One send in a transaction of its own, tried twice: a local_id that another node stored
 /// meanwhile is found as a repeat on the second try.
-async fn alone(store: &Store, job: &Job) -> Result<(Message, bool)> {
+async fn alone(store: &Store, job: &Job) -> Result<Stored> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -109,9 +129,12 @@ async fn alone(store: &Store, job: &Job) -> Result<(Message, bool)> {
 }
 
 /// Announces the new messages of a committed batch, in order, then answers each sender.
-fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<(Message, bool)>>) {
+fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Stored>>) {
     for (job, outcome) in jobs.zip(outcomes) {
-        if let Ok((message, true)) = &outcome {
+        if let Ok(Stored {
+            message, new: true, ..
+        }) = &outcome
+        {
             bus.publish(Event::Message(message.clone()));
         }
         // A caller that went away still had its message stored, as with any lost answer.
@@ -123,9 +146,9 @@ fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<(Mess
 /// size: find repeated `local_id`s, lock and read the chats, move their seqs, insert the
 /// new messages. Returns one outcome per job, or the error that failed the whole
 /// transaction (nothing of it is kept).
-async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool)>>, DbErr> {
+async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbErr> {
     let tx = store.write().await?;
-    let mut outcomes: Vec<Option<Result<(Message, bool)>>> = jobs.iter().map(|_| None).collect();
+    let mut outcomes: Vec<Option<Result<Stored>>> = jobs.iter().map(|_| None).collect();
 
     // 1. Repeats: a local_id already stored answers with its message; one repeated within
     //    the batch answers with the message of its first job (`copy_of`).
@@ -135,7 +158,7 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool
     for (i, job) in jobs.iter().enumerate() {
         let Some(key) = key(job) else { continue };
         if let Some(m) = stored.iter().find(|m| stored_key(m) == key) {
-            outcomes[i] = Some(Ok((m.clone().into(), false)));
+            outcomes[i] = Some(Ok(Stored::repeat(m.clone().into())));
         } else if let Some(&first) = first_with_key.get(&key) {
             copy_of[i] = Some(first);
         } else {
@@ -161,7 +184,7 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool
     // 3. Seqs, in job order within each chat; a finished chat refuses all but notices.
     let now = now_ms();
     let mut changed: HashMap<i64, chat::Model> = HashMap::new();
-    let mut to_insert: Vec<(usize, i64)> = Vec::new();
+    let mut to_insert: Vec<(usize, i64, bool)> = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         if outcomes[i].is_some() || copy_of[i].is_some() {
             continue;
@@ -182,14 +205,16 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool
         let mut chat = chat;
         chat.last_seq += 1;
         chat.last_activity_at = now;
+        let mut took = false;
         if a.payload != "notice" && a.kind == "operator" {
             // An operator's answer takes a pending chat.
             if chat.status == "pending" {
                 chat.status = "chatting".into();
+                took = true;
             }
             chat.operator_id = chat.operator_id.or(Some(a.author_id));
         }
-        to_insert.push((i, chat.last_seq));
+        to_insert.push((i, chat.last_seq, took));
         changed.insert(chat.id, chat);
     }
     // Later copies of a local_id whose first job was refused are refused alike.
@@ -223,7 +248,7 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool
             let seq: i64 = row.try_get("", "seq")?;
             ids.insert((chat_id, seq), row.try_get::<i64>("", "id")?);
         }
-        for &(i, seq) in &to_insert {
+        for &(i, seq, took) in &to_insert {
             let (job, a) = (&jobs[i], &jobs[i].append);
             let id = ids.get(&(job.chat_id, seq)).copied().ok_or_else(|| {
                 DbErr::Custom("an inserted message came back without an id".into())
@@ -242,7 +267,11 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool
                 received_at: None,
                 read_at: None,
             };
-            outcomes[i] = Some(Ok((stored.into(), true)));
+            outcomes[i] = Some(Ok(Stored {
+                message: stored.into(),
+                new: true,
+                took_chat: took,
+            }));
         }
     }
     tx.commit().await?;
@@ -250,7 +279,7 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<(Message, bool
     for i in 0..jobs.len() {
         if let Some(first) = copy_of[i] {
             outcomes[i] = Some(match &outcomes[first] {
-                Some(Ok((m, _))) => Ok((m.clone(), false)),
+                Some(Ok(first)) => Ok(Stored::repeat(first.message.clone())),
                 _ => Err(Error::Internal("a repeated send lost its first".into())),
             });
         }
@@ -342,7 +371,12 @@ fn update_chats<'a>(
 }
 
 /// One multi-row INSERT of the new messages, returning their ids.
-fn insert_messages(backend: DbBackend, jobs: &[Job], rows: &[(usize, i64)], now: i64) -> Statement {
+fn insert_messages(
+    backend: DbBackend,
+    jobs: &[Job],
+    rows: &[(usize, i64, bool)],
+    now: i64,
+) -> Statement {
     let row = format!("({})", marks(9));
     let sql = format!(
         "INSERT INTO messages \
@@ -351,7 +385,7 @@ fn insert_messages(backend: DbBackend, jobs: &[Job], rows: &[(usize, i64)], now:
         vec![row.as_str(); rows.len()].join(", ")
     );
     let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 9);
-    for &(i, seq) in rows {
+    for &(i, seq, _) in rows {
         let (job, a) = (&jobs[i], &jobs[i].append);
         values.extend([
             job.chat_id.into(),
@@ -422,26 +456,34 @@ mod tests {
         ];
         let out = commit(&store, &batch).await.expect("batch commits");
         let seq = |i: usize| match &out[i] {
-            Ok((m, new)) => (m.seq, *new),
+            Ok(s) => (s.message.seq, s.new, s.took_chat),
             Err(e) => panic!("send {i} failed: {e}"),
         };
-        assert_eq!(seq(0), (1, true));
-        assert_eq!(seq(1), (1, false), "a repeat within the batch");
+        assert_eq!(seq(0), (1, true, false));
+        assert_eq!(seq(1), (1, false, false), "a repeat within the batch");
         assert_eq!(
-            out[1].as_ref().map(|(m, _)| m.id).ok(),
-            out[0].as_ref().map(|(m, _)| m.id).ok()
+            out[1].as_ref().map(|s| s.message.id).ok(),
+            out[0].as_ref().map(|s| s.message.id).ok()
         );
-        assert_eq!(seq(2), (2, true));
+        assert_eq!(
+            seq(2),
+            (2, true, true),
+            "the operator's answer takes the chat"
+        );
         assert!(matches!(out[3], Err(Error::Conflict(_))), "finished chat");
-        assert_eq!(seq(4), (6, true), "a notice goes into a finished chat");
-        assert_eq!(seq(5), (3, true));
+        assert_eq!(
+            seq(4),
+            (6, true, false),
+            "a notice goes into a finished chat"
+        );
+        assert_eq!(seq(5), (3, true, false));
         assert!(matches!(out[6], Err(Error::NotFound(_))), "unknown chat");
 
         let again = commit(&store, &[job(1, "customer", "text", Some("x"))])
             .await
             .expect("commits");
         assert_eq!(
-            again[0].as_ref().map(|(m, new)| (m.seq, *new)).ok(),
+            again[0].as_ref().map(|s| (s.message.seq, s.new)).ok(),
             Some((1, false))
         );
         let chat = chat::Entity::find_by_id(1)

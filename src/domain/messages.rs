@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::append::Append;
 use super::events::{Event, Person};
 use super::{Core, Error, Principal, Result, now_ms};
-use crate::store::entity::{chat, file, message, receipt};
+use crate::store::entity::{file, message, receipt};
 use crate::store::stmt;
 
 /// Who wrote a message.
@@ -145,10 +145,23 @@ impl Core {
         chat_id: i64,
         new: NewMessage,
     ) -> Result<(Message, bool)> {
+        member_of(who).ok_or(Error::Forbidden("an admin token cannot send messages"))?;
+        // Visibility first: a chat the caller cannot see is 404 whatever the body says.
+        self.visible_chat(who, chat_id).await?;
+        self.send_followed(who, chat_id, new).await
+    }
+
+    /// [`Core::send`] into a chat whose visibility the caller has already established: a
+    /// live socket in the chat's room (rooms are joined only after that check, and left
+    /// when access changes). Saves a read per send.
+    pub async fn send_followed(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        new: NewMessage,
+    ) -> Result<(Message, bool)> {
         let (kind, author_id) =
             member_of(who).ok_or(Error::Forbidden("an admin token cannot send messages"))?;
-        // Visibility first: a chat the caller cannot see is 404 whatever the body says.
-        let chat = self.visible_chat(who, chat_id).await?;
         let local_id = match new.local_id.as_deref() {
             Some(id) if id.is_empty() || id.len() > 64 => {
                 return Err(Error::Invalid("local_id must be 1-64 bytes".into()));
@@ -189,7 +202,7 @@ impl Core {
             )));
         }
         self.append(
-            &chat,
+            chat_id,
             Append {
                 kind,
                 author_id,
@@ -206,13 +219,12 @@ impl Core {
     /// announces it. A repeated `local_id` gives back the first message (`false`). A
     /// `notice` goes into any chat, finished or not, and changes nothing else of it; other
     /// payloads are refused in a finished chat, and an operator's answers a pending one.
-    pub(super) async fn append(&self, chat: &chat::Model, a: Append) -> Result<(Message, bool)> {
-        let takes = a.kind == "operator" && a.payload != "notice" && chat.status == "pending";
-        let (message, new) = self.appender.append(chat.id, a).await?;
-        if new && takes {
-            self.publish_chat_updated(chat.id).await?;
+    pub(super) async fn append(&self, chat_id: i64, a: Append) -> Result<(Message, bool)> {
+        let stored = self.appender.append(chat_id, a).await?;
+        if stored.took_chat {
+            self.publish_chat_updated(chat_id).await?;
         }
-        Ok((message, new))
+        Ok((stored.message, stored.new))
     }
 
     /// A page of a chat's messages in ascending seq.

@@ -182,7 +182,7 @@ impl Core {
                     text: text.clone(),
                     file_id: None,
                 };
-                self.append(chat, notice)
+                self.append(chat.id, notice)
             });
         for sent in futures_util::future::join_all(sends).await {
             sent?;

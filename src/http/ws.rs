@@ -503,7 +503,13 @@ async fn handle(
                 text,
                 file_id,
             };
-            let reply = match core.send(who, chat_id, new).await {
+            // A socket in the chat's room has been shown the chat: no need to read it again.
+            let sent = if session.in_chat(chat_id) {
+                core.send_followed(who, chat_id, new).await
+            } else {
+                core.send(who, chat_id, new).await
+            };
+            let reply = match sent {
                 Ok((m, _)) => encode(&Reply::Ack {
                     id: id.as_deref(),
                     chat_id,
