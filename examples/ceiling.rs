@@ -60,7 +60,7 @@ async fn serve(stream: TcpStream, id: u64, rooms: Rooms) {
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(64 * 1024);
+        .write_buffer_size(8 * 1024);
     let Ok(socket) =
         tokio_tungstenite::accept_hdr_async_with_config(stream, pick_room, Some(config)).await
     else {

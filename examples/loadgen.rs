@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -470,7 +470,7 @@ async fn run(a: Args) -> Result<(), String> {
         }
         _ => 0.0,
     };
-    let h = stats.latency.lock().await;
+    let h = stats.latency.lock().unwrap_or_else(|e| e.into_inner());
     let us = |q: f64| h.value_at_quantile(q);
     let line = json!({
         "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
@@ -490,6 +490,23 @@ async fn run(a: Args) -> Result<(), String> {
     });
     println!("{line}");
     Ok(())
+}
+
+/// The parts of a server frame the load generator reads.
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    chat_id: Option<i64>,
+    #[serde(borrow)]
+    message: Option<FrameMessage<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FrameMessage<'a> {
+    seq: i64,
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
 }
 
 async fn read_socket(
@@ -512,20 +529,17 @@ async fn read_socket(
             }
             n.parse::<i64>().ok().zip(sent.parse::<u64>().ok())
         } else {
-            let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            // Only the fields needed, borrowed: the load generator should cost little.
+            let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else {
                 continue;
             };
-            match frame["type"].as_str() {
-                Some("message") if frame["chat_id"] == chat_id => {
-                    frame["message"]["seq"].as_i64().zip(
-                        frame["message"]["text"]
-                            .as_str()
-                            .and_then(|t| t.parse().ok()),
-                    )
-                }
+            match frame.kind {
+                "message" if frame.chat_id == Some(chat_id) => frame
+                    .message
+                    .and_then(|m| Some((m.seq, m.text.parse().ok()?))),
                 // An error (rate limit, say) answers a send as well: it frees the window.
-                Some("ack") | Some("error") => {
-                    if frame["type"] == "ack" {
+                "ack" | "error" => {
+                    if frame.kind == "ack" {
                         stats.acks.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Some(tx) = &acks {
@@ -549,7 +563,7 @@ async fn read_socket(
         let _ = stats
             .latency
             .lock()
-            .await
+            .unwrap_or_else(|e| e.into_inner())
             .record(now.saturating_sub(sent) / 1000);
     }
 }

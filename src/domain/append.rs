@@ -171,6 +171,7 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
     let mut chat_ids: Vec<i64> = jobs.iter().map(|j| j.chat_id).collect();
     chat_ids.sort_unstable();
     chat_ids.dedup();
+    let chat_ids = padded(chat_ids);
     let chats: HashMap<i64, chat::Model> = chat::Entity::find()
         .filter(chat::Column::Id.is_in(chat_ids))
         .order_by_asc(chat::Column::Id)
@@ -227,16 +228,21 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
         }
     }
     if !changed.is_empty() {
-        tx.execute_raw(update_chats(store.backend(), changed.values(), now))
+        let changed = padded(changed.values().collect());
+        tx.execute_raw(update_chats(store.backend(), &changed, now))
             .await?;
     }
 
     // 4. The new messages, in one insert. A row it skips is a local_id that another node
     //    stored since step 1: the batch gives up, and its sends are retried one by one.
     if !to_insert.is_empty() {
-        let rows = tx
-            .query_all_raw(insert_messages(store.backend(), jobs, &to_insert, now))
-            .await?;
+        let mut rows = Vec::with_capacity(to_insert.len());
+        for chunk in power_of_two_chunks(&to_insert) {
+            rows.extend(
+                tx.query_all_raw(insert_messages(store.backend(), jobs, chunk, now))
+                    .await?,
+            );
+        }
         if rows.len() != to_insert.len() {
             return Err(DbErr::Custom(
                 "a concurrent send stored the same local_id".into(),
@@ -317,10 +323,12 @@ fn same_error(e: &Error) -> Error {
 
 /// The stored messages whose (chat, author, local_id) some job of the batch repeats.
 async fn already_stored(tx: &WriteTx, jobs: &[Job]) -> Result<Vec<message::Model>, DbErr> {
+    let keys: Vec<Key<'_>> = jobs.iter().filter_map(key).collect();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut any = Condition::any();
-    let mut keyed = 0;
-    for (chat_id, kind, author_id, local_id) in jobs.iter().filter_map(key) {
-        keyed += 1;
+    for (chat_id, kind, author_id, local_id) in padded(keys) {
         any = any.add(
             Condition::all()
                 .add(message::Column::ChatId.eq(chat_id))
@@ -329,10 +337,31 @@ async fn already_stored(tx: &WriteTx, jobs: &[Job]) -> Result<Vec<message::Model
                 .add(message::Column::LocalId.eq(local_id)),
         );
     }
-    if keyed == 0 {
-        return Ok(Vec::new());
-    }
     message::Entity::find().filter(any).all(&**tx).await
+}
+
+/// The statements of a batch depend on its size, and every distinct statement is prepared
+/// and cached per connection. Lists that may repeat an item are padded to the next power
+/// of two (repeating the last item), so that a few statements serve every batch.
+fn padded<T: Clone>(mut items: Vec<T>) -> Vec<T> {
+    if let Some(last) = items.last().cloned() {
+        items.resize(items.len().next_power_of_two(), last);
+    }
+    items
+}
+
+/// Splits a list that may not repeat items into chunks whose sizes are powers of two,
+/// largest first (the binary digits of its length): again, few distinct statements.
+fn power_of_two_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let size = 1 << items.len().ilog2();
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
+    })
 }
 
 /// `?, ?, ?` for `n` values.
@@ -341,15 +370,11 @@ fn marks(n: usize) -> String {
 }
 
 /// One UPDATE setting each changed chat's seq, status, operator and activity time.
-fn update_chats<'a>(
-    backend: DbBackend,
-    chats: impl Iterator<Item = &'a chat::Model> + Clone,
-    now: i64,
-) -> Statement {
+fn update_chats(backend: DbBackend, chats: &[&chat::Model], now: i64) -> Statement {
     let mut values: Vec<Value> = Vec::new();
     let mut case = |column: &str, value: &dyn Fn(&chat::Model) -> Value| {
         let mut sql = format!("{column} = CASE id");
-        for c in chats.clone() {
+        for c in chats {
             sql.push_str(" WHEN ? THEN ?");
             values.push(c.id.into());
             values.push(value(c));
@@ -360,7 +385,7 @@ fn update_chats<'a>(
     let seq = case("last_seq", &|c| c.last_seq.into());
     let status = case("status", &|c| c.status.clone().into());
     let operator = case("operator_id", &|c| c.operator_id.into());
-    let ids: Vec<i64> = chats.map(|c| c.id).collect();
+    let ids: Vec<i64> = chats.iter().map(|c| c.id).collect();
     let sql = format!(
         "UPDATE chats SET {seq}, {status}, {operator}, last_activity_at = ? WHERE id IN ({})",
         marks(ids.len())
@@ -419,6 +444,16 @@ mod tests {
             },
             reply: oneshot::channel().0,
         }
+    }
+
+    #[test]
+    fn batches_use_few_statement_sizes() {
+        let sizes: Vec<usize> = power_of_two_chunks(&[0; 13]).map(<[_]>::len).collect();
+        assert_eq!(sizes, [8, 4, 1]);
+        assert_eq!(power_of_two_chunks::<u8>(&[]).count(), 0);
+        assert_eq!(padded(vec![1, 2, 3]), [1, 2, 3, 3]);
+        assert_eq!(padded(vec![7; 4]).len(), 4);
+        assert!(padded(Vec::<u8>::new()).is_empty());
     }
 
     /// One batch holding a new message, its repeat, an operator's first answer, a refused

@@ -884,7 +884,7 @@ async fn resume(
 const READ_BUFFER: usize = 4 * 1024;
 
 /// Frames gather up to this much before being written, unless flushed sooner.
-const WRITE_BUFFER: usize = 64 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
 
 /// How long one frame may take to leave: a client that stops reading (its TCP window
 /// full) would otherwise hold its session forever.
