@@ -4,10 +4,12 @@
 pub mod entity;
 mod migrate;
 
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
@@ -30,6 +32,8 @@ pub struct Store {
     /// SQLite allows one writer at a time. Writers queue here, in process, instead of
     /// spinning in SQLite's busy handler; PostgreSQL needs no such lock (`None`).
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// The SQLite database file (not for an in-memory database).
+    sqlite_file: Option<PathBuf>,
 }
 
 /// A transaction that may write. On SQLite it holds the writer lock until it ends.
@@ -66,9 +70,18 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let sqlite_file = if is_sqlite && !in_memory {
+            SqliteConnectOptions::from_str(url)
+                .ok()
+                .map(|o| o.get_filename().to_path_buf())
+        } else {
+            None
+        };
         let store = Store {
             db,
             sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+            sqlite_file,
         };
         migrate::run(&store).await?;
         Ok(store)
@@ -76,6 +89,12 @@ impl Store {
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    /// The SQLite file and the writer lock, for a writer with its own connection (see
+    /// `domain::append`); `None` on PostgreSQL or an in-memory SQLite database.
+    pub fn sqlite_writer(&self) -> Option<(PathBuf, Arc<Mutex<()>>)> {
+        Some((self.sqlite_file.clone()?, self.sqlite_writer.clone()?))
     }
 
     /// The connection, for reads.

@@ -9,6 +9,8 @@
 //! transaction fails as a whole, each of its sends is tried again in a transaction of its
 //! own, so that one bad send never takes the others down with it.
 
+mod sqlite;
+
 use std::collections::HashMap;
 
 use sea_orm::{
@@ -50,6 +52,30 @@ pub(super) struct Stored {
 }
 
 impl Stored {
+    /// The message a job stored as `id` at `seq`.
+    fn new(job: &Job, id: i64, seq: i64, now: i64, took_chat: bool) -> Stored {
+        let a = &job.append;
+        let stored = message::Model {
+            id,
+            chat_id: job.chat_id,
+            seq,
+            author_kind: a.kind.to_owned(),
+            author_id: a.author_id,
+            local_id: a.local_id.clone(),
+            payload: a.payload.to_owned(),
+            text: a.text.clone(),
+            file_id: a.file_id.clone(),
+            created_at: now,
+            received_at: None,
+            read_at: None,
+        };
+        Stored {
+            message: stored.into(),
+            new: true,
+            took_chat,
+        }
+    }
+
     fn repeat(message: Message) -> Stored {
         Stored {
             message,
@@ -72,10 +98,21 @@ pub(super) struct Appender {
 }
 
 impl Appender {
-    /// Starts the appender task. Must be called within a tokio runtime.
+    /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
+    /// a task on the pool. Must be called within a tokio runtime.
     pub fn start(store: Store, bus: Bus) -> Appender {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(store, bus, rx));
+        match store.sqlite_writer() {
+            Some((file, lock)) => {
+                if let Err(e) = sqlite::start(&file, lock, bus, rx) {
+                    // Without its thread no message could be stored: fail every send loudly.
+                    tracing::error!(error = %e, "cannot start the SQLite message writer");
+                }
+            }
+            None => {
+                tokio::spawn(run(store, bus, rx));
+            }
+        }
         Appender { jobs }
     }
 
@@ -190,8 +227,7 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
         if outcomes[i].is_some() || copy_of[i].is_some() {
             continue;
         }
-        let a = &job.append;
-        let Some(chat) = changed
+        let Some(mut chat) = changed
             .get(&job.chat_id)
             .or_else(|| chats.get(&job.chat_id))
             .cloned()
@@ -199,22 +235,13 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
             outcomes[i] = Some(Err(Error::NotFound("chat")));
             continue;
         };
-        if a.payload != "notice" && chat.status == "finished" {
-            outcomes[i] = Some(Err(Error::Conflict("chat is finished".into())));
-            continue;
-        }
-        let mut chat = chat;
-        chat.last_seq += 1;
-        chat.last_activity_at = now;
-        let mut took = false;
-        if a.payload != "notice" && a.kind == "operator" {
-            // An operator's answer takes a pending chat.
-            if chat.status == "pending" {
-                chat.status = "chatting".into();
-                took = true;
+        let took = match advance(&mut chat, &job.append, now) {
+            Ok(took) => took,
+            Err(e) => {
+                outcomes[i] = Some(Err(e));
+                continue;
             }
-            chat.operator_id = chat.operator_id.or(Some(a.author_id));
-        }
+        };
         to_insert.push((i, chat.last_seq, took));
         changed.insert(chat.id, chat);
     }
@@ -255,29 +282,11 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
             ids.insert((chat_id, seq), row.try_get::<i64>("", "id")?);
         }
         for &(i, seq, took) in &to_insert {
-            let (job, a) = (&jobs[i], &jobs[i].append);
+            let job = &jobs[i];
             let id = ids.get(&(job.chat_id, seq)).copied().ok_or_else(|| {
                 DbErr::Custom("an inserted message came back without an id".into())
             })?;
-            let stored = message::Model {
-                id,
-                chat_id: job.chat_id,
-                seq,
-                author_kind: a.kind.to_owned(),
-                author_id: a.author_id,
-                local_id: a.local_id.clone(),
-                payload: a.payload.to_owned(),
-                text: a.text.clone(),
-                file_id: a.file_id.clone(),
-                created_at: now,
-                received_at: None,
-                read_at: None,
-            };
-            outcomes[i] = Some(Ok(Stored {
-                message: stored.into(),
-                new: true,
-                took_chat: took,
-            }));
+            outcomes[i] = Some(Ok(Stored::new(job, id, seq, now, took)));
         }
     }
     tx.commit().await?;
@@ -294,6 +303,26 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(Error::Internal("a send got no outcome".into()))))
         .collect())
+}
+
+/// The rules of a chat taking a message: the next seq, and a finished chat refuses all but
+/// notices; an operator's answer takes a pending chat (true when this one did).
+fn advance(chat: &mut chat::Model, a: &Append, now: i64) -> Result<bool> {
+    let answer = a.payload != "notice";
+    if answer && chat.status == "finished" {
+        return Err(Error::Conflict("chat is finished".into()));
+    }
+    chat.last_seq += 1;
+    chat.last_activity_at = now;
+    let mut took = false;
+    if answer && a.kind == "operator" {
+        if chat.status == "pending" {
+            chat.status = "chatting".into();
+            took = true;
+        }
+        chat.operator_id = chat.operator_id.or(Some(a.author_id));
+    }
+    Ok(took)
 }
 
 /// What makes two sends the same message: chat, author and local_id.
@@ -456,12 +485,10 @@ mod tests {
         assert!(padded(Vec::<u8>::new()).is_empty());
     }
 
-    /// One batch holding a new message, its repeat, an operator's first answer, a refused
-    /// send and a notice into a finished chat: each gets its own outcome.
-    #[tokio::test]
-    async fn one_batch_gives_each_send_its_own_outcome() {
+    /// A store with one pending chat (1) and one finished chat (2) at seq 5.
+    async fn two_chats(name: &str) -> (Store, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!(
-            "souq-append-{}-{}.db",
+            "souq-append-{name}-{}-{}.db",
             std::process::id(),
             now_ms()
         ));
@@ -480,7 +507,13 @@ mod tests {
         ] {
             store.db().execute_unprepared(sql).await.expect(sql);
         }
-        let batch = [
+        (store, path)
+    }
+
+    /// A new message, its repeat, an operator's first answer, a refused send, a notice
+    /// into a finished chat, another message and an unknown chat, in this order.
+    fn mixed_batch() -> [Job; 7] {
+        [
             job(1, "customer", "text", Some("x")),
             job(1, "customer", "text", Some("x")),
             job(1, "operator", "text", None),
@@ -488,8 +521,12 @@ mod tests {
             job(2, "operator", "notice", None),
             job(1, "customer", "text", None),
             job(99, "customer", "text", None),
-        ];
-        let out = commit(&store, &batch).await.expect("batch commits");
+        ]
+    }
+
+    /// What [`mixed_batch`] must give, then a later repeat of its first local_id, and the
+    /// chat and messages left behind.
+    async fn check_outcomes(store: &Store, out: &[Result<Stored>], again: &[Result<Stored>]) {
         let seq = |i: usize| match &out[i] {
             Ok(s) => (s.message.seq, s.new, s.took_chat),
             Err(e) => panic!("send {i} failed: {e}"),
@@ -513,13 +550,10 @@ mod tests {
         );
         assert_eq!(seq(5), (3, true, false));
         assert!(matches!(out[6], Err(Error::NotFound(_))), "unknown chat");
-
-        let again = commit(&store, &[job(1, "customer", "text", Some("x"))])
-            .await
-            .expect("commits");
         assert_eq!(
             again[0].as_ref().map(|s| (s.message.seq, s.new)).ok(),
-            Some((1, false))
+            Some((1, false)),
+            "a repeat in a later batch"
         );
         let chat = chat::Entity::find_by_id(1)
             .one(store.db())
@@ -533,9 +567,38 @@ mod tests {
         );
         let stored = message::Entity::find().all(store.db()).await.expect("read");
         assert_eq!(stored.len(), 4);
+    }
+
+    async fn remove(store: Store, path: std::path::PathBuf) {
         store.close().await.expect("close");
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+
+    /// The set-based batch (PostgreSQL's writer), run here on SQLite.
+    #[tokio::test]
+    async fn one_batch_gives_each_send_its_own_outcome() {
+        let (store, path) = two_chats("pool").await;
+        let out = commit(&store, &mixed_batch()).await.expect("batch commits");
+        let again = commit(&store, &[job(1, "customer", "text", Some("x"))])
+            .await
+            .expect("commits");
+        check_outcomes(&store, &out, &again).await;
+        remove(store, path).await;
+    }
+
+    /// The same batch through the SQLite writer thread's own connection.
+    #[tokio::test]
+    async fn the_sqlite_writer_gives_the_same_outcomes() {
+        let (store, path) = two_chats("thread").await;
+        let (file, _) = store.sqlite_writer().expect("a sqlite file");
+        let mut conn = sqlite::open(&file).expect("connection");
+        let out = sqlite::commit(&mut conn, &mixed_batch()).expect("batch commits");
+        let again =
+            sqlite::commit(&mut conn, &[job(1, "customer", "text", Some("x"))]).expect("commits");
+        drop(conn);
+        check_outcomes(&store, &out, &again).await;
+        remove(store, path).await;
     }
 }
