@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -428,10 +429,13 @@ async fn read_loop(
 ) {
     let mut limit = RateLimit::new(app.ws.frames_per_sec);
     let mut last_typing: HashMap<i64, Instant> = HashMap::new();
+    // One close watch for the socket's life, not one per frame.
+    let closed = session.close_requested();
+    tokio::pin!(closed);
     loop {
         let frame = tokio::select! {
             frame = stream.next() => frame,
-            _ = session.close_requested() => return,
+            _ = &mut closed => return,
         };
         let text = match frame {
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
@@ -614,13 +618,15 @@ async fn write_loop(
 ) {
     let mut ping = tokio::time::interval(app.ws.ping_every);
     ping.tick().await;
+    let closed = session.close_requested();
+    tokio::pin!(closed);
     let reason = loop {
         let out = tokio::select! {
             out = rx.recv() => match out {
                 Some(out) => out,
                 None => break CloseReason::Shutdown,
             },
-            reason = session.close_requested() => break reason,
+            reason = &mut closed => break reason,
             _ = ping.tick() => {
                 let idle = started.elapsed().as_millis() as i64 - last_seen.load(Ordering::Relaxed);
                 if idle > app.ws.idle_timeout.as_millis() as i64 {
@@ -896,16 +902,21 @@ const WRITE_BATCH: usize = 64;
 /// Queues one frame in the socket's write buffer (which writes out once it is full); false
 /// if the socket failed or the frame could not be queued in time. [`flush`] sends the rest.
 async fn put(sink: &mut SplitSink<Socket, WsMessage>, msg: WsMessage) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, sink.feed(msg)).await,
-        Ok(Ok(()))
-    )
+    within_send_timeout(sink.feed(msg)).await
 }
 
 /// Writes out what [`put`] queued; false if the socket failed or it could not leave in time.
 async fn flush(sink: &mut SplitSink<Socket, WsMessage>) -> bool {
-    matches!(
-        tokio::time::timeout(SEND_TIMEOUT, sink.flush()).await,
-        Ok(Ok(()))
-    )
+    within_send_timeout(sink.flush()).await
+}
+
+/// Runs a socket write, with a timer only if it does not finish at once: most frames just
+/// go into the buffer, and a timer per frame would cost more than the frame.
+async fn within_send_timeout<E>(write: impl Future<Output = Result<(), E>>) -> bool {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(done) => done.is_ok(),
+        Poll::Pending => matches!(tokio::time::timeout(SEND_TIMEOUT, write).await, Ok(Ok(()))),
+    }
 }

@@ -27,10 +27,35 @@ pub(super) fn start(
     rx: mpsc::Receiver<Job>,
 ) -> std::io::Result<()> {
     let conn = open(file).map_err(std::io::Error::other)?;
+    // The writer never checkpoints the WAL itself (a checkpoint inside a commit stalls
+    // every send behind it for milliseconds); a second thread does, beside it.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(std::io::Error::other)?;
+    let checkpoints = open(file).map_err(std::io::Error::other)?;
+    let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("souq-writer".into())
-        .spawn(move || run(conn, lock, bus, rx))?;
+        .spawn(move || {
+            run(conn, lock, bus, rx);
+            drop(alive);
+        })?;
+    std::thread::Builder::new()
+        .name("souq-checkpoint".into())
+        .spawn(move || checkpoint(checkpoints, writer_gone))?;
     Ok(())
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL without blocking writers (PASSIVE) until the writer stops.
+fn checkpoint(conn: Connection, writer_gone: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
 }
 
 pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
