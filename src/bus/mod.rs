@@ -84,6 +84,14 @@ pub(crate) fn encode(frame: &impl Serialize) -> Utf8Bytes {
 }
 
 impl Envelope {
+    /// The chat whose order this event keeps: set for messages (with `seq`).
+    pub fn ordered(&self) -> Option<(i64, i64)> {
+        match (&self.route, self.seq) {
+            (Route::Room(chat_id), Some(seq)) => Some((*chat_id, seq)),
+            _ => None,
+        }
+    }
+
     pub fn of(event: &Event) -> Envelope {
         match event {
             Event::Message(m) => Envelope {
@@ -191,7 +199,7 @@ impl Bus {
 
     /// Announces a committed event. Never blocks and never fails: see the guarantee above.
     pub fn publish(&self, event: Event) {
-        let env = Envelope::of(&event);
+        let env = Arc::new(Envelope::of(&event));
         self.hub.deliver(&env);
         if let Some(redis) = &self.redis {
             redis.publish(&env);

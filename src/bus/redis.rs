@@ -155,11 +155,11 @@ impl RedisBus {
         let Ok(frame) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[split + 1..])) else {
             return;
         };
-        self.hub.deliver(&Envelope {
+        self.hub.deliver(&Arc::new(Envelope {
             route: header.r,
             seq: header.s,
             frame,
-        });
+        }));
     }
 
     fn first_sight(&self, id: u64) -> bool {

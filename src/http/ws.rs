@@ -29,7 +29,7 @@ use super::{ApiError, App, HttpResponse};
 use crate::bus::encode;
 use crate::domain::events::{Event, Person};
 use crate::domain::{Error, MessageQuery, NewMessage, OperatorPatch, Presence, Principal};
-use crate::hub::{CloseReason, Outbound, Session};
+use crate::hub::{CloseReason, Outbound, Replay, Session};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -233,7 +233,7 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
     // Register first, then read the chats: a chat opened in between reaches this session
     // through its person (and is then caught up), rather than being missed.
     let (session, rx) = hub.connect(person, app.ws.queue);
-    let chats = match app.core.live_chats(&who).await {
+    let chats = match Box::pin(app.core.live_chats(&who)).await {
         Ok(chats) => chats,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a socket's chats");
@@ -253,8 +253,8 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
         cursors.insert(chat.id, from.min(chat.last_seq));
     }
     if let Person::Operator(id) = person {
-        app.core.bus().operator_connected(id).await;
-        if let Err(e) = app.core.operator_connected(id).await {
+        Box::pin(app.core.bus().operator_connected(id)).await;
+        if let Err(e) = Box::pin(app.core.operator_connected(id)).await {
             tracing::warn!(error = %e, "cannot mark the operator online");
         }
     }
@@ -265,7 +265,7 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
             last_seq: c.last_seq,
         })
         .collect();
-    session.push(Outbound::Direct(encode(&Reply::Ready {
+    session.push(Outbound::direct(encode(&Reply::Ready {
         session_id: session.id,
         chats: &ready,
     })));
@@ -279,11 +279,11 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
             None => catch_up.push((chat, seq, true)),
         }
     }
-    session.push(Outbound::Resume {
+    session.push(Outbound::Resume(Box::new(Replay {
         id: None,
         chats: catch_up,
         rewind: false,
-    });
+    })));
 
     let (sink, stream) = socket.split();
     let last_seen = Arc::new(AtomicI64::new(0));
@@ -323,8 +323,8 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
     .await;
     if hub.disconnect(&session)
         && let Person::Operator(id) = person
-        && app.core.bus().operator_disconnected(id).await
-        && let Err(e) = app.core.operator_disconnected(id).await
+        && Box::pin(app.core.bus().operator_disconnected(id)).await
+        && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
     {
         tracing::warn!(error = %e, "cannot mark the operator offline");
     }
@@ -448,7 +448,7 @@ async fn read_loop(
                 match msg {
                     WsMessage::Text(text) => text,
                     WsMessage::Binary(_) => {
-                        session.push(Outbound::Direct(error_frame(
+                        session.push(Outbound::direct(error_frame(
                             None,
                             "bad_frame",
                             "send JSON text frames",
@@ -461,7 +461,7 @@ async fn read_loop(
         };
         if !limit.allow() {
             let id = frame_id(&text);
-            session.push(Outbound::Direct(error_frame(
+            session.push(Outbound::direct(error_frame(
                 id.as_deref(),
                 "rate_limited",
                 "too many frames; slow down",
@@ -472,7 +472,7 @@ async fn read_loop(
             Ok(f) => f,
             Err(e) => {
                 let id = frame_id(&text);
-                session.push(Outbound::Direct(error_frame(
+                session.push(Outbound::direct(error_frame(
                     id.as_deref(),
                     "bad_frame",
                     &e.to_string(),
@@ -480,7 +480,9 @@ async fn read_loop(
                 continue;
             }
         };
-        handle(app, who, session, frame, &mut last_typing).await;
+        // Boxed, as are the socket tasks' other rare or large steps: a task's future is as
+        // big as its biggest step, and every idle socket would carry that size.
+        Box::pin(handle(app, who, session, frame, &mut last_typing)).await;
     }
 }
 
@@ -523,16 +525,16 @@ async fn handle(
                 }),
                 Err(e) => domain_error_frame(id.as_deref(), e),
             };
-            session.push(Outbound::Direct(reply));
+            session.push(Outbound::direct(reply));
         }
         ClientFrame::Received { id, chat_id, seq } => {
             if let Err(e) = core.mark(who, chat_id, Some(seq), None).await {
-                session.push(Outbound::Direct(domain_error_frame(id.as_deref(), e)));
+                session.push(Outbound::direct(domain_error_frame(id.as_deref(), e)));
             }
         }
         ClientFrame::Read { id, chat_id, seq } => {
             if let Err(e) = core.mark(who, chat_id, None, Some(seq)).await {
-                session.push(Outbound::Direct(domain_error_frame(id.as_deref(), e)));
+                session.push(Outbound::direct(domain_error_frame(id.as_deref(), e)));
             }
         }
         ClientFrame::Typing {
@@ -541,7 +543,7 @@ async fn handle(
             typing,
         } => {
             if !session.in_chat(chat_id) {
-                session.push(Outbound::Direct(error_frame(
+                session.push(Outbound::direct(error_frame(
                     id.as_deref(),
                     "not_found",
                     "chat not found",
@@ -570,7 +572,7 @@ async fn handle(
                 match chat.parse::<i64>() {
                     Ok(c) if c > 0 && seq >= 0 => list.push((c, seq, true)),
                     _ => {
-                        session.push(Outbound::Direct(error_frame(
+                        session.push(Outbound::direct(error_frame(
                             id.as_deref(),
                             "invalid",
                             "chats maps chat ids to seqs >= 0",
@@ -579,15 +581,15 @@ async fn handle(
                     }
                 }
             }
-            session.push(Outbound::Resume {
+            session.push(Outbound::Resume(Box::new(Replay {
                 id,
                 chats: list,
                 rewind: true,
-            });
+            })));
         }
         ClientFrame::Presence { id, presence } => {
             let Principal::Operator { operator_id, .. } = *who else {
-                session.push(Outbound::Direct(error_frame(
+                session.push(Outbound::direct(error_frame(
                     id.as_deref(),
                     "forbidden",
                     "only an operator has a presence",
@@ -599,7 +601,7 @@ async fn handle(
                 ..Default::default()
             };
             if let Err(e) = core.update_operator(who, operator_id, patch).await {
-                session.push(Outbound::Direct(domain_error_frame(id.as_deref(), e)));
+                session.push(Outbound::direct(domain_error_frame(id.as_deref(), e)));
             }
         }
     }
@@ -646,44 +648,40 @@ async fn write_loop(
         let mut sent = true;
         while let Some(out) = next.take() {
             sent = match out {
-                Outbound::Direct(frame) => put(&mut sink, WsMessage::Text(frame)).await,
-                Outbound::Event {
-                    seq: None, frame, ..
-                } => put(&mut sink, WsMessage::Text(frame)).await,
-                Outbound::Event {
-                    chat_id,
-                    seq: Some(seq),
-                    frame,
-                } => {
-                    let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
-                    if seq <= cursor {
-                        true
-                    } else {
-                        let mut ok = true;
-                        if seq > cursor + 1 {
-                            ok = catch_up(
-                                &app,
-                                &who,
-                                &mut sink,
-                                chat_id,
-                                cursor,
-                                seq - 1,
-                                &mut cursors,
-                            )
-                            .await;
+                Outbound::Direct(frame) => put(&mut sink, WsMessage::Text(*frame)).await,
+                Outbound::Event(env) => match env.ordered() {
+                    None => put(&mut sink, WsMessage::Text(env.frame.clone())).await,
+                    Some((chat_id, seq)) => {
+                        let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
+                        if seq <= cursor {
+                            true
+                        } else {
+                            let mut ok = true;
+                            if seq > cursor + 1 {
+                                ok = Box::pin(catch_up(
+                                    &app,
+                                    &who,
+                                    &mut sink,
+                                    chat_id,
+                                    cursor,
+                                    seq - 1,
+                                    &mut cursors,
+                                ))
+                                .await;
+                            }
+                            ok = ok && put(&mut sink, WsMessage::Text(env.frame.clone())).await;
+                            cursors.insert(chat_id, seq);
+                            ok
                         }
-                        ok = ok && put(&mut sink, WsMessage::Text(frame)).await;
-                        cursors.insert(chat_id, seq);
-                        ok
                     }
-                }
+                },
                 Outbound::Recheck => {
-                    recheck(&app, &who, &session, &mut cursors).await;
+                    Box::pin(recheck(&app, &who, &session, &mut cursors)).await;
                     true
                 }
                 Outbound::Resync(only) => {
                     if only.is_none()
-                        && let Ok(live) = app.core.live_chats(&who).await
+                        && let Ok(live) = Box::pin(app.core.live_chats(&who)).await
                     {
                         // Chats opened while the bus was away were never announced here.
                         for chat in live {
@@ -701,7 +699,7 @@ async fn write_loop(
                     let mut ok = true;
                     for (chat_id, from) in chats {
                         ok = ok
-                            && catch_up(
+                            && Box::pin(catch_up(
                                 &app,
                                 &who,
                                 &mut sink,
@@ -709,18 +707,27 @@ async fn write_loop(
                                 from,
                                 i64::MAX,
                                 &mut cursors,
-                            )
+                            ))
                             .await;
                     }
                     ok
                 }
-                Outbound::Resume { id, chats, rewind } => {
+                Outbound::Resume(replay) => {
+                    let Replay { id, chats, rewind } = *replay;
                     let request = ResumeRequest {
                         id: id.as_deref(),
                         chats,
                         rewind,
                     };
-                    resume(&app, &who, &session, &mut sink, request, &mut cursors).await
+                    Box::pin(resume(
+                        &app,
+                        &who,
+                        &session,
+                        &mut sink,
+                        request,
+                        &mut cursors,
+                    ))
+                    .await
                 }
             };
             if !sent {
@@ -887,7 +894,7 @@ async fn resume(
 }
 
 /// What a socket reads at a time (tungstenite's default is 128 KiB, allocated per socket).
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 2 * 1024;
 
 /// Frames gather up to this much before being written, unless flushed sooner.
 const WRITE_BUFFER: usize = 8 * 1024;

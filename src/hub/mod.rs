@@ -28,31 +28,39 @@ pub enum Interest {
     Leave(Topic),
 }
 
-/// What a session's writer receives.
+/// What a session's writer receives. Kept small (24 bytes): every socket's queue holds
+/// a block of them from the start.
 #[derive(Debug)]
 pub enum Outbound {
-    /// An event of a chat; `seq` is set for messages.
-    Event {
-        chat_id: i64,
-        seq: Option<i64>,
-        frame: Utf8Bytes,
-    },
+    /// An event, shared by every session it reaches; messages carry their chat and seq.
+    Event(Arc<Envelope>),
     /// A frame for this session only (acks, errors, resume results).
-    Direct(Utf8Bytes),
+    Direct(Box<Utf8Bytes>),
     /// Re-read which chats this socket may follow: leave the others, join new ones.
     Recheck,
     /// Catch followed chats up from the database from this socket's own cursors (the bus
     /// may have lost events); `None` means every chat.
     Resync(Option<i64>),
-    /// Catch chats up from the given seqs; `true` also sends the chat's receipts (what a
-    /// client asked to resume, rather than the gap of joining). `id` names the request.
-    Resume {
-        id: Option<String>,
-        chats: Vec<(i64, i64, bool)>,
-        /// Replay from the given seqs even over what was sent (a client's resume frame);
-        /// false at connect, where nothing sent is sent again.
-        rewind: bool,
-    },
+    /// Catch chats up from the given seqs.
+    Resume(Box<Replay>),
+}
+
+impl Outbound {
+    pub fn direct(frame: Utf8Bytes) -> Outbound {
+        Outbound::Direct(Box::new(frame))
+    }
+}
+
+/// A catch-up to run: chats and the seq to start each from; `true` also sends the chat's
+/// receipts (what a client asked to resume, rather than the gap of joining).
+#[derive(Debug)]
+pub struct Replay {
+    /// Names the client's request, if it was one.
+    pub id: Option<String>,
+    pub chats: Vec<(i64, i64, bool)>,
+    /// Replay from the given seqs even over what was sent (a client's resume frame);
+    /// false at connect, where nothing sent is sent again.
+    pub rewind: bool,
 }
 
 /// Why the server closes a socket.
@@ -286,7 +294,7 @@ impl Hub {
     }
 
     /// Hands an encoded event to every session it concerns.
-    pub fn deliver(&self, env: &Envelope) {
+    pub fn deliver(&self, env: &Arc<Envelope>) {
         match &env.route {
             Route::Room(chat_id) => self.to_room(*chat_id, env),
             Route::JoinRoom { chat_id, people } => {
@@ -322,7 +330,7 @@ impl Hub {
                         .unwrap_or_default();
                     for member in members {
                         if reached.insert(member.id) {
-                            member.push(Outbound::Direct(env.frame.clone()));
+                            member.push(Outbound::Event(env.clone()));
                         }
                     }
                 }
@@ -333,18 +341,14 @@ impl Hub {
         }
     }
 
-    fn to_room(&self, chat_id: i64, env: &Envelope) {
+    fn to_room(&self, chat_id: i64, env: &Arc<Envelope>) {
         // Clone the member list (a few Arcs) so that no map lock is held while pushing.
         let members = match self.rooms.get(&chat_id) {
             Some(m) => m.clone(),
             None => return,
         };
         for member in members {
-            member.push(Outbound::Event {
-                chat_id,
-                seq: env.seq,
-                frame: env.frame.clone(),
-            });
+            member.push(Outbound::Event(env.clone()));
         }
     }
 
@@ -445,5 +449,20 @@ impl Hub {
     /// Number of sessions in a chat's room on this node.
     pub fn room_size(&self, chat_id: i64) -> usize {
         self.rooms.get(&chat_id).map_or(0, |m| m.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every socket's queue allocates a block of 32 of these when it opens.
+    #[test]
+    fn outbound_stays_small() {
+        assert!(
+            std::mem::size_of::<Outbound>() <= 24,
+            "Outbound is {} bytes",
+            std::mem::size_of::<Outbound>()
+        );
     }
 }
