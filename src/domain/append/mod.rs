@@ -134,7 +134,7 @@ impl Appender {
 async fn run(store: Store, bus: Bus, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match commit(&store, &batch).await {
+        match commit(&store, &batch, Repeats::Assume).await {
             Ok(outcomes) => answer(&bus, batch.drain(..), outcomes),
             Err(e) => {
                 tracing::debug!(error = %e, sends = batch.len(), "a batch failed; retrying its sends one by one");
@@ -153,7 +153,7 @@ async fn alone(store: &Store, job: &Job) -> Result<Stored> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match commit(store, std::slice::from_ref(job)).await {
+        match commit(store, std::slice::from_ref(job), Repeats::Look).await {
             Ok(mut one) => {
                 return one
                     .pop()
@@ -179,17 +179,34 @@ fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Store
     }
 }
 
+/// Whether a batch first looks for `local_id`s that were stored before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeats {
+    /// Look (a send retried alone).
+    Look,
+    /// Skip the lookup, a round trip: a repeat then makes the insert skip its row, and
+    /// the batch fails and is retried send by send, which looks. Resends are rare.
+    Assume,
+}
+
 /// Stores the batch in one transaction, in a fixed number of statements whatever its
-/// size: find repeated `local_id`s, lock and read the chats, move their seqs, insert the
-/// new messages. Returns one outcome per job, or the error that failed the whole
+/// size: (find repeated `local_id`s,) lock and read the chats, move their seqs, insert
+/// the new messages. Returns one outcome per job, or the error that failed the whole
 /// transaction (nothing of it is kept).
-async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbErr> {
+async fn commit(
+    store: &Store,
+    jobs: &[Job],
+    repeats: Repeats,
+) -> Result<Vec<Result<Stored>>, DbErr> {
     let tx = store.write().await?;
     let mut outcomes: Vec<Option<Result<Stored>>> = jobs.iter().map(|_| None).collect();
 
     // 1. Repeats: a local_id already stored answers with its message; one repeated within
     //    the batch answers with the message of its first job (`copy_of`).
-    let stored = already_stored(&tx, jobs).await?;
+    let stored = match repeats {
+        Repeats::Look => already_stored(&tx, jobs).await?,
+        Repeats::Assume => Vec::new(),
+    };
     let mut first_with_key: HashMap<Key<'_>, usize> = HashMap::new();
     let mut copy_of: Vec<Option<usize>> = vec![None; jobs.len()];
     for (i, job) in jobs.iter().enumerate() {
@@ -237,6 +254,11 @@ async fn commit(store: &Store, jobs: &[Job]) -> Result<Vec<Result<Stored>>, DbEr
         };
         let took = match advance(&mut chat, &job.append, now) {
             Ok(took) => took,
+            // A refused send may be the repeat of one stored before the chat finished,
+            // which gets its message back: only a lookup can tell.
+            Err(_) if repeats == Repeats::Assume && job.append.local_id.is_some() => {
+                return Err(DbErr::Custom("a refused send may be a repeat".into()));
+            }
             Err(e) => {
                 outcomes[i] = Some(Err(e));
                 continue;
@@ -580,11 +602,55 @@ mod tests {
     #[tokio::test]
     async fn one_batch_gives_each_send_its_own_outcome() {
         let (store, path) = two_chats("pool").await;
-        let out = commit(&store, &mixed_batch()).await.expect("batch commits");
-        let again = commit(&store, &[job(1, "customer", "text", Some("x"))])
+        let out = commit(&store, &mixed_batch(), Repeats::Look)
+            .await
+            .expect("batch commits");
+        let again = commit(
+            &store,
+            &[job(1, "customer", "text", Some("x"))],
+            Repeats::Look,
+        )
+        .await
+        .expect("commits");
+        check_outcomes(&store, &out, &again).await;
+        remove(store, path).await;
+    }
+
+    /// Without the lookup, a batch that repeats a stored local_id fails as a whole (and
+    /// keeps nothing), so that its sends are retried alone.
+    #[tokio::test]
+    async fn a_batch_that_assumes_no_repeats_fails_on_one() {
+        let (store, path) = two_chats("assume").await;
+        commit(
+            &store,
+            &[job(1, "customer", "text", Some("x"))],
+            Repeats::Assume,
+        )
+        .await
+        .expect("first");
+        let batch = [
+            job(1, "customer", "text", None),
+            job(1, "customer", "text", Some("x")),
+        ];
+        assert!(commit(&store, &batch, Repeats::Assume).await.is_err());
+        let chat = chat::Entity::find_by_id(1)
+            .one(store.db())
+            .await
+            .expect("read")
+            .expect("chat");
+        assert_eq!(chat.last_seq, 1, "the failed batch kept nothing");
+        // A refused send with a local_id may be a repeat too: only a lookup can tell.
+        let refused = [job(2, "customer", "text", Some("y"))];
+        assert!(commit(&store, &refused, Repeats::Assume).await.is_err());
+        let out = commit(&store, &batch, Repeats::Look)
             .await
             .expect("commits");
-        check_outcomes(&store, &out, &again).await;
+        assert_eq!(
+            out.iter()
+                .map(|o| o.as_ref().map(|s| (s.message.seq, s.new)).ok())
+                .collect::<Vec<_>>(),
+            [Some((2, true)), Some((1, false))]
+        );
         remove(store, path).await;
     }
 
