@@ -332,6 +332,7 @@ async fn run_idle(a: &Args, rooms: &[Room]) -> Result<(), String> {
     tokio::time::sleep(held).await;
     let still_open = readers.iter().filter(|r| !r.is_finished()).count();
     let line = json!({
+        "server": if a.ceiling { "ceiling" } else { "souq" },
         "mode": format!("idle {}", a.idle),
         "nodes": a.nodes.len(),
         "sockets": a.idle,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every scenario of BENCHMARKS.md, RUNS times each (default 3): 200 chats x 5 sockets at
+# 10 msg/s per sender and closed loop (4 unacked per sender), for the bare ceiling and for
+# souq on 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; then idle
+# sockets. Appends labelled JSON lines to $OUT and prints the table of medians.
+set -e
+cd "$(git rev-parse --show-toplevel)"
+cargo build --release --bin souq --example loadgen --example ceiling
+ulimit -n 20000
+RUNS=${RUNS:-3}; SECS=${SECS:-15}
+OUT=${OUT:-${TMPDIR:-/tmp}/souq-bench-$(date +%Y%m%d-%H%M%S).jsonl}
+label() { jq -c --arg s "$1" '. + {setup: $s}' >> "$OUT"; }
+
+ceiling() {
+  target/release/examples/ceiling 127.0.0.1:19091 2>/dev/null &
+  local p=$!; sleep 0.5
+  target/release/examples/loadgen --ceiling --nodes http://127.0.0.1:19091 --chats 200 \
+    --members 5 --rate 10 --seconds "$SECS" "$@" --pids $p
+  kill $p; wait $p 2>/dev/null || true
+}
+
+for run in $(seq 1 "$RUNS"); do
+  echo "run $run of $RUNS" >&2
+  ceiling | label "ceiling (bare tokio-tungstenite)"
+  ceiling --window 4 | label "ceiling (bare tokio-tungstenite)"
+  for load in "" "--window 4"; do
+    RATE=10 SECS=$SECS EXTRA="$load" bench/one-node-sqlite.sh | label "souq, 1 node, SQLite"
+    RATE=10 SECS=$SECS EXTRA="$load" bench/one-node-postgres.sh 2>/dev/null | label "souq, 1 node, PostgreSQL"
+    RATE=10 SECS=$SECS EXTRA="$load" bench/three-nodes-postgres-redis.sh 2>/dev/null | label "souq, 3 nodes, PostgreSQL + Redis"
+  done
+  N=${N:-19000} bench/idle-sockets.sh | jq -c '. + {setup: (if .server == "ceiling" then "ceiling (bare tokio-tungstenite)" else "souq, 1 node, SQLite" end)}' >> "$OUT"
+done
+echo "results: $OUT" >&2
+python3 bench/medians.py "$OUT"
