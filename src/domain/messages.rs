@@ -160,6 +160,18 @@ impl Core {
         chat_id: i64,
         new: NewMessage,
     ) -> Result<(Message, bool)> {
+        self.queue_send(who, chat_id, new).await?.await
+    }
+
+    /// Checks and queues a send into a followed chat (see [`Core::send_followed`]), and
+    /// returns what answers after its commit. Sends queued one after another are stored in
+    /// that order, so a socket can queue its next send before the last one is committed.
+    pub async fn queue_send(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        new: NewMessage,
+    ) -> Result<impl Future<Output = Result<(Message, bool)>> + '_> {
         let (kind, author_id) =
             member_of(who).ok_or(Error::Forbidden("an admin token cannot send messages"))?;
         let local_id = match new.local_id.as_deref() {
@@ -201,18 +213,15 @@ impl Core {
                 self.limits().max_text_chars
             )));
         }
-        self.append(
-            chat_id,
-            Append {
-                kind,
-                author_id,
-                local_id,
-                payload,
-                text: new.text,
-                file_id,
-            },
-        )
-        .await
+        let append = Append {
+            kind,
+            author_id,
+            local_id,
+            payload,
+            text: new.text,
+            file_id,
+        };
+        self.queue_append(chat_id, append).await
     }
 
     /// Stores a message at the chat's next seq (group-committed with concurrent sends) and
@@ -220,11 +229,23 @@ impl Core {
     /// `notice` goes into any chat, finished or not, and changes nothing else of it; other
     /// payloads are refused in a finished chat, and an operator's answers a pending one.
     pub(super) async fn append(&self, chat_id: i64, a: Append) -> Result<(Message, bool)> {
-        let stored = self.appender.append(chat_id, a).await?;
-        if stored.took_chat {
-            self.publish_chat_updated(chat_id).await?;
-        }
-        Ok((stored.message, stored.new))
+        self.queue_append(chat_id, a).await?.await
+    }
+
+    /// [`Core::append`] in two steps: queue now, answer after the commit.
+    async fn queue_append(
+        &self,
+        chat_id: i64,
+        a: Append,
+    ) -> Result<impl Future<Output = Result<(Message, bool)>> + '_> {
+        let stored = self.appender.enqueue(chat_id, a).await?;
+        Ok(async move {
+            let stored = stored.await?;
+            if stored.took_chat {
+                self.publish_chat_updated(chat_id).await?;
+            }
+            Ok((stored.message, stored.new))
+        })
     }
 
     /// A page of a chat's messages in ascending seq.

@@ -6,7 +6,8 @@
 //! sent and fills any gap from the database before going on, so a client sees each
 //! message once, in order, whatever the bus did.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::Poll;
@@ -432,10 +433,23 @@ async fn read_loop(
     // One close watch for the socket's life, not one per frame.
     let closed = session.close_requested();
     tokio::pin!(closed);
+    // Answers to sends, in the order the sends came: a client may send again before its
+    // last send is committed, and the sends are stored in that order.
+    let mut pending: VecDeque<PendingReply<'_>> = VecDeque::new();
     loop {
-        let frame = tokio::select! {
-            frame = stream.next() => frame,
-            _ = &mut closed => return,
+        let next = tokio::select! {
+            frame = stream.next(), if pending.len() < MAX_PIPELINED => Next::Frame(frame),
+            reply = first_reply(&mut pending), if !pending.is_empty() => Next::Replied(reply),
+            _ = &mut closed => Next::Closed,
+        };
+        let frame = match next {
+            Next::Frame(frame) => frame,
+            Next::Replied(reply) => {
+                pending.pop_front();
+                session.push(Outbound::direct(reply));
+                continue;
+            }
+            Next::Closed => return,
         };
         let text = match frame {
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
@@ -482,17 +496,62 @@ async fn read_loop(
         };
         // Boxed, as are the socket tasks' other rare or large steps: a task's future is as
         // big as its biggest step, and every idle socket would carry that size.
-        Box::pin(handle(app, who, session, frame, &mut last_typing)).await;
+        if let Some(reply) = Box::pin(handle(app, who, session, frame, &mut last_typing)).await {
+            pending.push_back(reply);
+        }
     }
 }
 
-async fn handle(
-    app: &App,
-    who: &Principal,
+/// Most sends of one socket waiting for their commit; past this the socket is not read.
+const MAX_PIPELINED: usize = 32;
+
+/// The answer to a send, ready once its commit is.
+type PendingReply<'a> = Pin<Box<dyn Future<Output = Utf8Bytes> + Send + 'a>>;
+
+/// What the reader does next.
+enum Next {
+    Frame(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
+    Replied(Utf8Bytes),
+    Closed,
+}
+
+/// The answer to the oldest waiting send. Sends commit in order, so waiting on the oldest
+/// loses nothing.
+async fn first_reply(pending: &mut VecDeque<PendingReply<'_>>) -> Utf8Bytes {
+    std::future::poll_fn(|cx| match pending.front_mut() {
+        Some(reply) => reply.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+    .await
+}
+
+/// The ack of a send, or its error.
+fn send_reply(
+    id: Option<&str>,
+    chat_id: i64,
+    sent: Result<(crate::domain::Message, bool), Error>,
+) -> Utf8Bytes {
+    match sent {
+        Ok((m, _)) => encode(&Reply::Ack {
+            id,
+            chat_id,
+            local_id: m.local_id.as_deref(),
+            message_id: m.id,
+            seq: m.seq,
+        }),
+        Err(e) => domain_error_frame(id, e),
+    }
+}
+
+/// Handles one client frame. A send returns its answer to come, which the reader sends
+/// when it is ready, in order; every other frame is done when this returns.
+async fn handle<'a>(
+    app: &'a App,
+    who: &'a Principal,
     session: &Arc<Session>,
     frame: ClientFrame,
     last_typing: &mut HashMap<i64, Instant>,
-) {
+) -> Option<PendingReply<'a>> {
     let core = &app.core;
     match frame {
         ClientFrame::Send {
@@ -509,23 +568,21 @@ async fn handle(
                 text,
                 file_id,
             };
-            // A socket in the chat's room has been shown the chat: no need to read it again.
-            let sent = if session.in_chat(chat_id) {
-                core.send_followed(who, chat_id, new).await
-            } else {
-                core.send(who, chat_id, new).await
-            };
-            let reply = match sent {
-                Ok((m, _)) => encode(&Reply::Ack {
-                    id: id.as_deref(),
-                    chat_id,
-                    local_id: m.local_id.as_deref(),
-                    message_id: m.id,
-                    seq: m.seq,
-                }),
-                Err(e) => domain_error_frame(id.as_deref(), e),
-            };
-            session.push(Outbound::direct(reply));
+            // A socket in the chat's room has been shown the chat: no need to read it
+            // again, and the send is queued now and answered when committed.
+            if session.in_chat(chat_id) {
+                let queued = core.queue_send(who, chat_id, new).await;
+                return Some(Box::pin(async move {
+                    let sent = match queued {
+                        Ok(commit) => commit.await,
+                        Err(e) => Err(e),
+                    };
+                    send_reply(id.as_deref(), chat_id, sent)
+                }));
+            }
+            let sent = core.send(who, chat_id, new).await;
+            let reply = send_reply(id.as_deref(), chat_id, sent);
+            return Some(Box::pin(std::future::ready(reply)));
         }
         ClientFrame::Received { id, chat_id, seq } => {
             if let Err(e) = core.mark(who, chat_id, Some(seq), None).await {
@@ -548,7 +605,7 @@ async fn handle(
                     "not_found",
                     "chat not found",
                 )));
-                return;
+                return None;
             }
             // At most one typing signal per chat per second from a socket; extras are dropped.
             let now = Instant::now();
@@ -557,7 +614,7 @@ async fn handle(
                 .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1))
                 && typing
             {
-                return;
+                return None;
             }
             last_typing.insert(chat_id, now);
             core.bus().publish(Event::Typing {
@@ -577,7 +634,7 @@ async fn handle(
                             "invalid",
                             "chats maps chat ids to seqs >= 0",
                         )));
-                        return;
+                        return None;
                     }
                 }
             }
@@ -594,7 +651,7 @@ async fn handle(
                     "forbidden",
                     "only an operator has a presence",
                 )));
-                return;
+                return None;
             };
             let patch = OperatorPatch {
                 presence: Some(presence),
@@ -605,6 +662,7 @@ async fn handle(
             }
         }
     }
+    None
 }
 
 #[allow(clippy::too_many_arguments)] // one task's whole state, handed over once

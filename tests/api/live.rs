@@ -145,6 +145,60 @@ async fn a_resent_send_whose_ack_was_lost_gives_the_first_message() {
     assert_eq!(chat["last_seq"], 1);
 }
 
+/// A client may send again before its last send is acked: the sends are stored in the
+/// order sent, and the answers (acks and errors alike) come back in that order.
+#[tokio::test]
+async fn a_burst_of_sends_is_stored_and_answered_in_order() {
+    let (app, desk) = desk_app().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    for i in 0..40 {
+        // Send 20 is refused (empty text) and takes its place among the answers.
+        let text = if i == 20 {
+            String::new()
+        } else {
+            format!("m{i}")
+        };
+        customer
+            .send(
+                json!({"type": "send", "id": format!("s{i}"), "chat_id": desk.chat_id,
+                "local_id": format!("l{i}"), "text": text}),
+            )
+            .await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 40 {
+        let f = customer.recv().await.expect("open");
+        if f["type"] == "ack" || f["type"] == "error" {
+            answers.push((f["id"].clone(), f["type"].clone(), f["seq"].clone()));
+        }
+    }
+    let expected: Vec<_> = (0..40)
+        .map(|i| {
+            let seq = match i {
+                20 => Value::Null,
+                i if i < 20 => json!(i + 1),
+                i => json!(i),
+            };
+            let kind = if i == 20 { "error" } else { "ack" };
+            (json!(format!("s{i}")), json!(kind), seq)
+        })
+        .collect();
+    assert_eq!(answers, expected);
+    let mut texts = Vec::new();
+    while texts.len() < 39 {
+        let m = operator.next_of("message").await;
+        texts.push(m["message"]["text"].as_str().expect("text").to_owned());
+    }
+    let sent: Vec<String> = (0..40)
+        .filter(|i| *i != 20)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(texts, sent);
+}
+
 #[tokio::test]
 async fn typing_reaches_the_other_side_and_is_not_stored() {
     let (app, desk) = desk_app().await;

@@ -116,9 +116,13 @@ impl Appender {
         Appender { jobs }
     }
 
-    /// Stores a message at its chat's next seq and announces it; answers after the commit.
-    /// A repeated `local_id` gives back the first message (`false`).
-    pub async fn append(&self, chat_id: i64, append: Append) -> Result<Stored> {
+    /// Queues a message and returns what answers after its commit. Messages queued one
+    /// after another are stored, and announced, in that order.
+    pub async fn enqueue(
+        &self,
+        chat_id: i64,
+        append: Append,
+    ) -> Result<impl Future<Output = Result<Stored>> + use<>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             chat_id,
@@ -127,7 +131,7 @@ impl Appender {
         };
         let stopped = || Error::Internal("the message writer has stopped".into());
         self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(async move { answer.await.map_err(|_| stopped())? })
     }
 }
 
