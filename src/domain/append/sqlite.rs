@@ -45,8 +45,11 @@ pub(super) fn start(
     Ok(())
 }
 
-/// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How often the WAL is copied back into the database file. Each checkpoint shows in the
+/// tail of send latency (at 10 msg/s × 200 senders: p99 about 3 ms checkpointing every
+/// 0.5 s, 2-2.4 ms every 2 s, 1.7-1.9 ms every 10 s), and a longer interval lets the WAL
+/// grow larger between checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// Checkpoints the WAL without blocking writers (PASSIVE) until the writer stops.
 fn checkpoint(conn: Connection, writer_gone: std::sync::mpsc::Receiver<()>) {
