@@ -39,6 +39,9 @@ pub enum Route {
     /// This person's sockets re-check which chats they may follow (the frame is empty and
     /// not sent).
     Recheck(Person),
+    /// The chat's sockets and waiters catch up from the database: a node could not pass
+    /// on some of its events (the frame is empty and not sent).
+    Resync(i64),
 }
 
 #[derive(Serialize)]

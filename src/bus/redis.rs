@@ -65,6 +65,9 @@ pub struct RedisBus {
     wanted: DashSet<String>,
     /// Ids of recent multi-channel events, to deliver each once.
     seen: Mutex<(VecDeque<u64>, HashSet<u64>)>,
+    /// Chats with events dropped on a full queue: the publisher tells the other nodes to
+    /// catch these chats up from the database once the queue has room.
+    dropped: Mutex<HashSet<i64>>,
 }
 
 impl RedisBus {
@@ -84,9 +87,10 @@ impl RedisBus {
             outgoing,
             wanted: DashSet::new(),
             seen: Mutex::new((VecDeque::new(), HashSet::new())),
+            dropped: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
-        tokio::spawn(publisher(bus.conn.clone(), out_rx));
+        tokio::spawn(publisher(Arc::downgrade(&bus), bus.conn.clone(), out_rx));
         tokio::spawn(subscriber(Arc::downgrade(&bus), client, control_rx));
         tokio::spawn(refresher(Arc::downgrade(&bus)));
         Ok(bus)
@@ -119,23 +123,68 @@ impl RedisBus {
             }
             Route::Rooms(ids) => ids.iter().map(|id| self.chat_channel(*id)).collect(),
             Route::Recheck(person) => vec![self.channel_of(&Topic::Person(*person))],
+            Route::Resync(chat_id) => vec![self.chat_channel(*chat_id)],
         };
+        let Some(payload) = self.payload(&env.route, env.seq, env.frame.as_bytes()) else {
+            return;
+        };
+        for channel in channels {
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.outgoing.try_send((channel, payload.clone()))
+            {
+                self.note_dropped(&env.route);
+            }
+        }
+    }
+
+    /// A header line, then the frame.
+    fn payload(&self, route: &Route, seq: Option<i64>, frame: &[u8]) -> Option<Vec<u8>> {
         let header = Header {
             o: self.node.clone(),
             i: rand::random(),
-            r: env.route.clone(),
-            s: env.seq,
+            r: route.clone(),
+            s: seq,
         };
-        let Ok(mut payload) = serde_json::to_vec(&header) else {
-            return;
-        };
+        let mut payload = serde_json::to_vec(&header).ok()?;
         payload.push(b'\n');
-        payload.extend_from_slice(env.frame.as_bytes());
-        for channel in channels {
-            if self.outgoing.try_send((channel, payload.clone())).is_err() {
-                tracing::warn!("redis publish queue is full; dropping an event");
-            }
+        payload.extend_from_slice(frame);
+        Some(payload)
+    }
+
+    /// Remembers the chats of an event that could not be queued.
+    fn note_dropped(&self, route: &Route) {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        if dropped.is_empty() {
+            tracing::warn!(
+                "redis publish queue is full; other nodes will catch up from the database"
+            );
         }
+        match route {
+            Route::Room(chat_id) | Route::JoinRoom { chat_id, .. } | Route::Resync(chat_id) => {
+                dropped.insert(*chat_id);
+            }
+            Route::Rooms(chat_ids) => dropped.extend(chat_ids.iter().copied()),
+            // A lost re-check is not recovered here; the person's next one, or a
+            // reconnect, corrects it.
+            Route::Recheck(_) => {}
+        }
+    }
+
+    /// The resync notices for the chats whose events were dropped, as (channel, payload).
+    fn resyncs(&self) -> Vec<(String, Vec<u8>)> {
+        let chats: Vec<i64> = self
+            .dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        chats
+            .into_iter()
+            .filter_map(|chat_id| {
+                let payload = self.payload(&Route::Resync(chat_id), None, b"")?;
+                Some((self.chat_channel(chat_id), payload))
+            })
+            .collect()
     }
 
     /// Handles one message from Redis: decode, skip our own and repeats, deliver.
@@ -237,11 +286,28 @@ impl RedisBus {
     }
 }
 
-/// Sends queued publishes in order over one connection.
-async fn publisher(mut conn: ConnectionManager, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+/// Most publishes sent in one pipeline.
+const PUBLISH_BATCH: usize = 256;
+
+/// Sends queued publishes in order over one connection: whatever is waiting goes in one
+/// pipeline, one round trip, rather than a round trip each.
+async fn publisher(
+    bus: std::sync::Weak<RedisBus>,
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+) {
     let mut failing = false;
-    while let Some((channel, payload)) = rx.recv().await {
-        let sent: redis::RedisResult<()> = conn.publish(&channel, payload).await;
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        // Events dropped on a full queue: their chats are caught up from the database.
+        if let Some(bus) = bus.upgrade() {
+            batch.extend(bus.resyncs());
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch.drain(..) {
+            pipe.publish(channel, payload).ignore();
+        }
+        let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         match sent {
             Ok(()) if failing => {
                 failing = false;

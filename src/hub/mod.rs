@@ -310,6 +310,10 @@ impl Hub {
                 }
                 self.to_room(*chat_id, env);
             }
+            Route::Resync(chat_id) => {
+                self.resync_room(*chat_id);
+                self.wake_waiters(*chat_id, 0);
+            }
             Route::Recheck(person) => {
                 let sessions = self
                     .people
