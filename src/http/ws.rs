@@ -701,102 +701,12 @@ async fn write_loop(
             }
         };
         // Whatever else is already queued goes out with this frame, in one flush.
-        let mut next = Some(out);
+        let mut sent = write_one(&app, &who, &session, &mut sink, &mut cursors, out).await;
         let mut taken = 1;
-        let mut sent = true;
-        while let Some(out) = next.take() {
-            sent = match out {
-                Outbound::Direct(frame) => put(&mut sink, WsMessage::Text(*frame)).await,
-                Outbound::Event(env) => match env.ordered() {
-                    None => put(&mut sink, WsMessage::Text(env.frame.clone())).await,
-                    Some((chat_id, seq)) => {
-                        let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
-                        if seq <= cursor {
-                            true
-                        } else {
-                            let mut ok = true;
-                            if seq > cursor + 1 {
-                                ok = Box::pin(catch_up(
-                                    &app,
-                                    &who,
-                                    &mut sink,
-                                    chat_id,
-                                    cursor,
-                                    seq - 1,
-                                    &mut cursors,
-                                ))
-                                .await;
-                            }
-                            ok = ok && put(&mut sink, WsMessage::Text(env.frame.clone())).await;
-                            cursors.insert(chat_id, seq);
-                            ok
-                        }
-                    }
-                },
-                Outbound::Recheck => {
-                    Box::pin(recheck(&app, &who, &session, &mut cursors)).await;
-                    true
-                }
-                Outbound::Resync(only) => {
-                    if only.is_none()
-                        && let Ok(live) = Box::pin(app.core.live_chats(&who)).await
-                    {
-                        // Chats opened while the bus was away were never announced here.
-                        for chat in live {
-                            if !session.in_chat(chat.id) {
-                                app.core.bus().hub().join(&session, chat.id);
-                                cursors.entry(chat.id).or_insert(0);
-                            }
-                        }
-                    }
-                    let chats: Vec<(i64, i64)> = cursors
-                        .iter()
-                        .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
-                        .map(|(chat, seq)| (*chat, *seq))
-                        .collect();
-                    let mut ok = true;
-                    for (chat_id, from) in chats {
-                        ok = ok
-                            && Box::pin(catch_up(
-                                &app,
-                                &who,
-                                &mut sink,
-                                chat_id,
-                                from,
-                                i64::MAX,
-                                &mut cursors,
-                            ))
-                            .await;
-                    }
-                    ok
-                }
-                Outbound::Resume(replay) => {
-                    let Replay { id, chats, rewind } = *replay;
-                    let request = ResumeRequest {
-                        id: id.as_deref(),
-                        chats,
-                        rewind,
-                    };
-                    Box::pin(resume(
-                        &app,
-                        &who,
-                        &session,
-                        &mut sink,
-                        request,
-                        &mut cursors,
-                    ))
-                    .await
-                }
-            };
-            if !sent {
-                break;
-            }
-            if taken < WRITE_BATCH
-                && let Ok(more) = rx.try_recv()
-            {
-                next = Some(more);
-                taken += 1;
-            }
+        while sent && taken < WRITE_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            sent = write_one(&app, &who, &session, &mut sink, &mut cursors, more).await;
+            taken += 1;
         }
         if !(sent && flush(&mut sink).await) {
             // The socket failed, or the database did mid catch-up: either way this socket
@@ -810,6 +720,72 @@ async fn write_loop(
     };
     let _ = put(&mut sink, WsMessage::Close(Some(close))).await;
     let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+}
+
+/// Writes one queued item into the socket's buffer (not flushed), keeping each chat in seq
+/// order; false if the socket failed, or the database did mid catch-up.
+async fn write_one(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    sink: &mut SplitSink<Socket, WsMessage>,
+    cursors: &mut HashMap<i64, i64>,
+    out: Outbound,
+) -> bool {
+    match out {
+        Outbound::Direct(frame) => put(sink, WsMessage::Text(*frame)).await,
+        Outbound::Event(env) => match env.ordered() {
+            None => put(sink, WsMessage::Text(env.frame.clone())).await,
+            Some((chat_id, seq)) => {
+                let cursor = cursors.get(&chat_id).copied().unwrap_or(0);
+                if seq <= cursor {
+                    return true; // already sent
+                }
+                // A gap (the bus lost or reordered events) is filled from the database.
+                let gapless = seq == cursor + 1
+                    || Box::pin(catch_up(app, who, sink, chat_id, cursor, seq - 1, cursors)).await;
+                cursors.insert(chat_id, seq);
+                gapless && put(sink, WsMessage::Text(env.frame.clone())).await
+            }
+        },
+        Outbound::Recheck => {
+            Box::pin(recheck(app, who, session, cursors)).await;
+            true
+        }
+        Outbound::Resync(only) => {
+            if only.is_none()
+                && let Ok(live) = Box::pin(app.core.live_chats(who)).await
+            {
+                // Chats opened while the bus was away were never announced here.
+                for chat in live {
+                    if !session.in_chat(chat.id) {
+                        app.core.bus().hub().join(session, chat.id);
+                        cursors.entry(chat.id).or_insert(0);
+                    }
+                }
+            }
+            let chats: Vec<(i64, i64)> = cursors
+                .iter()
+                .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
+                .map(|(chat, seq)| (*chat, *seq))
+                .collect();
+            let mut ok = true;
+            for (chat_id, from) in chats {
+                ok = ok
+                    && Box::pin(catch_up(app, who, sink, chat_id, from, i64::MAX, cursors)).await;
+            }
+            ok
+        }
+        Outbound::Resume(replay) => {
+            let Replay { id, chats, rewind } = *replay;
+            let request = ResumeRequest {
+                id: id.as_deref(),
+                chats,
+                rewind,
+            };
+            Box::pin(resume(app, who, session, sink, request, cursors)).await
+        }
+    }
 }
 
 /// Sends the messages of `chat_id` after `from` up to `to` (or to the newest when `to`

@@ -361,9 +361,10 @@ async fn unread_counts_follow_the_read_cursor() {
     assert_eq!(chat["unread"], 1);
 }
 
-/// Concurrent sends share commits (group commit); each still succeeds or fails on its own.
+/// Concurrent sends (which the message writer batches into shared commits) each succeed or
+/// fail on their own, and concurrent resends of one local_id store one message.
 #[tokio::test]
-async fn sends_sharing_a_commit_succeed_or_fail_each_on_its_own() {
+async fn concurrent_sends_succeed_or_fail_each_on_their_own() {
     let app = Arc::new(spawn_app().await);
     let admin = app.admin().await;
     let desk = app.desk(&admin).await;

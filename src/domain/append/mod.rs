@@ -102,17 +102,19 @@ impl Appender {
     /// a task on the pool. Must be called within a tokio runtime.
     pub fn start(store: Store, bus: Bus) -> Appender {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        match store.sqlite_writer() {
-            Some((file, lock)) => {
-                if let Err(e) = sqlite::start(&file, lock, bus, rx) {
-                    // Without its thread no message could be stored: fail every send loudly.
-                    tracing::error!(error = %e, "cannot start the SQLite message writer");
+        if let Some((file, lock)) = store.sqlite_writer() {
+            match sqlite::connect(&file) {
+                Ok(conns) => {
+                    sqlite::start(conns, lock, bus, rx);
+                    return Appender { jobs };
                 }
-            }
-            None => {
-                tokio::spawn(run(store, bus, rx));
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot open the SQLite writer's connection; messages go through the pool"
+                ),
             }
         }
+        tokio::spawn(run(store, bus, rx));
         Appender { jobs }
     }
 

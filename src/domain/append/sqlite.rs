@@ -18,31 +18,48 @@ use crate::bus::Bus;
 use crate::domain::{Error, Result, now_ms};
 use crate::store::entity::{chat, message};
 
-/// Opens the writer's connection with the pool's settings (WAL, synchronous NORMAL,
-/// foreign keys) and starts its thread.
-pub(super) fn start(
-    file: &Path,
-    lock: Arc<Mutex<()>>,
-    bus: Bus,
-    rx: mpsc::Receiver<Job>,
-) -> std::io::Result<()> {
-    let conn = open(file).map_err(std::io::Error::other)?;
+/// The writer's connection and the checkpointer's.
+pub(super) struct Connections {
+    writer: Connection,
+    checkpoints: Connection,
+}
+
+/// Opens both connections with the pool's settings (WAL, synchronous NORMAL, foreign keys).
+pub(super) fn connect(file: &Path) -> rusqlite::Result<Connections> {
+    let writer = open(file)?;
     // The writer never checkpoints the WAL itself (a checkpoint inside a commit stalls
     // every send behind it for milliseconds); a second thread does, beside it.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
-        .map_err(std::io::Error::other)?;
-    let checkpoints = open(file).map_err(std::io::Error::other)?;
+    writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(Connections {
+        writer,
+        checkpoints: open(file)?,
+    })
+}
+
+/// Starts the writer thread and the checkpoint thread beside it.
+pub(super) fn start(conns: Connections, lock: Arc<Mutex<()>>, bus: Bus, rx: mpsc::Receiver<Job>) {
+    let Connections {
+        writer,
+        checkpoints,
+    } = conns;
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name("souq-writer".into())
         .spawn(move || {
-            run(conn, lock, bus, rx);
+            run(writer, lock, bus, rx);
             drop(alive);
-        })?;
-    std::thread::Builder::new()
+        });
+    if let Err(e) = started {
+        // Only when the system is out of threads; every send then fails with an error.
+        tracing::error!(error = %e, "cannot start the SQLite message writer");
+        return;
+    }
+    let started = std::thread::Builder::new()
         .name("souq-checkpoint".into())
-        .spawn(move || checkpoint(checkpoints, writer_gone))?;
-    Ok(())
+        .spawn(move || checkpoint(checkpoints, writer_gone));
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "no WAL checkpoint thread; the pool's writes checkpoint");
+    }
 }
 
 /// How often the WAL is copied back into the database file. Each checkpoint shows in the
