@@ -100,8 +100,10 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Busy CPU time of the whole machine, in clock ticks (all but idle and iowait).
-fn machine_busy() -> Option<u64> {
+/// CPU time of the whole machine, in clock ticks: busy (user, nice, system, irq,
+/// softirq), and stolen (time the hypervisor gave to other machines, not work done here).
+/// The guest fields are already counted in user and nice.
+fn machine_busy() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = stat.lines().next()?;
     let v: Vec<u64> = cpu
@@ -109,8 +111,8 @@ fn machine_busy() -> Option<u64> {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    let idle = v.get(3)? + v.get(4)?;
-    Some(v.iter().sum::<u64>() - idle)
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
+    Some((busy, *v.get(7)?))
 }
 
 /// CPU time (user + system, in clock ticks) of this process.
@@ -466,9 +468,16 @@ async fn run(a: Args) -> Result<(), String> {
     }
     // Everything but this load generator: the nodes, the database, Redis, the kernel.
     let server_side_s = match (busy_before, busy_after, own_before, own_after) {
-        (Some(b0), Some(b1), Some(o0), Some(o1)) => {
+        (Some((b0, _)), Some((b1, _)), Some(o0), Some(o1)) => {
             ((b1 - b0).saturating_sub(o1 - o0)) as f64 / ticks_per_s
         }
+        _ => 0.0,
+    };
+    // Share of the machine's cores taken by other machines during the run: a busy host
+    // slows every figure of the run, and makes the tail longer.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let stolen_percent = match (busy_before, busy_after) {
+        (Some((_, s0)), Some((_, s1))) => (s1 - s0) as f64 / ticks_per_s / elapsed / cores * 100.0,
         _ => 0.0,
     };
     let h = stats.latency.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,6 +496,7 @@ async fn run(a: Args) -> Result<(), String> {
         "cpu_us_per_delivery": if deliveries > 0 { cpu_s * 1e6 / deliveries as f64 } else { 0.0 },
         "machine_cpu_s_without_loadgen": server_side_s,
         "all_in_cpu_us_per_delivery": if deliveries > 0 { server_side_s * 1e6 / deliveries as f64 } else { 0.0 },
+        "stolen_percent": stolen_percent,
         "loadgen_cpu_s": own_after.zip(own_before).map_or(0.0, |(a, b)| (a - b) as f64 / ticks_per_s),
     });
     println!("{line}");
