@@ -1,14 +1,21 @@
-//! Group commit of messages. Every send of the process goes through one appender task,
-//! which takes whatever sends are waiting (up to [`MAX_BATCH`]) and stores them in one
-//! transaction of a few statements, whatever the batch's size: one read of repeated
-//! `local_id`s, one locked read of the chats, one update of their seqs, one multi-row
-//! insert. Only after that commit does it announce the messages and answer each caller.
-//! Under load one commit carries many messages; alone, a send commits at once.
+//! Group commit of messages. Every send of the process goes through one appender, which
+//! takes whatever sends are waiting (up to [`MAX_BATCH`]) and stores them in one commit.
+//! Only after that commit does it announce the messages and answer each caller. Under
+//! load one commit carries many messages; alone, a send commits at once.
+//!
+//! There are three writers of a batch:
+//! - `sqlite`: a thread with its own connection, one statement per message (SQLite runs
+//!   them in process) and one per chat;
+//! - `postgres`: one statement per batch, in one round trip (see there);
+//! - [`commit`] here, through the pool in a few statements whatever the batch's size: an
+//!   in-memory SQLite database uses it, and every writer falls back on it to store a send
+//!   alone.
 //!
 //! A send that fails on its own (a finished chat) fails alone inside the batch. If the
-//! transaction fails as a whole, each of its sends is tried again in a transaction of its
-//! own, so that one bad send never takes the others down with it.
+//! batch fails as a whole, each of its sends is tried again in a transaction of its own,
+//! so that one bad send never takes the others down with it.
 
+mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -99,7 +106,7 @@ pub(super) struct Appender {
 
 impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
-    /// a task on the pool. Must be called within a tokio runtime.
+    /// a task (PostgreSQL's writer, or the pool's). Must be called within a tokio runtime.
     pub fn start(store: Store, bus: Bus) -> Appender {
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         if let Some((file, lock)) = store.sqlite_writer() {
@@ -114,7 +121,10 @@ impl Appender {
                 ),
             }
         }
-        tokio::spawn(run(store, bus, rx));
+        match postgres::Writer::new(store.clone()) {
+            Some(writer) => tokio::spawn(postgres::run(writer, bus, rx)),
+            None => tokio::spawn(run(store, bus, rx)),
+        };
         Appender { jobs }
     }
 
@@ -523,6 +533,11 @@ mod tests {
         let store = Store::open(&format!("sqlite://{}", path.display()), 2)
             .await
             .expect("store");
+        add_two_chats(&store).await;
+        (store, path)
+    }
+
+    async fn add_two_chats(store: &Store) {
         for sql in [
             "INSERT INTO organisations (id, email, password_hash, subdomain, created_at) VALUES (1, 'o@x.test', '-', 'x', 0)",
             "INSERT INTO addons (id, org_id, name, created_at) VALUES (1, 1, 'live_chat', 0)",
@@ -535,7 +550,48 @@ mod tests {
         ] {
             store.db().execute_unprepared(sql).await.expect(sql);
         }
-        (store, path)
+    }
+
+    /// The same on a fresh PostgreSQL database, when TEST_DATABASE_URL names a server
+    /// (CI's PostgreSQL pass); `None` otherwise. Returns the store and the database name.
+    async fn two_chats_on_postgres(name: &str) -> Option<(Store, String)> {
+        let Some(admin_url) = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            eprintln!("skipped: TEST_DATABASE_URL is not set, so there is no PostgreSQL");
+            return None;
+        };
+        let db = format!(
+            "souq_test_append_{name}_{}_{}",
+            std::process::id(),
+            now_ms()
+        );
+        let admin = sea_orm::Database::connect(admin_url.as_str())
+            .await
+            .expect("TEST_DATABASE_URL is set but PostgreSQL cannot be reached");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("create database");
+        let _ = admin.close().await;
+        let (prefix, _) = admin_url.rsplit_once('/').expect("a database name");
+        let store = Store::open(&format!("{prefix}/{db}"), 2)
+            .await
+            .expect("store");
+        add_two_chats(&store).await;
+        Some((store, db))
+    }
+
+    async fn drop_postgres(store: Store, db: String) {
+        store.close().await.expect("close");
+        if let Ok(admin_url) = std::env::var("TEST_DATABASE_URL")
+            && let Ok(admin) = sea_orm::Database::connect(admin_url.as_str()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .await;
+        }
     }
 
     /// A new message, its repeat, an operator's first answer, a refused send, a notice
@@ -604,7 +660,7 @@ mod tests {
         }
     }
 
-    /// The set-based batch (PostgreSQL's writer), run here on SQLite.
+    /// The set-based batch (the pool's writer), run here on SQLite.
     #[tokio::test]
     async fn one_batch_gives_each_send_its_own_outcome() {
         let (store, path) = two_chats("pool").await;
@@ -665,12 +721,95 @@ mod tests {
     async fn the_sqlite_writer_gives_the_same_outcomes() {
         let (store, path) = two_chats("thread").await;
         let (file, _) = store.sqlite_writer().expect("a sqlite file");
-        let mut conn = sqlite::open(&file).expect("connection");
-        let out = sqlite::commit(&mut conn, &mixed_batch()).expect("batch commits");
-        let again =
-            sqlite::commit(&mut conn, &[job(1, "customer", "text", Some("x"))]).expect("commits");
-        drop(conn);
+        let mut writer = sqlite::Writer::new(sqlite::open(&file).expect("connection"));
+        let out = writer.commit(&mixed_batch()).expect("batch commits");
+        let again = writer
+            .commit(&[job(1, "customer", "text", Some("x"))])
+            .expect("commits");
+        drop(writer);
         check_outcomes(&store, &out, &again).await;
         remove(store, path).await;
+    }
+
+    /// The same batch through PostgreSQL's one-statement writer.
+    #[tokio::test]
+    async fn the_postgres_writer_gives_the_same_outcomes() {
+        let Some((store, db)) = two_chats_on_postgres("outcomes").await else {
+            return;
+        };
+        let mut writer = postgres::Writer::new(store.clone()).expect("a postgres store");
+        let out = writer.commit(&mixed_batch()).await;
+        let again = writer
+            .commit(&[job(1, "customer", "text", Some("x"))])
+            .await;
+        check_outcomes(&store, &out, &again).await;
+        drop_postgres(store, db).await;
+    }
+
+    /// Two text sends into chat 1 (pending, seq 0).
+    fn two_sends() -> Vec<Job> {
+        vec![
+            job(1, "customer", "text", None),
+            job(1, "customer", "text", None),
+        ]
+    }
+
+    fn seqs(out: &[Result<Stored>]) -> Vec<i64> {
+        out.iter()
+            .map(|o| o.as_ref().map(|s| s.message.seq).expect("stored"))
+            .collect()
+    }
+
+    const FINISH: &str = "UPDATE chats SET status = 'finished' WHERE id = 1";
+
+    /// Two SQLite writers that both remember chat 1 take turns on it, then the chat is
+    /// finished behind their backs: each must read it again, so that seqs have no gaps
+    /// and no repeats, and the finished chat refuses.
+    #[tokio::test]
+    async fn sqlite_writers_read_again_a_chat_changed_behind_their_back() {
+        let (store, path) = two_chats("stale").await;
+        let (file, _) = store.sqlite_writer().expect("a sqlite file");
+        let mut writers = [
+            sqlite::Writer::new(sqlite::open(&file).expect("connection")),
+            sqlite::Writer::new(sqlite::open(&file).expect("connection")),
+        ];
+        let mut all = Vec::new();
+        for turn in 0..6 {
+            let out = writers[turn % 2].commit(&two_sends()).expect("commits");
+            all.extend(seqs(&out));
+        }
+        assert_eq!(all, (1..=12).collect::<Vec<_>>(), "no gap, no repeat");
+        store.db().execute_unprepared(FINISH).await.expect("finish");
+        for writer in &mut writers {
+            let out = writer.commit(&two_sends()).expect("commits");
+            assert!(matches!(out[0], Err(Error::Conflict(_))), "{:?}", out[0]);
+        }
+        drop(writers);
+        remove(store, path).await;
+    }
+
+    /// The same with two PostgreSQL writers (two nodes).
+    #[tokio::test]
+    async fn postgres_writers_read_again_a_chat_changed_behind_their_back() {
+        let Some((store, db)) = two_chats_on_postgres("stale").await else {
+            return;
+        };
+        let mut writers = [
+            postgres::Writer::new(store.clone()).expect("a postgres store"),
+            postgres::Writer::new(store.clone()).expect("a postgres store"),
+        ];
+        let mut all = Vec::new();
+        for turn in 0..6 {
+            let out = writers[turn % 2].commit(&two_sends()).await;
+            all.extend(seqs(&out));
+        }
+        assert_eq!(all, (1..=12).collect::<Vec<_>>(), "no gap, no repeat");
+        store.db().execute_unprepared(FINISH).await.expect("finish");
+        for writer in &mut writers {
+            let out = writer.commit(&two_sends()).await;
+            assert!(matches!(out[0], Err(Error::Conflict(_))), "{:?}", out[0]);
+        }
+        drop(writers);
+        drop_postgres(store, db).await;
     }
 }

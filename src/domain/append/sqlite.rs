@@ -6,6 +6,8 @@
 //! It takes the same writer lock as every other SQLite write of the process, so writers
 //! never meet in SQLite's busy handler.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub(super) fn start(conns: Connections, lock: Arc<Mutex<()>>, bus: Bus, rx: mpsc
         checkpoints,
     } = conns;
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
+    let checkpoint_lock = lock.clone();
     let started = std::thread::Builder::new()
         .name("souq-writer".into())
         .spawn(move || {
@@ -56,26 +59,54 @@ pub(super) fn start(conns: Connections, lock: Arc<Mutex<()>>, bus: Bus, rx: mpsc
     }
     let started = std::thread::Builder::new()
         .name("souq-checkpoint".into())
-        .spawn(move || checkpoint(checkpoints, writer_gone));
+        .spawn(move || checkpoint(checkpoints, checkpoint_lock, writer_gone));
     if let Err(e) = started {
         tracing::warn!(error = %e, "no WAL checkpoint thread; the pool's writes checkpoint");
     }
 }
 
-/// How often the WAL is copied back into the database file. Each checkpoint shows in the
-/// tail of send latency (at 10 msg/s × 200 senders: p99 about 3 ms checkpointing every
-/// 0.5 s, 2-2.4 ms every 2 s, 1.7-1.9 ms every 10 s), and a longer interval lets the WAL
-/// grow larger between checkpoints.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// Checkpoints the WAL without blocking writers (PASSIVE) until the writer stops.
-fn checkpoint(conn: Connection, writer_gone: std::sync::mpsc::Receiver<()>) {
+/// The WAL file is cut back to this size when it restarts after a burst.
+const WAL_KEEP_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], until the writer
+/// stops, and starts the WAL over each time.
+///
+/// SQLite reuses the WAL from its start only once every frame in it has been copied back
+/// and no reader still uses it. Sends keep committing while a checkpoint runs, so under a
+/// steady load a checkpoint that never blocks writers (PASSIVE) never catches up, and the
+/// WAL grows without bound: at 2,000 sends/s each commit writes several whole pages, tens
+/// of MB a second. So each round copies what it can beside the writer (PASSIVE), then
+/// holds the writer lock while it copies the few frames committed meanwhile and restarts
+/// the WAL (RESTART): sends wait only for that remainder.
+fn checkpoint(conn: Connection, lock: Arc<Mutex<()>>, writer_gone: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
+    if let Err(e) = conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES) {
+        tracing::warn!(error = %e, "cannot limit the WAL's size");
+    }
     while let Err(RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        // What PASSIVE reports is the WAL as it was when it began, all of it copied back
+        // unless a reader held it up; frames committed since then are not counted.
+        let copied = wal_checkpoint(&conn, "PASSIVE").and_then(|(frames, _)| {
+            if frames > 0 {
+                let _writer = lock.blocking_lock();
+                wal_checkpoint(&conn, "RESTART")?;
+            }
+            Ok(())
+        });
+        if let Err(e) = copied {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
+}
+
+/// Runs a checkpoint; returns the frames in the WAL and how many of them are copied back.
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
 }
 
 pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
@@ -87,7 +118,8 @@ pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn run(mut conn: Connection, lock: Arc<Mutex<()>>, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+fn run(conn: Connection, lock: Arc<Mutex<()>>, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+    let mut writer = Writer::new(conn);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(job) = rx.blocking_recv() {
         batch.push(job);
@@ -97,7 +129,7 @@ fn run(mut conn: Connection, lock: Arc<Mutex<()>>, bus: Bus, mut rx: mpsc::Recei
         }
         let committed = {
             let _writer = lock.blocking_lock();
-            commit(&mut conn, &batch)
+            writer.commit(&batch)
         };
         match committed {
             Ok(outcomes) => answer(&bus, batch.drain(..), outcomes),
@@ -106,7 +138,7 @@ fn run(mut conn: Connection, lock: Arc<Mutex<()>>, bus: Bus, mut rx: mpsc::Recei
                 for job in batch.drain(..) {
                     let outcome = {
                         let _writer = lock.blocking_lock();
-                        commit(&mut conn, std::slice::from_ref(&job))
+                        writer.commit(std::slice::from_ref(&job))
                     };
                     let outcome = match outcome {
                         Ok(mut one) => one.pop().unwrap_or_else(|| {
@@ -121,105 +153,221 @@ fn run(mut conn: Connection, lock: Arc<Mutex<()>>, bus: Bus, mut rx: mpsc::Recei
     }
 }
 
-/// Stores the batch in one transaction, send by send: each one sees the ones before it.
-pub(super) fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Stored>>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = now_ms();
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        outcomes.push(store_one(&tx, job, now)?);
-    }
-    tx.commit()?;
-    Ok(outcomes)
+/// Most chats the writer remembers; past this it forgets them all and reads them again.
+const CACHED_CHATS: usize = 100_000;
+
+/// The writer's connection and what it knows of the chats it writes to.
+///
+/// Each message needs its chat's seq, status and operator. The writer keeps the chats it
+/// wrote to, as of its own last commit, and reads a chat only when it does not know it.
+/// What it knows is right until another connection (the pool, another process) commits:
+/// SQLite's `data_version` then changes, and the writer forgets every chat.
+pub(super) struct Writer {
+    conn: Connection,
+    chats: HashMap<i64, chat::Model>,
+    /// `PRAGMA data_version` when `chats` was last known right.
+    data_version: i64,
 }
 
-fn store_one(conn: &Connection, job: &Job, now: i64) -> rusqlite::Result<Result<Stored>> {
-    let a = &job.append;
-    if let Some(local_id) = &a.local_id {
-        let first = conn
-            .prepare_cached(
-                "SELECT id, chat_id, seq, author_kind, author_id, local_id, payload, text, \
-                 file_id, created_at, received_at, read_at FROM messages \
-                 WHERE chat_id = ?1 AND author_kind = ?2 AND author_id = ?3 AND local_id = ?4",
-            )?
-            .query_row(params![job.chat_id, a.kind, a.author_id, local_id], |r| {
-                Ok(message::Model {
-                    id: r.get(0)?,
-                    chat_id: r.get(1)?,
-                    seq: r.get(2)?,
-                    author_kind: r.get(3)?,
-                    author_id: r.get(4)?,
-                    local_id: r.get(5)?,
-                    payload: r.get(6)?,
-                    text: r.get(7)?,
-                    file_id: r.get(8)?,
-                    created_at: r.get(9)?,
-                    received_at: r.get(10)?,
-                    read_at: r.get(11)?,
-                })
-            })
-            .optional()?;
-        if let Some(first) = first {
-            return Ok(Ok(Stored::repeat(first.into())));
+impl Writer {
+    pub(super) fn new(conn: Connection) -> Writer {
+        Writer {
+            conn,
+            chats: HashMap::new(),
+            data_version: -1,
         }
     }
-    let chat = conn
-        .prepare_cached(
-            "SELECT id, org_id, inbox_id, domain_id, customer_id, operator_id, status, \
-             last_seq, created_at, last_activity_at FROM chats WHERE id = ?1",
-        )?
-        .query_row([job.chat_id], |r| {
-            Ok(chat::Model {
-                id: r.get(0)?,
-                org_id: r.get(1)?,
-                inbox_id: r.get(2)?,
-                domain_id: r.get(3)?,
-                customer_id: r.get(4)?,
-                operator_id: r.get(5)?,
-                status: r.get(6)?,
-                last_seq: r.get(7)?,
-                created_at: r.get(8)?,
-                last_activity_at: r.get(9)?,
-            })
+
+    /// Stores the batch in one transaction, send by send (each sees the ones before it):
+    /// one INSERT per new message, then one UPDATE per chat. Returns an outcome per job,
+    /// or the error that failed the whole transaction (nothing of it is kept).
+    pub(super) fn commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Stored>>> {
+        let committed = self.try_commit(jobs);
+        if committed.is_err() {
+            // What it read may be what failed (a seq taken behind its back): read again.
+            self.chats.clear();
+        }
+        committed
+    }
+
+    fn try_commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Stored>>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read inside the transaction: no other connection can commit until it ends.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version != self.data_version || self.chats.len() > CACHED_CHATS {
+            self.chats.clear();
+        }
+        let now = now_ms();
+        let mut touched: HashMap<i64, Touched> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let t = match touched.entry(job.chat_id) {
+                Entry::Occupied(t) => t.into_mut(),
+                Entry::Vacant(slot) => {
+                    let known = match self.chats.get(&job.chat_id) {
+                        Some(chat) => Some(chat.clone()),
+                        None => read_chat(&tx, job.chat_id)?,
+                    };
+                    let Some(was) = known else {
+                        outcomes.push(Err(Error::NotFound("chat")));
+                        continue;
+                    };
+                    let now = was.clone();
+                    slot.insert(Touched { was, now })
+                }
+            };
+            let (outcome, after) = store_one(&tx, job, &t.now, now)?;
+            if let Some(after) = after {
+                t.now = after;
+            }
+            outcomes.push(outcome);
+        }
+        for t in touched.values() {
+            if t.now != t.was {
+                update_chat(&tx, t)?;
+            }
+        }
+        tx.commit()?;
+        // Its own commits leave data_version as it was.
+        self.data_version = version;
+        self.chats
+            .extend(touched.into_iter().map(|(id, t)| (id, t.now)));
+        Ok(outcomes)
+    }
+}
+
+/// What the transaction knows of one chat it writes to: as it was, and as it is now.
+struct Touched {
+    was: chat::Model,
+    now: chat::Model,
+}
+
+fn read_chat(conn: &Connection, chat_id: i64) -> rusqlite::Result<Option<chat::Model>> {
+    conn.prepare_cached(
+        "SELECT id, org_id, inbox_id, domain_id, customer_id, operator_id, status, \
+         last_seq, created_at, last_activity_at FROM chats WHERE id = ?1",
+    )?
+    .query_row([chat_id], |r| {
+        Ok(chat::Model {
+            id: r.get(0)?,
+            org_id: r.get(1)?,
+            inbox_id: r.get(2)?,
+            domain_id: r.get(3)?,
+            customer_id: r.get(4)?,
+            operator_id: r.get(5)?,
+            status: r.get(6)?,
+            last_seq: r.get(7)?,
+            created_at: r.get(8)?,
+            last_activity_at: r.get(9)?,
         })
-        .optional()?;
-    let Some(mut chat) = chat else {
-        return Ok(Err(Error::NotFound("chat")));
-    };
-    let took = match advance(&mut chat, a, now) {
-        Ok(took) => took,
-        Err(e) => return Ok(Err(e)),
+    })
+    .optional()
+}
+
+/// The stored message whose (chat, author, local_id) the job repeats, if any.
+fn find_repeat(conn: &Connection, job: &Job) -> rusqlite::Result<Option<message::Model>> {
+    let a = &job.append;
+    let Some(local_id) = &a.local_id else {
+        return Ok(None);
     };
     conn.prepare_cached(
-        "UPDATE chats SET last_seq = ?1, status = ?2, operator_id = ?3, last_activity_at = ?4 \
-         WHERE id = ?5",
+        "SELECT id, chat_id, seq, author_kind, author_id, local_id, payload, text, \
+         file_id, created_at, received_at, read_at FROM messages \
+         WHERE chat_id = ?1 AND author_kind = ?2 AND author_id = ?3 AND local_id = ?4",
     )?
-    .execute(params![
-        chat.last_seq,
-        chat.status,
-        chat.operator_id,
-        chat.last_activity_at,
-        chat.id
-    ])?;
-    let id: i64 = conn
+    .query_row(params![job.chat_id, a.kind, a.author_id, local_id], |r| {
+        Ok(message::Model {
+            id: r.get(0)?,
+            chat_id: r.get(1)?,
+            seq: r.get(2)?,
+            author_kind: r.get(3)?,
+            author_id: r.get(4)?,
+            local_id: r.get(5)?,
+            payload: r.get(6)?,
+            text: r.get(7)?,
+            file_id: r.get(8)?,
+            created_at: r.get(9)?,
+            received_at: r.get(10)?,
+            read_at: r.get(11)?,
+        })
+    })
+    .optional()
+}
+
+/// Stores one job into `chat` (as the transaction has it so far). Returns the outcome, and
+/// the chat as it is after a new message.
+fn store_one(
+    conn: &Connection,
+    job: &Job,
+    chat: &chat::Model,
+    now: i64,
+) -> rusqlite::Result<(Result<Stored>, Option<chat::Model>)> {
+    let a = &job.append;
+    let mut next = chat.clone();
+    let took = match advance(&mut next, a, now) {
+        Ok(took) => took,
+        // A refused send may repeat one stored before the chat finished: it gets that one.
+        Err(e) => {
+            return Ok(match find_repeat(conn, job)? {
+                Some(first) => (Ok(Stored::repeat(first.into())), None),
+                None => (Err(e), None),
+            });
+        }
+    };
+    // A repeated local_id inserts nothing (and takes no seq); any other conflict, such as
+    // a seq taken behind the writer's back, fails the batch. No RETURNING: SQLite runs it
+    // as a trigger in the temp database, which costs more than the insert.
+    let inserted = conn
         .prepare_cached(
             "INSERT INTO messages \
              (chat_id, seq, author_kind, author_id, local_id, payload, text, file_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (chat_id, author_kind, author_id, local_id) DO NOTHING",
         )?
-        .query_row(
-            params![
-                job.chat_id,
-                chat.last_seq,
-                a.kind,
-                a.author_id,
-                a.local_id,
-                a.payload,
-                a.text,
-                a.file_id,
-                now
-            ],
-            |r| r.get(0),
-        )?;
-    Ok(Ok(Stored::new(job, id, chat.last_seq, now, took)))
+        .execute(params![
+            job.chat_id,
+            next.last_seq,
+            a.kind,
+            a.author_id,
+            a.local_id,
+            a.payload,
+            a.text,
+            a.file_id,
+            now
+        ])?;
+    if inserted == 1 {
+        let id = conn.last_insert_rowid();
+        return Ok((
+            Ok(Stored::new(job, id, next.last_seq, now, took)),
+            Some(next),
+        ));
+    }
+    match find_repeat(conn, job)? {
+        Some(first) => Ok((Ok(Stored::repeat(first.into())), None)),
+        None => Err(rusqlite::Error::QueryReturnedNoRows),
+    }
+}
+
+/// Writes a chat's new seq, and whichever of its activity time, status and operator
+/// changed: each of those is in an index, which a column left out of the update keeps.
+fn update_chat(conn: &Connection, t: &Touched) -> rusqlite::Result<()> {
+    let (was, chat) = (&t.was, &t.now);
+    let mut sql = String::from("UPDATE chats SET last_seq = ?2");
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&chat.id, &chat.last_seq];
+    if chat.last_activity_at != was.last_activity_at {
+        values.push(&chat.last_activity_at);
+        sql.push_str(&format!(", last_activity_at = ?{}", values.len()));
+    }
+    if chat.status != was.status || chat.operator_id != was.operator_id {
+        values.push(&chat.status);
+        sql.push_str(&format!(", status = ?{}", values.len()));
+        values.push(&chat.operator_id);
+        sql.push_str(&format!(", operator_id = ?{}", values.len()));
+    }
+    sql.push_str(" WHERE id = ?1");
+    conn.prepare_cached(&sql)?
+        .execute(rusqlite::params_from_iter(values))?;
+    Ok(())
 }

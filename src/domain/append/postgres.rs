@@ -1,0 +1,324 @@
+//! The appender for PostgreSQL: a batch in one statement, one round trip and one commit.
+//!
+//! The writer remembers the chats it writes to (seq, status, operator). For a batch it
+//! works out every message's seq from what it remembers, then sends one statement that
+//! moves each chat from the state it remembers to the new one, and inserts the messages
+//! of the chats it moved. The statement runs on its own (autocommit): it is atomic, so a
+//! chat and its messages are stored together or not at all.
+//!
+//! What it remembers may be stale: another node wrote to the chat, or this node changed
+//! it outside the writer (finished it, say). A chat whose row no longer matches is left
+//! alone by the statement; the writer reads it again and tries its sends once more. Two
+//! nodes can never give out the same seq: the row's update is the check, and PostgreSQL
+//! re-checks it against the newest row when two updates meet.
+//!
+//! A repeated `local_id` from an earlier batch makes the insert fail (and with it the whole
+//! statement): the sends still waiting are then stored one by one, which looks for repeats.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::sqlx::{self, PgPool, Row};
+use tokio::sync::mpsc;
+
+use super::{Job, Key, MAX_BATCH, Stored, advance, alone, answer, key, same_error};
+use crate::bus::Bus;
+use crate::domain::{Error, Result, now_ms};
+use crate::store::Store;
+use crate::store::entity::chat;
+
+/// Most chats the writer remembers; past this it forgets them all and reads them again.
+const CACHED_CHATS: usize = 100_000;
+
+/// Rounds of reading stale chats again before the sends left are stored one by one.
+const ROUNDS: usize = 3;
+
+const READ_CHATS: &str = "SELECT id, org_id, inbox_id, domain_id, customer_id, operator_id, \
+     status, last_seq, created_at, last_activity_at FROM chats WHERE id = ANY($1)";
+
+/// Moves each chat from the state the writer remembers ($1-$7, $17) and inserts the
+/// messages of the chats it moved ($8-$16); returns the new messages' ids.
+const STORE_BATCH: &str = "\
+WITH c (id, old_seq, new_seq, old_status, new_status, old_operator, new_operator,
+       activity) AS (
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::text[],
+                         $6::int8[], $7::int8[], $17::int8[])
+), moved AS (
+    UPDATE chats SET last_seq = c.new_seq, status = c.new_status,
+                     operator_id = c.new_operator, last_activity_at = c.activity
+    FROM c
+    WHERE chats.id = c.id AND chats.last_seq = c.old_seq AND chats.status = c.old_status
+      AND chats.operator_id IS NOT DISTINCT FROM c.old_operator
+    RETURNING chats.id
+), stored AS (
+    INSERT INTO messages
+        (chat_id, seq, author_kind, author_id, local_id, payload, text, file_id, created_at)
+    SELECT m.chat_id, m.seq, m.author_kind, m.author_id, m.local_id, m.payload, m.text,
+           m.file_id, $8
+    FROM unnest($9::int8[], $10::int8[], $11::text[], $12::int8[], $13::text[], $14::text[],
+                $15::text[], $16::text[])
+         WITH ORDINALITY AS m (chat_id, seq, author_kind, author_id, local_id, payload, text,
+                               file_id, n)
+    WHERE m.chat_id IN (SELECT id FROM moved)
+    ORDER BY m.n
+    RETURNING id, chat_id, seq
+)
+SELECT id, chat_id, seq FROM stored";
+
+/// The writer's pool and what it remembers of the chats it writes to.
+pub(super) struct Writer {
+    store: Store,
+    pool: PgPool,
+    chats: HashMap<i64, chat::Model>,
+}
+
+/// Stores batches of whatever sends are waiting until the handle is dropped.
+pub(super) async fn run(mut writer: Writer, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let outcomes = writer.commit(&batch).await;
+        answer(&bus, batch.drain(..), outcomes);
+    }
+}
+
+/// One round's plan for a chat: as remembered, and as after the round's messages.
+struct Planned {
+    was: chat::Model,
+    now: chat::Model,
+}
+
+impl Writer {
+    /// The writer of a PostgreSQL store (`None` for another database).
+    pub(super) fn new(store: Store) -> Option<Writer> {
+        if store.backend() != sea_orm::DbBackend::Postgres {
+            return None;
+        }
+        let pool = store.db().get_postgres_connection_pool().clone();
+        Some(Writer {
+            store,
+            pool,
+            chats: HashMap::new(),
+        })
+    }
+
+    /// Stores a batch; returns one outcome per job, in order. Never fails as a whole:
+    /// sends the batch statement could not store are stored one by one.
+    pub(super) async fn commit(&mut self, jobs: &[Job]) -> Vec<Result<Stored>> {
+        if self.chats.len() > CACHED_CHATS {
+            self.chats.clear();
+        }
+        let mut outcomes: Vec<Option<Result<Stored>>> = jobs.iter().map(|_| None).collect();
+        for _ in 0..ROUNDS {
+            let waiting: Vec<usize> = (0..jobs.len()).filter(|i| outcomes[*i].is_none()).collect();
+            if waiting.is_empty() {
+                break;
+            }
+            if let Err(e) = self.round(jobs, &waiting, &mut outcomes).await {
+                tracing::debug!(error = %e, sends = waiting.len(), "a batch failed; storing its sends one by one");
+                self.chats.clear();
+                break;
+            }
+        }
+        let mut done = Vec::with_capacity(jobs.len());
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            done.push(match outcome {
+                Some(outcome) => outcome,
+                None => alone(&self.store, job).await,
+            });
+        }
+        done
+    }
+
+    /// One statement for the waiting jobs. Decides the outcome of every job whose chat
+    /// was as remembered (and of those refused outright); the others stay waiting, and
+    /// their chats are read again next round.
+    async fn round(
+        &mut self,
+        jobs: &[Job],
+        waiting: &[usize],
+        outcomes: &mut [Option<Result<Stored>>],
+    ) -> Result<(), sqlx::Error> {
+        let unknown: Vec<i64> = waiting
+            .iter()
+            .map(|&i| jobs[i].chat_id)
+            .filter(|id| !self.chats.contains_key(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            for row in sqlx::query(READ_CHATS)
+                .bind(&unknown)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                let chat = chat_of(&row)?;
+                self.chats.insert(chat.id, chat);
+            }
+        }
+
+        // Seqs, in job order within each chat; a repeat of a local_id within the batch
+        // gets the message of its first job.
+        let now = now_ms();
+        let mut planned: HashMap<i64, Planned> = HashMap::new();
+        let mut first_with_key: HashMap<Key<'_>, usize> = HashMap::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        let mut rows: Vec<(usize, i64, bool)> = Vec::new();
+        for &i in waiting {
+            let job = &jobs[i];
+            if let Some(key) = key(job) {
+                if let Some(&first) = first_with_key.get(&key) {
+                    copies.push((i, first));
+                    continue;
+                }
+                first_with_key.insert(key, i);
+            }
+            let chat = match planned.get(&job.chat_id) {
+                Some(p) => p.now.clone(),
+                None => match self.chats.get(&job.chat_id) {
+                    Some(chat) => chat.clone(),
+                    None => {
+                        outcomes[i] = Some(Err(Error::NotFound("chat")));
+                        continue;
+                    }
+                },
+            };
+            let mut next = chat.clone();
+            match advance(&mut next, &job.append, now) {
+                Ok(took) => {
+                    rows.push((i, next.last_seq, took));
+                    planned
+                        .entry(job.chat_id)
+                        .or_insert_with(|| Planned {
+                            was: chat.clone(),
+                            now: chat,
+                        })
+                        .now = next;
+                }
+                // A refused send may repeat one stored before the chat finished: only a
+                // lookup can tell, so it is stored alone.
+                Err(_) if job.append.local_id.is_some() => {
+                    outcomes[i] = Some(alone(&self.store, job).await);
+                }
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
+        }
+
+        if !rows.is_empty() {
+            let stored = self.store_batch(jobs, &planned, &rows, now).await?;
+            let mut moved = HashSet::new();
+            for &(i, seq, took) in &rows {
+                let job = &jobs[i];
+                if let Some(&id) = stored.get(&(job.chat_id, seq)) {
+                    outcomes[i] = Some(Ok(Stored::new(job, id, seq, now, took)));
+                    moved.insert(job.chat_id);
+                }
+            }
+            for (chat_id, plan) in planned {
+                if moved.contains(&chat_id) {
+                    self.chats.insert(chat_id, plan.now);
+                } else {
+                    // Not as remembered: read it again next round.
+                    self.chats.remove(&chat_id);
+                }
+            }
+        }
+        for (i, first) in copies {
+            outcomes[i] = match &outcomes[first] {
+                Some(Ok(first)) => Some(Ok(Stored::repeat(first.message.clone()))),
+                Some(Err(e)) => Some(Err(same_error(e))),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// Runs [`STORE_BATCH`]; returns the ids of the stored messages by (chat, seq).
+    async fn store_batch(
+        &self,
+        jobs: &[Job],
+        planned: &HashMap<i64, Planned>,
+        rows: &[(usize, i64, bool)],
+        now: i64,
+    ) -> Result<HashMap<(i64, i64), i64>, sqlx::Error> {
+        let n = planned.len();
+        let (mut id, mut old_seq, mut new_seq) = (vec_of(n), vec_of(n), vec_of(n));
+        let (mut old_status, mut new_status) = (vec_of(n), vec_of(n));
+        let (mut old_operator, mut new_operator) = (vec_of(n), vec_of(n));
+        let mut activity = vec_of(n);
+        // In id order, so that two nodes' batches lock shared chats in the same order.
+        let mut chats: Vec<&Planned> = planned.values().collect();
+        chats.sort_unstable_by_key(|p| p.was.id);
+        for p in chats {
+            id.push(p.was.id);
+            old_seq.push(p.was.last_seq);
+            new_seq.push(p.now.last_seq);
+            old_status.push(p.was.status.as_str());
+            new_status.push(p.now.status.as_str());
+            old_operator.push(p.was.operator_id);
+            new_operator.push(p.now.operator_id);
+            activity.push(p.now.last_activity_at);
+        }
+        let n = rows.len();
+        let (mut chat_id, mut seq, mut author_id) = (vec_of(n), vec_of(n), vec_of(n));
+        let (mut author_kind, mut payload, mut text) = (vec_of(n), vec_of(n), vec_of(n));
+        let (mut local_id, mut file_id) = (vec_of(n), vec_of(n));
+        for &(i, s, _) in rows {
+            let (job, a) = (&jobs[i], &jobs[i].append);
+            chat_id.push(job.chat_id);
+            seq.push(s);
+            author_kind.push(a.kind);
+            author_id.push(a.author_id);
+            local_id.push(a.local_id.as_deref());
+            payload.push(a.payload);
+            text.push(a.text.as_str());
+            file_id.push(a.file_id.as_deref());
+        }
+        let stored = sqlx::query(STORE_BATCH)
+            .bind(id)
+            .bind(old_seq)
+            .bind(new_seq)
+            .bind(old_status)
+            .bind(new_status)
+            .bind(old_operator)
+            .bind(new_operator)
+            .bind(now)
+            .bind(chat_id)
+            .bind(seq)
+            .bind(author_kind)
+            .bind(author_id)
+            .bind(local_id)
+            .bind(payload)
+            .bind(text)
+            .bind(file_id)
+            .bind(activity)
+            .fetch_all(&self.pool)
+            .await?;
+        stored
+            .iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?),
+                    row.try_get::<i64, _>(0)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn vec_of<T>(n: usize) -> Vec<T> {
+    Vec::with_capacity(n)
+}
+
+fn chat_of(row: &sqlx::postgres::PgRow) -> Result<chat::Model, sqlx::Error> {
+    Ok(chat::Model {
+        id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        inbox_id: row.try_get(2)?,
+        domain_id: row.try_get(3)?,
+        customer_id: row.try_get(4)?,
+        operator_id: row.try_get(5)?,
+        status: row.try_get(6)?,
+        last_seq: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+        last_activity_at: row.try_get(9)?,
+    })
+}
