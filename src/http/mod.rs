@@ -61,6 +61,7 @@ pub async fn serve(
     // Each connection task holds a receiver: `send` tells them all to wind down, and
     // `closed` resolves once the last one has dropped its receiver.
     let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(heartbeat(Arc::downgrade(&app)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -94,6 +95,22 @@ pub async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("connections still open after the shutdown grace period");
+    }
+}
+
+/// Pings every live socket once per `ping_every`, a slice of them at a time, until the
+/// app is dropped. A socket silent for longer than the idle timeout closes on its ping.
+async fn heartbeat(app: std::sync::Weak<App>) {
+    const SLICES: u32 = 16;
+    let Some(every) = app.upgrade().map(|a| a.ws.ping_every / SLICES) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for slice in (0..u64::from(SLICES)).cycle() {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.core.bus().hub().heartbeat(slice, u64::from(SLICES));
     }
 }
 

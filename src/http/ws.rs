@@ -1,20 +1,24 @@
 //! `/v1/ws`: the WebSocket upgrade and one session per socket.
 //!
-//! Each socket has two tasks. The reader parses client frames and calls the core (send,
-//! received/read, typing, presence, resume). The writer owns the socket's sink and drains
-//! the session's bounded queue, keeping every chat in seq order: it skips what it already
-//! sent and fills any gap from the database before going on, so a client sees each
-//! message once, in order, whatever the bus did.
+//! Each socket is served by one task. It parses client frames and calls the core (send,
+//! received/read, typing, presence, resume), and it writes what the session's mailbox
+//! receives, keeping every chat in seq order: it skips what it already sent and fills any
+//! gap from the database before going on, so a client sees each message once, in order,
+//! whatever the bus did. Whatever is ready is written before one flush.
+//!
+//! One task rather than a reader and a writer: half the tasks, no lock around the socket,
+//! and an answer to a send goes out in the same flush as the message it answers. The
+//! heartbeat comes through the mailbox too (see `http::heartbeat`), so an idle socket
+//! holds no timer; it is its task, its buffers and its place in the hub.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::Either;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -136,13 +140,14 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
     }
 
     let accept = derive_accept_key(key.as_bytes());
-    let app2 = app.clone();
+    // Only the upgrade is kept, not the request: the task lives as long as the socket.
+    let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
+        match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
-                    .max_message_size(Some(app2.ws.max_frame_bytes))
-                    .max_frame_size(Some(app2.ws.max_frame_bytes))
+                    .max_message_size(Some(app.ws.max_frame_bytes))
+                    .max_frame_size(Some(app.ws.max_frame_bytes))
                     // Small buffers: an idle socket should cost little memory. Writes
                     // gather in the write buffer and leave on flush.
                     .read_buffer_size(READ_BUFFER)
@@ -153,7 +158,7 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
                     Some(config),
                 )
                 .await;
-                run(app2, who, socket, resume).await;
+                run(app, who, socket, resume).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -226,25 +231,51 @@ fn domain_error_frame(id: Option<&str>, e: Error) -> Utf8Bytes {
     error_frame(id, api.code, &api.message)
 }
 
-async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i64)>) {
+/// The socket's one task: it registers the session, then reads client frames, writes
+/// what the session's mailbox receives and the answers to sends, and flushes once nothing
+/// more is ready, until either side closes.
+async fn run(app: Arc<App>, who: Principal, mut socket: Socket, resume: Vec<(i64, i64)>) {
     let Some(person) = person_of(&who) else {
         return;
     };
     let hub = app.core.bus().hub().clone();
     // Register first, then read the chats: a chat opened in between reaches this session
     // through its person (and is then caught up), rather than being missed.
-    let (session, rx) = hub.connect(person, app.ws.queue);
-    let chats = match Box::pin(app.core.live_chats(&who)).await {
+    let session = hub.connect(person, app.ws.queue);
+    let Some(cursors) = Box::pin(start(&app, &who, &session, resume)).await else {
+        hub.disconnect(&session);
+        return;
+    };
+    let reason = serve(&app, &who, &session, &mut socket, cursors).await;
+    Box::pin(close(&mut socket, reason)).await;
+    if hub.disconnect(&session)
+        && let Person::Operator(id) = person
+        && Box::pin(app.core.bus().operator_disconnected(id)).await
+        && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
+    {
+        tracing::warn!(error = %e, "cannot mark the operator offline");
+    }
+}
+
+/// Joins the rooms of the caller's chats and queues the ready frame and the catch-up.
+/// Returns the seq each chat's catch-up starts from, or `None` if the chats cannot be read.
+async fn start(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    resume: Vec<(i64, i64)>,
+) -> Option<HashMap<i64, i64>> {
+    let hub = app.core.bus().hub();
+    let chats = match app.core.live_chats(who).await {
         Ok(chats) => chats,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a socket's chats");
-            hub.disconnect(&session);
-            return;
+            return None;
         }
     };
     let mut cursors = HashMap::new();
     for chat in &chats {
-        hub.join(&session, chat.id);
+        hub.join(session, chat.id);
         // A reconnecting client starts from what it has, so that live messages arriving
         // before its catch-up are preceded by the missing ones, not followed.
         let from = resume
@@ -253,9 +284,9 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
             .map_or(chat.last_seq, |(_, s)| *s);
         cursors.insert(chat.id, from.min(chat.last_seq));
     }
-    if let Person::Operator(id) = person {
-        Box::pin(app.core.bus().operator_connected(id)).await;
-        if let Err(e) = Box::pin(app.core.operator_connected(id)).await {
+    if let Person::Operator(id) = session.person {
+        app.core.bus().operator_connected(id).await;
+        if let Err(e) = app.core.operator_connected(id).await {
             tracing::warn!(error = %e, "cannot mark the operator online");
         }
     }
@@ -285,49 +316,172 @@ async fn run(app: Arc<App>, who: Principal, socket: Socket, resume: Vec<(i64, i6
         chats: catch_up,
         rewind: false,
     })));
+    Some(cursors)
+}
 
-    let (sink, stream) = socket.split();
-    let last_seen = Arc::new(AtomicI64::new(0));
-    let started = Instant::now();
-    let writer = {
-        let session = session.clone();
-        let task = write_loop(
-            app.clone(),
-            who,
-            session.clone(),
-            rx,
-            sink,
-            cursors,
-            last_seen.clone(),
-            started,
-        );
-        tokio::spawn(async move {
-            task.await;
-            // However the writer ended, the reader must stop too.
-            session.close(CloseReason::Shutdown);
-        })
+/// Sends our close frame, then gives the client a moment to answer it before the TCP
+/// connection goes, so that it reads the close code rather than a reset. Bounded as a
+/// whole: a slow consumer's socket may not even take the close frame.
+async fn close(socket: &mut Socket, reason: CloseReason) {
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code()),
+        reason: Utf8Bytes::from_static(reason.text()),
     };
-    let mut stream = stream;
-    read_loop(&app, &who, &session, &mut stream, &last_seen, started).await;
-    // The reader is done (client closed or broke): stop the writer unless it stopped first.
-    session.close(CloseReason::Shutdown);
-    let _ = writer.await;
-    // Closing handshake: give the client a moment to answer our close before the TCP
-    // connection goes, so it reads the close code rather than a reset.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(msg)) = stream.next().await {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        // Refused when the client closed first; tungstenite has then answered it already.
+        let _ = socket.send(WsMessage::Close(Some(frame))).await;
+        while let Some(Ok(msg)) = socket.next().await {
             if msg.is_close() {
                 break;
             }
         }
     })
     .await;
-    if hub.disconnect(&session)
-        && let Person::Operator(id) = person
-        && Box::pin(app.core.bus().operator_disconnected(id)).await
-        && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
-    {
-        tracing::warn!(error = %e, "cannot mark the operator offline");
+}
+
+/// How long closing a socket may take: sending our close frame and reading the answer.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What became ready for the socket's task.
+enum Ready {
+    /// Answers to sends (oldest first), mail, and at most one client frame.
+    Work,
+    /// Nothing else is ready, and frames wait in the write buffer.
+    Flush,
+    /// The session is closing (everything queued before has been taken).
+    Close(CloseReason),
+}
+
+/// Serves the socket until it closes; returns why.
+async fn serve(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    socket: &mut Socket,
+    mut cursors: HashMap<i64, i64>,
+) -> CloseReason {
+    let mut limit = RateLimit::new(app.ws.frames_per_sec);
+    let mut last_typing: HashMap<i64, Instant> = HashMap::new();
+    let mut last_seen = Instant::now();
+    // Answers to sends, in the order the sends came: a client may send again before its
+    // last send is committed, and the sends are stored in that order.
+    let mut pending: VecDeque<PendingReply<'_>> = VecDeque::new();
+    let mut replies: Vec<Utf8Bytes> = Vec::new();
+    let mut mail: VecDeque<Outbound> = VecDeque::new();
+    let mut frame = None;
+    let mut unflushed = false;
+    loop {
+        let ready = std::future::poll_fn(|cx| {
+            // Sends commit in order, so waiting on the oldest loses nothing.
+            while let Some(reply) = pending.front_mut() {
+                let Poll::Ready(reply) = reply.as_mut().poll(cx) else {
+                    break;
+                };
+                pending.pop_front();
+                replies.push(reply);
+            }
+            let closing = match session.poll_mail(cx, &mut mail) {
+                Poll::Ready(Err(reason)) => Some(reason),
+                Poll::Ready(Ok(())) | Poll::Pending => None,
+            };
+            // Past this many unanswered sends the client is not read.
+            if pending.len() < MAX_PIPELINED
+                && let Poll::Ready(next) = socket.poll_next_unpin(cx)
+            {
+                frame = Some(next);
+            }
+            if !replies.is_empty() || !mail.is_empty() || frame.is_some() {
+                Poll::Ready(Ready::Work)
+            } else if let Some(reason) = closing {
+                Poll::Ready(Ready::Close(reason))
+            } else if unflushed {
+                Poll::Ready(Ready::Flush)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match ready {
+            Ready::Close(reason) => return reason,
+            Ready::Flush => {
+                if !flush(socket).await {
+                    return CloseReason::Unavailable;
+                }
+                unflushed = false;
+                continue;
+            }
+            Ready::Work => {}
+        }
+        // Mail first: a send's message is published before its answer is ready, so the
+        // sender's device gets the message, then the ack.
+        while let Some(out) = mail.pop_front() {
+            if let Outbound::Ping = out
+                && last_seen.elapsed() > app.ws.idle_timeout
+            {
+                return CloseReason::Timeout;
+            }
+            // A failed write, or a database failure mid catch-up: this socket cannot go
+            // on without a gap, so it closes and the client resumes.
+            if !write_one(app, who, session, socket, &mut cursors, out).await {
+                return CloseReason::Unavailable;
+            }
+            unflushed = true;
+        }
+        for reply in replies.drain(..) {
+            if !put(socket, WsMessage::Text(reply)).await {
+                return CloseReason::Unavailable;
+            }
+            unflushed = true;
+        }
+        let Some(next) = frame.take() else { continue };
+        let text = match next {
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                return CloseReason::TooBig;
+            }
+            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return CloseReason::Shutdown,
+            Some(Ok(msg)) => {
+                last_seen = Instant::now();
+                match msg {
+                    WsMessage::Text(text) => text,
+                    WsMessage::Binary(_) => {
+                        session.push(Outbound::direct(error_frame(
+                            None,
+                            "bad_frame",
+                            "send JSON text frames",
+                        )));
+                        continue;
+                    }
+                    // Pings are answered by tungstenite; pongs only show the client lives.
+                    _ => continue,
+                }
+            }
+        };
+        if !limit.allow() {
+            let id = frame_id(&text);
+            session.push(Outbound::direct(error_frame(
+                id.as_deref(),
+                "rate_limited",
+                "too many frames; slow down",
+            )));
+            continue;
+        }
+        let frame: ClientFrame = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                let id = frame_id(&text);
+                session.push(Outbound::direct(error_frame(
+                    id.as_deref(),
+                    "bad_frame",
+                    &e.to_string(),
+                )));
+                continue;
+            }
+        };
+        // Boxed, as are the task's other rare or large steps: a task's future is as big
+        // as its biggest step, and every idle socket would carry that size.
+        if let Some(reply) = Box::pin(handle(app, who, session, frame, &mut last_typing)).await {
+            pending.push_back(reply);
+        }
     }
 }
 
@@ -420,110 +574,11 @@ impl RateLimit {
     }
 }
 
-async fn read_loop(
-    app: &App,
-    who: &Principal,
-    session: &Arc<Session>,
-    stream: &mut SplitStream<Socket>,
-    last_seen: &AtomicI64,
-    started: Instant,
-) {
-    let mut limit = RateLimit::new(app.ws.frames_per_sec);
-    let mut last_typing: HashMap<i64, Instant> = HashMap::new();
-    // One close watch for the socket's life, not one per frame.
-    let closed = session.close_requested();
-    tokio::pin!(closed);
-    // Answers to sends, in the order the sends came: a client may send again before its
-    // last send is committed, and the sends are stored in that order.
-    let mut pending: VecDeque<PendingReply<'_>> = VecDeque::new();
-    loop {
-        let next = tokio::select! {
-            frame = stream.next(), if pending.len() < MAX_PIPELINED => Next::Frame(frame),
-            reply = first_reply(&mut pending), if !pending.is_empty() => Next::Replied(reply),
-            _ = &mut closed => Next::Closed,
-        };
-        let frame = match next {
-            Next::Frame(frame) => frame,
-            Next::Replied(reply) => {
-                pending.pop_front();
-                session.push(Outbound::direct(reply));
-                continue;
-            }
-            Next::Closed => return,
-        };
-        let text = match frame {
-            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                session.close(CloseReason::TooBig);
-                return;
-            }
-            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
-            Some(Ok(msg)) => {
-                last_seen.store(started.elapsed().as_millis() as i64, Ordering::Relaxed);
-                match msg {
-                    WsMessage::Text(text) => text,
-                    WsMessage::Binary(_) => {
-                        session.push(Outbound::direct(error_frame(
-                            None,
-                            "bad_frame",
-                            "send JSON text frames",
-                        )));
-                        continue;
-                    }
-                    _ => continue,
-                }
-            }
-        };
-        if !limit.allow() {
-            let id = frame_id(&text);
-            session.push(Outbound::direct(error_frame(
-                id.as_deref(),
-                "rate_limited",
-                "too many frames; slow down",
-            )));
-            continue;
-        }
-        let frame: ClientFrame = match serde_json::from_str(&text) {
-            Ok(f) => f,
-            Err(e) => {
-                let id = frame_id(&text);
-                session.push(Outbound::direct(error_frame(
-                    id.as_deref(),
-                    "bad_frame",
-                    &e.to_string(),
-                )));
-                continue;
-            }
-        };
-        // Boxed, as are the socket tasks' other rare or large steps: a task's future is as
-        // big as its biggest step, and every idle socket would carry that size.
-        if let Some(reply) = Box::pin(handle(app, who, session, frame, &mut last_typing)).await {
-            pending.push_back(reply);
-        }
-    }
-}
-
 /// Most sends of one socket waiting for their commit; past this the socket is not read.
 const MAX_PIPELINED: usize = 32;
 
 /// The answer to a send, ready once its commit is.
 type PendingReply<'a> = Pin<Box<dyn Future<Output = Utf8Bytes> + Send + 'a>>;
-
-/// What the reader does next.
-enum Next {
-    Frame(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
-    Replied(Utf8Bytes),
-    Closed,
-}
-
-/// The answer to the oldest waiting send. Sends commit in order, so waiting on the oldest
-/// loses nothing.
-async fn first_reply(pending: &mut VecDeque<PendingReply<'_>>) -> Utf8Bytes {
-    std::future::poll_fn(|cx| match pending.front_mut() {
-        Some(reply) => reply.as_mut().poll(cx),
-        None => Poll::Pending,
-    })
-    .await
-}
 
 /// The ack of a send, or its error.
 fn send_reply(
@@ -665,70 +720,13 @@ async fn handle<'a>(
     None
 }
 
-#[allow(clippy::too_many_arguments)] // one task's whole state, handed over once
-async fn write_loop(
-    app: Arc<App>,
-    who: Principal,
-    session: Arc<Session>,
-    mut rx: tokio::sync::mpsc::Receiver<Outbound>,
-    mut sink: SplitSink<Socket, WsMessage>,
-    mut cursors: HashMap<i64, i64>,
-    last_seen: Arc<AtomicI64>,
-    started: Instant,
-) {
-    let mut ping = tokio::time::interval(app.ws.ping_every);
-    ping.tick().await;
-    let closed = session.close_requested();
-    tokio::pin!(closed);
-    let reason = loop {
-        let out = tokio::select! {
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => break CloseReason::Shutdown,
-            },
-            reason = &mut closed => break reason,
-            _ = ping.tick() => {
-                let idle = started.elapsed().as_millis() as i64 - last_seen.load(Ordering::Relaxed);
-                if idle > app.ws.idle_timeout.as_millis() as i64 {
-                    break CloseReason::Timeout;
-                }
-                if !(put(&mut sink, WsMessage::Ping(bytes::Bytes::new())).await
-                    && flush(&mut sink).await)
-                {
-                    return;
-                }
-                continue;
-            }
-        };
-        // Whatever else is already queued goes out with this frame, in one flush.
-        let mut sent = write_one(&app, &who, &session, &mut sink, &mut cursors, out).await;
-        let mut taken = 1;
-        while sent && taken < WRITE_BATCH {
-            let Ok(more) = rx.try_recv() else { break };
-            sent = write_one(&app, &who, &session, &mut sink, &mut cursors, more).await;
-            taken += 1;
-        }
-        if !(sent && flush(&mut sink).await) {
-            // The socket failed, or the database did mid catch-up: either way this socket
-            // cannot go on without a gap, so it closes and the client resumes.
-            break CloseReason::Unavailable;
-        }
-    };
-    let close = CloseFrame {
-        code: CloseCode::from(reason.code()),
-        reason: Utf8Bytes::from_static(reason.text()),
-    };
-    let _ = put(&mut sink, WsMessage::Close(Some(close))).await;
-    let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
-}
-
 /// Writes one queued item into the socket's buffer (not flushed), keeping each chat in seq
 /// order; false if the socket failed, or the database did mid catch-up.
 async fn write_one(
     app: &App,
     who: &Principal,
     session: &Arc<Session>,
-    sink: &mut SplitSink<Socket, WsMessage>,
+    sink: &mut Socket,
     cursors: &mut HashMap<i64, i64>,
     out: Outbound,
 ) -> bool {
@@ -752,30 +750,8 @@ async fn write_one(
             Box::pin(recheck(app, who, session, cursors)).await;
             true
         }
-        Outbound::Resync(only) => {
-            if only.is_none()
-                && let Ok(live) = Box::pin(app.core.live_chats(who)).await
-            {
-                // Chats opened while the bus was away were never announced here.
-                for chat in live {
-                    if !session.in_chat(chat.id) {
-                        app.core.bus().hub().join(session, chat.id);
-                        cursors.entry(chat.id).or_insert(0);
-                    }
-                }
-            }
-            let chats: Vec<(i64, i64)> = cursors
-                .iter()
-                .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
-                .map(|(chat, seq)| (*chat, *seq))
-                .collect();
-            let mut ok = true;
-            for (chat_id, from) in chats {
-                ok = ok
-                    && Box::pin(catch_up(app, who, sink, chat_id, from, i64::MAX, cursors)).await;
-            }
-            ok
-        }
+        Outbound::Ping => put(sink, WsMessage::Ping(bytes::Bytes::new())).await,
+        Outbound::Resync(only) => Box::pin(resync(app, who, session, sink, only, cursors)).await,
         Outbound::Resume(replay) => {
             let Replay { id, chats, rewind } = *replay;
             let request = ResumeRequest {
@@ -788,12 +764,46 @@ async fn write_one(
     }
 }
 
+/// Catches the socket's chats (or one of them) up from its own cursors: the bus may have
+/// lost events. False if the socket failed, or the database did.
+async fn resync(
+    app: &App,
+    who: &Principal,
+    session: &Arc<Session>,
+    sink: &mut Socket,
+    only: Option<i64>,
+    cursors: &mut HashMap<i64, i64>,
+) -> bool {
+    if only.is_none()
+        && let Ok(live) = app.core.live_chats(who).await
+    {
+        // Chats opened while the bus was away were never announced here.
+        for chat in live {
+            if !session.in_chat(chat.id) {
+                app.core.bus().hub().join(session, chat.id);
+                cursors.entry(chat.id).or_insert(0);
+            }
+        }
+    }
+    let chats: Vec<(i64, i64)> = cursors
+        .iter()
+        .filter(|(chat, _)| only.is_none_or(|c| c == **chat))
+        .map(|(chat, seq)| (*chat, *seq))
+        .collect();
+    for (chat_id, from) in chats {
+        if !catch_up(app, who, sink, chat_id, from, i64::MAX, cursors).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sends the messages of `chat_id` after `from` up to `to` (or to the newest when `to`
 /// is None) from the database, and moves the cursor. Returns false if the socket failed.
 async fn catch_up(
     app: &App,
     who: &Principal,
-    sink: &mut SplitSink<Socket, WsMessage>,
+    sink: &mut Socket,
     chat_id: i64,
     from: i64,
     to: i64,
@@ -873,7 +883,7 @@ async fn resume(
     app: &App,
     who: &Principal,
     session: &Arc<Session>,
-    sink: &mut SplitSink<Socket, WsMessage>,
+    sink: &mut Socket,
     request: ResumeRequest<'_>,
     cursors: &mut HashMap<i64, i64>,
 ) -> bool {
@@ -928,7 +938,7 @@ async fn resume(
 }
 
 /// What a socket reads at a time (tungstenite's default is 128 KiB, allocated per socket).
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// Frames gather up to this much before being written, unless flushed sooner.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -937,27 +947,33 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// full) would otherwise hold its session forever.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most queued frames written before one flush.
-const WRITE_BATCH: usize = 64;
+/// A socket write: done at once, or waiting (boxed, see [`put`]).
+type Write<'a> = Either<std::future::Ready<bool>, Pin<Box<dyn Future<Output = bool> + Send + 'a>>>;
 
 /// Queues one frame in the socket's write buffer (which writes out once it is full); false
 /// if the socket failed or the frame could not be queued in time. [`flush`] sends the rest.
-async fn put(sink: &mut SplitSink<Socket, WsMessage>, msg: WsMessage) -> bool {
-    within_send_timeout(sink.feed(msg)).await
+///
+/// Most frames go straight into the buffer. Only a socket that cannot take more waits,
+/// with a timer, in a boxed future: a task is as large as its largest step, and every
+/// socket's task would otherwise carry the wait and its timer.
+fn put(socket: &mut Socket, msg: WsMessage) -> Write<'_> {
+    match std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).now_or_never() {
+        Some(Ok(())) => Either::Left(std::future::ready(socket.start_send_unpin(msg).is_ok())),
+        Some(Err(_)) => Either::Left(std::future::ready(false)),
+        None => Either::Right(Box::pin(within_send_timeout(socket.feed(msg)))),
+    }
 }
 
 /// Writes out what [`put`] queued; false if the socket failed or it could not leave in time.
-async fn flush(sink: &mut SplitSink<Socket, WsMessage>) -> bool {
-    within_send_timeout(sink.flush()).await
+fn flush(socket: &mut Socket) -> Write<'_> {
+    match std::future::poll_fn(|cx| socket.poll_flush_unpin(cx)).now_or_never() {
+        Some(done) => Either::Left(std::future::ready(done.is_ok())),
+        None => Either::Right(Box::pin(within_send_timeout(socket.flush()))),
+    }
 }
 
-/// Runs a socket write, with a timer only if it does not finish at once: most frames just
-/// go into the buffer, and a timer per frame would cost more than the frame.
+/// Waits for a socket write, at most [`SEND_TIMEOUT`]: a client that stops reading fills
+/// its TCP window, and would otherwise hold its session forever.
 async fn within_send_timeout<E>(write: impl Future<Output = Result<(), E>>) -> bool {
-    let mut write = std::pin::pin!(write);
-    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(done) => done.is_ok(),
-        Poll::Pending => matches!(tokio::time::timeout(SEND_TIMEOUT, write).await, Ok(Ok(()))),
-    }
+    matches!(tokio::time::timeout(SEND_TIMEOUT, write).await, Ok(Ok(())))
 }

@@ -2,9 +2,10 @@
 //! and long-poll waiters. The hub only hands encoded frames to bounded session queues; it
 //! never touches the database and never waits on a socket.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
@@ -43,6 +44,8 @@ pub enum Outbound {
     Resync(Option<i64>),
     /// Catch chats up from the given seqs.
     Resume(Box<Replay>),
+    /// Time for a heartbeat: close the socket if it has been silent too long, else ping.
+    Ping,
 }
 
 impl Outbound {
@@ -100,70 +103,102 @@ impl CloseReason {
     }
 }
 
-/// One live socket, as the hub sees it.
+/// One live socket, as the hub sees it: its rooms, and the mailbox its task reads.
 #[derive(Debug)]
 pub struct Session {
     pub id: u64,
     pub person: Person,
-    tx: mpsc::Sender<Outbound>,
+    /// Most frames waiting in the mailbox before the socket counts as a slow consumer.
+    capacity: usize,
+    mailbox: Mutex<Mailbox>,
     /// Chats whose rooms this session is in (so that leaving is cheap).
     chats: Mutex<HashSet<i64>>,
-    /// Set once, when the session is asked to close; both socket tasks watch it.
-    closing: watch::Sender<Option<CloseReason>>,
-    is_closing: AtomicBool,
+}
+
+/// What waits for a socket's task. A plain queue behind a lock rather than a channel: an
+/// idle socket keeps no buffer (a channel keeps a block of slots from the start), and the
+/// task takes everything waiting at once.
+#[derive(Debug, Default)]
+struct Mailbox {
+    queue: VecDeque<Outbound>,
+    /// Set once, when the session is asked to close (the first reason wins).
+    closing: Option<CloseReason>,
+    /// The socket's task, while it waits for mail.
+    waker: Option<Waker>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves nothing half-changed.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Session {
     /// Queues a frame without waiting. A full queue marks the session for closing: one
     /// slow reader must never hold up the room.
     pub fn push(&self, out: Outbound) {
-        if self.is_closing.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
-            self.close(CloseReason::SlowConsumer);
-        }
-    }
-
-    /// Asks the session's writer to close the socket with `reason` (the first one wins).
-    pub fn close(&self, reason: CloseReason) {
-        let changed = self.closing.send_if_modified(|closing| {
-            let first = closing.is_none();
-            if first {
-                *closing = Some(reason);
+        let waker = {
+            let mut mailbox = lock(&self.mailbox);
+            if mailbox.closing.is_some() {
+                return;
             }
-            first
-        });
-        if changed {
-            self.is_closing.store(true, Ordering::Relaxed);
+            if mailbox.queue.len() >= self.capacity {
+                // The client resumes from its last seq after reconnecting: nothing queued
+                // is worth sending first.
+                mailbox.queue = VecDeque::new();
+                mailbox.closing = Some(CloseReason::SlowConsumer);
+            } else {
+                mailbox.queue.push_back(out);
+            }
+            mailbox.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
-    /// Resolves with the reason once the session is asked to close.
-    pub async fn close_requested(&self) -> CloseReason {
-        let mut rx = self.closing.subscribe();
-        // The sender lives in `self`, so the channel cannot close while we wait.
-        let reason = match rx.wait_for(Option::is_some).await {
-            Ok(reason) => *reason,
-            Err(_) => None,
+    /// Asks the socket's task to close the socket with `reason` (the first one wins), after
+    /// what is already queued.
+    pub fn close(&self, reason: CloseReason) {
+        let waker = {
+            let mut mailbox = lock(&self.mailbox);
+            mailbox.closing.get_or_insert(reason);
+            mailbox.waker.take()
         };
-        reason.unwrap_or(CloseReason::Shutdown)
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Moves everything queued into `into` (which the caller has emptied); once nothing is
+    /// queued and the session is closing, gives the reason. Pending (until the next push
+    /// or close) when there is neither.
+    pub fn poll_mail(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Outbound>,
+    ) -> Poll<Result<(), CloseReason>> {
+        let mut mailbox = lock(&self.mailbox);
+        if !mailbox.queue.is_empty() {
+            // Swapping hands the buffers back and forth: neither is allocated again.
+            std::mem::swap(&mut mailbox.queue, into);
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(reason) = mailbox.closing {
+            return Poll::Ready(Err(reason));
+        }
+        match &mut mailbox.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     pub fn in_chat(&self, chat_id: i64) -> bool {
-        self.chats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&chat_id)
+        lock(&self.chats).contains(&chat_id)
     }
 
     pub fn chat_ids(&self) -> Vec<i64> {
-        self.chats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect()
+        lock(&self.chats).iter().copied().collect()
     }
 }
 
@@ -184,20 +219,14 @@ impl Hub {
         Hub::default()
     }
 
-    /// Registers a socket of `person` with an outbound queue of `capacity` frames.
-    pub fn connect(
-        &self,
-        person: Person,
-        capacity: usize,
-    ) -> (Arc<Session>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// Registers a socket of `person` whose mailbox holds up to `capacity` frames.
+    pub fn connect(&self, person: Person, capacity: usize) -> Arc<Session> {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             person,
-            tx,
-            chats: Mutex::new(HashSet::new()),
-            closing: watch::channel(None).0,
-            is_closing: AtomicBool::new(false),
+            capacity,
+            mailbox: Mutex::default(),
+            chats: Mutex::default(),
         });
         let mut first = false;
         self.people
@@ -210,7 +239,7 @@ impl Hub {
         if first {
             self.report(Interest::Join(Topic::Person(person)));
         }
-        (session, rx)
+        session
     }
 
     /// Reports interest changes to `tx` from now on (the Redis bus).
@@ -226,11 +255,7 @@ impl Hub {
 
     /// Puts a session in a chat's room (no-op if it is there).
     pub fn join(&self, session: &Arc<Session>, chat_id: i64) {
-        let inserted = session
-            .chats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(chat_id);
+        let inserted = lock(&session.chats).insert(chat_id);
         if inserted {
             let mut first = false;
             self.rooms
@@ -248,11 +273,7 @@ impl Hub {
 
     /// Takes a session out of one chat's room.
     pub fn leave(&self, session: &Arc<Session>, chat_id: i64) {
-        let removed = session
-            .chats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&chat_id);
+        let removed = lock(&session.chats).remove(&chat_id);
         if !removed {
             return;
         }
@@ -426,6 +447,19 @@ impl Hub {
             .collect()
     }
 
+    /// Pings one slice of the sockets: those whose id is `slice` modulo `slices`. Called
+    /// for each slice in turn, it spreads heartbeats over time, and no socket keeps a
+    /// timer of its own.
+    pub fn heartbeat(&self, slice: u64, slices: u64) {
+        for entry in self.people.iter() {
+            for session in entry.value() {
+                if session.id % slices == slice {
+                    session.push(Outbound::Ping);
+                }
+            }
+        }
+    }
+
     /// Asks every socket to close with 1001 so that clients reconnect elsewhere.
     pub fn shutdown(&self) {
         for entry in self.people.iter() {
@@ -460,7 +494,7 @@ impl Hub {
 mod tests {
     use super::*;
 
-    /// Every socket's queue allocates a block of 32 of these when it opens.
+    /// Mailboxes hold many of these, and fan-out moves one per delivery.
     #[test]
     fn outbound_stays_small() {
         assert!(
@@ -468,5 +502,93 @@ mod tests {
             "Outbound is {} bytes",
             std::mem::size_of::<Outbound>()
         );
+    }
+
+    fn frame(text: &'static str) -> Outbound {
+        Outbound::direct(Utf8Bytes::from_static(text))
+    }
+
+    fn text(out: &Outbound) -> &str {
+        match out {
+            Outbound::Direct(frame) => frame.as_str(),
+            _ => "",
+        }
+    }
+
+    /// Polls a session's mailbox once, as its socket's task does.
+    fn poll(session: &Session, into: &mut VecDeque<Outbound>) -> Poll<Result<(), CloseReason>> {
+        session.poll_mail(&mut Context::from_waker(Waker::noop()), into)
+    }
+
+    #[test]
+    fn a_mailbox_hands_over_everything_queued_in_order() {
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 8);
+        let mut mail = VecDeque::new();
+        assert!(poll(&session, &mut mail).is_pending(), "nothing queued yet");
+        session.push(frame("a"));
+        session.push(frame("b"));
+        assert_eq!(poll(&session, &mut mail), Poll::Ready(Ok(())));
+        assert_eq!(mail.iter().map(text).collect::<Vec<_>>(), ["a", "b"]);
+        mail.clear();
+        assert!(poll(&session, &mut mail).is_pending(), "taken once");
+    }
+
+    #[test]
+    fn a_close_comes_after_what_was_queued_and_stops_further_mail() {
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 8);
+        let mut mail = VecDeque::new();
+        session.push(frame("last words"));
+        session.close(CloseReason::Shutdown);
+        session.push(frame("too late"));
+        session.close(CloseReason::Timeout);
+        assert_eq!(poll(&session, &mut mail), Poll::Ready(Ok(())));
+        assert_eq!(mail.iter().map(text).collect::<Vec<_>>(), ["last words"]);
+        mail.clear();
+        assert_eq!(
+            poll(&session, &mut mail),
+            Poll::Ready(Err(CloseReason::Shutdown)),
+            "the first reason wins"
+        );
+    }
+
+    #[test]
+    fn a_full_mailbox_closes_the_session_as_a_slow_consumer() {
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 2);
+        for _ in 0..3 {
+            session.push(frame("x"));
+        }
+        let mut mail = VecDeque::new();
+        assert_eq!(
+            poll(&session, &mut mail),
+            Poll::Ready(Err(CloseReason::SlowConsumer)),
+            "nothing queued is sent: the client resumes from its last seq"
+        );
+        assert!(mail.is_empty());
+    }
+
+    #[test]
+    fn a_push_wakes_the_waiting_task() {
+        use std::sync::atomic::AtomicBool;
+        struct Flag(AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 8);
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut mail = VecDeque::new();
+        assert!(
+            session
+                .poll_mail(&mut Context::from_waker(&waker), &mut mail)
+                .is_pending()
+        );
+        session.push(frame("a"));
+        assert!(flag.0.load(Ordering::SeqCst), "woken by the push");
     }
 }
