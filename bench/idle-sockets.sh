@@ -4,7 +4,7 @@
 # Build first: cargo build --release --bin souq --example loadgen --example ceiling
 set -e
 ROOT=$(git rev-parse --show-toplevel)
-B=$ROOT/target/release/souq; L=$ROOT/target/release/examples/loadgen; C=$ROOT/target/release/examples/ceiling
+B=${SOUQ:-$ROOT/target/release/souq}; L=$ROOT/target/release/examples/loadgen; C=$ROOT/target/release/examples/ceiling
 N=${N:-19000}
 ulimit -n 20000
 export DATABASE_URL=sqlite://${TMPDIR:-/tmp}/souq-idle.db RUST_LOG=souq=warn
