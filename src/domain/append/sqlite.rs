@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{Job, MAX_BATCH, Stored, advance, answer};
@@ -191,11 +191,12 @@ impl Writer {
     }
 
     fn try_commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Stored>>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = Tx::begin(&self.conn)?;
         // Read inside the transaction: no other connection can commit until it ends.
-        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let version: i64 = tx
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if version != self.data_version || self.chats.len() > CACHED_CHATS {
             self.chats.clear();
         }
@@ -208,7 +209,7 @@ impl Writer {
                 Entry::Vacant(slot) => {
                     let known = match self.chats.get(&job.chat_id) {
                         Some(chat) => Some(chat.clone()),
-                        None => read_chat(&tx, job.chat_id)?,
+                        None => read_chat(tx.conn, job.chat_id)?,
                     };
                     let Some(was) = known else {
                         outcomes.push(Err(Error::NotFound("chat")));
@@ -218,7 +219,7 @@ impl Writer {
                     slot.insert(Touched { was, now })
                 }
             };
-            let (outcome, after) = store_one(&tx, job, &t.now, now)?;
+            let (outcome, after) = store_one(tx.conn, job, &t.now, now)?;
             if let Some(after) = after {
                 t.now = after;
             }
@@ -226,7 +227,7 @@ impl Writer {
         }
         for t in touched.values() {
             if t.now != t.was {
-                update_chat(&tx, t)?;
+                update_chat(tx.conn, t)?;
             }
         }
         tx.commit()?;
@@ -235,6 +236,37 @@ impl Writer {
         self.chats
             .extend(touched.into_iter().map(|(id, t)| (id, t.now)));
         Ok(outcomes)
+    }
+}
+
+/// A write transaction whose statements are prepared once, as the batch's are: rusqlite's
+/// own transaction parses BEGIN and COMMIT again each time, which at one send per commit
+/// costs more than the send. Rolls back unless committed.
+struct Tx<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl<'c> Tx<'c> {
+    /// BEGIN IMMEDIATE: the write lock from the start, as every writer of the file takes it.
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Tx { conn, done: false })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Fails only when no transaction is open, which is what it is there to ensure.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 }
 
