@@ -14,6 +14,10 @@
 //! Start the server with `SOUQ_WS_FRAMES_PER_SEC` above the per-sender rate (closed loop:
 //! far above), or the rate limit answers sends with errors (counted as sends without acks).
 //!
+//! `--receipts`: the second socket of each chat sends `read` for every message it gets,
+//! as an app showing the chat would; each read is stored and pushed to the chat's sockets
+//! as a `receipt` frame. Deliveries still count messages only.
+//!
 //! `--ceiling` drives `examples/ceiling` instead: sockets join `/room/N`, a send is the bare
 //! text `"n nanos"`, and the sender's own copy counts as its ack.
 //!
@@ -45,6 +49,7 @@ struct Args {
     pids: Vec<u32>,
     ceiling: bool,
     idle: usize,
+    receipts: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -61,11 +66,16 @@ fn args() -> Result<Args, String> {
         pids: Vec::new(),
         ceiling: false,
         idle: 0,
+        receipts: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--ceiling" {
             a.ceiling = true;
+            continue;
+        }
+        if flag == "--receipts" {
+            a.receipts = true;
             continue;
         }
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -162,6 +172,9 @@ struct Stats {
     duplicates: AtomicU64,
     sends: AtomicU64,
     acks: AtomicU64,
+    /// `read` frames sent, and `receipt` frames received.
+    reads: AtomicU64,
+    receipts: AtomicU64,
 }
 
 #[tokio::main]
@@ -366,6 +379,8 @@ async fn run(a: Args) -> Result<(), String> {
         duplicates: AtomicU64::new(0),
         sends: AtomicU64::new(0),
         acks: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        receipts: AtomicU64::new(0),
     });
     let start = Instant::now();
     let deadline = Duration::from_secs(a.seconds);
@@ -378,6 +393,11 @@ async fn run(a: Args) -> Result<(), String> {
             node += 1;
             let (sink, stream) = socket.split();
             let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            // With receipts, the chat's second socket reads every message it gets.
+            let (sink, reader) = match m {
+                1 if a.receipts && !a.ceiling => (None, Some(sink)),
+                _ => (Some(sink), None),
+            };
             readers.push(tokio::spawn(read_socket(
                 stream,
                 room.id,
@@ -385,8 +405,9 @@ async fn run(a: Args) -> Result<(), String> {
                 stats.clone(),
                 start,
                 (m == 0).then_some(ack_tx),
+                reader,
             )));
-            if m == 0 {
+            if let (0, Some(sink)) = (m, sink) {
                 senders.push((sink, ack_rx, room.id));
             }
         }
@@ -488,6 +509,8 @@ async fn run(a: Args) -> Result<(), String> {
         "mode": if a.window > 0 { format!("closed-loop w={}", a.window) } else { format!("rate {}/s per sender", a.rate) },
         "seconds": elapsed,
         "sends": sends, "acks": stats.acks.load(Ordering::Relaxed),
+        "reads_sent": stats.reads.load(Ordering::Relaxed),
+        "receipts_received": stats.receipts.load(Ordering::Relaxed),
         "sends_per_s": sends as f64 / elapsed,
         "deliveries": deliveries, "deliveries_per_s": deliveries as f64 / elapsed,
         "undelivered_10s_after": expected.saturating_sub(deliveries), "duplicated": stats.duplicates.load(Ordering::Relaxed),
@@ -520,6 +543,8 @@ struct FrameMessage<'a> {
     text: std::borrow::Cow<'a, str>,
 }
 
+/// Reads one socket's frames: counts each delivery once, checks seqs only grow, frees the
+/// sender's window on each ack, and (given `reads`) sends `read` for each message.
 async fn read_socket(
     mut stream: futures_util::stream::SplitStream<Socket>,
     chat_id: i64,
@@ -527,6 +552,7 @@ async fn read_socket(
     stats: Arc<Stats>,
     start: Instant,
     acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+    mut reads: Option<futures_util::stream::SplitSink<Socket, Message>>,
 ) {
     let mut last = 0i64;
     while let Some(Ok(msg)) = stream.next().await {
@@ -549,6 +575,10 @@ async fn read_socket(
                     .message
                     .and_then(|m| Some((m.seq, m.text.parse().ok()?))),
                 // An error (rate limit, say) answers a send as well: it frees the window.
+                "receipt" => {
+                    stats.receipts.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
                 "ack" | "error" => {
                     if frame.kind == "ack" {
                         stats.acks.fetch_add(1, Ordering::Relaxed);
@@ -571,6 +601,12 @@ async fn read_socket(
         }
         last = seq;
         stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        if let Some(sink) = &mut reads {
+            let read = format!(r#"{{"type":"read","chat_id":{chat_id},"seq":{seq}}}"#);
+            if sink.send(Message::Text(read.into())).await.is_ok() {
+                stats.reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let _ = stats
             .latency
             .lock()
