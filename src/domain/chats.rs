@@ -65,6 +65,7 @@ pub struct Chat {
     pub unread: i64,
     pub last_message: Option<Message>,
     pub created_at: i64,
+    /// Creation, or the newest message to within a second (see `append`).
     pub last_activity_at: i64,
 }
 

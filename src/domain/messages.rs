@@ -1,14 +1,13 @@
 //! Messages and receipts: the chat's total order by seq, idempotent sends, and cursors
 //! that only move forward.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
-use super::append::Append;
-use super::events::{Event, Person};
-use super::{Core, Error, Principal, Result, now_ms};
+use super::append::{Append, Mark};
+use super::events::Person;
+use super::{Core, Error, Principal, Result};
 use crate::store::entity::{file, message, receipt};
-use crate::store::stmt;
 
 /// Who wrote a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -303,8 +302,10 @@ impl Core {
     /// Moves the caller's cursors forward to `received` and `read` (a read implies
     /// received). A cursor never moves back: a lower seq than the current one changes
     /// nothing. The other side's messages up to the cursors get their received/read times.
+    /// Marks are group-committed with concurrent sends and marks.
     ///
-    /// Fails with `Invalid` for a seq below 0 or past the chat's last message.
+    /// Fails with `NotFound` for a chat the caller cannot see, `Forbidden` for an admin
+    /// token, `Invalid` for a seq below 0 or past the chat's last message.
     pub async fn mark(
         &self,
         who: &Principal,
@@ -312,101 +313,41 @@ impl Core {
         received: Option<i64>,
         read: Option<i64>,
     ) -> Result<Receipt> {
+        member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
+        // Visibility first: a chat the caller cannot see is 404 whatever the body says.
+        self.visible_chat(who, chat_id).await?;
+        self.queue_mark(who, chat_id, received, read).await?.await
+    }
+
+    /// [`Core::mark`] into a chat whose visibility the caller has already established (a
+    /// live socket in the chat's room), in two steps: queued now, answered after its
+    /// commit, in order with the caller's sends queued before it.
+    pub async fn queue_mark(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        received: Option<i64>,
+        read: Option<i64>,
+    ) -> Result<impl Future<Output = Result<Receipt>> + use<>> {
         let (kind, member_id) =
             member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
         if received.is_none() && read.is_none() {
             return Err(Error::Invalid("give received, read or both".into()));
         }
-        let chat = self.visible_chat(who, chat_id).await?;
-        for seq in [received, read].into_iter().flatten() {
-            if seq < 0 || seq > chat.last_seq {
-                return Err(Error::Invalid(format!(
-                    "seq {seq} is outside this chat's messages (0..={})",
-                    chat.last_seq
-                )));
-            }
+        if let Some(seq) = [received, read].into_iter().flatten().find(|s| *s < 0) {
+            return Err(Error::Invalid(format!(
+                "seq {seq} is outside this chat's messages"
+            )));
         }
-        let received = received.max(read);
-        let now = now_ms();
-        let backend = self.store().backend();
-        // Customers mark the operators' and system's messages; operators the customer's.
-        let others = if kind == "customer" {
-            "author_kind <> 'customer'"
-        } else {
-            "author_kind = 'customer'"
+        let read = read.unwrap_or(0);
+        let mark = Mark {
+            kind,
+            member_id,
+            received: received.unwrap_or(0).max(read),
+            read,
         };
-        let tx = self.store().write().await?;
-        tx.execute_raw(stmt(
-            backend,
-            "INSERT INTO receipts (chat_id, member_kind, member_id, received_seq, read_seq) \
-             VALUES (?, ?, ?, 0, 0) ON CONFLICT (chat_id, member_kind, member_id) DO NOTHING",
-            [chat.id.into(), kind.into(), member_id.into()],
-        ))
-        .await?;
-        let before = receipt::Entity::find()
-            .filter(receipt::Column::ChatId.eq(chat.id))
-            .filter(receipt::Column::MemberKind.eq(kind))
-            .filter(receipt::Column::MemberId.eq(member_id))
-            .one(&*tx)
-            .await?;
-        let (old_received, old_read) = before.map_or((0, 0), |r| (r.received_seq, r.read_seq));
-        // Conditional updates: under concurrency the higher seq wins, never the later one.
-        // Messages at or below this member's old cursor were marked when it got there.
-        for (cursor, seq, old) in [
-            ("received", received, old_received),
-            ("read", read, old_read),
-        ] {
-            let Some(seq) = seq else { continue };
-            if seq <= old {
-                continue;
-            }
-            tx.execute_raw(stmt(
-                backend,
-                &format!(
-                    "UPDATE receipts SET {cursor}_seq = ?, {cursor}_at = ? \
-                     WHERE chat_id = ? AND member_kind = ? AND member_id = ? AND {cursor}_seq < ?"
-                ),
-                [
-                    seq.into(),
-                    now.into(),
-                    chat.id.into(),
-                    kind.into(),
-                    member_id.into(),
-                    seq.into(),
-                ],
-            ))
-            .await?;
-            tx.execute_raw(stmt(
-                backend,
-                &format!(
-                    "UPDATE messages SET {cursor}_at = ? \
-                     WHERE chat_id = ? AND seq > ? AND seq <= ? AND {cursor}_at IS NULL AND {others}"
-                ),
-                [now.into(), chat.id.into(), old.into(), seq.into()],
-            ))
-            .await?;
-        }
-        let row = receipt::Entity::find()
-            .filter(receipt::Column::ChatId.eq(chat.id))
-            .filter(receipt::Column::MemberKind.eq(kind))
-            .filter(receipt::Column::MemberId.eq(member_id))
-            .one(&*tx)
-            .await?
-            .ok_or_else(|| Error::Internal("receipt row vanished".into()))?;
-        tx.commit().await?;
-        self.bus().publish(Event::Receipt {
-            chat_id: row.chat_id,
-            member: person(kind, member_id),
-            received_seq: row.received_seq,
-            read_seq: row.read_seq,
-        });
-        Ok(Receipt {
-            chat_id: row.chat_id,
-            received_seq: row.received_seq,
-            read_seq: row.read_seq,
-            received_at: row.received_at,
-            read_at: row.read_at,
-        })
+        let marked = self.appender.mark(chat_id, mark).await?;
+        Ok(async move { Ok(marked.await?.receipt) })
     }
 
     /// Every member's cursors in a chat the caller can see.

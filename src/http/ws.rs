@@ -378,7 +378,7 @@ async fn serve(
                     break;
                 };
                 pending.pop_front();
-                replies.push(reply);
+                replies.extend(reply);
             }
             let closing = match session.poll_mail(cx, &mut mail) {
                 Poll::Ready(Err(reason)) => Some(reason),
@@ -577,8 +577,8 @@ impl RateLimit {
 /// Most sends of one socket waiting for their commit; past this the socket is not read.
 const MAX_PIPELINED: usize = 32;
 
-/// The answer to a send, ready once its commit is.
-type PendingReply<'a> = Pin<Box<dyn Future<Output = Utf8Bytes> + Send + 'a>>;
+/// The answer to a send or a mark, ready once its commit is (a mark that worked has none).
+type PendingReply<'a> = Pin<Box<dyn Future<Output = Option<Utf8Bytes>> + Send + 'a>>;
 
 /// The ack of a send, or its error.
 fn send_reply(
@@ -598,8 +598,36 @@ fn send_reply(
     }
 }
 
-/// Handles one client frame. A send returns its answer to come, which the reader sends
-/// when it is ready, in order; every other frame is done when this returns.
+/// A `received` or `read` frame. In a followed chat the mark is queued like a send, and
+/// only an error answers it, when its commit is done; elsewhere it is done at once.
+async fn mark<'a>(
+    core: &'a crate::domain::Core,
+    who: &'a Principal,
+    session: &Session,
+    id: Option<String>,
+    chat_id: i64,
+    received: Option<i64>,
+    read: Option<i64>,
+) -> PendingReply<'a> {
+    let marked = if session.in_chat(chat_id) {
+        match core.queue_mark(who, chat_id, received, read).await {
+            Ok(commit) => {
+                return Box::pin(async move {
+                    let e = commit.await.err()?;
+                    Some(domain_error_frame(id.as_deref(), e))
+                });
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        core.mark(who, chat_id, received, read).await
+    };
+    let reply = marked.err().map(|e| domain_error_frame(id.as_deref(), e));
+    Box::pin(std::future::ready(reply))
+}
+
+/// Handles one client frame. A send or a mark returns its answer to come, which the socket
+/// sends when it is ready, in order; every other frame is done when this returns.
 async fn handle<'a>(
     app: &'a App,
     who: &'a Principal,
@@ -632,22 +660,18 @@ async fn handle<'a>(
                         Ok(commit) => commit.await,
                         Err(e) => Err(e),
                     };
-                    send_reply(id.as_deref(), chat_id, sent)
+                    Some(send_reply(id.as_deref(), chat_id, sent))
                 }));
             }
             let sent = core.send(who, chat_id, new).await;
             let reply = send_reply(id.as_deref(), chat_id, sent);
-            return Some(Box::pin(std::future::ready(reply)));
+            return Some(Box::pin(std::future::ready(Some(reply))));
         }
         ClientFrame::Received { id, chat_id, seq } => {
-            if let Err(e) = core.mark(who, chat_id, Some(seq), None).await {
-                session.push(Outbound::direct(domain_error_frame(id.as_deref(), e)));
-            }
+            return Some(mark(core, who, session, id, chat_id, Some(seq), None).await);
         }
         ClientFrame::Read { id, chat_id, seq } => {
-            if let Err(e) = core.mark(who, chat_id, None, Some(seq)).await {
-                session.push(Outbound::direct(domain_error_frame(id.as_deref(), e)));
-            }
+            return Some(mark(core, who, session, id, chat_id, None, Some(seq)).await);
         }
         ClientFrame::Typing {
             id,

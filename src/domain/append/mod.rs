@@ -27,10 +27,11 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::Event;
-use super::messages::Message;
+use super::events::Person;
+use super::messages::{Message, Receipt};
 use super::{Error, Result, now_ms};
 use crate::bus::Bus;
-use crate::store::entity::{chat, message};
+use crate::store::entity::{chat, message, receipt};
 use crate::store::{Store, WriteTx, stmt};
 
 /// Most sends in one transaction.
@@ -48,6 +49,107 @@ pub(super) struct Append {
     pub file_id: Option<String>,
 }
 
+/// A member's cursors to move, already checked (neither below 0, and `received` at least
+/// `read`: a read message is received). 0 moves nothing: cursors start there.
+#[derive(Debug, Clone)]
+pub(super) struct Mark {
+    /// `customer` or `operator`.
+    pub kind: &'static str,
+    pub member_id: i64,
+    pub received: i64,
+    pub read: i64,
+}
+
+impl Receipt {
+    /// The cursors of a member with no receipt row yet.
+    pub(super) fn none(chat_id: i64) -> Receipt {
+        Receipt {
+            chat_id,
+            received_seq: 0,
+            read_seq: 0,
+            received_at: None,
+            read_at: None,
+        }
+    }
+
+    /// These cursors after `m` at `now`: each moves only forward, and takes the time
+    /// when it does.
+    pub(super) fn moved_to(&self, m: &Mark, now: i64) -> Receipt {
+        let mut after = self.clone();
+        if m.received > after.received_seq {
+            after.received_seq = m.received;
+            after.received_at = Some(now);
+        }
+        if m.read > after.read_seq {
+            after.read_seq = m.read;
+            after.read_at = Some(now);
+        }
+        after
+    }
+}
+
+impl From<receipt::Model> for Receipt {
+    fn from(r: receipt::Model) -> Self {
+        Receipt {
+            chat_id: r.chat_id,
+            received_seq: r.received_seq,
+            read_seq: r.read_seq,
+            received_at: r.received_at,
+            read_at: r.read_at,
+        }
+    }
+}
+
+impl Mark {
+    fn member(&self) -> Person {
+        match self.kind {
+            "customer" => Person::Customer(self.member_id),
+            _ => Person::Operator(self.member_id),
+        }
+    }
+
+    /// Which messages the member marks: a customer the others', an operator the customer's.
+    pub(super) fn others(&self) -> &'static str {
+        if self.kind == "customer" {
+            "author_kind <> 'customer'"
+        } else {
+            "author_kind = 'customer'"
+        }
+    }
+
+    /// Refuses cursors past the chat's newest message.
+    pub(super) fn check(&self, last_seq: i64) -> Result<()> {
+        match self.received.max(self.read) {
+            seq if seq > last_seq => Err(Error::Invalid(format!(
+                "seq {seq} is outside this chat's messages (0..={last_seq})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a job asks for.
+#[derive(Debug, Clone)]
+pub(super) enum Work {
+    Append(Append),
+    Mark(Mark),
+}
+
+/// What became of a job.
+#[derive(Debug, Clone)]
+pub(super) enum Done {
+    Stored(Stored),
+    Marked(Marked),
+}
+
+/// A member's cursors after a mark.
+#[derive(Debug, Clone)]
+pub(super) struct Marked {
+    pub receipt: Receipt,
+    /// Whether a cursor moved (only then is the receipt announced).
+    pub moved: bool,
+}
+
 /// What became of a send.
 #[derive(Debug, Clone)]
 pub(super) struct Stored {
@@ -59,12 +161,11 @@ pub(super) struct Stored {
 }
 
 impl Stored {
-    /// The message a job stored as `id` at `seq`.
-    fn new(job: &Job, id: i64, seq: i64, now: i64, took_chat: bool) -> Stored {
-        let a = &job.append;
+    /// The message `a` stored in the chat as `id` at `seq`.
+    fn new(chat_id: i64, a: &Append, id: i64, seq: i64, now: i64, took_chat: bool) -> Stored {
         let stored = message::Model {
             id,
-            chat_id: job.chat_id,
+            chat_id,
             seq,
             author_kind: a.kind.to_owned(),
             author_id: a.author_id,
@@ -94,15 +195,31 @@ impl Stored {
 
 struct Job {
     chat_id: i64,
-    append: Append,
-    reply: oneshot::Sender<Result<Stored>>,
+    work: Work,
+    reply: oneshot::Sender<Result<Done>>,
+}
+
+impl Job {
+    fn append(&self) -> Option<&Append> {
+        match &self.work {
+            Work::Append(a) => Some(a),
+            Work::Mark(_) => None,
+        }
+    }
 }
 
 /// The handle of the appender task; the task ends when the handle is dropped.
 #[derive(Debug)]
 pub(super) struct Appender {
-    jobs: mpsc::Sender<Job>,
+    /// One queue per writer; a chat's jobs always go to the same one (`chat_id` modulo
+    /// their number), which keeps each chat's order.
+    writers: Vec<mpsc::Sender<Job>>,
 }
+
+/// PostgreSQL writers per node. Each has its own connection and its own chats, so their
+/// batches never wait on each other's rows, and one batch's commit overlaps the next
+/// one's statement.
+const POSTGRES_WRITERS: usize = 2;
 
 impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
@@ -113,7 +230,9 @@ impl Appender {
             match sqlite::connect(&file) {
                 Ok(conns) => {
                     sqlite::start(conns, lock, bus, rx);
-                    return Appender { jobs };
+                    return Appender {
+                        writers: vec![jobs],
+                    };
                 }
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -121,11 +240,26 @@ impl Appender {
                 ),
             }
         }
-        match postgres::Writer::new(store.clone()) {
-            Some(writer) => tokio::spawn(postgres::run(writer, bus, rx)),
-            None => tokio::spawn(run(store, bus, rx)),
-        };
-        Appender { jobs }
+        if postgres::Writer::new(store.clone()).is_none() {
+            // SQLite has one writer at a time anyway.
+            tokio::spawn(run(store, bus, rx));
+            return Appender {
+                writers: vec![jobs],
+            };
+        }
+        let mut writers = vec![jobs];
+        let mut queues = vec![rx];
+        while writers.len() < POSTGRES_WRITERS {
+            let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+            writers.push(jobs);
+            queues.push(rx);
+        }
+        for rx in queues {
+            if let Some(writer) = postgres::Writer::new(store.clone()) {
+                tokio::spawn(postgres::run(writer, bus.clone(), rx));
+            }
+        }
+        Appender { writers }
     }
 
     /// Queues a message and returns what answers after its commit. Messages queued one
@@ -135,14 +269,45 @@ impl Appender {
         chat_id: i64,
         append: Append,
     ) -> Result<impl Future<Output = Result<Stored>> + use<>> {
+        let done = self.queue(chat_id, Work::Append(append)).await?;
+        Ok(async move {
+            match done.await? {
+                Done::Stored(stored) => Ok(stored),
+                Done::Marked(_) => Err(Error::Internal("a send was answered as a mark".into())),
+            }
+        })
+    }
+
+    /// Queues a mark and returns what answers after its commit, in order with the sends
+    /// and marks queued before it.
+    pub async fn mark(
+        &self,
+        chat_id: i64,
+        mark: Mark,
+    ) -> Result<impl Future<Output = Result<Marked>> + use<>> {
+        let done = self.queue(chat_id, Work::Mark(mark)).await?;
+        Ok(async move {
+            match done.await? {
+                Done::Marked(marked) => Ok(marked),
+                Done::Stored(_) => Err(Error::Internal("a mark was answered as a send".into())),
+            }
+        })
+    }
+
+    async fn queue(
+        &self,
+        chat_id: i64,
+        work: Work,
+    ) -> Result<impl Future<Output = Result<Done>> + use<>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             chat_id,
-            append,
+            work,
             reply,
         };
         let stopped = || Error::Internal("the message writer has stopped".into());
-        self.jobs.send(job).await.map_err(|_| stopped())?;
+        let writer = &self.writers[chat_id.rem_euclid(self.writers.len() as i64) as usize];
+        writer.send(job).await.map_err(|_| stopped())?;
         Ok(async move { answer.await.map_err(|_| stopped())? })
     }
 }
@@ -165,7 +330,7 @@ async fn run(store: Store, bus: Bus, mut rx: mpsc::Receiver<Job>) {
 
 /// One send in a transaction of its own, tried twice: a local_id that another node stored
 /// meanwhile is found as a repeat on the second try.
-async fn alone(store: &Store, job: &Job) -> Result<Stored> {
+async fn alone(store: &Store, job: &Job) -> Result<Done> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -181,16 +346,36 @@ async fn alone(store: &Store, job: &Job) -> Result<Stored> {
     }
 }
 
-/// Announces the new messages of a committed batch, in order, then answers each sender.
-fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Stored>>) {
+/// Announces the new messages and moved cursors of a committed batch, in order, then
+/// answers each caller.
+fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
     for (job, outcome) in jobs.zip(outcomes) {
-        if let Ok(Stored {
-            message, new: true, ..
-        }) = &outcome
-        {
-            bus.publish(Event::Message(message.clone()));
+        match (&job.work, &outcome) {
+            (
+                _,
+                Ok(Done::Stored(Stored {
+                    message, new: true, ..
+                })),
+            ) => {
+                bus.publish(Event::Message(message.clone()));
+            }
+            (
+                Work::Mark(mark),
+                Ok(Done::Marked(Marked {
+                    receipt,
+                    moved: true,
+                })),
+            ) => {
+                bus.publish(Event::Receipt {
+                    chat_id: receipt.chat_id,
+                    member: mark.member(),
+                    received_seq: receipt.received_seq,
+                    read_seq: receipt.read_seq,
+                });
+            }
+            _ => {}
         }
-        // A caller that went away still had its message stored, as with any lost answer.
+        // A caller that went away still had its job done, as with any lost answer.
         let _ = job.reply.send(outcome);
     }
 }
@@ -209,13 +394,9 @@ enum Repeats {
 /// size: (find repeated `local_id`s,) lock and read the chats, move their seqs, insert
 /// the new messages. Returns one outcome per job, or the error that failed the whole
 /// transaction (nothing of it is kept).
-async fn commit(
-    store: &Store,
-    jobs: &[Job],
-    repeats: Repeats,
-) -> Result<Vec<Result<Stored>>, DbErr> {
+async fn commit(store: &Store, jobs: &[Job], repeats: Repeats) -> Result<Vec<Result<Done>>, DbErr> {
     let tx = store.write().await?;
-    let mut outcomes: Vec<Option<Result<Stored>>> = jobs.iter().map(|_| None).collect();
+    let mut outcomes: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
 
     // 1. Repeats: a local_id already stored answers with its message; one repeated within
     //    the batch answers with the message of its first job (`copy_of`).
@@ -228,7 +409,7 @@ async fn commit(
     for (i, job) in jobs.iter().enumerate() {
         let Some(key) = key(job) else { continue };
         if let Some(m) = stored.iter().find(|m| stored_key(m) == key) {
-            outcomes[i] = Some(Ok(Stored::repeat(m.clone().into())));
+            outcomes[i] = Some(Ok(Done::Stored(Stored::repeat(m.clone().into()))));
         } else if let Some(&first) = first_with_key.get(&key) {
             copy_of[i] = Some(first);
         } else {
@@ -253,9 +434,11 @@ async fn commit(
         .collect();
 
     // 3. Seqs, in job order within each chat; a finished chat refuses all but notices.
+    //    A mark is checked against its chat as the jobs before it left it.
     let now = now_ms();
     let mut changed: HashMap<i64, chat::Model> = HashMap::new();
     let mut to_insert: Vec<(usize, i64, bool)> = Vec::new();
+    let mut marks: Vec<(usize, i64)> = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         if outcomes[i].is_some() || copy_of[i].is_some() {
             continue;
@@ -268,11 +451,18 @@ async fn commit(
             outcomes[i] = Some(Err(Error::NotFound("chat")));
             continue;
         };
-        let took = match advance(&mut chat, &job.append, now) {
+        let a = match &job.work {
+            Work::Append(a) => a,
+            Work::Mark(_) => {
+                marks.push((i, chat.last_seq));
+                continue;
+            }
+        };
+        let took = match advance(&mut chat, a, now) {
             Ok(took) => took,
             // A refused send may be the repeat of one stored before the chat finished,
             // which gets its message back: only a lookup can tell.
-            Err(_) if repeats == Repeats::Assume && job.append.local_id.is_some() => {
+            Err(_) if repeats == Repeats::Assume && a.local_id.is_some() => {
                 return Err(DbErr::Custom("a refused send may be a repeat".into()));
             }
             Err(e) => {
@@ -324,15 +514,33 @@ async fn commit(
             let id = ids.get(&(job.chat_id, seq)).copied().ok_or_else(|| {
                 DbErr::Custom("an inserted message came back without an id".into())
             })?;
-            outcomes[i] = Some(Ok(Stored::new(job, id, seq, now, took)));
+            if let Some(a) = job.append() {
+                let stored = Stored::new(job.chat_id, a, id, seq, now, took);
+                outcomes[i] = Some(Ok(Done::Stored(stored)));
+            }
         }
+    }
+
+    // 5. The marks, in order, now that the batch's messages are there to be marked.
+    for (i, last_seq) in marks {
+        let (job, Work::Mark(mark)) = (&jobs[i], &jobs[i].work) else {
+            continue;
+        };
+        outcomes[i] = Some(match mark.check(last_seq) {
+            Ok(()) => Ok(Done::Marked(
+                mark_in(&tx, store.backend(), job.chat_id, mark, now).await?,
+            )),
+            Err(e) => Err(e),
+        });
     }
     tx.commit().await?;
 
     for i in 0..jobs.len() {
         if let Some(first) = copy_of[i] {
             outcomes[i] = Some(match &outcomes[first] {
-                Some(Ok(first)) => Ok(Stored::repeat(first.message.clone())),
+                Some(Ok(Done::Stored(first))) => {
+                    Ok(Done::Stored(Stored::repeat(first.message.clone())))
+                }
                 _ => Err(Error::Internal("a repeated send lost its first".into())),
             });
         }
@@ -343,6 +551,79 @@ async fn commit(
         .collect())
 }
 
+/// Moves a member's cursors inside a transaction of the pool: their receipt row, and the
+/// received and read times of the messages they now have. Messages at or below an old
+/// cursor were marked when it got there.
+async fn mark_in(
+    tx: &WriteTx,
+    backend: DbBackend,
+    chat_id: i64,
+    m: &Mark,
+    now: i64,
+) -> Result<Marked, DbErr> {
+    let row = receipt::Entity::find()
+        .filter(receipt::Column::ChatId.eq(chat_id))
+        .filter(receipt::Column::MemberKind.eq(m.kind))
+        .filter(receipt::Column::MemberId.eq(m.member_id))
+        .one(&**tx)
+        .await?;
+    let existed = row.is_some();
+    let before = row.map_or_else(|| Receipt::none(chat_id), Receipt::from);
+    let after = before.moved_to(m, now);
+    for (cursor, old, new) in [
+        ("received", before.received_seq, after.received_seq),
+        ("read", before.read_seq, after.read_seq),
+    ] {
+        if new > old {
+            let sql = format!(
+                "UPDATE messages SET {cursor}_at = ? WHERE chat_id = ? AND seq > ? AND seq <= ? \
+                 AND {cursor}_at IS NULL AND {}",
+                m.others()
+            );
+            tx.execute_raw(stmt(
+                backend,
+                &sql,
+                [now.into(), chat_id.into(), old.into(), new.into()],
+            ))
+            .await?;
+        }
+    }
+    let moved = after.received_seq != before.received_seq || after.read_seq != before.read_seq;
+    if moved || !existed {
+        tx.execute_raw(stmt(
+            backend,
+            SAVE_RECEIPT,
+            [
+                chat_id.into(),
+                m.kind.into(),
+                m.member_id.into(),
+                after.received_seq.into(),
+                after.read_seq.into(),
+                after.received_at.into(),
+                after.read_at.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(Marked {
+        receipt: after,
+        moved,
+    })
+}
+
+/// Writes a member's receipt row, new or not.
+pub(super) const SAVE_RECEIPT: &str = "INSERT INTO receipts \
+     (chat_id, member_kind, member_id, received_seq, read_seq, received_at, read_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chat_id, member_kind, member_id) DO UPDATE SET \
+     received_seq = excluded.received_seq, read_seq = excluded.read_seq, \
+     received_at = excluded.received_at, read_at = excluded.read_at";
+
+/// A chat's activity time follows its messages to within this much. Chat lists are
+/// ordered by it, so each change moves the chat in three indexes (and on PostgreSQL makes
+/// the update of the chat a full one, with a new entry in every index of the table); a
+/// busy chat would otherwise do that for every message.
+pub(super) const ACTIVITY_STEP_MS: i64 = 1000;
+
 /// The rules of a chat taking a message: the next seq, and a finished chat refuses all but
 /// notices; an operator's answer takes a pending chat (true when this one did).
 fn advance(chat: &mut chat::Model, a: &Append, now: i64) -> Result<bool> {
@@ -350,8 +631,11 @@ fn advance(chat: &mut chat::Model, a: &Append, now: i64) -> Result<bool> {
     if answer && chat.status == "finished" {
         return Err(Error::Conflict("chat is finished".into()));
     }
+    // The first message always counts; later ones move the activity time in steps.
+    if chat.last_seq == 0 || now >= chat.last_activity_at + ACTIVITY_STEP_MS {
+        chat.last_activity_at = now;
+    }
     chat.last_seq += 1;
-    chat.last_activity_at = now;
     let mut took = false;
     if answer && a.kind == "operator" {
         if chat.status == "pending" {
@@ -367,7 +651,7 @@ fn advance(chat: &mut chat::Model, a: &Append, now: i64) -> Result<bool> {
 type Key<'a> = (i64, &'a str, i64, &'a str);
 
 fn key(job: &Job) -> Option<Key<'_>> {
-    let a = &job.append;
+    let a = job.append()?;
     Some((job.chat_id, a.kind, a.author_id, a.local_id.as_deref()?))
 }
 
@@ -469,6 +753,10 @@ fn insert_messages(
     rows: &[(usize, i64, bool)],
     now: i64,
 ) -> Statement {
+    let rows: Vec<(&Job, &Append, i64)> = rows
+        .iter()
+        .filter_map(|&(i, seq, _)| Some((&jobs[i], jobs[i].append()?, seq)))
+        .collect();
     let row = format!("({})", marks(9));
     let sql = format!(
         "INSERT INTO messages \
@@ -477,8 +765,7 @@ fn insert_messages(
         vec![row.as_str(); rows.len()].join(", ")
     );
     let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 9);
-    for &(i, seq, _) in rows {
-        let (job, a) = (&jobs[i], &jobs[i].append);
+    for (job, a, seq) in rows {
         values.extend([
             job.chat_id.into(),
             seq.into(),
@@ -501,16 +788,78 @@ mod tests {
     fn job(chat_id: i64, kind: &'static str, payload: &'static str, local: Option<&str>) -> Job {
         Job {
             chat_id,
-            append: Append {
+            work: Work::Append(Append {
                 kind,
                 author_id: 1,
                 local_id: local.map(str::to_owned),
                 payload,
                 text: format!("{kind} {payload}"),
                 file_id: None,
-            },
+            }),
             reply: oneshot::channel().0,
         }
+    }
+
+    /// Customer 1 reads up to `read` in the chat.
+    fn read_job(chat_id: i64, read: i64) -> Job {
+        Job {
+            chat_id,
+            work: Work::Mark(Mark {
+                kind: "customer",
+                member_id: 1,
+                received: read,
+                read,
+            }),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// The message a job stored, or why not.
+    fn stored(out: &Result<Done>) -> Result<&Stored, String> {
+        match out {
+            Ok(Done::Stored(s)) => Ok(s),
+            Ok(Done::Marked(_)) => Err("marked, not stored".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A chat at seq `last_seq` whose activity time is 1000.
+    fn chat_at(last_seq: i64) -> chat::Model {
+        chat::Model {
+            id: 1,
+            org_id: 1,
+            inbox_id: 1,
+            domain_id: 1,
+            customer_id: 1,
+            operator_id: None,
+            status: "chatting".into(),
+            last_seq,
+            created_at: 1000,
+            last_activity_at: 1000,
+        }
+    }
+
+    #[test]
+    fn a_busy_chat_moves_its_activity_time_at_most_once_a_second() {
+        let Work::Append(text) = job(1, "customer", "text", None).work else {
+            unreachable!("job() builds a send")
+        };
+        let activity = |last_seq: i64, now: i64| {
+            let mut chat = chat_at(last_seq);
+            advance(&mut chat, &text, now).expect("accepted");
+            (chat.last_seq, chat.last_activity_at)
+        };
+        assert_eq!(
+            activity(0, 1005),
+            (1, 1005),
+            "the first message counts at once"
+        );
+        assert_eq!(
+            activity(3, 1999),
+            (4, 1000),
+            "within a second of the last move"
+        );
+        assert_eq!(activity(3, 2000), (4, 2000), "a second later");
     }
 
     #[test]
@@ -595,8 +944,9 @@ mod tests {
     }
 
     /// A new message, its repeat, an operator's first answer, a refused send, a notice
-    /// into a finished chat, another message and an unknown chat, in this order.
-    fn mixed_batch() -> [Job; 7] {
+    /// into a finished chat, another message and an unknown chat, in this order; then the
+    /// customer reads up to the operator's answer, past the end, and in the unknown chat.
+    fn mixed_batch() -> [Job; 10] {
         [
             job(1, "customer", "text", Some("x")),
             job(1, "customer", "text", Some("x")),
@@ -605,21 +955,24 @@ mod tests {
             job(2, "operator", "notice", None),
             job(1, "customer", "text", None),
             job(99, "customer", "text", None),
+            read_job(1, 2),
+            read_job(1, 9),
+            read_job(99, 1),
         ]
     }
 
     /// What [`mixed_batch`] must give, then a later repeat of its first local_id, and the
     /// chat and messages left behind.
-    async fn check_outcomes(store: &Store, out: &[Result<Stored>], again: &[Result<Stored>]) {
-        let seq = |i: usize| match &out[i] {
+    async fn check_outcomes(store: &Store, out: &[Result<Done>], again: &[Result<Done>]) {
+        let seq = |i: usize| match stored(&out[i]) {
             Ok(s) => (s.message.seq, s.new, s.took_chat),
             Err(e) => panic!("send {i} failed: {e}"),
         };
         assert_eq!(seq(0), (1, true, false));
         assert_eq!(seq(1), (1, false, false), "a repeat within the batch");
         assert_eq!(
-            out[1].as_ref().map(|s| s.message.id).ok(),
-            out[0].as_ref().map(|s| s.message.id).ok()
+            stored(&out[1]).map(|s| s.message.id).ok(),
+            stored(&out[0]).map(|s| s.message.id).ok()
         );
         assert_eq!(
             seq(2),
@@ -634,8 +987,18 @@ mod tests {
         );
         assert_eq!(seq(5), (3, true, false));
         assert!(matches!(out[6], Err(Error::NotFound(_))), "unknown chat");
+        match &out[7] {
+            Ok(Done::Marked(m)) => assert_eq!(
+                (m.receipt.received_seq, m.receipt.read_seq, m.moved),
+                (2, 2, true),
+                "the customer's cursors moved"
+            ),
+            other => panic!("the read failed: {other:?}"),
+        }
+        assert!(matches!(out[8], Err(Error::Invalid(_))), "past the end");
+        assert!(matches!(out[9], Err(Error::NotFound(_))), "unknown chat");
         assert_eq!(
-            again[0].as_ref().map(|s| (s.message.seq, s.new)).ok(),
+            stored(&again[0]).map(|s| (s.message.seq, s.new)).ok(),
             Some((1, false)),
             "a repeat in a later batch"
         );
@@ -649,8 +1012,27 @@ mod tests {
             (3, "chatting", Some(1)),
             "the operator's answer took the chat"
         );
-        let stored = message::Entity::find().all(store.db()).await.expect("read");
-        assert_eq!(stored.len(), 4);
+        let messages = message::Entity::find()
+            .order_by_asc(message::Column::Id)
+            .all(store.db())
+            .await
+            .expect("read");
+        assert_eq!(messages.len(), 4);
+        // Only the operator's answer is the customer's to read.
+        let read: Vec<(i64, i64, bool)> = messages
+            .iter()
+            .map(|m| (m.chat_id, m.seq, m.read_at.is_some()))
+            .collect();
+        assert_eq!(
+            read,
+            [(1, 1, false), (1, 2, true), (2, 6, false), (1, 3, false)]
+        );
+        let receipt = receipt::Entity::find()
+            .one(store.db())
+            .await
+            .expect("read")
+            .expect("a receipt row");
+        assert_eq!((receipt.received_seq, receipt.read_seq), (2, 2));
     }
 
     async fn remove(store: Store, path: std::path::PathBuf) {
@@ -709,7 +1091,7 @@ mod tests {
             .expect("commits");
         assert_eq!(
             out.iter()
-                .map(|o| o.as_ref().map(|s| (s.message.seq, s.new)).ok())
+                .map(|o| stored(o).map(|s| (s.message.seq, s.new)).ok())
                 .collect::<Vec<_>>(),
             [Some((2, true)), Some((1, false))]
         );
@@ -754,9 +1136,9 @@ mod tests {
         ]
     }
 
-    fn seqs(out: &[Result<Stored>]) -> Vec<i64> {
+    fn seqs(out: &[Result<Done>]) -> Vec<i64> {
         out.iter()
-            .map(|o| o.as_ref().map(|s| s.message.seq).expect("stored"))
+            .map(|o| stored(o).map(|s| s.message.seq).expect("stored"))
             .collect()
     }
 

@@ -20,8 +20,11 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::sqlx::{self, PgPool, Row};
 use tokio::sync::mpsc;
 
-use super::{Job, Key, MAX_BATCH, Stored, advance, alone, answer, key, same_error};
+use super::{
+    Done, Job, Key, MAX_BATCH, Marked, Stored, Work, advance, alone, answer, key, same_error,
+};
 use crate::bus::Bus;
+use crate::domain::Receipt;
 use crate::domain::{Error, Result, now_ms};
 use crate::store::Store;
 use crate::store::entity::chat;
@@ -64,6 +67,66 @@ WITH c (id, old_seq, new_seq, old_status, new_status, old_operator, new_operator
 )
 SELECT id, chat_id, seq FROM stored";
 
+/// Moves the cursors of members ($1-$5: chat, member kind and id, received, read) at $6,
+/// each at most up to its chat's newest message: their receipt rows (cursors only go
+/// forward), and the received and read times of the messages they now have. Several marks
+/// of one member count as one, with the highest cursors.
+///
+/// Returns rows of three kinds, for the writer to match up: `chat` (its last seq; a chat
+/// without one does not exist), `saved` (a member's cursors after) and `old` (before).
+/// Every join is an index lookup per row: a prepared statement's plan cannot know how many
+/// marks a batch holds, and a join of two batch-sized lists can become quadratic.
+///
+/// The messages to mark start above the old cursors; a message gets a time only if it has
+/// none, so two statements that overlap mark it once.
+const MARK_BATCH: &str = "\
+WITH m (chat_id, member_kind, member_id, received, read) AS (
+    SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+), want AS (
+    SELECT g.*, COALESCE(r.received_seq, 0) AS old_received,
+           COALESCE(r.read_seq, 0) AS old_read
+    FROM (
+        SELECT m.chat_id, m.member_kind, m.member_id,
+               max(m.received) AS received, max(m.read) AS read
+        FROM m JOIN chats c ON c.id = m.chat_id
+        WHERE m.received <= c.last_seq AND m.read <= c.last_seq
+        GROUP BY m.chat_id, m.member_kind, m.member_id
+    ) g
+    LEFT JOIN receipts r ON r.chat_id = g.chat_id AND r.member_kind = g.member_kind
+        AND r.member_id = g.member_id
+), saved AS (
+    INSERT INTO receipts AS r
+        (chat_id, member_kind, member_id, received_seq, read_seq, received_at, read_at)
+    SELECT chat_id, member_kind, member_id, received, read,
+           CASE WHEN received > 0 THEN $6 END, CASE WHEN read > 0 THEN $6 END
+    FROM want
+    ON CONFLICT (chat_id, member_kind, member_id) DO UPDATE SET
+        received_seq = GREATEST(r.received_seq, EXCLUDED.received_seq),
+        received_at = CASE WHEN EXCLUDED.received_seq > r.received_seq THEN $6
+                           ELSE r.received_at END,
+        read_seq = GREATEST(r.read_seq, EXCLUDED.read_seq),
+        read_at = CASE WHEN EXCLUDED.read_seq > r.read_seq THEN $6 ELSE r.read_at END
+    RETURNING r.chat_id, r.member_kind, r.member_id, r.received_seq, r.read_seq,
+              r.received_at, r.read_at
+), marked AS (
+    UPDATE messages AS msg SET
+        received_at = COALESCE(msg.received_at, $6),
+        read_at = CASE WHEN msg.read_at IS NULL AND msg.seq <= w.read THEN $6
+                       ELSE msg.read_at END
+    FROM want w
+    WHERE msg.chat_id = w.chat_id
+      AND msg.seq > LEAST(w.old_received, w.old_read) AND msg.seq <= w.received
+      AND (msg.received_at IS NULL OR (msg.read_at IS NULL AND msg.seq <= w.read))
+      AND (msg.author_kind = 'customer') = (w.member_kind <> 'customer')
+)
+SELECT 'chat', c.id, NULL::text, 0::int8, c.last_seq, 0::int8, NULL::int8, NULL::int8
+FROM chats c WHERE c.id = ANY($1)
+UNION ALL
+SELECT 'saved', chat_id, member_kind, member_id, received_seq, read_seq, received_at, read_at
+FROM saved
+UNION ALL
+SELECT 'old', chat_id, member_kind, member_id, old_received, old_read, NULL, NULL FROM want";
+
 /// The writer's pool and what it remembers of the chats it writes to.
 pub(super) struct Writer {
     store: Store,
@@ -102,11 +165,11 @@ impl Writer {
 
     /// Stores a batch; returns one outcome per job, in order. Never fails as a whole:
     /// sends the batch statement could not store are stored one by one.
-    pub(super) async fn commit(&mut self, jobs: &[Job]) -> Vec<Result<Stored>> {
+    pub(super) async fn commit(&mut self, jobs: &[Job]) -> Vec<Result<Done>> {
         if self.chats.len() > CACHED_CHATS {
             self.chats.clear();
         }
-        let mut outcomes: Vec<Option<Result<Stored>>> = jobs.iter().map(|_| None).collect();
+        let mut outcomes: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
         for _ in 0..ROUNDS {
             let waiting: Vec<usize> = (0..jobs.len()).filter(|i| outcomes[*i].is_none()).collect();
             if waiting.is_empty() {
@@ -135,10 +198,11 @@ impl Writer {
         &mut self,
         jobs: &[Job],
         waiting: &[usize],
-        outcomes: &mut [Option<Result<Stored>>],
+        outcomes: &mut [Option<Result<Done>>],
     ) -> Result<(), sqlx::Error> {
         let unknown: Vec<i64> = waiting
             .iter()
+            .filter(|&&i| jobs[i].append().is_some())
             .map(|&i| jobs[i].chat_id)
             .filter(|id| !self.chats.contains_key(id))
             .collect::<HashSet<_>>()
@@ -162,8 +226,16 @@ impl Writer {
         let mut first_with_key: HashMap<Key<'_>, usize> = HashMap::new();
         let mut copies: Vec<(usize, usize)> = Vec::new();
         let mut rows: Vec<(usize, i64, bool)> = Vec::new();
+        let mut marks: Vec<usize> = Vec::new();
         for &i in waiting {
             let job = &jobs[i];
+            let a = match &job.work {
+                Work::Append(a) => a,
+                Work::Mark(_) => {
+                    marks.push(i);
+                    continue;
+                }
+            };
             if let Some(key) = key(job) {
                 if let Some(&first) = first_with_key.get(&key) {
                     copies.push((i, first));
@@ -182,7 +254,7 @@ impl Writer {
                 },
             };
             let mut next = chat.clone();
-            match advance(&mut next, &job.append, now) {
+            match advance(&mut next, a, now) {
                 Ok(took) => {
                     rows.push((i, next.last_seq, took));
                     planned
@@ -195,7 +267,7 @@ impl Writer {
                 }
                 // A refused send may repeat one stored before the chat finished: only a
                 // lookup can tell, so it is stored alone.
-                Err(_) if job.append.local_id.is_some() => {
+                Err(_) if a.local_id.is_some() => {
                     outcomes[i] = Some(alone(&self.store, job).await);
                 }
                 Err(e) => outcomes[i] = Some(Err(e)),
@@ -207,8 +279,9 @@ impl Writer {
             let mut moved = HashSet::new();
             for &(i, seq, took) in &rows {
                 let job = &jobs[i];
-                if let Some(&id) = stored.get(&(job.chat_id, seq)) {
-                    outcomes[i] = Some(Ok(Stored::new(job, id, seq, now, took)));
+                if let (Some(&id), Some(a)) = (stored.get(&(job.chat_id, seq)), job.append()) {
+                    let stored = Stored::new(job.chat_id, a, id, seq, now, took);
+                    outcomes[i] = Some(Ok(Done::Stored(stored)));
                     moved.insert(job.chat_id);
                 }
             }
@@ -223,10 +296,99 @@ impl Writer {
         }
         for (i, first) in copies {
             outcomes[i] = match &outcomes[first] {
-                Some(Ok(first)) => Some(Ok(Stored::repeat(first.message.clone()))),
+                Some(Ok(Done::Stored(first))) => {
+                    Some(Ok(Done::Stored(Stored::repeat(first.message.clone()))))
+                }
+                Some(Ok(Done::Marked(_))) => None,
                 Some(Err(e)) => Some(Err(same_error(e))),
                 None => None,
             };
+        }
+        // After the messages: a mark checks its seqs against the chat as stored now.
+        if !marks.is_empty() {
+            self.mark_batch(jobs, &marks, now, outcomes).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs [`MARK_BATCH`] for the mark jobs `marks`, and decides their outcomes.
+    async fn mark_batch(
+        &self,
+        jobs: &[Job],
+        marks: &[usize],
+        now: i64,
+        outcomes: &mut [Option<Result<Done>>],
+    ) -> Result<(), sqlx::Error> {
+        let n = marks.len();
+        let (mut chat_id, mut member_id) = (vec_of(n), vec_of(n));
+        let (mut kind, mut received, mut read) = (vec_of(n), vec_of(n), vec_of(n));
+        for &i in marks {
+            let Work::Mark(m) = &jobs[i].work else {
+                continue;
+            };
+            chat_id.push(jobs[i].chat_id);
+            kind.push(m.kind);
+            member_id.push(m.member_id);
+            received.push(m.received);
+            read.push(m.read);
+        }
+        let rows = sqlx::query(MARK_BATCH)
+            .bind(chat_id)
+            .bind(kind)
+            .bind(member_id)
+            .bind(received)
+            .bind(read)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut last_seqs: HashMap<i64, i64> = HashMap::new();
+        let mut saved: HashMap<(i64, String, i64), Receipt> = HashMap::new();
+        let mut old: HashMap<(i64, String, i64), (i64, i64)> = HashMap::new();
+        for row in rows {
+            let what: &str = row.try_get(0)?;
+            let chat_id: i64 = row.try_get(1)?;
+            let (a, b): (i64, i64) = (row.try_get(4)?, row.try_get(5)?);
+            match what {
+                "chat" => {
+                    last_seqs.insert(chat_id, a);
+                }
+                "saved" => {
+                    let receipt = Receipt {
+                        chat_id,
+                        received_seq: a,
+                        read_seq: b,
+                        received_at: row.try_get(6)?,
+                        read_at: row.try_get(7)?,
+                    };
+                    saved.insert((chat_id, row.try_get(2)?, row.try_get(3)?), receipt);
+                }
+                _ => {
+                    old.insert((chat_id, row.try_get(2)?, row.try_get(3)?), (a, b));
+                }
+            }
+        }
+        // One receipt announcement per member and batch, however many marks it sent.
+        let mut announced = HashSet::new();
+        for &i in marks {
+            let (job, Work::Mark(m)) = (&jobs[i], &jobs[i].work) else {
+                continue;
+            };
+            let Some(&last_seq) = last_seqs.get(&job.chat_id) else {
+                outcomes[i] = Some(Err(Error::NotFound("chat")));
+                continue;
+            };
+            if let Err(e) = m.check(last_seq) {
+                outcomes[i] = Some(Err(e));
+                continue;
+            }
+            let member = (job.chat_id, m.kind.to_owned(), m.member_id);
+            let Some(receipt) = saved.get(&member).cloned() else {
+                continue; // left waiting: stored alone after the rounds
+            };
+            let (old_received, old_read) = old.get(&member).copied().unwrap_or((0, 0));
+            let moved = (receipt.received_seq > old_received || receipt.read_seq > old_read)
+                && announced.insert(member);
+            outcomes[i] = Some(Ok(Done::Marked(Marked { receipt, moved })));
         }
         Ok(())
     }
@@ -262,7 +424,9 @@ impl Writer {
         let (mut author_kind, mut payload, mut text) = (vec_of(n), vec_of(n), vec_of(n));
         let (mut local_id, mut file_id) = (vec_of(n), vec_of(n));
         for &(i, s, _) in rows {
-            let (job, a) = (&jobs[i], &jobs[i].append);
+            let (job, Some(a)) = (&jobs[i], jobs[i].append()) else {
+                continue;
+            };
             chat_id.push(job.chat_id);
             seq.push(s);
             author_kind.push(a.kind);

@@ -15,8 +15,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{Job, MAX_BATCH, Stored, advance, answer};
+use super::{
+    Append, Done, Job, MAX_BATCH, Mark, Marked, SAVE_RECEIPT, Stored, Work, advance, answer,
+};
 use crate::bus::Bus;
+use crate::domain::Receipt;
 use crate::domain::{Error, Result, now_ms};
 use crate::store::entity::{chat, message};
 
@@ -181,7 +184,7 @@ impl Writer {
     /// Stores the batch in one transaction, send by send (each sees the ones before it):
     /// one INSERT per new message, then one UPDATE per chat. Returns an outcome per job,
     /// or the error that failed the whole transaction (nothing of it is kept).
-    pub(super) fn commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Stored>>> {
+    pub(super) fn commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Done>>> {
         let committed = self.try_commit(jobs);
         if committed.is_err() {
             // What it read may be what failed (a seq taken behind its back): read again.
@@ -190,7 +193,7 @@ impl Writer {
         committed
     }
 
-    fn try_commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Stored>>> {
+    fn try_commit(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Done>>> {
         let tx = Tx::begin(&self.conn)?;
         // Read inside the transaction: no other connection can commit until it ends.
         let version: i64 = tx
@@ -219,11 +222,19 @@ impl Writer {
                     slot.insert(Touched { was, now })
                 }
             };
-            let (outcome, after) = store_one(tx.conn, job, &t.now, now)?;
-            if let Some(after) = after {
-                t.now = after;
-            }
-            outcomes.push(outcome);
+            outcomes.push(match &job.work {
+                Work::Append(a) => {
+                    let (outcome, after) = store_one(tx.conn, job.chat_id, a, &t.now, now)?;
+                    if let Some(after) = after {
+                        t.now = after;
+                    }
+                    outcome.map(Done::Stored)
+                }
+                Work::Mark(m) => match m.check(t.now.last_seq) {
+                    Ok(()) => Ok(Done::Marked(mark_one(tx.conn, job.chat_id, m, now)?)),
+                    Err(e) => Err(e),
+                },
+            });
         }
         for t in touched.values() {
             if t.now != t.was {
@@ -299,8 +310,11 @@ fn read_chat(conn: &Connection, chat_id: i64) -> rusqlite::Result<Option<chat::M
 }
 
 /// The stored message whose (chat, author, local_id) the job repeats, if any.
-fn find_repeat(conn: &Connection, job: &Job) -> rusqlite::Result<Option<message::Model>> {
-    let a = &job.append;
+fn find_repeat(
+    conn: &Connection,
+    chat_id: i64,
+    a: &Append,
+) -> rusqlite::Result<Option<message::Model>> {
     let Some(local_id) = &a.local_id else {
         return Ok(None);
     };
@@ -309,7 +323,7 @@ fn find_repeat(conn: &Connection, job: &Job) -> rusqlite::Result<Option<message:
          file_id, created_at, received_at, read_at FROM messages \
          WHERE chat_id = ?1 AND author_kind = ?2 AND author_id = ?3 AND local_id = ?4",
     )?
-    .query_row(params![job.chat_id, a.kind, a.author_id, local_id], |r| {
+    .query_row(params![chat_id, a.kind, a.author_id, local_id], |r| {
         Ok(message::Model {
             id: r.get(0)?,
             chat_id: r.get(1)?,
@@ -332,17 +346,17 @@ fn find_repeat(conn: &Connection, job: &Job) -> rusqlite::Result<Option<message:
 /// the chat as it is after a new message.
 fn store_one(
     conn: &Connection,
-    job: &Job,
+    chat_id: i64,
+    a: &Append,
     chat: &chat::Model,
     now: i64,
 ) -> rusqlite::Result<(Result<Stored>, Option<chat::Model>)> {
-    let a = &job.append;
     let mut next = chat.clone();
     let took = match advance(&mut next, a, now) {
         Ok(took) => took,
         // A refused send may repeat one stored before the chat finished: it gets that one.
         Err(e) => {
-            return Ok(match find_repeat(conn, job)? {
+            return Ok(match find_repeat(conn, chat_id, a)? {
                 Some(first) => (Ok(Stored::repeat(first.into())), None),
                 None => (Err(e), None),
             });
@@ -359,7 +373,7 @@ fn store_one(
              ON CONFLICT (chat_id, author_kind, author_id, local_id) DO NOTHING",
         )?
         .execute(params![
-            job.chat_id,
+            chat_id,
             next.last_seq,
             a.kind,
             a.author_id,
@@ -372,14 +386,66 @@ fn store_one(
     if inserted == 1 {
         let id = conn.last_insert_rowid();
         return Ok((
-            Ok(Stored::new(job, id, next.last_seq, now, took)),
+            Ok(Stored::new(chat_id, a, id, next.last_seq, now, took)),
             Some(next),
         ));
     }
-    match find_repeat(conn, job)? {
+    match find_repeat(conn, chat_id, a)? {
         Some(first) => Ok((Ok(Stored::repeat(first.into())), None)),
         None => Err(rusqlite::Error::QueryReturnedNoRows),
     }
+}
+
+/// Moves a member's cursors: their receipt row, and the received and read times of the
+/// messages they now have (those at or below an old cursor were marked when it got there).
+fn mark_one(conn: &Connection, chat_id: i64, m: &Mark, now: i64) -> rusqlite::Result<Marked> {
+    let row = conn
+        .prepare_cached(
+            "SELECT received_seq, read_seq, received_at, read_at FROM receipts \
+             WHERE chat_id = ?1 AND member_kind = ?2 AND member_id = ?3",
+        )?
+        .query_row(params![chat_id, m.kind, m.member_id], |r| {
+            Ok(Receipt {
+                chat_id,
+                received_seq: r.get(0)?,
+                read_seq: r.get(1)?,
+                received_at: r.get(2)?,
+                read_at: r.get(3)?,
+            })
+        })
+        .optional()?;
+    let existed = row.is_some();
+    let before = row.unwrap_or_else(|| Receipt::none(chat_id));
+    let after = before.moved_to(m, now);
+    for (cursor, old, new) in [
+        ("received", before.received_seq, after.received_seq),
+        ("read", before.read_seq, after.read_seq),
+    ] {
+        if new > old {
+            conn.prepare_cached(&format!(
+                "UPDATE messages SET {cursor}_at = ?1 WHERE chat_id = ?2 AND seq > ?3 \
+                 AND seq <= ?4 AND {cursor}_at IS NULL AND {}",
+                m.others()
+            ))?
+            .execute(params![now, chat_id, old, new])?;
+        }
+    }
+    let moved = after.received_seq != before.received_seq || after.read_seq != before.read_seq;
+    if moved || !existed {
+        conn.prepare_cached(SAVE_RECEIPT)?.execute(params![
+            chat_id,
+            m.kind,
+            m.member_id,
+            after.received_seq,
+            after.read_seq,
+            after.received_at,
+            after.read_at
+        ])?;
+    }
+    Ok(Marked {
+        receipt: after,
+        moved,
+    })
 }
 
 /// Writes a chat's new seq, and whichever of its activity time, status and operator

@@ -16,7 +16,8 @@ pub struct Model {
     /// The seq of the newest message; the next message gets `last_seq + 1`.
     pub last_seq: i64,
     pub created_at: i64,
-    /// Time of the newest message, or of creation; chat lists are ordered by it.
+    /// Time of creation, or of the newest message to within a second (a busy chat's
+    /// moves at most once a second); chat lists are ordered by it.
     pub last_activity_at: i64,
 }
 
