@@ -25,6 +25,10 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
+/// Message writers per node on PostgreSQL. Each keeps one connection of the pool for
+/// itself, so the pool holds this many more than it is asked for.
+pub(crate) const POSTGRES_WRITERS: u32 = 2;
+
 /// The database handle shared by every request. Clones share the pool and the writer lock.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -45,7 +49,8 @@ pub struct WriteTx {
 
 impl Store {
     /// Connects to `url` (`sqlite://file.db?mode=rwc`, `postgres://...`) and applies
-    /// pending migrations.
+    /// pending migrations. `max_connections` are for requests; on PostgreSQL the pool
+    /// holds [`POSTGRES_WRITERS`] more, which the message writers keep.
     ///
     /// Fails when the url names another database kind, the database cannot be reached,
     /// or a migration fails (nothing of that migration is kept).
@@ -54,9 +59,10 @@ impl Store {
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
+        let held = if is_sqlite { 0 } else { POSTGRES_WRITERS };
         let mut options = ConnectOptions::new(url.to_owned());
         options
-            .max_connections(max_connections)
+            .max_connections(max_connections + held)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .sqlx_logging(false)

@@ -219,7 +219,7 @@ pub(super) struct Appender {
 /// PostgreSQL writers per node. Each has its own connection and its own chats, so their
 /// batches never wait on each other's rows, and one batch's commit overlaps the next
 /// one's statement.
-const POSTGRES_WRITERS: usize = 2;
+const POSTGRES_WRITERS: usize = crate::store::POSTGRES_WRITERS as usize;
 
 impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise

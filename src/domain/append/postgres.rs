@@ -17,7 +17,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_orm::sqlx::{self, PgPool, Row};
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::{self, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::mpsc;
 
 use super::{
@@ -40,6 +41,11 @@ const READ_CHATS: &str = "SELECT id, org_id, inbox_id, domain_id, customer_id, o
 
 /// Moves each chat from the state the writer remembers ($1-$7, $17) and inserts the
 /// messages of the chats it moved ($8-$16); returns the new messages' ids.
+///
+/// `chats.id = ANY($1)` is there for the plan: a prepared statement's plan cannot know how
+/// many chats a batch holds and guesses ten, and on a small table with many dead rows
+/// (every send updates its chat) it would rather scan the whole table than look each
+/// chat up. With the array it reads only the batch's chats, whatever the table's size.
 const STORE_BATCH: &str = "\
 WITH c (id, old_seq, new_seq, old_status, new_status, old_operator, new_operator,
        activity) AS (
@@ -49,7 +55,7 @@ WITH c (id, old_seq, new_seq, old_status, new_status, old_operator, new_operator
     UPDATE chats SET last_seq = c.new_seq, status = c.new_status,
                      operator_id = c.new_operator, last_activity_at = c.activity
     FROM c
-    WHERE chats.id = c.id AND chats.last_seq = c.old_seq AND chats.status = c.old_status
+    WHERE chats.id = ANY($1) AND chats.id = c.id AND chats.last_seq = c.old_seq AND chats.status = c.old_status
       AND chats.operator_id IS NOT DISTINCT FROM c.old_operator
     RETURNING chats.id
 ), stored AS (
@@ -75,7 +81,9 @@ SELECT id, chat_id, seq FROM stored";
 /// Returns rows of three kinds, for the writer to match up: `chat` (its last seq; a chat
 /// without one does not exist), `saved` (a member's cursors after) and `old` (before).
 /// Every join is an index lookup per row: a prepared statement's plan cannot know how many
-/// marks a batch holds, and a join of two batch-sized lists can become quadratic.
+/// marks a batch holds, and a join of two batch-sized lists can become quadratic. The
+/// `= ANY($1)` conditions keep chats and receipts to the batch's chats, as in
+/// [`STORE_BATCH`].
 ///
 /// The messages to mark start above the old cursors; a message gets a time only if it has
 /// none, so two statements that overlap mark it once.
@@ -89,11 +97,11 @@ WITH m (chat_id, member_kind, member_id, received, read) AS (
         SELECT m.chat_id, m.member_kind, m.member_id,
                max(m.received) AS received, max(m.read) AS read
         FROM m JOIN chats c ON c.id = m.chat_id
-        WHERE m.received <= c.last_seq AND m.read <= c.last_seq
+        WHERE c.id = ANY($1) AND m.received <= c.last_seq AND m.read <= c.last_seq
         GROUP BY m.chat_id, m.member_kind, m.member_id
     ) g
-    LEFT JOIN receipts r ON r.chat_id = g.chat_id AND r.member_kind = g.member_kind
-        AND r.member_id = g.member_id
+    LEFT JOIN receipts r ON r.chat_id = ANY($1) AND r.chat_id = g.chat_id
+        AND r.member_kind = g.member_kind AND r.member_id = g.member_id
 ), saved AS (
     INSERT INTO receipts AS r
         (chat_id, member_kind, member_id, received_seq, read_seq, received_at, read_at)
@@ -127,10 +135,13 @@ FROM saved
 UNION ALL
 SELECT 'old', chat_id, member_kind, member_id, old_received, old_read, NULL, NULL FROM want";
 
-/// The writer's pool and what it remembers of the chats it writes to.
+/// The writer's connection and what it remembers of the chats it writes to.
 pub(super) struct Writer {
     store: Store,
     pool: PgPool,
+    /// Held between batches: taking one from the pool for each statement costs a round
+    /// trip (the pool pings it). Given back after an error, and taken again next batch.
+    conn: Option<PoolConnection<Postgres>>,
     chats: HashMap<i64, chat::Model>,
 }
 
@@ -159,6 +170,7 @@ impl Writer {
         Some(Writer {
             store,
             pool,
+            conn: None,
             chats: HashMap::new(),
         })
     }
@@ -170,17 +182,28 @@ impl Writer {
             self.chats.clear();
         }
         let mut outcomes: Vec<Option<Result<Done>>> = jobs.iter().map(|_| None).collect();
+        let mut conn = match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await,
+        };
         for _ in 0..ROUNDS {
             let waiting: Vec<usize> = (0..jobs.len()).filter(|i| outcomes[*i].is_none()).collect();
             if waiting.is_empty() {
                 break;
             }
-            if let Err(e) = self.round(jobs, &waiting, &mut outcomes).await {
+            let tried = match &mut conn {
+                Ok(conn) => self.round(conn, jobs, &waiting, &mut outcomes).await,
+                Err(e) => Err(std::mem::replace(e, sqlx::Error::PoolClosed)),
+            };
+            if let Err(e) = tried {
                 tracing::debug!(error = %e, sends = waiting.len(), "a batch failed; storing its sends one by one");
                 self.chats.clear();
+                // The connection may be broken: the pool checks it before lending it again.
+                conn = Err(e);
                 break;
             }
         }
+        self.conn = conn.ok();
         let mut done = Vec::with_capacity(jobs.len());
         for (job, outcome) in jobs.iter().zip(outcomes) {
             done.push(match outcome {
@@ -196,6 +219,7 @@ impl Writer {
     /// their chats are read again next round.
     async fn round(
         &mut self,
+        conn: &mut PgConnection,
         jobs: &[Job],
         waiting: &[usize],
         outcomes: &mut [Option<Result<Done>>],
@@ -211,7 +235,7 @@ impl Writer {
         if !unknown.is_empty() {
             for row in sqlx::query(READ_CHATS)
                 .bind(&unknown)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?
             {
                 let chat = chat_of(&row)?;
@@ -275,7 +299,7 @@ impl Writer {
         }
 
         if !rows.is_empty() {
-            let stored = self.store_batch(jobs, &planned, &rows, now).await?;
+            let stored = store_batch(conn, jobs, &planned, &rows, now).await?;
             let mut moved = HashSet::new();
             for &(i, seq, took) in &rows {
                 let job = &jobs[i];
@@ -306,166 +330,166 @@ impl Writer {
         }
         // After the messages: a mark checks its seqs against the chat as stored now.
         if !marks.is_empty() {
-            self.mark_batch(jobs, &marks, now, outcomes).await?;
+            mark_batch(conn, jobs, &marks, now, outcomes).await?;
         }
         Ok(())
     }
+}
 
-    /// Runs [`MARK_BATCH`] for the mark jobs `marks`, and decides their outcomes.
-    async fn mark_batch(
-        &self,
-        jobs: &[Job],
-        marks: &[usize],
-        now: i64,
-        outcomes: &mut [Option<Result<Done>>],
-    ) -> Result<(), sqlx::Error> {
-        let n = marks.len();
-        let (mut chat_id, mut member_id) = (vec_of(n), vec_of(n));
-        let (mut kind, mut received, mut read) = (vec_of(n), vec_of(n), vec_of(n));
-        for &i in marks {
-            let Work::Mark(m) = &jobs[i].work else {
-                continue;
-            };
-            chat_id.push(jobs[i].chat_id);
-            kind.push(m.kind);
-            member_id.push(m.member_id);
-            received.push(m.received);
-            read.push(m.read);
-        }
-        let rows = sqlx::query(MARK_BATCH)
-            .bind(chat_id)
-            .bind(kind)
-            .bind(member_id)
-            .bind(received)
-            .bind(read)
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut last_seqs: HashMap<i64, i64> = HashMap::new();
-        let mut saved: HashMap<(i64, String, i64), Receipt> = HashMap::new();
-        let mut old: HashMap<(i64, String, i64), (i64, i64)> = HashMap::new();
-        for row in rows {
-            let what: &str = row.try_get(0)?;
-            let chat_id: i64 = row.try_get(1)?;
-            let (a, b): (i64, i64) = (row.try_get(4)?, row.try_get(5)?);
-            match what {
-                "chat" => {
-                    last_seqs.insert(chat_id, a);
-                }
-                "saved" => {
-                    let receipt = Receipt {
-                        chat_id,
-                        received_seq: a,
-                        read_seq: b,
-                        received_at: row.try_get(6)?,
-                        read_at: row.try_get(7)?,
-                    };
-                    saved.insert((chat_id, row.try_get(2)?, row.try_get(3)?), receipt);
-                }
-                _ => {
-                    old.insert((chat_id, row.try_get(2)?, row.try_get(3)?), (a, b));
-                }
+/// Runs [`MARK_BATCH`] for the mark jobs `marks`, and decides their outcomes.
+async fn mark_batch(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+    marks: &[usize],
+    now: i64,
+    outcomes: &mut [Option<Result<Done>>],
+) -> Result<(), sqlx::Error> {
+    let n = marks.len();
+    let (mut chat_id, mut member_id) = (vec_of(n), vec_of(n));
+    let (mut kind, mut received, mut read) = (vec_of(n), vec_of(n), vec_of(n));
+    for &i in marks {
+        let Work::Mark(m) = &jobs[i].work else {
+            continue;
+        };
+        chat_id.push(jobs[i].chat_id);
+        kind.push(m.kind);
+        member_id.push(m.member_id);
+        received.push(m.received);
+        read.push(m.read);
+    }
+    let rows = sqlx::query(MARK_BATCH)
+        .bind(chat_id)
+        .bind(kind)
+        .bind(member_id)
+        .bind(received)
+        .bind(read)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut last_seqs: HashMap<i64, i64> = HashMap::new();
+    let mut saved: HashMap<(i64, String, i64), Receipt> = HashMap::new();
+    let mut old: HashMap<(i64, String, i64), (i64, i64)> = HashMap::new();
+    for row in rows {
+        let what: &str = row.try_get(0)?;
+        let chat_id: i64 = row.try_get(1)?;
+        let (a, b): (i64, i64) = (row.try_get(4)?, row.try_get(5)?);
+        match what {
+            "chat" => {
+                last_seqs.insert(chat_id, a);
+            }
+            "saved" => {
+                let receipt = Receipt {
+                    chat_id,
+                    received_seq: a,
+                    read_seq: b,
+                    received_at: row.try_get(6)?,
+                    read_at: row.try_get(7)?,
+                };
+                saved.insert((chat_id, row.try_get(2)?, row.try_get(3)?), receipt);
+            }
+            _ => {
+                old.insert((chat_id, row.try_get(2)?, row.try_get(3)?), (a, b));
             }
         }
-        // One receipt announcement per member and batch, however many marks it sent.
-        let mut announced = HashSet::new();
-        for &i in marks {
-            let (job, Work::Mark(m)) = (&jobs[i], &jobs[i].work) else {
-                continue;
-            };
-            let Some(&last_seq) = last_seqs.get(&job.chat_id) else {
-                outcomes[i] = Some(Err(Error::NotFound("chat")));
-                continue;
-            };
-            if let Err(e) = m.check(last_seq) {
-                outcomes[i] = Some(Err(e));
-                continue;
-            }
-            let member = (job.chat_id, m.kind.to_owned(), m.member_id);
-            let Some(receipt) = saved.get(&member).cloned() else {
-                continue; // left waiting: stored alone after the rounds
-            };
-            let (old_received, old_read) = old.get(&member).copied().unwrap_or((0, 0));
-            let moved = (receipt.received_seq > old_received || receipt.read_seq > old_read)
-                && announced.insert(member);
-            outcomes[i] = Some(Ok(Done::Marked(Marked { receipt, moved })));
-        }
-        Ok(())
     }
+    // One receipt announcement per member and batch, however many marks it sent.
+    let mut announced = HashSet::new();
+    for &i in marks {
+        let (job, Work::Mark(m)) = (&jobs[i], &jobs[i].work) else {
+            continue;
+        };
+        let Some(&last_seq) = last_seqs.get(&job.chat_id) else {
+            outcomes[i] = Some(Err(Error::NotFound("chat")));
+            continue;
+        };
+        if let Err(e) = m.check(last_seq) {
+            outcomes[i] = Some(Err(e));
+            continue;
+        }
+        let member = (job.chat_id, m.kind.to_owned(), m.member_id);
+        let Some(receipt) = saved.get(&member).cloned() else {
+            continue; // left waiting: stored alone after the rounds
+        };
+        let (old_received, old_read) = old.get(&member).copied().unwrap_or((0, 0));
+        let moved = (receipt.received_seq > old_received || receipt.read_seq > old_read)
+            && announced.insert(member);
+        outcomes[i] = Some(Ok(Done::Marked(Marked { receipt, moved })));
+    }
+    Ok(())
+}
 
-    /// Runs [`STORE_BATCH`]; returns the ids of the stored messages by (chat, seq).
-    async fn store_batch(
-        &self,
-        jobs: &[Job],
-        planned: &HashMap<i64, Planned>,
-        rows: &[(usize, i64, bool)],
-        now: i64,
-    ) -> Result<HashMap<(i64, i64), i64>, sqlx::Error> {
-        let n = planned.len();
-        let (mut id, mut old_seq, mut new_seq) = (vec_of(n), vec_of(n), vec_of(n));
-        let (mut old_status, mut new_status) = (vec_of(n), vec_of(n));
-        let (mut old_operator, mut new_operator) = (vec_of(n), vec_of(n));
-        let mut activity = vec_of(n);
-        // In id order, so that two nodes' batches lock shared chats in the same order.
-        let mut chats: Vec<&Planned> = planned.values().collect();
-        chats.sort_unstable_by_key(|p| p.was.id);
-        for p in chats {
-            id.push(p.was.id);
-            old_seq.push(p.was.last_seq);
-            new_seq.push(p.now.last_seq);
-            old_status.push(p.was.status.as_str());
-            new_status.push(p.now.status.as_str());
-            old_operator.push(p.was.operator_id);
-            new_operator.push(p.now.operator_id);
-            activity.push(p.now.last_activity_at);
-        }
-        let n = rows.len();
-        let (mut chat_id, mut seq, mut author_id) = (vec_of(n), vec_of(n), vec_of(n));
-        let (mut author_kind, mut payload, mut text) = (vec_of(n), vec_of(n), vec_of(n));
-        let (mut local_id, mut file_id) = (vec_of(n), vec_of(n));
-        for &(i, s, _) in rows {
-            let (job, Some(a)) = (&jobs[i], jobs[i].append()) else {
-                continue;
-            };
-            chat_id.push(job.chat_id);
-            seq.push(s);
-            author_kind.push(a.kind);
-            author_id.push(a.author_id);
-            local_id.push(a.local_id.as_deref());
-            payload.push(a.payload);
-            text.push(a.text.as_str());
-            file_id.push(a.file_id.as_deref());
-        }
-        let stored = sqlx::query(STORE_BATCH)
-            .bind(id)
-            .bind(old_seq)
-            .bind(new_seq)
-            .bind(old_status)
-            .bind(new_status)
-            .bind(old_operator)
-            .bind(new_operator)
-            .bind(now)
-            .bind(chat_id)
-            .bind(seq)
-            .bind(author_kind)
-            .bind(author_id)
-            .bind(local_id)
-            .bind(payload)
-            .bind(text)
-            .bind(file_id)
-            .bind(activity)
-            .fetch_all(&self.pool)
-            .await?;
-        stored
-            .iter()
-            .map(|row| {
-                Ok((
-                    (row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?),
-                    row.try_get::<i64, _>(0)?,
-                ))
-            })
-            .collect()
+/// Runs [`STORE_BATCH`]; returns the ids of the stored messages by (chat, seq).
+async fn store_batch(
+    conn: &mut PgConnection,
+    jobs: &[Job],
+    planned: &HashMap<i64, Planned>,
+    rows: &[(usize, i64, bool)],
+    now: i64,
+) -> Result<HashMap<(i64, i64), i64>, sqlx::Error> {
+    let n = planned.len();
+    let (mut id, mut old_seq, mut new_seq) = (vec_of(n), vec_of(n), vec_of(n));
+    let (mut old_status, mut new_status) = (vec_of(n), vec_of(n));
+    let (mut old_operator, mut new_operator) = (vec_of(n), vec_of(n));
+    let mut activity = vec_of(n);
+    // In id order, so that two nodes' batches lock shared chats in the same order.
+    let mut chats: Vec<&Planned> = planned.values().collect();
+    chats.sort_unstable_by_key(|p| p.was.id);
+    for p in chats {
+        id.push(p.was.id);
+        old_seq.push(p.was.last_seq);
+        new_seq.push(p.now.last_seq);
+        old_status.push(p.was.status.as_str());
+        new_status.push(p.now.status.as_str());
+        old_operator.push(p.was.operator_id);
+        new_operator.push(p.now.operator_id);
+        activity.push(p.now.last_activity_at);
     }
+    let n = rows.len();
+    let (mut chat_id, mut seq, mut author_id) = (vec_of(n), vec_of(n), vec_of(n));
+    let (mut author_kind, mut payload, mut text) = (vec_of(n), vec_of(n), vec_of(n));
+    let (mut local_id, mut file_id) = (vec_of(n), vec_of(n));
+    for &(i, s, _) in rows {
+        let (job, Some(a)) = (&jobs[i], jobs[i].append()) else {
+            continue;
+        };
+        chat_id.push(job.chat_id);
+        seq.push(s);
+        author_kind.push(a.kind);
+        author_id.push(a.author_id);
+        local_id.push(a.local_id.as_deref());
+        payload.push(a.payload);
+        text.push(a.text.as_str());
+        file_id.push(a.file_id.as_deref());
+    }
+    let stored = sqlx::query(STORE_BATCH)
+        .bind(id)
+        .bind(old_seq)
+        .bind(new_seq)
+        .bind(old_status)
+        .bind(new_status)
+        .bind(old_operator)
+        .bind(new_operator)
+        .bind(now)
+        .bind(chat_id)
+        .bind(seq)
+        .bind(author_kind)
+        .bind(author_id)
+        .bind(local_id)
+        .bind(payload)
+        .bind(text)
+        .bind(file_id)
+        .bind(activity)
+        .fetch_all(&mut *conn)
+        .await?;
+    stored
+        .iter()
+        .map(|row| {
+            Ok((
+                (row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?),
+                row.try_get::<i64, _>(0)?,
+            ))
+        })
+        .collect()
 }
 
 fn vec_of<T>(n: usize) -> Vec<T> {
