@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every scenario of BENCHMARKS.md, RUNS times each (default 3): 200 chats x 5 sockets at
 # 10 msg/s per sender and closed loop (4 unacked per sender), for the bare ceiling and for
-# souq on 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; then idle
-# sockets. Appends labelled JSON lines to $OUT and prints the table of medians.
+# souq without and with receipts (the second socket of each chat reads every message) on
+# 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; then idle sockets.
+# Appends labelled JSON lines to $OUT and prints the table of medians.
 set -e
 cd "$(git rev-parse --show-toplevel)"
 cargo build --release --bin souq --example loadgen --example ceiling
@@ -23,7 +24,7 @@ for run in $(seq 1 "$RUNS"); do
   echo "run $run of $RUNS" >&2
   ceiling | label "ceiling (bare tokio-tungstenite)"
   ceiling --window 4 | label "ceiling (bare tokio-tungstenite)"
-  for load in "" "--window 4"; do
+  for load in "" "--window 4" "--receipts" "--window 4 --receipts"; do
     RATE=10 SECS=$SECS EXTRA="$load" bench/one-node-sqlite.sh | label "souq, 1 node, SQLite"
     RATE=10 SECS=$SECS EXTRA="$load" bench/one-node-postgres.sh 2>/dev/null | label "souq, 1 node, PostgreSQL"
     RATE=10 SECS=$SECS EXTRA="$load" bench/three-nodes-postgres-redis.sh 2>/dev/null | label "souq, 3 nodes, PostgreSQL + Redis"

@@ -16,6 +16,18 @@ def ms(us):
     return "—" if us is None else f"{us / 1000:.2f} ms"
 
 
+def load(mode):
+    """loadgen's mode as the tables say it: "closed-loop w=4, receipts" reads
+    "closed loop, 4 unacked, with receipts"."""
+    mode, receipts, _ = (mode + ",").partition(", receipts")
+    mode = mode.rstrip(",")
+    if mode.startswith("closed-loop w="):
+        mode = f"closed loop, {mode.removeprefix('closed-loop w=')} unacked"
+    elif mode.startswith("rate ") and mode.endswith("/s per sender"):
+        mode = f"{mode.removeprefix('rate ').removesuffix('/s per sender')} msg/s per sender"
+    return mode + (", with receipts" if receipts else "")
+
+
 def main(path):
     groups = OrderedDict()
     for line in open(path):
@@ -27,13 +39,13 @@ def main(path):
             groups.setdefault((r["setup"], r["mode"]), []).append(r)
 
     print("| setup | load | runs | sends/s | deliveries/s | p50 | p99 | p99.9 | lost / dup "
-          "| server CPU µs/delivery | all-in CPU µs/delivery |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| server CPU µs/delivery | all-in CPU µs/delivery | stolen |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (setup, mode), rows in groups.items():
         if mode.startswith("idle"):
             continue
         lat = lambda q: (lambda r: r["latency_us"][q])
-        print(f"| {setup} | {mode} | {len(rows)} "
+        print(f"| {setup} | {load(mode)} | {len(rows)} "
               f"| {median(rows, lambda r: r['sends_per_s']):,.0f} "
               f"| {median(rows, lambda r: r['deliveries_per_s']):,.0f} "
               f"| {ms(median(rows, lat('p50')))} | {ms(median(rows, lat('p99')))} "
@@ -41,7 +53,8 @@ def main(path):
               f"| {max(r['undelivered_10s_after'] for r in rows)} / "
               f"{max(r['duplicated'] for r in rows)} "
               f"| {median(rows, lambda r: r['cpu_us_per_delivery']):.1f} "
-              f"| {median(rows, lambda r: r['all_in_cpu_us_per_delivery']):.1f} |")
+              f"| {median(rows, lambda r: r['all_in_cpu_us_per_delivery']):.1f} "
+              f"| {median(rows, lambda r: r.get('stolen_percent')) or 0:.0f}% |")
     print()
     print("| setup | idle sockets | runs | server RSS per socket | still open after hold |")
     print("| --- | --- | --- | --- | --- |")

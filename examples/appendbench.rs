@@ -9,8 +9,8 @@
 //! ```
 //! `--per-chat N` stops after N sends per chat instead: the same work each run, for
 //! `valgrind --tool=callgrind`, whose instruction counts do not depend on what else the
-//! machine is doing. Without `--database` it uses a fresh SQLite file in the temp folder. A PostgreSQL
-//! database should be empty (it gets a new organisation either way).
+//! machine is doing. Without `--database` it uses a fresh SQLite file in the temp folder.
+//! A PostgreSQL database should be empty (it gets a new organisation either way).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

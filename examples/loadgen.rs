@@ -24,6 +24,7 @@
 //! `--idle N` opens N sockets that only stay connected (devices of the R customers, spread
 //! over source addresses 127.0.0.2, .3, ...), and reports the server's RSS per socket.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -110,32 +111,43 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// CPU time of the whole machine, in clock ticks: busy (user, nice, system, irq,
-/// softirq), and stolen (time the hypervisor gave to other machines, not work done here).
-/// The guest fields are already counted in user and nice.
-fn machine_busy() -> Option<(u64, u64)> {
+/// Time the hypervisor gave to other machines (the steal column of /proc/stat), in clock
+/// ticks: not work done here.
+fn machine_stolen() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?;
-    let v: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
-    Some((busy, *v.get(7)?))
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
 }
 
-/// CPU time (user + system, in clock ticks) of this process.
-fn own_cpu() -> Option<u64> {
-    proc_stat(std::process::id()).map(|(t, _)| t)
+/// CPU time (user + system, in clock ticks) of every process but this load generator,
+/// kernel threads included, by pid. Summed, it is the machine's busy time: the kernel's
+/// loopback work runs inside the processes that send and receive. /proc/stat's busy
+/// columns would be simpler, but they are samples taken at timer ticks, and on a machine
+/// that is mostly idle they miss most of the short bursts a server at low load runs in
+/// (one run read less than this process alone had used).
+fn other_processes_cpu() -> HashMap<u32, u64> {
+    let own = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != own)
+        .filter_map(|pid| Some((pid, proc_ticks(pid)?)))
+        .collect()
+}
+
+/// CPU time (user + system, in clock ticks) of a process, all its threads, past and
+/// present. The kernel scales the ticks to the exact run time.
+fn proc_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// CPU time (user + system, in clock ticks) and RSS (KiB) of a process.
 fn proc_stat(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let ticks = proc_ticks(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
         .lines()
@@ -413,7 +425,11 @@ async fn run(a: Args) -> Result<(), String> {
         }
     }
     let before: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
-    let (busy_before, own_before) = (machine_busy(), own_cpu());
+    let (others_before, stolen_before, own_before) = (
+        other_processes_cpu(),
+        machine_stolen(),
+        proc_ticks(std::process::id()),
+    );
     let measure_start = Instant::now();
     let mut tasks = Vec::new();
     let period = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
@@ -463,7 +479,11 @@ async fn run(a: Args) -> Result<(), String> {
     }
     let elapsed = measure_start.elapsed().as_secs_f64();
     let after: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
-    let (busy_after, own_after) = (machine_busy(), own_cpu());
+    let (others_after, stolen_after, own_after) = (
+        other_processes_cpu(),
+        machine_stolen(),
+        proc_ticks(std::process::id()),
+    );
     // Let in-flight deliveries land before counting.
     let sends = stats.sends.load(Ordering::Relaxed);
     let expected = sends * a.members as u64;
@@ -487,18 +507,18 @@ async fn run(a: Args) -> Result<(), String> {
             procs.push(json!({"pid": pid, "cpu_s": s, "rss_kib": rss}));
         }
     }
-    // Everything but this load generator: the nodes, the database, Redis, the kernel.
-    let server_side_s = match (busy_before, busy_after, own_before, own_after) {
-        (Some((b0, _)), Some((b1, _)), Some(o0), Some(o1)) => {
-            ((b1 - b0).saturating_sub(o1 - o0)) as f64 / ticks_per_s
-        }
-        _ => 0.0,
-    };
+    // Everything but this load generator: the nodes, the database, Redis, the kernel. A
+    // process that started during the run counts whole; one that ended is missed.
+    let server_side_ticks: u64 = others_after
+        .iter()
+        .map(|(pid, t1)| t1.saturating_sub(others_before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    let server_side_s = server_side_ticks as f64 / ticks_per_s;
     // Share of the machine's cores taken by other machines during the run: a busy host
     // slows every figure of the run, and makes the tail longer.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let stolen_percent = match (busy_before, busy_after) {
-        (Some((_, s0)), Some((_, s1))) => (s1 - s0) as f64 / ticks_per_s / elapsed / cores * 100.0,
+    let stolen_percent = match (stolen_before, stolen_after) {
+        (Some(s0), Some(s1)) => (s1 - s0) as f64 / ticks_per_s / elapsed / cores * 100.0,
         _ => 0.0,
     };
     let h = stats.latency.lock().unwrap_or_else(|e| e.into_inner());
@@ -506,7 +526,11 @@ async fn run(a: Args) -> Result<(), String> {
     let line = json!({
         "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
         "server": if a.ceiling { "ceiling" } else { "souq" },
-        "mode": if a.window > 0 { format!("closed-loop w={}", a.window) } else { format!("rate {}/s per sender", a.rate) },
+        "mode": format!(
+            "{}{}",
+            if a.window > 0 { format!("closed-loop w={}", a.window) } else { format!("rate {}/s per sender", a.rate) },
+            if a.receipts && !a.ceiling { ", receipts" } else { "" }
+        ),
         "seconds": elapsed,
         "sends": sends, "acks": stats.acks.load(Ordering::Relaxed),
         "reads_sent": stats.reads.load(Ordering::Relaxed),
