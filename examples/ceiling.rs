@@ -3,9 +3,11 @@
 //! socket of `/room/N` sends goes, as the same bytes, to every socket of room N (the sender
 //! too). Its CPU per delivery is the floor souq is compared against in BENCHMARKS.md.
 //!
-//! It is built the way souq's live path is (a writer task per socket behind a bounded
-//! queue, frames shared rather than copied, queued frames written before one flush, the
-//! same buffer sizes), minus everything that makes a chat durable.
+//! It is built the way souq's live path first was (a reader and a writer task per socket,
+//! the writer behind a bounded queue, frames shared rather than copied, queued frames
+//! written before one flush), minus everything that makes a chat durable. souq has since
+//! gone to one task and a 1 KiB read buffer per socket, so an idle socket costs it less
+//! than one of these; the ceiling is the floor for CPU per delivery, not for memory.
 //!
 //! ```sh
 //! cargo run --release --example ceiling -- 127.0.0.1:9090
