@@ -55,7 +55,8 @@ WITH c (id, old_seq, new_seq, old_status, new_status, old_operator, new_operator
     UPDATE chats SET last_seq = c.new_seq, status = c.new_status,
                      operator_id = c.new_operator, last_activity_at = c.activity
     FROM c
-    WHERE chats.id = ANY($1) AND chats.id = c.id AND chats.last_seq = c.old_seq AND chats.status = c.old_status
+    WHERE chats.id = ANY($1) AND chats.id = c.id
+      AND chats.last_seq = c.old_seq AND chats.status = c.old_status
       AND chats.operator_id IS NOT DISTINCT FROM c.old_operator
     RETURNING chats.id
 ), stored AS (
@@ -367,11 +368,19 @@ async fn mark_batch(
         .fetch_all(&mut *conn)
         .await?;
     let mut last_seqs: HashMap<i64, i64> = HashMap::new();
-    let mut saved: HashMap<(i64, String, i64), Receipt> = HashMap::new();
-    let mut old: HashMap<(i64, String, i64), (i64, i64)> = HashMap::new();
+    // A member is (chat, whether a customer, id): kinds compared, not copied, per row.
+    let mut saved: HashMap<(i64, bool, i64), Receipt> = HashMap::new();
+    let mut old: HashMap<(i64, bool, i64), (i64, i64)> = HashMap::new();
     for row in rows {
         let what: &str = row.try_get(0)?;
         let chat_id: i64 = row.try_get(1)?;
+        let member = |row: &sqlx::postgres::PgRow| -> Result<_, sqlx::Error> {
+            Ok((
+                chat_id,
+                row.try_get::<&str, _>(2)? == "customer",
+                row.try_get(3)?,
+            ))
+        };
         let (a, b): (i64, i64) = (row.try_get(4)?, row.try_get(5)?);
         match what {
             "chat" => {
@@ -385,10 +394,10 @@ async fn mark_batch(
                     received_at: row.try_get(6)?,
                     read_at: row.try_get(7)?,
                 };
-                saved.insert((chat_id, row.try_get(2)?, row.try_get(3)?), receipt);
+                saved.insert(member(&row)?, receipt);
             }
             _ => {
-                old.insert((chat_id, row.try_get(2)?, row.try_get(3)?), (a, b));
+                old.insert(member(&row)?, (a, b));
             }
         }
     }
@@ -406,7 +415,7 @@ async fn mark_batch(
             outcomes[i] = Some(Err(e));
             continue;
         }
-        let member = (job.chat_id, m.kind.to_owned(), m.member_id);
+        let member = (job.chat_id, m.kind == "customer", m.member_id);
         let Some(receipt) = saved.get(&member).cloned() else {
             continue; // left waiting: stored alone after the rounds
         };
