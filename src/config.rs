@@ -31,9 +31,16 @@ pub struct Config {
     #[arg(long, env = "SOUQ_PRESENCE_TTL", default_value_t = 30)]
     pub presence_ttl: u64,
 
-    /// Most database connections held open by this process.
+    /// Most database connections held open by this process for requests.
     #[arg(long, env = "SOUQ_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+
+    /// On PostgreSQL: message writers of this node, each with a connection of its own
+    /// (besides db-max-connections) and a share of the chats. Unset: 2, or 1 with Redis,
+    /// where the other nodes bring theirs (more writers than that make smaller batches,
+    /// each with its own commit).
+    #[arg(long, env = "SOUQ_PG_WRITERS")]
+    pub pg_writers: Option<u32>,
 
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "SOUQ_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -95,6 +102,7 @@ impl Config {
             redis_prefix: "souq".into(),
             presence_ttl: 30,
             db_max_connections: 16,
+            pg_writers: None,
             max_body_bytes: 1024 * 1024,
             max_text_chars: 10_000,
             access_token_ttl: 3600,
@@ -137,6 +145,11 @@ impl Config {
         }
         if self.db_max_connections == 0 {
             return Err(ConfigError("db-max-connections must be at least 1".into()));
+        }
+        if let Some(n) = self.pg_writers
+            && !(1..=16).contains(&n)
+        {
+            return Err(ConfigError("pg-writers must be from 1 to 16".into()));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("max-body-bytes must be at least 1024".into()));
@@ -181,6 +194,16 @@ impl Config {
         Ok(())
     }
 
+    /// PostgreSQL message writers of this node: as set, or 2 alone and 1 beside other
+    /// nodes (with Redis).
+    pub fn postgres_writers(&self) -> u32 {
+        self.pg_writers.unwrap_or(if self.redis_url.is_some() {
+            1
+        } else {
+            crate::store::POSTGRES_WRITERS
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_text_chars: self.max_text_chars,
@@ -210,5 +233,31 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn a_node_has_two_postgres_writers_alone_and_one_beside_other_nodes() {
+        let mut config = Config::with_database("postgres://souq@db/souq");
+        assert_eq!(config.postgres_writers(), 2, "alone");
+        config.redis_url = Some("redis://cache:6379".into());
+        assert_eq!(config.postgres_writers(), 1, "with Redis");
+        config.pg_writers = Some(3);
+        assert_eq!(config.postgres_writers(), 3, "as set");
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn postgres_writers_out_of_range_are_refused_at_start() {
+        for n in [0, 17] {
+            let mut config = Config::with_database("postgres://souq@db/souq");
+            config.pg_writers = Some(n);
+            let refused = config.validate().expect_err("accepted");
+            assert!(refused.to_string().contains("pg-writers"), "{n}: {refused}");
+        }
     }
 }

@@ -76,7 +76,12 @@ impl Server {
     /// Checks the config, opens the database (applying migrations) and binds the port.
     pub async fn build(config: &Config) -> Result<Server, StartError> {
         config.validate()?;
-        let store = store::Store::open(&config.database_url, config.db_max_connections).await?;
+        let store = store::Store::open_with_writers(
+            &config.database_url,
+            config.db_max_connections,
+            config.postgres_writers(),
+        )
+        .await?;
         let hub = Arc::new(hub::Hub::new());
         let bus = match config.redis() {
             Some(redis) => bus::Bus::with_redis(hub, redis).await?,

@@ -25,9 +25,9 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
-/// Message writers per node on PostgreSQL. Each keeps one connection of the pool for
-/// itself, so the pool holds this many more than it is asked for.
-pub(crate) const POSTGRES_WRITERS: u32 = 2;
+/// Message writers of a node on PostgreSQL, unless told otherwise. Each keeps one
+/// connection of the pool for itself, so the pool holds this many more than it is asked for.
+pub const POSTGRES_WRITERS: u32 = 2;
 
 /// The database handle shared by every request. Clones share the pool and the writer lock.
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub struct Store {
     sqlite_writer: Option<Arc<Mutex<()>>>,
     /// The SQLite database file (not for an in-memory database).
     sqlite_file: Option<PathBuf>,
+    /// PostgreSQL message writers, each holding a connection of the pool (0 on SQLite).
+    postgres_writers: u32,
 }
 
 /// A transaction that may write. On SQLite it holds the writer lock until it ends.
@@ -55,11 +57,20 @@ impl Store {
     /// Fails when the url names another database kind, the database cannot be reached,
     /// or a migration fails (nothing of that migration is kept).
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Store::open_with_writers(url, max_connections, POSTGRES_WRITERS).await
+    }
+
+    /// [`Store::open`] with `writers` message writers (at least one) on PostgreSQL.
+    pub async fn open_with_writers(
+        url: &str,
+        max_connections: u32,
+        writers: u32,
+    ) -> Result<Self, StoreError> {
         let is_sqlite = url.starts_with("sqlite:");
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
-        let held = if is_sqlite { 0 } else { POSTGRES_WRITERS };
+        let held = if is_sqlite { 0 } else { writers.max(1) };
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(max_connections + held)
@@ -88,9 +99,15 @@ impl Store {
             db,
             sqlite_writer: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             sqlite_file,
+            postgres_writers: held,
         };
         migrate::run(&store).await?;
         Ok(store)
+    }
+
+    /// How many message writers this store has connections for on PostgreSQL.
+    pub(crate) fn postgres_writers(&self) -> usize {
+        self.postgres_writers as usize
     }
 
     pub fn backend(&self) -> DbBackend {

@@ -216,11 +216,6 @@ pub(super) struct Appender {
     writers: Vec<mpsc::Sender<Job>>,
 }
 
-/// PostgreSQL writers per node. Each has its own connection and its own chats, so their
-/// batches never wait on each other's rows, and one batch's commit overlaps the next
-/// one's statement.
-const POSTGRES_WRITERS: usize = crate::store::POSTGRES_WRITERS as usize;
-
 impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
     /// a task (PostgreSQL's writer, or the pool's). Must be called within a tokio runtime.
@@ -247,9 +242,12 @@ impl Appender {
                 writers: vec![jobs],
             };
         }
+        // Several writers, each with its own connection and its own chats: their batches
+        // never wait on each other's rows, and one batch's commit overlaps the next one's
+        // statement. (Nodes sharing the database each bring theirs.)
         let mut writers = vec![jobs];
         let mut queues = vec![rx];
-        while writers.len() < POSTGRES_WRITERS {
+        while writers.len() < store.postgres_writers() {
             let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
             writers.push(jobs);
             queues.push(rx);

@@ -148,6 +148,10 @@ pub(super) struct Writer {
 
 /// Stores batches of whatever sends are waiting until the handle is dropped.
 pub(super) async fn run(mut writer: Writer, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+    // Connected at start, so the first send does not wait for a connection (and the
+    // writer's backend is there from the start for whoever watches the database). If
+    // PostgreSQL is away, the first batch tries again.
+    writer.conn = writer.pool.acquire().await.ok();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let outcomes = writer.commit(&batch).await;
