@@ -31,6 +31,10 @@ const QUEUE: usize = 1024;
 /// Room id → the queues of its sockets.
 type Rooms = Arc<Mutex<HashMap<u64, Vec<(u64, mpsc::Sender<Utf8Bytes>)>>>>;
 
+// The same allocator as souq.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
