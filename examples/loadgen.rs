@@ -21,20 +21,24 @@
 //! `--ceiling` drives `examples/ceiling` instead: sockets join `/room/N`, a send is the bare
 //! text `"n nanos"`, and the sender's own copy counts as its ack.
 //!
+//! `--threads T` (default: one per core) splits the chats over T threads, each with a
+//! runtime of its own; all the sockets of a chat are on one thread.
+//!
 //! `--idle N` opens N sockets that only stay connected (devices of the R customers, spread
 //! over source addresses 127.0.0.2, .3, ...), and reports the server's RSS per socket.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -51,6 +55,7 @@ struct Args {
     ceiling: bool,
     idle: usize,
     receipts: bool,
+    threads: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -68,6 +73,7 @@ fn args() -> Result<Args, String> {
         ceiling: false,
         idle: 0,
         receipts: false,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +101,7 @@ fn args() -> Result<Args, String> {
             "--window" => a.window = num(&v)? as usize,
             "--seconds" => a.seconds = num(&v)? as u64,
             "--idle" => a.idle = num(&v)? as usize,
+            "--threads" => a.threads = num(&v)? as usize,
             "--pids" => {
                 a.pids = v
                     .split(',')
@@ -178,18 +185,12 @@ async fn post(
     Ok(v)
 }
 
-struct Stats {
-    latency: Mutex<Histogram<u64>>,
-    deliveries: AtomicU64,
-    duplicates: AtomicU64,
-    sends: AtomicU64,
-    acks: AtomicU64,
-    /// `read` frames sent, and `receipt` frames received.
-    reads: AtomicU64,
-    receipts: AtomicU64,
-}
+// The same allocator as souq and the ceiling.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+// Setup and the idle mode run here; a measured run has threads of its own (see `run`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = match args() {
         Ok(a) => a,
@@ -312,11 +313,17 @@ async fn connect(
     }
     let tcp = socket.connect(target).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+    // tungstenite zeroes its whole read buffer (128 KiB by default) before each read from
+    // the socket; at a read per frame that was most of the load generator's CPU.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
 }
+
+/// What a socket reads at a time.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// RSS (KiB) of the given pids, summed.
 fn rss_of(pids: &[u32]) -> u64 {
@@ -378,52 +385,114 @@ async fn run_idle(a: &Args, rooms: &[Room]) -> Result<(), String> {
     Ok(())
 }
 
+/// Counters of one shard. Only its own thread writes them during the run (so no cache
+/// line moves between the cores per delivery); the main thread reads them.
+#[derive(Default)]
+struct Counters {
+    deliveries: AtomicU64,
+    duplicates: AtomicU64,
+    sends: AtomicU64,
+    acks: AtomicU64,
+    /// `read` frames sent, and `receipt` frames received.
+    reads: AtomicU64,
+    receipts: AtomicU64,
+}
+
+/// One thread's share of the run: its counters and its latency histogram. Aligned so that
+/// two shards never share a cache line.
+#[repr(align(128))]
+struct Shard {
+    counters: Counters,
+    latency: Mutex<Histogram<u64>>,
+}
+
+/// What the shards share with the main thread.
+struct Run {
+    a: Args,
+    /// Send times in the frames are nanoseconds since this.
+    start: Instant,
+    /// Senders still sending; the main thread waits for none.
+    senders_left: AtomicUsize,
+}
+
+/// What a socket does besides counting what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The chat's first socket: sends, at the rate or keeping the window full.
+    Sender,
+    /// With `--receipts`, the chat's second socket: sends `read` for every message.
+    Reader,
+    Member,
+}
+
+/// Sums a counter over the shards.
+fn total(shards: &[Arc<Shard>], counter: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+    shards
+        .iter()
+        .map(|s| counter(&s.counters).load(Ordering::Relaxed))
+        .sum()
+}
+
 async fn run(a: Args) -> Result<(), String> {
     let rooms = setup(&a).await?;
     if a.idle > 0 {
         return run_idle(&a, &rooms).await;
     }
-    let stats = Arc::new(Stats {
-        latency: Mutex::new(
-            Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
-        ),
-        deliveries: AtomicU64::new(0),
-        duplicates: AtomicU64::new(0),
-        sends: AtomicU64::new(0),
-        acks: AtomicU64::new(0),
-        reads: AtomicU64::new(0),
-        receipts: AtomicU64::new(0),
+    // Every socket of a chat lives on one thread with a runtime of its own: a send, its
+    // deliveries and its ack never cross between threads, and the load generator takes
+    // as little of the machine as it can.
+    let threads = a.threads.clamp(1, rooms.len());
+    let senders = rooms.len();
+    let run = Arc::new(Run {
+        a,
+        start: Instant::now(),
+        senders_left: AtomicUsize::new(senders),
     });
-    let start = Instant::now();
-    let deadline = Duration::from_secs(a.seconds);
-    let mut node = 0usize;
-    let mut readers = Vec::new();
-    let mut senders = Vec::new();
-    for room in &rooms {
-        for m in 0..a.members {
-            let socket = connect(&a, &a.nodes[node % a.nodes.len()], room, None).await?;
-            node += 1;
-            let (sink, stream) = socket.split();
-            let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-            // With receipts, the chat's second socket reads every message it gets.
-            let (sink, reader) = match m {
-                1 if a.receipts && !a.ceiling => (None, Some(sink)),
-                _ => (Some(sink), None),
-            };
-            readers.push(tokio::spawn(read_socket(
-                stream,
-                room.id,
-                a.ceiling,
-                stats.clone(),
-                start,
-                (m == 0).then_some(ack_tx),
-                reader,
-            )));
-            if let (0, Some(sink)) = (m, sink) {
-                senders.push((sink, ack_rx, room.id));
-            }
-        }
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut by_shard: Vec<Vec<(usize, Room)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, room) in rooms.into_iter().enumerate() {
+        by_shard[i % threads].push((i, room));
     }
+    let mut shards = Vec::new();
+    let mut handles = Vec::new();
+    for (t, rooms) in by_shard.into_iter().enumerate() {
+        let shard = Arc::new(Shard {
+            counters: Counters::default(),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+            ),
+        });
+        shards.push(shard.clone());
+        let (run, ready) = (run.clone(), ready_tx.clone());
+        let (go, stop) = (go_rx.clone(), stop_rx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("loadgen-{t}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                rt.block_on(shard_main(run, shard, rooms, ready, go, stop));
+            })
+            .map_err(|e| e.to_string())?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..threads {
+        ready_rx
+            .recv()
+            .await
+            .ok_or("a load generator thread stopped")??;
+    }
+    let a = &run.a;
     let before: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
     let (others_before, stolen_before, own_before) = (
         other_processes_cpu(),
@@ -431,51 +500,11 @@ async fn run(a: Args) -> Result<(), String> {
         proc_ticks(std::process::id()),
     );
     let measure_start = Instant::now();
-    let mut tasks = Vec::new();
-    let period = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
-    let count = senders.len() as u32;
-    for (i, (mut sink, mut acks, chat_id)) in senders.into_iter().enumerate() {
-        let (stats, a) = (stats.clone(), a.clone());
-        // Senders are spread evenly over the period, as independent users would be,
-        // rather than all firing on the same tick.
-        let offset = period * i as u32 / count.max(1);
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            let mut unacked = 0usize;
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-            while measure_start.elapsed() < deadline {
-                if a.window > 0 {
-                    while unacked >= a.window {
-                        if acks.recv().await.is_none() {
-                            return;
-                        }
-                        unacked -= 1;
-                    }
-                    while acks.try_recv().is_ok() {
-                        unacked = unacked.saturating_sub(1);
-                    }
-                } else {
-                    tick.tick().await;
-                }
-                n += 1;
-                let sent_at = start.elapsed().as_nanos();
-                let frame = if a.ceiling {
-                    format!("{n} {sent_at}")
-                } else {
-                    json!({"type": "send", "chat_id": chat_id, "local_id": n.to_string(),
-                        "text": sent_at.to_string()})
-                    .to_string()
-                };
-                if sink.send(Message::Text(frame.into())).await.is_err() {
-                    return;
-                }
-                unacked += 1;
-                stats.sends.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
+    go_tx.send_replace(Some(measure_start));
+    // Senders stop at the deadline whatever the server does; the bound is a safety net.
+    let bound = Duration::from_secs(a.seconds + 10);
+    while run.senders_left.load(Ordering::Relaxed) > 0 && measure_start.elapsed() < bound {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = measure_start.elapsed().as_secs_f64();
     let after: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
@@ -485,18 +514,18 @@ async fn run(a: Args) -> Result<(), String> {
         proc_ticks(std::process::id()),
     );
     // Let in-flight deliveries land before counting.
-    let sends = stats.sends.load(Ordering::Relaxed);
+    let sends = total(&shards, |c| &c.sends);
     let expected = sends * a.members as u64;
     let drain = Instant::now();
-    while stats.deliveries.load(Ordering::Relaxed) < expected
-        && drain.elapsed() < Duration::from_secs(10)
+    while total(&shards, |c| &c.deliveries) < expected && drain.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for r in readers {
-        r.abort();
+    stop_tx.send_replace(true);
+    for h in handles {
+        let _ = h.join();
     }
-    let deliveries = stats.deliveries.load(Ordering::Relaxed);
+    let deliveries = total(&shards, |c| &c.deliveries);
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let mut cpu_s = 0.0;
     let mut procs = Vec::new();
@@ -521,7 +550,11 @@ async fn run(a: Args) -> Result<(), String> {
         (Some(s0), Some(s1)) => (s1 - s0) as f64 / ticks_per_s / elapsed / cores * 100.0,
         _ => 0.0,
     };
-    let h = stats.latency.lock().unwrap_or_else(|e| e.into_inner());
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    for shard in &shards {
+        let latency = shard.latency.lock().unwrap_or_else(|e| e.into_inner());
+        h.add(&*latency).map_err(|e| e.to_string())?;
+    }
     let us = |q: f64| h.value_at_quantile(q);
     let line = json!({
         "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
@@ -532,22 +565,92 @@ async fn run(a: Args) -> Result<(), String> {
             if a.receipts && !a.ceiling { ", receipts" } else { "" }
         ),
         "seconds": elapsed,
-        "sends": sends, "acks": stats.acks.load(Ordering::Relaxed),
-        "reads_sent": stats.reads.load(Ordering::Relaxed),
-        "receipts_received": stats.receipts.load(Ordering::Relaxed),
+        "sends": sends, "acks": total(&shards, |c| &c.acks),
+        "reads_sent": total(&shards, |c| &c.reads),
+        "receipts_received": total(&shards, |c| &c.receipts),
         "sends_per_s": sends as f64 / elapsed,
         "deliveries": deliveries, "deliveries_per_s": deliveries as f64 / elapsed,
-        "undelivered_10s_after": expected.saturating_sub(deliveries), "duplicated": stats.duplicates.load(Ordering::Relaxed),
+        "undelivered_10s_after": expected.saturating_sub(deliveries),
+        "duplicated": total(&shards, |c| &c.duplicates),
         "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max()},
         "processes": procs,
         "cpu_us_per_delivery": if deliveries > 0 { cpu_s * 1e6 / deliveries as f64 } else { 0.0 },
         "machine_cpu_s_without_loadgen": server_side_s,
         "all_in_cpu_us_per_delivery": if deliveries > 0 { server_side_s * 1e6 / deliveries as f64 } else { 0.0 },
         "stolen_percent": stolen_percent,
+        "loadgen_threads": threads,
         "loadgen_cpu_s": own_after.zip(own_before).map_or(0.0, |(a, b)| (a - b) as f64 / ticks_per_s),
     });
     println!("{line}");
     Ok(())
+}
+
+/// One thread's sockets: connects them, says it is ready, starts them all on `go`, and
+/// drops them on `stop`.
+async fn shard_main(
+    run: Arc<Run>,
+    shard: Arc<Shard>,
+    rooms: Vec<(usize, Room)>,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    mut go: tokio::sync::watch::Receiver<Option<Instant>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let a = &run.a;
+    let mut sockets = Vec::new();
+    for (i, room) in &rooms {
+        for m in 0..a.members {
+            // Sockets go round-robin over the nodes, in the order of the chats.
+            let node = &a.nodes[(i * a.members + m) % a.nodes.len()];
+            match connect(a, node, room, None).await {
+                Ok(ws) => {
+                    let part = match m {
+                        0 => Part::Sender,
+                        1 if a.receipts && !a.ceiling => Part::Reader,
+                        _ => Part::Member,
+                    };
+                    sockets.push((ws, room.id, part, *i));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let Ok(measure_start) = go
+        .wait_for(Option::is_some)
+        .await
+        .map(|g| g.unwrap_or(run.start))
+    else {
+        return;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ws, chat_id, part, index) in sockets {
+        let s = SocketRun {
+            run: run.clone(),
+            shard: shard.clone(),
+            chat_id,
+            part,
+            last: 0,
+            unacked: 0,
+        };
+        tasks.spawn(s.drive(ws, index, measure_start));
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    tasks.abort_all();
+}
+
+/// What a socket's frame was, to the load generator.
+enum Seen {
+    /// A message of the socket's chat: its seq, and when it was sent.
+    Delivery(i64, u64),
+    /// The answer to a send (an error answers it too).
+    Answer {
+        ack: bool,
+    },
+    Receipt,
+    Other,
 }
 
 /// The parts of a server frame the load generator reads.
@@ -567,75 +670,192 @@ struct FrameMessage<'a> {
     text: std::borrow::Cow<'a, str>,
 }
 
-/// Reads one socket's frames: counts each delivery once, checks seqs only grow, frees the
-/// sender's window on each ack, and (given `reads`) sends `read` for each message.
-async fn read_socket(
-    mut stream: futures_util::stream::SplitStream<Socket>,
+/// One socket's task and what it keeps.
+struct SocketRun {
+    run: Arc<Run>,
+    shard: Arc<Shard>,
     chat_id: i64,
-    ceiling: bool,
-    stats: Arc<Stats>,
-    start: Instant,
-    acks: Option<tokio::sync::mpsc::UnboundedSender<()>>,
-    mut reads: Option<futures_util::stream::SplitSink<Socket, Message>>,
-) {
-    let mut last = 0i64;
-    while let Some(Ok(msg)) = stream.next().await {
-        let Message::Text(text) = msg else { continue };
-        // A delivery: its seq and when it was sent (nanoseconds since `start`).
-        let delivery = if ceiling {
-            let (n, sent) = text.split_once(' ').unwrap_or(("", ""));
-            if let Some(tx) = &acks {
-                stats.acks.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(());
+    part: Part,
+    /// The newest seq seen: seqs must only grow.
+    last: i64,
+    /// Sends not yet answered.
+    unacked: usize,
+}
+
+/// Counts a sender out when it stops, however it stops.
+struct Sending<'a>(Option<&'a AtomicUsize>);
+
+impl Sending<'_> {
+    fn stop(&mut self) {
+        if let Some(left) = self.0.take() {
+            left.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl SocketRun {
+    /// Reads the socket until it closes (or the run stops): counts each delivery once,
+    /// checks seqs only grow, sends `read` for each message (a reader), and sends at the
+    /// rate or keeping the window full (the sender) until the deadline. What is ready is
+    /// written before one flush.
+    async fn drive(mut self, mut ws: Socket, index: usize, measure_start: Instant) {
+        let run = self.run.clone();
+        let a = &run.a;
+        let deadline =
+            tokio::time::Instant::from_std(measure_start + Duration::from_secs(a.seconds));
+        let mut sending = Sending((self.part == Part::Sender).then_some(&run.senders_left));
+        // Senders are spread evenly over the period, as independent users would be,
+        // rather than all firing on the same tick.
+        let period = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
+        let offset = period * index as u32 / a.chats.max(1) as u32;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+        let mut n = 0u64;
+        let mut reads = Vec::new();
+        loop {
+            if sending.0.is_some() && a.window > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    sending.stop();
+                } else if self.unacked < a.window {
+                    while self.unacked < a.window {
+                        n += 1;
+                        if !self.feed_send(&mut ws, n).await {
+                            return;
+                        }
+                    }
+                    if ws.flush().await.is_err() {
+                        return;
+                    }
+                }
             }
-            n.parse::<i64>().ok().zip(sent.parse::<u64>().ok())
+            tokio::select! {
+                biased;
+                msg = ws.next() => {
+                    let Some(Ok(msg)) = msg else { return };
+                    self.take(msg, &mut reads);
+                    // Everything already read in, before one flush.
+                    while let Some(Some(Ok(msg))) = ws.next().now_or_never() {
+                        self.take(msg, &mut reads);
+                    }
+                    if !reads.is_empty() {
+                        for read in reads.drain(..) {
+                            if ws.feed(read).await.is_err() {
+                                return;
+                            }
+                            self.shard.counters.reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if ws.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ = tick.tick(), if sending.0.is_some() && a.window == 0 => {
+                    if tokio::time::Instant::now() >= deadline {
+                        sending.stop();
+                        continue;
+                    }
+                    n += 1;
+                    if !self.feed_send(&mut ws, n).await || ws.flush().await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if sending.0.is_some() && a.window > 0 => {}
+            }
+        }
+    }
+
+    /// Queues send number `n` (not flushed); false if the socket failed.
+    async fn feed_send(&mut self, ws: &mut Socket, n: u64) -> bool {
+        let sent_at = self.run.start.elapsed().as_nanos();
+        let frame = if self.run.a.ceiling {
+            format!("{n} {sent_at}")
         } else {
-            // Only the fields needed, borrowed: the load generator should cost little.
-            let Ok(frame) = serde_json::from_str::<Frame<'_>>(&text) else {
-                continue;
+            format!(
+                r#"{{"type":"send","chat_id":{},"local_id":"{n}","text":"{sent_at}"}}"#,
+                self.chat_id
+            )
+        };
+        if ws.feed(Message::Text(frame.into())).await.is_err() {
+            return false;
+        }
+        self.unacked += 1;
+        self.shard.counters.sends.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts one frame; a reader's `read` for it goes into `reads`.
+    fn take(&mut self, msg: Message, reads: &mut Vec<Message>) {
+        let Message::Text(text) = msg else { return };
+        let counters = &self.shard.counters;
+        let seen = self.seen(&text);
+        if let (Seen::Delivery(..), true, Part::Sender) = (&seen, self.run.a.ceiling, self.part) {
+            // The ceiling has no acks: the sender's own copy of a send answers it.
+            counters.acks.fetch_add(1, Ordering::Relaxed);
+            self.unacked = self.unacked.saturating_sub(1);
+        }
+        match seen {
+            Seen::Delivery(seq, sent) => {
+                let now = self.run.start.elapsed().as_nanos() as u64;
+                if seq <= self.last {
+                    counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.last = seq;
+                counters.deliveries.fetch_add(1, Ordering::Relaxed);
+                if self.part == Part::Reader {
+                    let chat_id = self.chat_id;
+                    let read = format!(r#"{{"type":"read","chat_id":{chat_id},"seq":{seq}}}"#);
+                    reads.push(Message::Text(read.into()));
+                }
+                let _ = self
+                    .shard
+                    .latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(now.saturating_sub(sent) / 1000);
+            }
+            Seen::Answer { ack } => {
+                if ack {
+                    counters.acks.fetch_add(1, Ordering::Relaxed);
+                }
+                self.unacked = self.unacked.saturating_sub(1);
+            }
+            Seen::Receipt => {
+                counters.receipts.fetch_add(1, Ordering::Relaxed);
+            }
+            Seen::Other => {}
+        }
+    }
+
+    fn seen(&self, text: &str) -> Seen {
+        if self.run.a.ceiling {
+            // Every frame is a send: "n nanos".
+            let (n, sent) = text.split_once(' ').unwrap_or(("", ""));
+            return match n.parse::<i64>().ok().zip(sent.parse::<u64>().ok()) {
+                Some((seq, sent)) => Seen::Delivery(seq, sent),
+                None => Seen::Other,
             };
-            match frame.kind {
-                "message" if frame.chat_id == Some(chat_id) => frame
-                    .message
-                    .and_then(|m| Some((m.seq, m.text.parse().ok()?))),
-                // An error (rate limit, say) answers a send as well: it frees the window.
-                "receipt" => {
-                    stats.receipts.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-                "ack" | "error" => {
-                    if frame.kind == "ack" {
-                        stats.acks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(tx) = &acks {
-                        let _ = tx.send(());
-                    }
-                    None
-                }
-                _ => None,
-            }
-        };
-        let Some((seq, sent)) = delivery else {
-            continue;
-        };
-        let now = start.elapsed().as_nanos() as u64;
-        if seq <= last {
-            stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            continue;
         }
-        last = seq;
-        stats.deliveries.fetch_add(1, Ordering::Relaxed);
-        if let Some(sink) = &mut reads {
-            let read = format!(r#"{{"type":"read","chat_id":{chat_id},"seq":{seq}}}"#);
-            if sink.send(Message::Text(read.into())).await.is_ok() {
-                stats.reads.fetch_add(1, Ordering::Relaxed);
-            }
+        // Only the fields needed, borrowed: the load generator should cost little.
+        let Ok(frame) = serde_json::from_str::<Frame<'_>>(text) else {
+            return Seen::Other;
+        };
+        match frame.kind {
+            "message" if frame.chat_id == Some(self.chat_id) => frame
+                .message
+                .and_then(|m| Some(Seen::Delivery(m.seq, m.text.parse().ok()?)))
+                .unwrap_or(Seen::Other),
+            "receipt" => Seen::Receipt,
+            "ack" => Seen::Answer { ack: true },
+            // An error (rate limit, say) answers a send as well: it frees the window.
+            "error" => Seen::Answer { ack: false },
+            _ => Seen::Other,
         }
-        let _ = stats
-            .latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(now.saturating_sub(sent) / 1000);
     }
 }
 
