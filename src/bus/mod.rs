@@ -6,6 +6,7 @@
 //! which is the truth.
 
 mod redis;
+mod resp;
 
 use std::sync::Arc;
 

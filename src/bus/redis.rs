@@ -6,28 +6,36 @@
 //! theirs; the hub tells it when. The publishing node delivers to its own hub directly and
 //! skips its own messages when they come back from Redis.
 //!
-//! Guarantee: at most once, like the in-process bus. A publish that fails (Redis away) is
-//! dropped; after the subscriber reconnects, every local socket catches up from the
-//! database by seq, so nothing committed is lost to a client.
+//! Events travel over two connections of the bus's own (see `resp`): a publisher that
+//! writes whatever is queued without waiting for the answers to what it wrote before, and
+//! a subscriber that reads and delivers in the same task. Presence uses the redis crate.
+//!
+//! Guarantee: at most once, like the in-process bus. An event that cannot be queued (the
+//! queue to Redis is full) or may not have reached Redis (the publisher's connection
+//! broke before Redis answered) is dropped, and its chat is marked: once the publisher
+//! can write again it tells the other nodes to catch that chat up from the database.
+//! After the subscriber reconnects, every local socket catches up from the database by
+//! seq. So nothing committed is lost to a client.
 //!
 //! Presence across nodes: `{prefix}:presence:{operator}` is a sorted set of the nodes
 //! holding a socket of the operator, scored by an expiry that each node refreshes while
 //! it holds one. An operator is online while any entry is unexpired; a node that dies
 //! stops refreshing, and the sweep of any other node sets the operator offline.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashSet;
-use futures_util::StreamExt;
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, ConnectionAddr, ConnectionInfo};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::resp::{self, Reply};
 use super::{Envelope, Route};
 use crate::domain::events::Person;
 use crate::hub::{Hub, Interest, Topic};
@@ -59,8 +67,9 @@ pub struct RedisBus {
     node: String,
     config: RedisConfig,
     hub: Arc<Hub>,
+    /// For presence; events go over connections of the bus's own (see `resp`).
     conn: ConnectionManager,
-    outgoing: mpsc::Sender<(String, Vec<u8>)>,
+    outgoing: mpsc::Sender<Publish>,
     /// Channels this node wants, kept so that a new subscriber connection can restore them.
     wanted: DashSet<String>,
     /// Ids of recent multi-channel events, to deliver each once.
@@ -76,6 +85,7 @@ impl RedisBus {
     pub async fn start(config: RedisConfig, hub: Arc<Hub>) -> redis::RedisResult<Arc<RedisBus>> {
         let client = redis::Client::open(config.url.as_str())?;
         let conn = client.get_connection_manager().await?;
+        let info = client.get_connection_info().clone();
         let node = format!("{:016x}", rand::random::<u64>());
         let (outgoing, out_rx) = mpsc::channel(16 * 1024);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -90,8 +100,8 @@ impl RedisBus {
             dropped: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
-        tokio::spawn(publisher(Arc::downgrade(&bus), bus.conn.clone(), out_rx));
-        tokio::spawn(subscriber(Arc::downgrade(&bus), client, control_rx));
+        tokio::spawn(publisher(Arc::downgrade(&bus), info.clone(), out_rx));
+        tokio::spawn(subscriber(Arc::downgrade(&bus), info, control_rx));
         tokio::spawn(refresher(Arc::downgrade(&bus)));
         Ok(bus)
     }
@@ -111,34 +121,42 @@ impl RedisBus {
     /// Sends an event to the other nodes. Never waits: when the queue to Redis is full
     /// the event is dropped (sockets recover it by seq).
     pub fn publish(&self, env: &Envelope) {
-        let channels: Vec<String> = match &env.route {
-            Route::Room(chat_id) => vec![self.chat_channel(*chat_id)],
-            Route::JoinRoom { chat_id, people } => {
-                let mut c: Vec<String> = people
-                    .iter()
-                    .map(|p| self.channel_of(&Topic::Person(*p)))
-                    .collect();
-                c.push(self.chat_channel(*chat_id));
-                c
+        // Each channel with the chat to catch up if its copy is lost.
+        let channels: Vec<(String, Option<i64>)> = match &env.route {
+            Route::Room(chat_id) | Route::Resync(chat_id) => {
+                vec![(self.chat_channel(*chat_id), Some(*chat_id))]
             }
-            Route::Rooms(ids) => ids.iter().map(|id| self.chat_channel(*id)).collect(),
-            Route::Recheck(person) => vec![self.channel_of(&Topic::Person(*person))],
-            Route::Resync(chat_id) => vec![self.chat_channel(*chat_id)],
+            Route::JoinRoom { chat_id, people } => people
+                .iter()
+                .map(|p| self.channel_of(&Topic::Person(*p)))
+                .chain(std::iter::once(self.chat_channel(*chat_id)))
+                .map(|channel| (channel, Some(*chat_id)))
+                .collect(),
+            Route::Rooms(ids) => ids
+                .iter()
+                .map(|id| (self.chat_channel(*id), Some(*id)))
+                .collect(),
+            // A lost re-check is not recovered here; the person's next one, or a
+            // reconnect, corrects it.
+            Route::Recheck(person) => vec![(self.channel_of(&Topic::Person(*person)), None)],
         };
         let Some(payload) = self.payload(&env.route, env.seq, env.frame.as_bytes()) else {
             return;
         };
-        for channel in channels {
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                self.outgoing.try_send((channel, payload.clone()))
-            {
-                self.note_dropped(&env.route);
+        for (channel, chat) in channels {
+            let publish = Publish {
+                channel,
+                payload: payload.clone(),
+                chat,
+            };
+            if let Err(mpsc::error::TrySendError::Full(p)) = self.outgoing.try_send(publish) {
+                self.note_dropped(p.chat);
             }
         }
     }
 
     /// A header line, then the frame.
-    fn payload(&self, route: &Route, seq: Option<i64>, frame: &[u8]) -> Option<Vec<u8>> {
+    fn payload(&self, route: &Route, seq: Option<i64>, frame: &[u8]) -> Option<Bytes> {
         let header = Header {
             o: self.node.clone(),
             i: rand::random(),
@@ -148,30 +166,23 @@ impl RedisBus {
         let mut payload = serde_json::to_vec(&header).ok()?;
         payload.push(b'\n');
         payload.extend_from_slice(frame);
-        Some(payload)
+        Some(payload.into())
     }
 
-    /// Remembers the chats of an event that could not be queued.
-    fn note_dropped(&self, route: &Route) {
+    /// Remembers a chat whose event could not be queued, or was lost on the way to Redis.
+    fn note_dropped(&self, chat: Option<i64>) {
+        let Some(chat_id) = chat else { return };
         let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
         if dropped.is_empty() {
             tracing::warn!(
-                "redis publish queue is full; other nodes will catch up from the database"
+                "redis events were dropped; other nodes will catch up from the database"
             );
         }
-        match route {
-            Route::Room(chat_id) | Route::JoinRoom { chat_id, .. } | Route::Resync(chat_id) => {
-                dropped.insert(*chat_id);
-            }
-            Route::Rooms(chat_ids) => dropped.extend(chat_ids.iter().copied()),
-            // A lost re-check is not recovered here; the person's next one, or a
-            // reconnect, corrects it.
-            Route::Recheck(_) => {}
-        }
+        dropped.insert(chat_id);
     }
 
-    /// The resync notices for the chats whose events were dropped, as (channel, payload).
-    fn resyncs(&self) -> Vec<(String, Vec<u8>)> {
+    /// The resync notices for the chats whose events were dropped.
+    fn resyncs(&self) -> Vec<Publish> {
         let chats: Vec<i64> = self
             .dropped
             .lock()
@@ -181,14 +192,17 @@ impl RedisBus {
         chats
             .into_iter()
             .filter_map(|chat_id| {
-                let payload = self.payload(&Route::Resync(chat_id), None, b"")?;
-                Some((self.chat_channel(chat_id), payload))
+                Some(Publish {
+                    channel: self.chat_channel(chat_id),
+                    payload: self.payload(&Route::Resync(chat_id), None, b"")?,
+                    chat: Some(chat_id),
+                })
             })
             .collect()
     }
 
     /// Handles one message from Redis: decode, skip our own and repeats, deliver.
-    fn receive(&self, payload: &[u8]) {
+    fn receive(&self, payload: Bytes) {
         let Some(split) = payload.iter().position(|b| *b == b'\n') else {
             return;
         };
@@ -201,7 +215,7 @@ impl RedisBus {
         if !matches!(header.r, Route::Room(_)) && !self.first_sight(header.i) {
             return;
         }
-        let Ok(frame) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[split + 1..])) else {
+        let Ok(frame) = Utf8Bytes::try_from(payload.slice(split + 1..)) else {
             return;
         };
         self.hub.deliver(&Arc::new(Envelope {
@@ -286,40 +300,194 @@ impl RedisBus {
     }
 }
 
-/// Most publishes sent in one pipeline.
+/// An event's copy for one channel, queued for the publisher.
+#[derive(Debug)]
+struct Publish {
+    channel: String,
+    payload: Bytes,
+    /// The chat to catch up on the other nodes if this copy is lost.
+    chat: Option<i64>,
+}
+
+/// Most publishes written at once.
 const PUBLISH_BATCH: usize = 256;
 
-/// Sends queued publishes in order over one connection: whatever is waiting goes in one
-/// pipeline, one round trip, rather than a round trip each.
+/// Most publishes written but not yet answered; past this the publisher waits for Redis.
+const PUBLISH_WINDOW: usize = 4 * PUBLISH_BATCH;
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens a connection of the bus's own and logs in as the URL says.
+async fn dial(info: &ConnectionInfo, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
+    let (mut reader, mut writer): (Reader, Writer) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        ConnectionAddr::Unix(path) => {
+            let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("redis address {other} is not supported"),
+            ));
+        }
+    };
+    let settings = info.redis_settings();
+    let mut out = Vec::new();
+    let mut answers = 0;
+    match (settings.username(), settings.password()) {
+        (Some(user), Some(password)) => {
+            resp::command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
+        }
+        (None, Some(password)) => resp::command(&mut out, &[b"AUTH", password.as_bytes()]),
+        _ => {}
+    }
+    answers += usize::from(!out.is_empty());
+    if settings.db() != 0 {
+        let db = settings.db().to_string();
+        resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
+        answers += 1;
+    }
+    writer.write_all(&out).await?;
+    buf.clear();
+    for _ in 0..answers {
+        if let Reply::Error(e) = next_reply(&mut reader, buf).await? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                String::from_utf8_lossy(&e).into_owned(),
+            ));
+        }
+    }
+    Ok((reader, writer))
+}
+
+/// Reads until `buf` holds a whole reply at its front, and takes it.
+async fn next_reply(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<Reply> {
+    loop {
+        if let Some(reply) = resp::take(buf).map_err(std::io::Error::other)? {
+            return Ok(reply);
+        }
+        if read_some(reader, buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Reads what the socket has into `buf` (cancel-safe: in a `select!`, nothing is lost).
+async fn read_some(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(READ_CHUNK);
+    reader.read_buf(buf).await
+}
+
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Waits before connecting again, longer after each failure in a row.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Publishes queued events in order over one connection, reconnecting with backoff.
+/// What is waiting is written at once, without waiting for the answers to what was
+/// written before. A copy that may not have reached Redis (the connection broke before
+/// its answer) has its chat caught up on the other nodes once the connection is back.
 async fn publisher(
     bus: std::sync::Weak<RedisBus>,
-    mut conn: ConnectionManager,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    info: ConnectionInfo,
+    mut rx: mpsc::Receiver<Publish>,
 ) {
-    let mut failing = false;
+    let mut backoff = Backoff(Backoff::FIRST);
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        // Events dropped on a full queue: their chats are caught up from the database.
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    // The chats of the copies written and not yet answered, in order.
+    let mut unanswered: VecDeque<Option<i64>> = VecDeque::new();
+    let mut failing = false;
+    loop {
+        let (mut reader, mut writer) = match dial(&info, &mut buf).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "redis publisher cannot connect; events are dropped until it is back");
+                }
+                if rx.is_closed() {
+                    return;
+                }
+                backoff.wait().await;
+                continue;
+            }
+        };
+        // `failing` stays set: the connection's end, whenever it comes, says so again.
+        if failing {
+            tracing::info!("redis publishing works again");
+        }
+        backoff = Backoff(Backoff::FIRST);
+        let lost = loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, PUBLISH_BATCH), if unanswered.len() < PUBLISH_WINDOW => {
+                    if n == 0 {
+                        return; // the bus is gone
+                    }
+                    // Events dropped on a full queue: their chats are caught up.
+                    if let Some(bus) = bus.upgrade() {
+                        batch.extend(bus.resyncs());
+                    }
+                    out.clear();
+                    for p in batch.drain(..) {
+                        resp::command(&mut out, &[b"PUBLISH", p.channel.as_bytes(), &p.payload]);
+                        unanswered.push_back(p.chat);
+                    }
+                    if let Err(e) = writer.write_all(&out).await {
+                        break e;
+                    }
+                }
+                read = read_some(&mut reader, &mut buf) => {
+                    match read {
+                        Ok(0) => break std::io::ErrorKind::UnexpectedEof.into(),
+                        Ok(_) => {}
+                        Err(e) => break e,
+                    }
+                    loop {
+                        match resp::take(&mut buf) {
+                            Ok(Some(reply)) => {
+                                unanswered.pop_front();
+                                if let Reply::Error(e) = reply {
+                                    tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a publish");
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "redis publisher connection");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        failing = true;
+        tracing::warn!(error = %lost, "redis publisher connection lost; reconnecting");
         if let Some(bus) = bus.upgrade() {
-            batch.extend(bus.resyncs());
-        }
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.publish(channel, payload).ignore();
-        }
-        let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-        match sent {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("redis publishing works again");
+            for chat in unanswered.drain(..) {
+                bus.note_dropped(chat);
             }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "redis publish failed; events are dropped until it is back");
-            }
-            Err(_) => {}
         }
+        unanswered.clear();
+        backoff.wait().await;
     }
 }
 
@@ -327,78 +495,125 @@ async fn publisher(
 /// resubscribes and has every local socket catch up from the database.
 async fn subscriber(
     bus: std::sync::Weak<RedisBus>,
-    client: redis::Client,
+    info: ConnectionInfo,
     mut control: mpsc::UnboundedReceiver<Interest>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff(Backoff::FIRST);
     let mut first = true;
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
     loop {
-        let Some(strong) = bus.upgrade() else { return };
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
+        let (mut reader, mut writer) = match dial(&info, &mut buf).await {
+            Ok(conn) => conn,
             Err(e) => {
-                drop(strong);
+                if bus.strong_count() == 0 {
+                    return;
+                }
                 tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
+        let Some(strong) = bus.upgrade() else { return };
         let wanted: Vec<String> = strong.wanted.iter().map(|c| c.clone()).collect();
-        if !wanted.is_empty() && sink.subscribe(&wanted).await.is_err() {
+        out.clear();
+        for chunk in wanted.chunks(1024) {
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(chunk.iter().map(|c| c.as_bytes()));
+            resp::command(&mut out, &args);
+        }
+        if writer.write_all(&out).await.is_err() {
             drop(strong);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff.wait().await;
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff = Backoff(Backoff::FIRST);
         if !first {
             tracing::info!("redis subscriber reconnected; catching sockets up");
             strong.hub.resync();
         }
         first = false;
         drop(strong);
+        // Chats subscribed to since connecting, until Redis confirms: then whatever was
+        // published before the subscription took hold is caught up from the database.
+        let mut joining: HashMap<String, i64> = HashMap::new();
         loop {
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => match bus.upgrade() {
-                        Some(bus) => bus.receive(msg.get_payload_bytes()),
-                        None => return,
-                    },
-                    None => break,
-                },
+                read = read_some(&mut reader, &mut buf) => {
+                    let Some(bus) = bus.upgrade() else { return };
+                    if !matches!(read, Ok(n) if n > 0) {
+                        break;
+                    }
+                    match take_replies(&bus, &mut buf, &mut joining) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "redis subscriber connection");
+                            break;
+                        }
+                    }
+                }
                 interest = control.recv() => {
                     let Some(interest) = interest else { return };
                     let Some(bus) = bus.upgrade() else { return };
-                    let ok = match interest {
+                    out.clear();
+                    match interest {
                         Interest::Join(topic) => {
                             let channel = bus.channel_of(&topic);
                             bus.wanted.insert(channel.clone());
-                            let ok = sink.subscribe(&channel).await.is_ok();
-                            // Whatever was published before the subscription took hold is
-                            // caught up from the database.
-                            if let (true, Topic::Chat(chat_id)) = (ok, topic) {
-                                bus.hub.resync_room(chat_id);
+                            resp::command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
+                            if let Topic::Chat(chat_id) = topic {
+                                joining.insert(channel, chat_id);
                             }
-                            ok
                         }
                         // Reports may overtake each other: leave only what is still unwanted.
-                        Interest::Leave(topic) if bus.hub.wants(topic) => true,
+                        Interest::Leave(topic) if bus.hub.wants(topic) => {}
                         Interest::Leave(topic) => {
                             let channel = bus.channel_of(&topic);
                             bus.wanted.remove(&channel);
-                            sink.unsubscribe(&channel).await.is_ok()
+                            resp::command(&mut out, &[b"UNSUBSCRIBE", channel.as_bytes()]);
                         }
-                    };
-                    if !ok {
+                    }
+                    if !out.is_empty() && writer.write_all(&out).await.is_err() {
                         break;
                     }
                 }
             }
         }
         tracing::warn!("redis subscriber connection lost; reconnecting");
+        backoff.wait().await;
     }
+}
+
+/// Handles every whole reply in `buf`: messages are delivered, confirmations of chats
+/// being joined catch those chats up.
+fn take_replies(
+    bus: &RedisBus,
+    buf: &mut BytesMut,
+    joining: &mut HashMap<String, i64>,
+) -> Result<(), resp::Malformed> {
+    while let Some(reply) = resp::take(buf)? {
+        let Reply::Array(Some(mut parts)) = reply else {
+            if let Reply::Error(e) = reply {
+                tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a subscription");
+            }
+            continue;
+        };
+        match (parts.first().and_then(Reply::bytes), parts.len()) {
+            (Some(b"message"), 3) => {
+                if let Some(Reply::Bulk(Some(payload))) = parts.pop() {
+                    bus.receive(payload);
+                }
+            }
+            (Some(b"subscribe"), 3) => {
+                let channel = parts[1].bytes().and_then(|c| std::str::from_utf8(c).ok());
+                if let Some(chat_id) = channel.and_then(|c| joining.remove(c)) {
+                    bus.hub.resync_room(chat_id);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refreshes this node's presence claims for the operators connected here.
