@@ -1171,25 +1171,30 @@ mod tests {
     /// The same with two PostgreSQL writers (two nodes).
     #[tokio::test]
     async fn postgres_writers_read_again_a_chat_changed_behind_their_back() {
-        let Some((store, db)) = two_chats_on_postgres("stale").await else {
-            return;
-        };
-        let mut writers = [
-            postgres::Writer::new(store.clone()).expect("a postgres store"),
-            postgres::Writer::new(store.clone()).expect("a postgres store"),
-        ];
-        let mut all = Vec::new();
-        for turn in 0..6 {
-            let out = writers[turn % 2].commit(&two_sends()).await;
-            all.extend(seqs(&out));
+        // Batches of two messages and of one: a batch of one has a statement of its own.
+        for sends in [2, 1] {
+            let Some((store, db)) = two_chats_on_postgres(&format!("stale{sends}")).await else {
+                return;
+            };
+            let batch = || two_sends().into_iter().take(sends).collect::<Vec<_>>();
+            let mut writers = [
+                postgres::Writer::new(store.clone()).expect("a postgres store"),
+                postgres::Writer::new(store.clone()).expect("a postgres store"),
+            ];
+            let mut all = Vec::new();
+            for turn in 0..6 {
+                let out = writers[turn % 2].commit(&batch()).await;
+                all.extend(seqs(&out));
+            }
+            let want: Vec<i64> = (1..=6 * sends as i64).collect();
+            assert_eq!(all, want, "no gap, no repeat in batches of {sends}");
+            store.db().execute_unprepared(FINISH).await.expect("finish");
+            for writer in &mut writers {
+                let out = writer.commit(&batch()).await;
+                assert!(matches!(out[0], Err(Error::Conflict(_))), "{:?}", out[0]);
+            }
+            drop(writers);
+            drop_postgres(store, db).await;
         }
-        assert_eq!(all, (1..=12).collect::<Vec<_>>(), "no gap, no repeat");
-        store.db().execute_unprepared(FINISH).await.expect("finish");
-        for writer in &mut writers {
-            let out = writer.commit(&two_sends()).await;
-            assert!(matches!(out[0], Err(Error::Conflict(_))), "{:?}", out[0]);
-        }
-        drop(writers);
-        drop_postgres(store, db).await;
     }
 }

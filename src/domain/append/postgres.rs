@@ -74,6 +74,20 @@ WITH c (id, old_seq, new_seq, old_status, new_status, old_operator, new_operator
 )
 SELECT id, chat_id, seq FROM stored";
 
+/// [`STORE_BATCH`] for one message, the batch of a node at low load: the same checks and
+/// the same result, in a statement that PostgreSQL runs in about a third less time (no
+/// arrays to unnest, one row to join).
+const STORE_ONE: &str = "\
+WITH moved AS (
+    UPDATE chats SET last_seq = $3, status = $5, operator_id = $7, last_activity_at = $8
+    WHERE id = $1 AND last_seq = $2 AND status = $4 AND operator_id IS NOT DISTINCT FROM $6
+    RETURNING id
+)
+INSERT INTO messages
+    (chat_id, seq, author_kind, author_id, local_id, payload, text, file_id, created_at)
+SELECT id, $3, $9, $10, $11, $12, $13, $14, $15 FROM moved
+RETURNING id, chat_id, seq";
+
 /// Moves the cursors of members ($1-$5: chat, member kind and id, received, read) at $6,
 /// each at most up to its chat's newest message: their receipt rows (cursors only go
 /// forward), and the received and read times of the messages they now have. Several marks
@@ -431,7 +445,8 @@ async fn mark_batch(
     Ok(())
 }
 
-/// Runs [`STORE_BATCH`]; returns the ids of the stored messages by (chat, seq).
+/// Runs [`STORE_BATCH`] (or [`STORE_ONE`]); returns the ids of the stored messages by
+/// (chat, seq).
 async fn store_batch(
     conn: &mut PgConnection,
     jobs: &[Job],
@@ -439,6 +454,29 @@ async fn store_batch(
     rows: &[(usize, i64, bool)],
     now: i64,
 ) -> Result<HashMap<(i64, i64), i64>, sqlx::Error> {
+    if let ([(i, _, _)], [p]) = (rows, planned.values().collect::<Vec<_>>().as_slice())
+        && let Some(a) = jobs[*i].append()
+    {
+        let stored = sqlx::query(STORE_ONE)
+            .bind(p.was.id)
+            .bind(p.was.last_seq)
+            .bind(p.now.last_seq)
+            .bind(p.was.status.as_str())
+            .bind(p.now.status.as_str())
+            .bind(p.was.operator_id)
+            .bind(p.now.operator_id)
+            .bind(p.now.last_activity_at)
+            .bind(a.kind)
+            .bind(a.author_id)
+            .bind(a.local_id.as_deref())
+            .bind(a.payload)
+            .bind(a.text.as_str())
+            .bind(a.file_id.as_deref())
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return stored.iter().map(stored_id).collect();
+    }
     let n = planned.len();
     let (mut id, mut old_seq, mut new_seq) = (vec_of(n), vec_of(n), vec_of(n));
     let (mut old_status, mut new_status) = (vec_of(n), vec_of(n));
@@ -494,15 +532,12 @@ async fn store_batch(
         .bind(activity)
         .fetch_all(&mut *conn)
         .await?;
-    stored
-        .iter()
-        .map(|row| {
-            Ok((
-                (row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?),
-                row.try_get::<i64, _>(0)?,
-            ))
-        })
-        .collect()
+    stored.iter().map(stored_id).collect()
+}
+
+/// A row `id, chat_id, seq` of a stored message, as ((chat, seq), id).
+fn stored_id(row: &sqlx::postgres::PgRow) -> Result<((i64, i64), i64), sqlx::Error> {
+    Ok(((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?))
 }
 
 fn vec_of<T>(n: usize) -> Vec<T> {
