@@ -316,18 +316,22 @@ impl Core {
         member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
         // Visibility first: a chat the caller cannot see is 404 whatever the body says.
         self.visible_chat(who, chat_id).await?;
-        self.queue_mark(who, chat_id, received, read).await?.await
+        self.queue_mark(who, chat_id, received, read, false)
+            .await?
+            .await
     }
 
     /// [`Core::mark`] into a chat whose visibility the caller has already established (a
     /// live socket in the chat's room), in two steps: queued now, answered after its
-    /// commit, in order with the caller's sends queued before it.
+    /// commit, in order with the caller's sends queued before it. A mark that may `wait`
+    /// is held up to 20 ms to commit with others, and may then follow later sends.
     pub async fn queue_mark(
         &self,
         who: &Principal,
         chat_id: i64,
         received: Option<i64>,
         read: Option<i64>,
+        wait: bool,
     ) -> Result<impl Future<Output = Result<Receipt>> + use<>> {
         let (kind, member_id) =
             member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
@@ -346,7 +350,7 @@ impl Core {
             received: received.unwrap_or(0).max(read),
             read,
         };
-        let marked = self.appender.mark(chat_id, mark).await?;
+        let marked = self.appender.mark(chat_id, mark, wait).await?;
         Ok(async move { Ok(marked.await?.receipt) })
     }
 

@@ -366,6 +366,8 @@ async fn serve(
     // Answers to sends, in the order the sends came: a client may send again before its
     // last send is committed, and the sends are stored in that order.
     let mut pending: VecDeque<PendingReply<'_>> = VecDeque::new();
+    // Answers to marks, in any order.
+    let mut marks: Vec<PendingReply<'_>> = Vec::new();
     let mut replies: Vec<Utf8Bytes> = Vec::new();
     let mut mail: VecDeque<Outbound> = VecDeque::new();
     let mut frame = None;
@@ -380,12 +382,20 @@ async fn serve(
                 pending.pop_front();
                 replies.extend(reply);
             }
+            marks.retain_mut(|mark| match mark.as_mut().poll(cx) {
+                Poll::Ready(reply) => {
+                    replies.extend(reply);
+                    false
+                }
+                Poll::Pending => true,
+            });
             let closing = match session.poll_mail(cx, &mut mail) {
                 Poll::Ready(Err(reason)) => Some(reason),
                 Poll::Ready(Ok(())) | Poll::Pending => None,
             };
-            // Past this many unanswered sends the client is not read.
+            // Past this many unanswered sends (or marks) the client is not read.
             if pending.len() < MAX_PIPELINED
+                && marks.len() < MAX_PIPELINED
                 && let Poll::Ready(next) = socket.poll_next_unpin(cx)
             {
                 frame = Some(next);
@@ -479,8 +489,10 @@ async fn serve(
         };
         // Boxed, as are the task's other rare or large steps: a task's future is as big
         // as its biggest step, and every idle socket would carry that size.
-        if let Some(reply) = Box::pin(handle(app, who, session, frame, &mut last_typing)).await {
-            pending.push_back(reply);
+        match Box::pin(handle(app, who, session, frame, &mut last_typing)).await {
+            Some(Answer::InOrder(reply)) => pending.push_back(reply),
+            Some(Answer::AnyTime(reply)) => marks.push(reply),
+            None => {}
         }
     }
 }
@@ -574,7 +586,8 @@ impl RateLimit {
     }
 }
 
-/// Most sends of one socket waiting for their commit; past this the socket is not read.
+/// Most sends (and, apart, marks) of one socket waiting for their commit; past this the
+/// socket is not read.
 const MAX_PIPELINED: usize = 32;
 
 /// The answer to a send or a mark, ready once its commit is (a mark that worked has none).
@@ -598,8 +611,9 @@ fn send_reply(
     }
 }
 
-/// A `received` or `read` frame. In a followed chat the mark is queued like a send, and
-/// only an error answers it, when its commit is done; elsewhere it is done at once.
+/// A `received` or `read` frame. In a followed chat the mark is held briefly to commit
+/// with others, and only an error answers it, when its commit is done; elsewhere it is
+/// done at once.
 async fn mark<'a>(
     core: &'a crate::domain::Core,
     who: &'a Principal,
@@ -610,7 +624,7 @@ async fn mark<'a>(
     read: Option<i64>,
 ) -> PendingReply<'a> {
     let marked = if session.in_chat(chat_id) {
-        match core.queue_mark(who, chat_id, received, read).await {
+        match core.queue_mark(who, chat_id, received, read, true).await {
             Ok(commit) => {
                 return Box::pin(async move {
                     let e = commit.await.err()?;
@@ -626,15 +640,24 @@ async fn mark<'a>(
     Box::pin(std::future::ready(reply))
 }
 
+/// The answer to come of a send or a mark.
+enum Answer<'a> {
+    /// A send's: answers go out in the order of the sends.
+    InOrder(PendingReply<'a>),
+    /// A mark's (an error, if anything): whenever it is ready. A held mark must not hold
+    /// up the acks of the sends after it.
+    AnyTime(PendingReply<'a>),
+}
+
 /// Handles one client frame. A send or a mark returns its answer to come, which the socket
-/// sends when it is ready, in order; every other frame is done when this returns.
+/// sends when it is ready; every other frame is done when this returns.
 async fn handle<'a>(
     app: &'a App,
     who: &'a Principal,
     session: &Arc<Session>,
     frame: ClientFrame,
     last_typing: &mut HashMap<i64, Instant>,
-) -> Option<PendingReply<'a>> {
+) -> Option<Answer<'a>> {
     let core = &app.core;
     match frame {
         ClientFrame::Send {
@@ -655,23 +678,25 @@ async fn handle<'a>(
             // again, and the send is queued now and answered when committed.
             if session.in_chat(chat_id) {
                 let queued = core.queue_send(who, chat_id, new).await;
-                return Some(Box::pin(async move {
+                return Some(Answer::InOrder(Box::pin(async move {
                     let sent = match queued {
                         Ok(commit) => commit.await,
                         Err(e) => Err(e),
                     };
                     Some(send_reply(id.as_deref(), chat_id, sent))
-                }));
+                })));
             }
             let sent = core.send(who, chat_id, new).await;
             let reply = send_reply(id.as_deref(), chat_id, sent);
-            return Some(Box::pin(std::future::ready(Some(reply))));
+            return Some(Answer::InOrder(Box::pin(std::future::ready(Some(reply)))));
         }
         ClientFrame::Received { id, chat_id, seq } => {
-            return Some(mark(core, who, session, id, chat_id, Some(seq), None).await);
+            let marked = mark(core, who, session, id, chat_id, Some(seq), None).await;
+            return Some(Answer::AnyTime(marked));
         }
         ClientFrame::Read { id, chat_id, seq } => {
-            return Some(mark(core, who, session, id, chat_id, None, Some(seq)).await);
+            let marked = mark(core, who, session, id, chat_id, None, Some(seq)).await;
+            return Some(Answer::AnyTime(marked));
         }
         ClientFrame::Typing {
             id,

@@ -19,12 +19,15 @@ mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
+use futures_util::future::Either;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement, Value,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::events::Event;
 use super::events::Person;
@@ -193,6 +196,7 @@ impl Stored {
     }
 }
 
+#[derive(Debug)]
 struct Job {
     chat_id: i64,
     work: Work,
@@ -211,23 +215,134 @@ impl Job {
 /// The handle of the appender task; the task ends when the handle is dropped.
 #[derive(Debug)]
 pub(super) struct Appender {
-    /// One queue per writer; a chat's jobs always go to the same one (`chat_id` modulo
+    lanes: Arc<Lanes>,
+}
+
+/// How long a mark that may wait is held back before it goes to its writer.
+pub(super) const MARK_DELAY: Duration = Duration::from_millis(20);
+
+/// The writers' queues, and the marks held back from them.
+///
+/// A socket's marks (`received`, `read`) are not urgent the way messages are: nobody
+/// waits on them but the receipt ticks, and they answer only when they fail. At low load
+/// each would be a commit of its own between the messages, so a mark for a writer with
+/// nothing queued is held up to [`MARK_DELAY`] and then goes, with the others held, to a
+/// queue of their own, which the writer takes after its messages: many marks in one
+/// statement (and several marks of one member as one row). A held mark never holds up a
+/// message. Marks only move cursors forward, so a mark committed after messages sent
+/// later is the same mark. Under load, marks queue with the messages, as they would
+/// share their commits anyway.
+#[derive(Debug)]
+struct Lanes {
+    /// One lane per writer; a chat's jobs always go to the same one (`chat_id` modulo
     /// their number), which keeps each chat's order.
-    writers: Vec<mpsc::Sender<Job>>,
+    writers: Vec<Lane>,
+    held: Mutex<Vec<Job>>,
+    /// Tells the releasing task that marks are held.
+    holding: Arc<Notify>,
+}
+
+/// What goes to one writer: jobs in order, and released marks.
+#[derive(Debug)]
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+    marks: mpsc::Sender<Job>,
+}
+
+impl Lanes {
+    fn lane(&self, chat_id: i64) -> &Lane {
+        &self.writers[chat_id.rem_euclid(self.writers.len() as i64) as usize]
+    }
+
+    fn take_held(&self) -> Vec<Job> {
+        std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A writer's end of its lane.
+#[derive(Debug)]
+struct Queues {
+    jobs: mpsc::Receiver<Job>,
+    marks: mpsc::Receiver<Job>,
+    marks_open: bool,
+    released: Vec<Job>,
+}
+
+/// A new lane and the writer's end of it.
+fn lane() -> (Lane, Queues) {
+    let (jobs, jobs_rx) = mpsc::channel(4 * MAX_BATCH);
+    let (marks, marks_rx) = mpsc::channel(4 * MAX_BATCH);
+    let queues = Queues {
+        jobs: jobs_rx,
+        marks: marks_rx,
+        marks_open: true,
+        released: Vec::new(),
+    };
+    (Lane { jobs, marks }, queues)
+}
+
+impl Queues {
+    /// Waits for work, then fills `batch` (which the caller has emptied) with what is
+    /// waiting: jobs first, in order, up to [`MAX_BATCH`], then released marks, up to as
+    /// many again. Leaves it empty once the appender is gone and everything is taken.
+    async fn next(&mut self, batch: &mut Vec<Job>) {
+        tokio::select! {
+            biased;
+            _ = self.jobs.recv_many(batch, MAX_BATCH) => {}
+            n = self.marks.recv_many(&mut self.released, MAX_BATCH), if self.marks_open => {
+                self.marks_open = n > 0;
+            }
+        }
+        // Whichever came first, the other queue's waiting work comes along.
+        while batch.len() < MAX_BATCH {
+            let Ok(job) = self.jobs.try_recv() else { break };
+            batch.push(job);
+        }
+        while self.released.len() < MAX_BATCH {
+            let Ok(job) = self.marks.try_recv() else {
+                break;
+            };
+            self.released.push(job);
+        }
+        batch.append(&mut self.released);
+    }
+}
+
+/// Sends the held marks to their writers [`MARK_DELAY`] after the first of them came,
+/// until the appender is gone.
+async fn release_held(lanes: Weak<Lanes>, holding: Arc<Notify>) {
+    loop {
+        holding.notified().await;
+        tokio::time::sleep(MARK_DELAY).await;
+        let Some(lanes) = lanes.upgrade() else { return };
+        for job in lanes.take_held() {
+            // A writer that stopped has dropped its queue; the mark's caller hears so.
+            let _ = lanes.lane(job.chat_id).marks.send(job).await;
+        }
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        // Whatever is held goes now, if the writers' queues have room: nothing waits on
+        // it (a lost mark is a receipt tick to come again), but it should not be lost.
+        for job in self.lanes.take_held() {
+            let _ = self.lanes.lane(job.chat_id).marks.try_send(job);
+        }
+        self.lanes.holding.notify_one();
+    }
 }
 
 impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
     /// a task (PostgreSQL's writer, or the pool's). Must be called within a tokio runtime.
     pub fn start(store: Store, bus: Bus) -> Appender {
-        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (first, queues) = lane();
         if let Some((file, lock)) = store.sqlite_writer() {
             match sqlite::connect(&file) {
                 Ok(conns) => {
-                    sqlite::start(conns, lock, bus, rx);
-                    return Appender {
-                        writers: vec![jobs],
-                    };
+                    sqlite::start(conns, lock, bus, queues);
+                    return Appender::with(vec![first]);
                 }
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -237,27 +352,36 @@ impl Appender {
         }
         if postgres::Writer::new(store.clone()).is_none() {
             // SQLite has one writer at a time anyway.
-            tokio::spawn(run(store, bus, rx));
-            return Appender {
-                writers: vec![jobs],
-            };
+            tokio::spawn(run(store, bus, queues));
+            return Appender::with(vec![first]);
         }
         // Several writers, each with its own connection and its own chats: their batches
         // never wait on each other's rows, and one batch's commit overlaps the next one's
         // statement. (Nodes sharing the database each bring theirs.)
-        let mut writers = vec![jobs];
-        let mut queues = vec![rx];
-        while writers.len() < store.postgres_writers() {
-            let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-            writers.push(jobs);
-            queues.push(rx);
+        let mut lanes = vec![first];
+        let mut all_queues = vec![queues];
+        while lanes.len() < store.postgres_writers() {
+            let (lane, queues) = lane();
+            lanes.push(lane);
+            all_queues.push(queues);
         }
-        for rx in queues {
+        for queues in all_queues {
             if let Some(writer) = postgres::Writer::new(store.clone()) {
-                tokio::spawn(postgres::run(writer, bus.clone(), rx));
+                tokio::spawn(postgres::run(writer, bus.clone(), queues));
             }
         }
-        Appender { writers }
+        Appender::with(lanes)
+    }
+
+    fn with(writers: Vec<Lane>) -> Appender {
+        let holding = Arc::new(Notify::new());
+        let lanes = Arc::new(Lanes {
+            writers,
+            held: Mutex::new(Vec::new()),
+            holding: holding.clone(),
+        });
+        tokio::spawn(release_held(Arc::downgrade(&lanes), holding));
+        Appender { lanes }
     }
 
     /// Queues a message and returns what answers after its commit. Messages queued one
@@ -277,13 +401,36 @@ impl Appender {
     }
 
     /// Queues a mark and returns what answers after its commit, in order with the sends
-    /// and marks queued before it.
+    /// and marks queued before it; or, one that may `wait` for a writer with nothing
+    /// queued, after up to [`MARK_DELAY`] (see [`Lanes`]).
     pub async fn mark(
         &self,
         chat_id: i64,
         mark: Mark,
+        wait: bool,
     ) -> Result<impl Future<Output = Result<Marked>> + use<>> {
-        let done = self.queue(chat_id, Work::Mark(mark)).await?;
+        let lane = self.lanes.lane(chat_id);
+        // A writer with work queued stores this mark with that work anyway.
+        let idle = lane.jobs.capacity() == lane.jobs.max_capacity();
+        let done = if wait && idle {
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                chat_id,
+                work: Work::Mark(mark),
+                reply,
+            };
+            let first = {
+                let mut held = self.lanes.held.lock().unwrap_or_else(|e| e.into_inner());
+                held.push(job);
+                held.len() == 1
+            };
+            if first {
+                self.lanes.holding.notify_one();
+            }
+            Either::Left(async move { answer.await.map_err(|_| stopped())? })
+        } else {
+            Either::Right(self.queue(chat_id, Work::Mark(mark)).await?)
+        };
         Ok(async move {
             match done.await? {
                 Done::Marked(marked) => Ok(marked),
@@ -303,16 +450,23 @@ impl Appender {
             work,
             reply,
         };
-        let stopped = || Error::Internal("the message writer has stopped".into());
-        let writer = &self.writers[chat_id.rem_euclid(self.writers.len() as i64) as usize];
-        writer.send(job).await.map_err(|_| stopped())?;
+        let lane = self.lanes.lane(chat_id);
+        lane.jobs.send(job).await.map_err(|_| stopped())?;
         Ok(async move { answer.await.map_err(|_| stopped())? })
     }
 }
 
-async fn run(store: Store, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+fn stopped() -> Error {
+    Error::Internal("the message writer has stopped".into())
+}
+
+async fn run(store: Store, bus: Bus, mut queues: Queues) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        queues.next(&mut batch).await;
+        if batch.is_empty() {
+            return;
+        }
         match commit(&store, &batch, Repeats::Assume).await {
             Ok(outcomes) => answer(&bus, batch.drain(..), outcomes),
             Err(e) => {
@@ -1196,5 +1350,44 @@ mod tests {
             drop(writers);
             drop_postgres(store, db).await;
         }
+    }
+
+    /// A socket's read, held back to commit with others (its writer has nothing queued),
+    /// is stored once the hold is over, though nothing else comes.
+    async fn a_held_mark_is_stored_when_its_hold_is_over(store: Store) {
+        let appender = Appender::start(store, Bus::new(Arc::new(crate::hub::Hub::new())));
+        let Work::Append(send) = job(1, "operator", "text", None).work else {
+            unreachable!("job makes a send")
+        };
+        let stored = appender.enqueue(1, send).await.expect("queued").await;
+        assert_eq!(stored.expect("stored").message.seq, 1);
+        let mark = Mark {
+            kind: "customer",
+            member_id: 1,
+            received: 1,
+            read: 1,
+        };
+        let marked = appender.mark(1, mark, true).await.expect("queued");
+        let marked = tokio::time::timeout(Duration::from_secs(10), marked)
+            .await
+            .expect("a held mark is released")
+            .expect("the read of seq 1 is valid");
+        assert_eq!((marked.receipt.read_seq, marked.moved), (1, true));
+    }
+
+    #[tokio::test]
+    async fn a_held_mark_is_stored_when_its_hold_is_over_on_sqlite() {
+        let (store, path) = two_chats("held").await;
+        a_held_mark_is_stored_when_its_hold_is_over(store.clone()).await;
+        remove(store, path).await;
+    }
+
+    #[tokio::test]
+    async fn a_held_mark_is_stored_when_its_hold_is_over_on_postgres() {
+        let Some((store, db)) = two_chats_on_postgres("held").await else {
+            return;
+        };
+        a_held_mark_is_stored_when_its_hold_is_over(store.clone()).await;
+        drop_postgres(store, db).await;
     }
 }

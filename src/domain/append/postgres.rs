@@ -19,10 +19,10 @@ use std::collections::{HashMap, HashSet};
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, PgConnection, PgPool, Postgres, Row};
-use tokio::sync::mpsc;
 
 use super::{
-    Done, Job, Key, MAX_BATCH, Marked, Stored, Work, advance, alone, answer, key, same_error,
+    Done, Job, Key, MAX_BATCH, Marked, Queues, Stored, Work, advance, alone, answer, key,
+    same_error,
 };
 use crate::bus::Bus;
 use crate::domain::Receipt;
@@ -161,13 +161,17 @@ pub(super) struct Writer {
 }
 
 /// Stores batches of whatever sends are waiting until the handle is dropped.
-pub(super) async fn run(mut writer: Writer, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+pub(super) async fn run(mut writer: Writer, bus: Bus, mut queues: Queues) {
     // Connected at start, so the first send does not wait for a connection (and the
     // writer's backend is there from the start for whoever watches the database). If
     // PostgreSQL is away, the first batch tries again.
     writer.conn = writer.pool.acquire().await.ok();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        queues.next(&mut batch).await;
+        if batch.is_empty() {
+            return;
+        }
         let outcomes = writer.commit(&batch).await;
         answer(&bus, batch.drain(..), outcomes);
     }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 
 use super::{
-    Append, Done, Job, MAX_BATCH, Mark, Marked, SAVE_RECEIPT, Stored, Work, advance, answer,
+    Append, Done, Job, MAX_BATCH, Mark, Marked, Queues, SAVE_RECEIPT, Stored, Work, advance, answer,
 };
 use crate::bus::Bus;
 use crate::domain::Receipt;
@@ -41,18 +41,20 @@ pub(super) fn connect(file: &Path) -> rusqlite::Result<Connections> {
     })
 }
 
-/// Starts the writer thread and the checkpoint thread beside it.
-pub(super) fn start(conns: Connections, lock: Arc<Mutex<()>>, bus: Bus, rx: mpsc::Receiver<Job>) {
+/// Starts the writer thread and the checkpoint thread beside it. Must be called within a
+/// tokio runtime (the writer waits on its queues through it).
+pub(super) fn start(conns: Connections, lock: Arc<Mutex<()>>, bus: Bus, queues: Queues) {
     let Connections {
         writer,
         checkpoints,
     } = conns;
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
     let checkpoint_lock = lock.clone();
+    let runtime = tokio::runtime::Handle::current();
     let started = std::thread::Builder::new()
         .name("souq-writer".into())
         .spawn(move || {
-            run(writer, lock, bus, rx);
+            run(writer, lock, bus, queues, runtime);
             drop(alive);
         });
     if let Err(e) = started {
@@ -121,14 +123,20 @@ pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn run(conn: Connection, lock: Arc<Mutex<()>>, bus: Bus, mut rx: mpsc::Receiver<Job>) {
+fn run(
+    conn: Connection,
+    lock: Arc<Mutex<()>>,
+    bus: Bus,
+    mut queues: Queues,
+    runtime: tokio::runtime::Handle,
+) {
     let mut writer = Writer::new(conn);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(job) = rx.blocking_recv() {
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
-            let Ok(job) = rx.try_recv() else { break };
-            batch.push(job);
+    loop {
+        // Waiting on two queues takes a future; it needs no timer or socket of the runtime.
+        runtime.block_on(queues.next(&mut batch));
+        if batch.is_empty() {
+            return;
         }
         let committed = {
             let _writer = lock.blocking_lock();
