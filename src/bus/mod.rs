@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::events::{Actor, ChatSummary, Event, Person};
 use crate::domain::{Message, Presence};
-use crate::hub::Hub;
+use crate::hub::{Hub, Wakes};
 
 /// An encoded event with what the hub needs to route it.
 #[derive(Debug, Clone)]
@@ -203,10 +203,18 @@ impl Bus {
 
     /// Announces a committed event. Never blocks and never fails: see the guarantee above.
     pub fn publish(&self, event: Event) {
-        let env = Arc::new(Envelope::of(&event));
-        self.hub.deliver(&env);
-        if let Some(redis) = &self.redis {
-            redis.publish(&env);
+        self.publish_all(std::iter::once(event), &mut Wakes::default());
+    }
+
+    /// Announces a run of events (a committed batch), in order. The local sockets they
+    /// reach are woken through `wakes`, once the caller is done (see [`Hub::deliver_all`]).
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Event>, wakes: &mut Wakes) {
+        for event in events {
+            let env = Arc::new(Envelope::of(&event));
+            self.hub.deliver_all(&env, wakes);
+            if let Some(redis) = &self.redis {
+                redis.publish(&env);
+            }
         }
     }
 

@@ -38,7 +38,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::resp::{self, Reply};
 use super::{Envelope, Route};
 use crate::domain::events::Person;
-use crate::hub::{Hub, Interest, Topic};
+use crate::hub::{Hub, Interest, Topic, Wakes};
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -202,7 +202,7 @@ impl RedisBus {
     }
 
     /// Handles one message from Redis: decode, skip our own and repeats, deliver.
-    fn receive(&self, payload: Bytes) {
+    fn receive(&self, payload: Bytes, wakes: &mut Wakes) {
         let Some(split) = payload.iter().position(|b| *b == b'\n') else {
             return;
         };
@@ -218,11 +218,12 @@ impl RedisBus {
         let Ok(frame) = Utf8Bytes::try_from(payload.slice(split + 1..)) else {
             return;
         };
-        self.hub.deliver(&Arc::new(Envelope {
+        let env = Arc::new(Envelope {
             route: header.r,
             seq: header.s,
             frame,
-        }));
+        });
+        self.hub.deliver_all(&env, wakes);
     }
 
     fn first_sight(&self, id: u64) -> bool {
@@ -584,13 +585,14 @@ async fn subscriber(
     }
 }
 
-/// Handles every whole reply in `buf`: messages are delivered, confirmations of chats
-/// being joined catch those chats up.
+/// Handles every whole reply in `buf`: messages are delivered (the sockets they reach
+/// woken once all are), confirmations of chats being joined catch those chats up.
 fn take_replies(
     bus: &RedisBus,
     buf: &mut BytesMut,
     joining: &mut HashMap<String, i64>,
 ) -> Result<(), resp::Malformed> {
+    let mut wakes = Wakes::default();
     while let Some(reply) = resp::take(buf)? {
         let Reply::Array(Some(mut parts)) = reply else {
             if let Reply::Error(e) = reply {
@@ -601,7 +603,7 @@ fn take_replies(
         match (parts.first().and_then(Reply::bytes), parts.len()) {
             (Some(b"message"), 3) => {
                 if let Some(Reply::Bulk(Some(payload))) = parts.pop() {
-                    bus.receive(payload);
+                    bus.receive(payload, &mut wakes);
                 }
             }
             (Some(b"subscribe"), 3) => {

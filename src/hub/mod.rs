@@ -132,28 +132,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Socket tasks to wake once a run of pushes is done, each once (see [`Hub::deliver_all`]).
+#[derive(Debug, Default)]
+pub struct Wakes(Vec<Waker>);
+
+impl Wakes {
+    pub fn wake_all(&mut self) {
+        for waker in self.0.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
 impl Session {
     /// Queues a frame without waiting. A full queue marks the session for closing: one
     /// slow reader must never hold up the room.
     pub fn push(&self, out: Outbound) {
-        let waker = {
-            let mut mailbox = lock(&self.mailbox);
-            if mailbox.closing.is_some() {
-                return;
-            }
-            if mailbox.queue.len() >= self.capacity {
-                // The client resumes from its last seq after reconnecting: nothing queued
-                // is worth sending first.
-                mailbox.queue = VecDeque::new();
-                mailbox.closing = Some(CloseReason::SlowConsumer);
-            } else {
-                mailbox.queue.push_back(out);
-            }
-            mailbox.waker.take()
-        };
-        if let Some(waker) = waker {
+        if let Some(waker) = self.push_quietly(out) {
             waker.wake();
         }
+    }
+
+    /// [`Session::push`], leaving the waking to the caller: the waker, if the task was
+    /// waiting for mail (and no push since has taken it).
+    fn push_quietly(&self, out: Outbound) -> Option<Waker> {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox.closing.is_some() {
+            return None;
+        }
+        if mailbox.queue.len() >= self.capacity {
+            // The client resumes from its last seq after reconnecting: nothing queued
+            // is worth sending first.
+            mailbox.queue = VecDeque::new();
+            mailbox.closing = Some(CloseReason::SlowConsumer);
+        } else {
+            mailbox.queue.push_back(out);
+        }
+        mailbox.waker.take()
     }
 
     /// Asks the socket's task to close the socket with `reason` (the first one wins), after
@@ -316,8 +337,16 @@ impl Hub {
 
     /// Hands an encoded event to every session it concerns.
     pub fn deliver(&self, env: &Arc<Envelope>) {
+        self.deliver_all(env, &mut Wakes::default());
+    }
+
+    /// [`Hub::deliver`] as one of a run of events (a committed batch, what one read from
+    /// another node brought): the sessions it reaches are woken once the run is done,
+    /// through `wakes`. A socket then writes all of the run that is its own before one
+    /// flush, rather than a write for each event.
+    pub fn deliver_all(&self, env: &Arc<Envelope>, wakes: &mut Wakes) {
         match &env.route {
-            Route::Room(chat_id) => self.to_room(*chat_id, env),
+            Route::Room(chat_id) => self.to_room(*chat_id, env, wakes),
             Route::JoinRoom { chat_id, people } => {
                 for person in people {
                     let sessions = self
@@ -329,7 +358,7 @@ impl Hub {
                         self.join(session, *chat_id);
                     }
                 }
-                self.to_room(*chat_id, env);
+                self.to_room(*chat_id, env, wakes);
             }
             Route::Resync(chat_id) => {
                 self.resync_room(*chat_id);
@@ -366,14 +395,16 @@ impl Hub {
         }
     }
 
-    fn to_room(&self, chat_id: i64, env: &Arc<Envelope>) {
-        // Clone the member list (a few Arcs) so that no map lock is held while pushing.
-        let members = match self.rooms.get(&chat_id) {
-            Some(m) => m.clone(),
-            None => return,
+    fn to_room(&self, chat_id: i64, env: &Arc<Envelope>, wakes: &mut Wakes) {
+        // Pushing only takes each session's mailbox lock, never waits, and wakes nobody
+        // (that comes after): it can be done under the room's read lock.
+        let Some(members) = self.rooms.get(&chat_id) else {
+            return;
         };
-        for member in members {
-            member.push(Outbound::Event(env.clone()));
+        for member in members.iter() {
+            wakes
+                .0
+                .extend(member.push_quietly(Outbound::Event(env.clone())));
         }
     }
 
@@ -567,6 +598,40 @@ mod tests {
             "nothing queued is sent: the client resumes from its last seq"
         );
         assert!(mail.is_empty());
+    }
+
+    #[test]
+    fn a_run_of_events_wakes_each_session_once_when_it_is_done() {
+        use std::sync::atomic::AtomicUsize;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 8);
+        hub.join(&session, 7);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut mail = VecDeque::new();
+        let mut cx = Context::from_waker(&waker);
+        assert!(session.poll_mail(&mut cx, &mut mail).is_pending());
+        let event = |seq| {
+            Arc::new(Envelope {
+                route: Route::Room(7),
+                seq: Some(seq),
+                frame: Utf8Bytes::from_static("{}"),
+            })
+        };
+        let mut wakes = Wakes::default();
+        hub.deliver_all(&event(1), &mut wakes);
+        hub.deliver_all(&event(2), &mut wakes);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "nobody woken mid-run");
+        wakes.wake_all();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
+        assert_eq!(session.poll_mail(&mut cx, &mut mail), Poll::Ready(Ok(())));
+        assert_eq!(mail.len(), 2, "both events are there");
     }
 
     #[test]

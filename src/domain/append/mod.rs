@@ -34,6 +34,7 @@ use super::events::Person;
 use super::messages::{Message, Receipt};
 use super::{Error, Result, now_ms};
 use crate::bus::Bus;
+use crate::hub::Wakes;
 use crate::store::entity::{chat, message, receipt};
 use crate::store::{Store, WriteTx, stmt};
 
@@ -499,8 +500,10 @@ async fn alone(store: &Store, job: &Job) -> Result<Done> {
 }
 
 /// Announces the new messages and moved cursors of a committed batch, in order, then
-/// answers each caller.
+/// answers each caller; the sockets the batch reaches are woken last, each once.
 fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
+    let mut replies = Vec::with_capacity(outcomes.len());
+    let mut events = Vec::new();
     for (job, outcome) in jobs.zip(outcomes) {
         match (&job.work, &outcome) {
             (
@@ -508,28 +511,31 @@ fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>
                 Ok(Done::Stored(Stored {
                     message, new: true, ..
                 })),
-            ) => {
-                bus.publish(Event::Message(message.clone()));
-            }
+            ) => events.push(Event::Message(message.clone())),
             (
                 Work::Mark(mark),
                 Ok(Done::Marked(Marked {
                     receipt,
                     moved: true,
                 })),
-            ) => {
-                bus.publish(Event::Receipt {
-                    chat_id: receipt.chat_id,
-                    member: mark.member(),
-                    received_seq: receipt.received_seq,
-                    read_seq: receipt.read_seq,
-                });
-            }
+            ) => events.push(Event::Receipt {
+                chat_id: receipt.chat_id,
+                member: mark.member(),
+                received_seq: receipt.received_seq,
+                read_seq: receipt.read_seq,
+            }),
             _ => {}
         }
-        // A caller that went away still had its job done, as with any lost answer.
-        let _ = job.reply.send(outcome);
+        replies.push((job.reply, outcome));
     }
+    let mut wakes = Wakes::default();
+    // Events before answers: a sender's device gets its message, then the ack.
+    bus.publish_all(events, &mut wakes);
+    for (reply, outcome) in replies {
+        // A caller that went away still had its job done, as with any lost answer.
+        let _ = reply.send(outcome);
+    }
+    wakes.wake_all();
 }
 
 /// Whether a batch first looks for `local_id`s that were stored before it.
