@@ -44,7 +44,8 @@ pub enum Outbound {
     Resync(Option<i64>),
     /// Catch chats up from the given seqs.
     Resume(Box<Replay>),
-    /// Time for a heartbeat: close the socket if it has been silent too long, else ping.
+    /// Time for a heartbeat: close the socket if it has been silent too long or its
+    /// token has expired, else ping.
     Ping,
 }
 
@@ -79,6 +80,8 @@ pub enum CloseReason {
     TooBig,
     /// The server could not read what the socket needed; the client should resume.
     Unavailable,
+    /// The token the socket signed in with has expired.
+    Expired,
 }
 
 impl CloseReason {
@@ -89,6 +92,7 @@ impl CloseReason {
             CloseReason::Timeout => 4002,
             CloseReason::TooBig => 1009,
             CloseReason::Unavailable => 1011,
+            CloseReason::Expired => 4001,
         }
     }
 
@@ -99,6 +103,7 @@ impl CloseReason {
             CloseReason::Timeout => "heartbeat timeout",
             CloseReason::TooBig => "frame too big",
             CloseReason::Unavailable => "server error: reconnect and resume from your last seq",
+            CloseReason::Expired => "session expired: sign in again",
         }
     }
 }
@@ -111,8 +116,17 @@ pub struct Session {
     /// Most frames waiting in the mailbox before the socket counts as a slow consumer.
     capacity: usize,
     mailbox: Mutex<Mailbox>,
-    /// Chats whose rooms this session is in (so that leaving is cheap).
-    chats: Mutex<HashSet<i64>>,
+    /// Chats whose rooms this session is in (so that leaving is cheap). Joining and
+    /// leaving a room happen under this lock, so that a join racing the disconnect
+    /// cannot leave the session in a room after it is gone.
+    chats: Mutex<Chats>,
+}
+
+#[derive(Debug, Default)]
+struct Chats {
+    ids: HashSet<i64>,
+    /// Disconnected: joins no more rooms.
+    gone: bool,
 }
 
 /// What waits for a socket's task. A plain queue behind a lock rather than a channel: an
@@ -215,11 +229,11 @@ impl Session {
     }
 
     pub fn in_chat(&self, chat_id: i64) -> bool {
-        lock(&self.chats).contains(&chat_id)
+        lock(&self.chats).ids.contains(&chat_id)
     }
 
     pub fn chat_ids(&self) -> Vec<i64> {
-        lock(&self.chats).iter().copied().collect()
+        lock(&self.chats).ids.iter().copied().collect()
     }
 }
 
@@ -274,30 +288,34 @@ impl Hub {
         }
     }
 
-    /// Puts a session in a chat's room (no-op if it is there).
+    /// Puts a session in a chat's room (no-op if it is there, or disconnected).
     pub fn join(&self, session: &Arc<Session>, chat_id: i64) {
-        let inserted = lock(&session.chats).insert(chat_id);
-        if inserted {
-            let mut first = false;
-            self.rooms
-                .entry(chat_id)
-                .and_modify(|m| m.push(session.clone()))
-                .or_insert_with(|| {
-                    first = true;
-                    vec![session.clone()]
-                });
-            if first {
-                self.report(Interest::Join(Topic::Chat(chat_id)));
-            }
+        let mut chats = lock(&session.chats);
+        if chats.gone || !chats.ids.insert(chat_id) {
+            return;
+        }
+        let mut first = false;
+        self.rooms
+            .entry(chat_id)
+            .and_modify(|m| m.push(session.clone()))
+            .or_insert_with(|| {
+                first = true;
+                vec![session.clone()]
+            });
+        if first {
+            self.report(Interest::Join(Topic::Chat(chat_id)));
         }
     }
 
     /// Takes a session out of one chat's room.
     pub fn leave(&self, session: &Arc<Session>, chat_id: i64) {
-        let removed = lock(&session.chats).remove(&chat_id);
-        if !removed {
-            return;
+        let mut chats = lock(&session.chats);
+        if chats.ids.remove(&chat_id) {
+            self.leave_room(session, chat_id);
         }
+    }
+
+    fn leave_room(&self, session: &Session, chat_id: i64) {
         let emptied = self.rooms.remove_if_mut(&chat_id, |_, members| {
             members.retain(|s| s.id != session.id);
             members.is_empty()
@@ -309,13 +327,11 @@ impl Hub {
 
     /// Removes a session from every room; returns whether it was its person's last one.
     pub fn disconnect(&self, session: &Arc<Session>) -> bool {
-        for chat_id in session.chat_ids() {
-            let emptied = self.rooms.remove_if_mut(&chat_id, |_, members| {
-                members.retain(|s| s.id != session.id);
-                members.is_empty()
-            });
-            if emptied.is_some() {
-                self.report(Interest::Leave(Topic::Chat(chat_id)));
+        {
+            let mut chats = lock(&session.chats);
+            chats.gone = true;
+            for chat_id in std::mem::take(&mut chats.ids) {
+                self.leave_room(session, chat_id);
             }
         }
         let mut last = false;
@@ -598,6 +614,20 @@ mod tests {
             "nothing queued is sent: the client resumes from its last seq"
         );
         assert!(mail.is_empty());
+    }
+
+    #[test]
+    fn a_disconnected_session_joins_no_room() {
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 8);
+        hub.join(&session, 7);
+        assert_eq!(hub.room_size(7), 1);
+        assert!(hub.disconnect(&session), "its person's last socket");
+        assert_eq!(hub.room_size(7), 0);
+        // A new chat announced to the person just as the socket closed.
+        hub.join(&session, 8);
+        assert_eq!(hub.room_size(8), 0, "no dead session left in a room");
+        assert!(!session.in_chat(8));
     }
 
     #[test]
