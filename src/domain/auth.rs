@@ -280,6 +280,12 @@ impl Core {
     /// Resolves a bearer token to its principal. Fails with `Unauthorized` when the token
     /// is unknown, malformed or expired.
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        Ok(self.authenticate_until(token).await?.0)
+    }
+
+    /// [`Core::authenticate`], with when the token expires (unix ms): a live socket is
+    /// closed then.
+    pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, i64)> {
         let now = now_ms();
         let db = self.store().db();
         if token.starts_with(ACCESS_PREFIX) {
@@ -291,10 +297,11 @@ impl Core {
             if row.access_expires_at <= now {
                 return Err(Error::Unauthorized("token has expired"));
             }
-            return Ok(Principal::Admin {
+            let admin = Principal::Admin {
                 org_id: row.org_id,
                 addon_id: row.addon_id,
-            });
+            };
+            return Ok((admin, row.access_expires_at));
         }
         if token.starts_with(SESSION_PREFIX) {
             let row = session::Entity::find()
@@ -305,17 +312,18 @@ impl Core {
             if row.expires_at <= now {
                 return Err(Error::Unauthorized("token has expired"));
             }
-            return match row.subject_kind.as_str() {
-                "operator" => Ok(Principal::Operator {
+            let who = match row.subject_kind.as_str() {
+                "operator" => Principal::Operator {
                     org_id: row.org_id,
                     operator_id: row.subject_id,
-                }),
-                "customer" => Ok(Principal::Customer {
+                },
+                "customer" => Principal::Customer {
                     org_id: row.org_id,
                     customer_id: row.subject_id,
-                }),
-                _ => Err(Error::Unauthorized("token is not valid")),
+                },
+                _ => return Err(Error::Unauthorized("token is not valid")),
             };
+            return Ok((who, row.expires_at));
         }
         Err(Error::Unauthorized("token is not valid"))
     }

@@ -133,7 +133,7 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
     };
     let token = socket_token(&req)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing token"))?;
-    let who = app.core.authenticate(&token).await?;
+    let (who, expires_at) = app.core.authenticate_until(&token).await?;
     let resume = resume_cursors(&req)?;
     if let Principal::Admin { .. } = who {
         return Err(Error::Forbidden("an admin token has no live socket").into());
@@ -158,7 +158,7 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
                     Some(config),
                 )
                 .await;
-                run(app, who, socket, resume).await;
+                run(app, who, expires_at, socket, resume).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -234,7 +234,13 @@ fn domain_error_frame(id: Option<&str>, e: Error) -> Utf8Bytes {
 /// The socket's one task: it registers the session, then reads client frames, writes
 /// what the session's mailbox receives and the answers to sends, and flushes once nothing
 /// more is ready, until either side closes.
-async fn run(app: Arc<App>, who: Principal, mut socket: Socket, resume: Vec<(i64, i64)>) {
+async fn run(
+    app: Arc<App>,
+    who: Principal,
+    expires_at: i64,
+    mut socket: Socket,
+    resume: Vec<(i64, i64)>,
+) {
     let Some(person) = person_of(&who) else {
         return;
     };
@@ -246,7 +252,7 @@ async fn run(app: Arc<App>, who: Principal, mut socket: Socket, resume: Vec<(i64
         hub.disconnect(&session);
         return;
     };
-    let reason = serve(&app, &who, &session, &mut socket, cursors).await;
+    let reason = serve(&app, &who, expires_at, &session, &mut socket, cursors).await;
     Box::pin(close(&mut socket, reason)).await;
     if hub.disconnect(&session)
         && let Person::Operator(id) = person
@@ -356,6 +362,7 @@ enum Ready {
 async fn serve(
     app: &App,
     who: &Principal,
+    expires_at: i64,
     session: &Arc<Session>,
     socket: &mut Socket,
     mut cursors: HashMap<i64, i64>,
@@ -425,10 +432,14 @@ async fn serve(
         // Mail first: a send's message is published before its answer is ready, so the
         // sender's device gets the message, then the ack.
         while let Some(out) = mail.pop_front() {
-            if let Outbound::Ping = out
-                && last_seen.elapsed() > app.ws.idle_timeout
-            {
-                return CloseReason::Timeout;
+            if let Outbound::Ping = out {
+                if last_seen.elapsed() > app.ws.idle_timeout {
+                    return CloseReason::Timeout;
+                }
+                // Checked at each heartbeat: a token that expires mid-socket ends it then.
+                if crate::domain::now_ms() >= expires_at {
+                    return CloseReason::Expired;
+                }
             }
             // A failed write, or a database failure mid catch-up: this socket cannot go
             // on without a gap, so it closes and the client resumes.

@@ -630,6 +630,26 @@ async fn a_silent_socket_is_dropped_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_socket_is_closed_with_4001_when_its_session_expires() {
+    let app = spawn_app_with(|c| {
+        c.ws_ping = 1;
+        c.ws_idle_timeout = 30;
+        c.session_ttl = 3;
+    })
+    .await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("resumed").await;
+    // The client keeps reading (and answering pings): only the expiry ends the socket.
+    let (code, reason) = tokio::time::timeout(std::time::Duration::from_secs(20), ws.closed())
+        .await
+        .expect("closed soon after the session expired");
+    assert_eq!(code, 4001, "closed with {code} {reason}");
+    assert!(reason.contains("expired"), "{reason}");
+}
+
+#[tokio::test]
 async fn a_reading_socket_answers_pings_and_stays_open() {
     let (app, desk) = fast_heartbeat_desk().await;
     let mut ws = app.ws(&desk.customer, "").await;
