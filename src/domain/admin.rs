@@ -707,12 +707,21 @@ impl Core {
             .await
     }
 
-    /// The operator's last socket closed: they are offline.
+    /// The operator's last socket closed: they are offline, unless a socket of theirs
+    /// opened on this node meanwhile.
     pub async fn operator_disconnected(&self, operator_id: i64) -> Result<()> {
-        self.set_presence_if(operator_id, Presence::Offline, |p| p != Presence::Offline)
-            .await
+        let hub = self.bus().hub().clone();
+        let person = super::events::Person::Operator(operator_id);
+        self.set_presence_if(operator_id, Presence::Offline, move |p| {
+            p != Presence::Offline && !hub.is_connected(person)
+        })
+        .await
     }
 
+    /// Sets the operator's presence to `to` if `when` says so of the current one. The
+    /// operator's row is locked while `when` decides: a socket opening while the last one
+    /// closes then either is seen here (and the operator stays online), or comes to its
+    /// own change after this one's commit (and sets them online again).
     async fn set_presence_if(
         &self,
         operator_id: i64,
@@ -720,7 +729,10 @@ impl Core {
         when: impl Fn(Presence) -> bool,
     ) -> Result<()> {
         let tx = self.store().write().await?;
-        let current = operator::Entity::find_by_id(operator_id).one(&*tx).await?;
+        let current = operator::Entity::find_by_id(operator_id)
+            .lock_exclusive()
+            .one(&*tx)
+            .await?;
         let Some(current) = current.filter(|c| when(Presence::from_code(c.presence))) else {
             tx.commit().await?;
             return Ok(());
