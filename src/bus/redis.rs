@@ -271,13 +271,21 @@ impl RedisBus {
     /// node does.
     pub async fn operator_gone(&self, operator_id: i64) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
+        let _: () = conn
+            .zrem(self.presence_key(operator_id), &self.node)
+            .await?;
+        Ok(!self.operator_elsewhere(operator_id).await?)
+    }
+
+    /// Whether any node's unexpired claim says it holds a socket of the operator.
+    pub async fn operator_elsewhere(&self, operator_id: i64) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
         let key = self.presence_key(operator_id);
-        let _: () = conn.zrem(&key, &self.node).await?;
         let _: () = conn
             .zrembyscore(&key, "-inf", crate::domain::now_ms())
             .await?;
         let left: i64 = conn.zcard(&key).await?;
-        Ok(left == 0)
+        Ok(left > 0)
     }
 
     /// Operators whose every node claim has expired (their nodes died): they are
@@ -319,8 +327,19 @@ const PUBLISH_WINDOW: usize = 4 * PUBLISH_BATCH;
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// Opens a connection of the bus's own and logs in as the URL says.
+/// Opens a connection of the bus's own and logs in as the URL says, within
+/// [`DIAL_TIMEOUT`].
 async fn dial(info: &ConnectionInfo, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
+    match tokio::time::timeout(DIAL_TIMEOUT, dial_now(info, buf)).await {
+        Ok(dialled) => dialled,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Longest a connection and its login may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn dial_now(info: &ConnectionInfo, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
     let (mut reader, mut writer): (Reader, Writer) = match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -381,36 +400,75 @@ async fn next_reply(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<
 }
 
 /// Reads what the socket has into `buf` (cancel-safe: in a `select!`, nothing is lost).
+/// The end of the stream is an error.
 async fn read_some(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<usize> {
     buf.reserve(READ_CHUNK);
-    reader.read_buf(buf).await
+    match reader.read_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        n => Ok(n),
+    }
 }
 
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Waits before connecting again, longer after each failure in a row.
+/// How often a connection is checked: the subscriber pings, and a connection that
+/// owes answers but has read nothing for [`SILENCE`] is given up as dead (a half-open
+/// TCP connection would otherwise hang forever).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const SILENCE: Duration = Duration::from_secs(15);
+
+/// Waits before connecting again, longer after each failure in a row. A connection
+/// counts as a success only once it has lasted a while: one that Redis accepts and then
+/// drops at once (too many clients, say) must not be retried ten times a second.
 struct Backoff(Duration);
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
+    const STABLE: Duration = Duration::from_secs(5);
+
+    fn new() -> Backoff {
+        Backoff(Backoff::FIRST)
+    }
 
     async fn wait(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+
+    /// A connection that lasted `lived` has ended.
+    async fn after(&mut self, lived: Duration) {
+        if lived >= Backoff::STABLE {
+            self.0 = Backoff::FIRST;
+        }
+        self.wait().await;
+    }
+}
+
+/// Writes one batch of publishes; their chats join the unanswered, in order.
+fn encode_publishes(
+    batch: &mut Vec<Publish>,
+    out: &mut Vec<u8>,
+    unanswered: &mut VecDeque<Option<i64>>,
+) {
+    out.clear();
+    for p in batch.drain(..) {
+        resp::command(out, &[b"PUBLISH", p.channel.as_bytes(), &p.payload]);
+        unanswered.push_back(p.chat);
     }
 }
 
 /// Publishes queued events in order over one connection, reconnecting with backoff.
 /// What is waiting is written at once, without waiting for the answers to what was
 /// written before. A copy that may not have reached Redis (the connection broke before
-/// its answer) has its chat caught up on the other nodes once the connection is back.
+/// its answer) has its chat caught up on the other nodes as soon as the connection is
+/// back.
 async fn publisher(
     bus: std::sync::Weak<RedisBus>,
     info: ConnectionInfo,
     mut rx: mpsc::Receiver<Publish>,
 ) {
-    let mut backoff = Backoff(Backoff::FIRST);
+    let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut out = Vec::new();
     let mut buf = BytesMut::new();
@@ -436,8 +494,20 @@ async fn publisher(
         if failing {
             tracing::info!("redis publishing works again");
         }
-        backoff = Backoff(Backoff::FIRST);
-        let lost = loop {
+        let connected = tokio::time::Instant::now();
+        let mut heard = connected;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        // What was lost before is caught up now, not with the next event.
+        if let Some(bus) = bus.upgrade() {
+            batch.extend(bus.resyncs());
+        }
+        let lost: std::io::Error = 'conn: loop {
+            if !batch.is_empty() {
+                encode_publishes(&mut batch, &mut out, &mut unanswered);
+                if let Err(e) = writer.write_all(&out).await {
+                    break e;
+                }
+            }
             tokio::select! {
                 n = rx.recv_many(&mut batch, PUBLISH_BATCH), if unanswered.len() < PUBLISH_WINDOW => {
                     if n == 0 {
@@ -447,35 +517,30 @@ async fn publisher(
                     if let Some(bus) = bus.upgrade() {
                         batch.extend(bus.resyncs());
                     }
-                    out.clear();
-                    for p in batch.drain(..) {
-                        resp::command(&mut out, &[b"PUBLISH", p.channel.as_bytes(), &p.payload]);
-                        unanswered.push_back(p.chat);
-                    }
-                    if let Err(e) = writer.write_all(&out).await {
-                        break e;
-                    }
                 }
                 read = read_some(&mut reader, &mut buf) => {
-                    match read {
-                        Ok(0) => break std::io::ErrorKind::UnexpectedEof.into(),
-                        Ok(_) => {}
-                        Err(e) => break e,
+                    if let Err(e) = read {
+                        break e;
                     }
+                    heard = tokio::time::Instant::now();
                     loop {
                         match resp::take(&mut buf) {
                             Ok(Some(reply)) => {
                                 unanswered.pop_front();
+                                // A refusal (an ACL, say) is a setting to fix; catching the
+                                // chat up would be refused the same way.
                                 if let Reply::Error(e) = reply {
                                     tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a publish");
                                 }
                             }
                             Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "redis publisher connection");
-                                break;
-                            }
+                            Err(e) => break 'conn std::io::Error::other(e),
                         }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if !unanswered.is_empty() && heard.elapsed() > SILENCE {
+                        break std::io::ErrorKind::TimedOut.into();
                     }
                 }
             }
@@ -488,18 +553,30 @@ async fn publisher(
             }
         }
         unanswered.clear();
-        backoff.wait().await;
+        backoff.after(connected.elapsed()).await;
     }
 }
 
+/// What the subscriber waits for Redis to confirm.
+#[derive(Default)]
+struct Confirming {
+    /// Chats subscribed to since connecting: once confirmed, whatever was published
+    /// before the subscription took hold is caught up from the database.
+    joining: HashMap<String, i64>,
+    /// Subscriptions restored at a reconnect: once all are confirmed, every local socket
+    /// catches up (an event published before then may have been missed).
+    restoring: HashSet<String>,
+}
+
 /// Keeps one subscriber connection, reconnecting with backoff; after each reconnect it
-/// resubscribes and has every local socket catch up from the database.
+/// resubscribes and, once Redis has confirmed, has every local socket catch up from the
+/// database.
 async fn subscriber(
     bus: std::sync::Weak<RedisBus>,
     info: ConnectionInfo,
     mut control: mpsc::UnboundedReceiver<Interest>,
 ) {
-    let mut backoff = Backoff(Backoff::FIRST);
+    let mut backoff = Backoff::new();
     let mut first = true;
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
@@ -515,6 +592,7 @@ async fn subscriber(
                 continue;
             }
         };
+        let connected = tokio::time::Instant::now();
         let Some(strong) = bus.upgrade() else { return };
         let wanted: Vec<String> = strong.wanted.iter().map(|c| c.clone()).collect();
         out.clear();
@@ -523,34 +601,33 @@ async fn subscriber(
             args.extend(chunk.iter().map(|c| c.as_bytes()));
             resp::command(&mut out, &args);
         }
-        if writer.write_all(&out).await.is_err() {
-            drop(strong);
-            backoff.wait().await;
-            continue;
-        }
-        backoff = Backoff(Backoff::FIRST);
+        let mut confirming = Confirming::default();
         if !first {
             tracing::info!("redis subscriber reconnected; catching sockets up");
-            strong.hub.resync();
+            if wanted.is_empty() {
+                strong.hub.resync();
+            }
+            confirming.restoring = wanted.into_iter().collect();
         }
         first = false;
         drop(strong);
-        // Chats subscribed to since connecting, until Redis confirms: then whatever was
-        // published before the subscription took hold is caught up from the database.
-        let mut joining: HashMap<String, i64> = HashMap::new();
+        if writer.write_all(&out).await.is_err() {
+            backoff.after(connected.elapsed()).await;
+            continue;
+        }
+        let mut heard = connected;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
                 read = read_some(&mut reader, &mut buf) => {
                     let Some(bus) = bus.upgrade() else { return };
-                    if !matches!(read, Ok(n) if n > 0) {
+                    if read.is_err() {
                         break;
                     }
-                    match take_replies(&bus, &mut buf, &mut joining) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "redis subscriber connection");
-                            break;
-                        }
+                    heard = tokio::time::Instant::now();
+                    if let Err(e) = take_replies(&bus, &mut buf, &mut confirming) {
+                        tracing::warn!(error = %e, "redis subscriber connection");
+                        break;
                     }
                 }
                 interest = control.recv() => {
@@ -563,7 +640,7 @@ async fn subscriber(
                             bus.wanted.insert(channel.clone());
                             resp::command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
                             if let Topic::Chat(chat_id) = topic {
-                                joining.insert(channel, chat_id);
+                                confirming.joining.insert(channel, chat_id);
                             }
                         }
                         // Reports may overtake each other: leave only what is still unwanted.
@@ -578,24 +655,31 @@ async fn subscriber(
                         break;
                     }
                 }
+                _ = heartbeat.tick() => {
+                    // Redis answers a ping even on a subscribed connection.
+                    if heard.elapsed() > SILENCE || writer.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         tracing::warn!("redis subscriber connection lost; reconnecting");
-        backoff.wait().await;
+        backoff.after(connected.elapsed()).await;
     }
 }
 
 /// Handles every whole reply in `buf`: messages are delivered (the sockets they reach
-/// woken once all are), confirmations of chats being joined catch those chats up.
+/// woken once all are), confirmations catch chats up (see [`Confirming`]).
 fn take_replies(
     bus: &RedisBus,
     buf: &mut BytesMut,
-    joining: &mut HashMap<String, i64>,
+    confirming: &mut Confirming,
 ) -> Result<(), resp::Malformed> {
     let mut wakes = Wakes::default();
     while let Some(reply) = resp::take(buf)? {
         let Reply::Array(Some(mut parts)) = reply else {
             if let Reply::Error(e) = reply {
+                // An ACL refusing a channel: a setting to fix, which reconnecting would not.
                 tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a subscription");
             }
             continue;
@@ -607,9 +691,15 @@ fn take_replies(
                 }
             }
             (Some(b"subscribe"), 3) => {
-                let channel = parts[1].bytes().and_then(|c| std::str::from_utf8(c).ok());
-                if let Some(chat_id) = channel.and_then(|c| joining.remove(c)) {
+                let Some(channel) = parts[1].bytes().and_then(|c| std::str::from_utf8(c).ok())
+                else {
+                    continue;
+                };
+                if let Some(chat_id) = confirming.joining.remove(channel) {
                     bus.hub.resync_room(chat_id);
+                }
+                if confirming.restoring.remove(channel) && confirming.restoring.is_empty() {
+                    bus.hub.resync();
                 }
             }
             _ => {}
