@@ -316,9 +316,24 @@ async fn release_held(lanes: Weak<Lanes>, holding: Arc<Notify>) {
         holding.notified().await;
         tokio::time::sleep(MARK_DELAY).await;
         let Some(lanes) = lanes.upgrade() else { return };
-        for job in lanes.take_held() {
-            // A writer that stopped has dropped its queue; the mark's caller hears so.
-            let _ = lanes.lane(job.chat_id).marks.send(job).await;
+        // A full queue keeps its marks held for the next round rather than hold up the
+        // other writers' marks; a writer that stopped has dropped its queue, and the
+        // mark's caller hears so.
+        let full: Vec<Job> = lanes
+            .take_held()
+            .into_iter()
+            .filter_map(|job| match lanes.lane(job.chat_id).marks.try_send(job) {
+                Err(mpsc::error::TrySendError::Full(job)) => Some(job),
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            })
+            .collect();
+        if !full.is_empty() {
+            lanes
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(full);
+            holding.notify_one();
         }
     }
 }
