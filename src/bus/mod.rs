@@ -239,6 +239,15 @@ impl Bus {
         }
     }
 
+    /// Whether another node holds a socket of the operator (never, without Redis; when
+    /// Redis cannot say, no).
+    pub async fn operator_elsewhere(&self, operator_id: i64) -> bool {
+        match &self.redis {
+            None => false,
+            Some(redis) => redis.operator_elsewhere(operator_id).await.unwrap_or(false),
+        }
+    }
+
     /// Operators whose every node is gone (only with Redis).
     pub async fn expired_operators(&self) -> Vec<i64> {
         match &self.redis {

@@ -708,20 +708,17 @@ impl Core {
     }
 
     /// The operator's last socket closed: they are offline, unless a socket of theirs
-    /// opened on this node meanwhile.
+    /// opened meanwhile, on this node or (with Redis) on another.
     pub async fn operator_disconnected(&self, operator_id: i64) -> Result<()> {
-        let hub = self.bus().hub().clone();
-        let person = super::events::Person::Operator(operator_id);
-        self.set_presence_if(operator_id, Presence::Offline, move |p| {
-            p != Presence::Offline && !hub.is_connected(person)
-        })
-        .await
+        self.set_presence_if(operator_id, Presence::Offline, |p| p != Presence::Offline)
+            .await
     }
 
-    /// Sets the operator's presence to `to` if `when` says so of the current one. The
-    /// operator's row is locked while `when` decides: a socket opening while the last one
-    /// closes then either is seen here (and the operator stays online), or comes to its
-    /// own change after this one's commit (and sets them online again).
+    /// Sets the operator's presence to `to` if `when` says so of the current one; going
+    /// offline, only if no socket of theirs is open here or (with Redis) on another node.
+    /// The operator's row is locked while that is decided: a socket opening while the
+    /// last one closes then either is seen here (and the operator stays online), or comes
+    /// to its own change after this one's commit (and sets them online again).
     async fn set_presence_if(
         &self,
         operator_id: i64,
@@ -733,10 +730,22 @@ impl Core {
             .lock_exclusive()
             .one(&*tx)
             .await?;
-        let Some(current) = current.filter(|c| when(Presence::from_code(c.presence))) else {
-            tx.commit().await?;
-            return Ok(());
+        let current = match current {
+            Some(c) if when(Presence::from_code(c.presence)) => c,
+            _ => {
+                tx.commit().await?;
+                return Ok(());
+            }
         };
+        if to == Presence::Offline {
+            let person = super::events::Person::Operator(operator_id);
+            if self.bus().hub().is_connected(person)
+                || self.bus().operator_elsewhere(operator_id).await
+            {
+                tx.commit().await?;
+                return Ok(());
+            }
+        }
         let mut model = current.into_active_model();
         model.presence = Set(to.code());
         model.updated_at = Set(now_ms());
