@@ -280,6 +280,17 @@ async fn connect(
     room: &Room,
     source: Option<std::net::Ipv4Addr>,
 ) -> Result<Socket, String> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(a, node, room, source))
+        .await
+        .map_err(|_| format!("no connection to {node} within {CONNECT_TIMEOUT:?}"))?
+}
+
+async fn connect_now(
+    a: &Args,
+    node: &str,
+    room: &Room,
+    source: Option<std::net::Ipv4Addr>,
+) -> Result<Socket, String> {
     let url = if a.ceiling {
         format!("{}/room/{}", node.replacen("http", "ws", 1), room.id)
     } else {
@@ -324,6 +335,12 @@ async fn connect(
 
 /// What a socket reads at a time.
 const READ_BUFFER: usize = 8 * 1024;
+
+/// Longest one socket's connection (TCP and upgrade) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest all the sockets of a run may take to connect.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// RSS (KiB) of the given pids, summed.
 fn rss_of(pids: &[u32]) -> u64 {
@@ -487,9 +504,9 @@ async fn run(a: Args) -> Result<(), String> {
     }
     drop(ready_tx);
     for _ in 0..threads {
-        ready_rx
-            .recv()
+        tokio::time::timeout(SETUP_TIMEOUT, ready_rx.recv())
             .await
+            .map_err(|_| "the sockets did not all connect in time")?
             .ok_or("a load generator thread stopped")??;
     }
     let a = &run.a;
@@ -503,7 +520,7 @@ async fn run(a: Args) -> Result<(), String> {
     go_tx.send_replace(Some(measure_start));
     // Senders stop at the deadline whatever the server does; the bound is a safety net.
     let bound = Duration::from_secs(a.seconds + 10);
-    while run.senders_left.load(Ordering::Relaxed) > 0 && measure_start.elapsed() < bound {
+    while run.senders_left.load(Ordering::Acquire) > 0 && measure_start.elapsed() < bound {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = measure_start.elapsed().as_secs_f64();
@@ -688,7 +705,8 @@ struct Sending<'a>(Option<&'a AtomicUsize>);
 impl Sending<'_> {
     fn stop(&mut self) {
         if let Some(left) = self.0.take() {
-            left.fetch_sub(1, Ordering::Relaxed);
+            // Release: the main thread reads the sends counted before this.
+            left.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -717,20 +735,21 @@ impl SocketRun {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         let mut n = 0u64;
         let mut reads = Vec::new();
+        let stop = tokio::time::sleep_until(deadline);
+        tokio::pin!(stop);
         loop {
-            if sending.0.is_some() && a.window > 0 {
-                if tokio::time::Instant::now() >= deadline {
-                    sending.stop();
-                } else if self.unacked < a.window {
-                    while self.unacked < a.window {
-                        n += 1;
-                        if !self.feed_send(&mut ws, n).await {
-                            return;
-                        }
-                    }
-                    if ws.flush().await.is_err() {
+            if sending.0.is_some() && tokio::time::Instant::now() >= deadline {
+                sending.stop();
+            }
+            if sending.0.is_some() && a.window > 0 && self.unacked < a.window {
+                while self.unacked < a.window {
+                    n += 1;
+                    if !self.feed_send(&mut ws, n).await {
                         return;
                     }
+                }
+                if ws.flush().await.is_err() {
+                    return;
                 }
             }
             tokio::select! {
@@ -756,7 +775,6 @@ impl SocketRun {
                 }
                 _ = tick.tick(), if sending.0.is_some() && a.window == 0 => {
                     if tokio::time::Instant::now() >= deadline {
-                        sending.stop();
                         continue;
                     }
                     n += 1;
@@ -764,7 +782,9 @@ impl SocketRun {
                         return;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline), if sending.0.is_some() && a.window > 0 => {}
+                // Whatever the rate, and whether or not the server answers, a sender stops
+                // at the deadline.
+                _ = &mut stop, if sending.0.is_some() => {}
             }
         }
     }
