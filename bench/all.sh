@@ -2,13 +2,15 @@
 # Every scenario of BENCHMARKS.md, RUNS times each (default 3): 200 chats x 5 sockets at
 # 10 msg/s per sender and closed loop (4 unacked per sender), for the bare ceiling and for
 # souq without and with receipts (the second socket of each chat reads every message) on
-# 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; then idle sockets.
+# 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; the ceiling and souq on
+# SQLite at one high fixed rate (FAST msg/s per sender, default 150), for CPU per delivery
+# at the same load; then idle sockets.
 # Appends labelled JSON lines to $OUT and prints the table of medians.
 set -e
 cd "$(git rev-parse --show-toplevel)"
 cargo build --release --bin souq --example loadgen --example ceiling
 ulimit -n 20000
-RUNS=${RUNS:-3}; SECS=${SECS:-15}
+RUNS=${RUNS:-3}; SECS=${SECS:-15}; FAST=${FAST:-150}
 OUT=${OUT:-${TMPDIR:-/tmp}/souq-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 label() { jq -c --arg s "$1" '. + {setup: $s}' >> "$OUT"; }
 
@@ -16,14 +18,16 @@ ceiling() {
   target/release/examples/ceiling 127.0.0.1:19091 2>/dev/null &
   local p=$!; sleep 0.5
   target/release/examples/loadgen --ceiling --nodes http://127.0.0.1:19091 --chats 200 \
-    --members 5 --rate 10 --seconds "$SECS" "$@" --pids $p
+    --members 5 --seconds "$SECS" "$@" --pids $p
   kill $p; wait $p 2>/dev/null || true
 }
 
 for run in $(seq 1 "$RUNS"); do
   echo "run $run of $RUNS" >&2
-  ceiling | label "ceiling (bare tokio-tungstenite)"
+  ceiling --rate 10 | label "ceiling (bare tokio-tungstenite)"
   ceiling --window 4 | label "ceiling (bare tokio-tungstenite)"
+  ceiling --rate "$FAST" | label "ceiling (bare tokio-tungstenite)"
+  RATE=$FAST SECS=$SECS bench/one-node-sqlite.sh | label "souq, 1 node, SQLite"
   for load in "" "--window 4" "--receipts" "--window 4 --receipts"; do
     RATE=10 SECS=$SECS EXTRA="$load" bench/one-node-sqlite.sh | label "souq, 1 node, SQLite"
     RATE=10 SECS=$SECS EXTRA="$load" bench/one-node-postgres.sh 2>/dev/null | label "souq, 1 node, PostgreSQL"
