@@ -3,14 +3,14 @@
 # 10 msg/s per sender and closed loop (4 unacked per sender), for the bare ceiling and for
 # souq without and with receipts (the second socket of each chat reads every message) on
 # 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; the ceiling and souq on
-# SQLite at one high fixed rate (FAST msg/s per sender, default 150), for CPU per delivery
+# SQLite at one high fixed rate (FAST msg/s per sender, default 100), for CPU per delivery
 # at the same load; then idle sockets.
 # Appends labelled JSON lines to $OUT and prints the table of medians.
 set -e
 cd "$(git rev-parse --show-toplevel)"
 cargo build --release --bin souq --example loadgen --example ceiling
 ulimit -n 20000
-RUNS=${RUNS:-3}; SECS=${SECS:-15}; FAST=${FAST:-150}
+RUNS=${RUNS:-3}; SECS=${SECS:-15}; FAST=${FAST:-100}
 OUT=${OUT:-${TMPDIR:-/tmp}/souq-bench-$(date +%Y%m%d-%H%M%S).jsonl}
 label() { jq -c --arg s "$1" '. + {setup: $s}' >> "$OUT"; }
 
