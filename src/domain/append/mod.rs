@@ -517,40 +517,52 @@ async fn alone(store: &Store, job: &Job) -> Result<Done> {
 /// Announces the new messages and moved cursors of a committed batch, in order, then
 /// answers each caller; the sockets the batch reaches are woken last, each once.
 fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
-    let mut replies = Vec::with_capacity(outcomes.len());
-    let mut events = Vec::new();
-    for (job, outcome) in jobs.zip(outcomes) {
-        match (&job.work, &outcome) {
+    let done: Vec<(Job, Result<Done>)> = jobs.zip(outcomes).collect();
+    let mut wakes = Wakes::default();
+    // Events before answers: a sender's device gets its message, then the ack.
+    bus.publish_all(announcements(&done), &mut wakes);
+    for (job, outcome) in done {
+        // A caller that went away still had its job done, as with any lost answer.
+        let _ = job.reply.send(outcome);
+    }
+    wakes.wake_all();
+}
+
+/// What a committed batch announces, in order: each new message, and each member's
+/// receipt if a mark of theirs moved a cursor. A member who sent several marks gets one
+/// receipt, at the last of them: the cursors each mark answers with include those of the
+/// marks before it, so the last holds them all.
+fn announcements(done: &[(Job, Result<Done>)]) -> Vec<Event> {
+    let mut events: Vec<Option<Event>> = Vec::new();
+    let mut receipt_at: HashMap<(i64, Person), usize> = HashMap::new();
+    for (job, outcome) in done {
+        match (&job.work, outcome) {
             (
                 _,
                 Ok(Done::Stored(Stored {
                     message, new: true, ..
                 })),
-            ) => events.push(Event::Message(message.clone())),
-            (
-                Work::Mark(mark),
-                Ok(Done::Marked(Marked {
-                    receipt,
-                    moved: true,
-                })),
-            ) => events.push(Event::Receipt {
-                chat_id: receipt.chat_id,
-                member: mark.member(),
-                received_seq: receipt.received_seq,
-                read_seq: receipt.read_seq,
-            }),
+            ) => events.push(Some(Event::Message(message.clone()))),
+            (Work::Mark(mark), Ok(Done::Marked(Marked { receipt, moved }))) => {
+                let member = (receipt.chat_id, mark.member());
+                let earlier = receipt_at
+                    .get(&member)
+                    .and_then(|&at| events[at].take())
+                    .is_some();
+                if *moved || earlier {
+                    receipt_at.insert(member, events.len());
+                    events.push(Some(Event::Receipt {
+                        chat_id: receipt.chat_id,
+                        member: mark.member(),
+                        received_seq: receipt.received_seq,
+                        read_seq: receipt.read_seq,
+                    }));
+                }
+            }
             _ => {}
         }
-        replies.push((job.reply, outcome));
     }
-    let mut wakes = Wakes::default();
-    // Events before answers: a sender's device gets its message, then the ack.
-    bus.publish_all(events, &mut wakes);
-    for (reply, outcome) in replies {
-        // A caller that went away still had its job done, as with any lost answer.
-        let _ = reply.send(outcome);
-    }
-    wakes.wake_all();
+    events.into_iter().flatten().collect()
 }
 
 /// Whether a batch first looks for `local_id`s that were stored before it.
@@ -1298,6 +1310,102 @@ mod tests {
             .commit(&[job(1, "customer", "text", Some("x"))])
             .await;
         check_outcomes(&store, &out, &again).await;
+        drop_postgres(store, db).await;
+    }
+
+    /// Three messages into chat 1 with the customer reading along: up to the operator's
+    /// answer, up to the last message, back to the first (a cursor never moves back), and
+    /// past the end.
+    fn reads_batch() -> Vec<Job> {
+        vec![
+            job(1, "customer", "text", None),
+            job(1, "operator", "text", None),
+            read_job(1, 2),
+            job(1, "operator", "text", None),
+            read_job(1, 3),
+            read_job(1, 1),
+            read_job(1, 9),
+        ]
+    }
+
+    /// What [`reads_batch`] must announce and leave behind: the messages, then one receipt
+    /// with the customer's furthest cursors, after the last message it marks.
+    async fn check_reads(store: &Store, out: Vec<Result<Done>>) {
+        assert!(matches!(out[6], Err(Error::Invalid(_))), "past the end");
+        let done: Vec<(Job, Result<Done>)> = reads_batch().into_iter().zip(out).collect();
+        let said: Vec<String> = announcements(&done)
+            .iter()
+            .map(|e| match e {
+                Event::Message(m) => format!("message {}", m.seq),
+                Event::Receipt {
+                    member,
+                    received_seq,
+                    read_seq,
+                    ..
+                } => format!("receipt {member:?} {received_seq} {read_seq}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "message 1",
+                "message 2",
+                "message 3",
+                "receipt Customer(1) 3 3"
+            ]
+        );
+        let receipt = receipt::Entity::find()
+            .one(store.db())
+            .await
+            .expect("read")
+            .expect("a receipt row");
+        assert_eq!((receipt.received_seq, receipt.read_seq), (3, 3));
+        let read: Vec<(i64, bool)> = message::Entity::find()
+            .order_by_asc(message::Column::Seq)
+            .all(store.db())
+            .await
+            .expect("read")
+            .iter()
+            .map(|m| (m.seq, m.read_at.is_some()))
+            .collect();
+        assert_eq!(
+            read,
+            [(1, false), (2, true), (3, true)],
+            "the operator's are read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_members_marks_in_one_batch_give_one_receipt_after_what_they_mark() {
+        let (store, path) = two_chats("reads").await;
+        let out = commit(&store, &reads_batch(), Repeats::Assume)
+            .await
+            .expect("batch commits");
+        check_reads(&store, out).await;
+        remove(store, path).await;
+    }
+
+    #[tokio::test]
+    async fn a_members_marks_in_one_batch_give_one_receipt_on_the_sqlite_writer() {
+        let (store, path) = two_chats("reads_thread").await;
+        let (file, _) = store.sqlite_writer().expect("a sqlite file");
+        let mut writer = sqlite::Writer::new(sqlite::open(&file).expect("connection"));
+        let out = writer.commit(&reads_batch()).expect("batch commits");
+        drop(writer);
+        check_reads(&store, out).await;
+        remove(store, path).await;
+    }
+
+    #[tokio::test]
+    async fn a_members_marks_in_one_batch_give_one_receipt_on_the_postgres_writer() {
+        let Some((store, db)) = two_chats_on_postgres("reads").await else {
+            return;
+        };
+        let mut writer = postgres::Writer::new(store.clone()).expect("a postgres store");
+        let out = writer.commit(&reads_batch()).await;
+        drop(writer);
+        check_reads(&store, out).await;
         drop_postgres(store, db).await;
     }
 

@@ -423,8 +423,6 @@ async fn mark_batch(
             }
         }
     }
-    // One receipt announcement per member and batch, however many marks it sent.
-    let mut announced = HashSet::new();
     for &i in marks {
         let (job, Work::Mark(m)) = (&jobs[i], &jobs[i].work) else {
             continue;
@@ -442,8 +440,7 @@ async fn mark_batch(
             continue; // left waiting: stored alone after the rounds
         };
         let (old_received, old_read) = old.get(&member).copied().unwrap_or((0, 0));
-        let moved = (receipt.received_seq > old_received || receipt.read_seq > old_read)
-            && announced.insert(member);
+        let moved = receipt.received_seq > old_received || receipt.read_seq > old_read;
         outcomes[i] = Some(Ok(Done::Marked(Marked { receipt, moved })));
     }
     Ok(())

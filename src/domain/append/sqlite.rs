@@ -20,6 +20,7 @@ use super::{
 };
 use crate::bus::Bus;
 use crate::domain::Receipt;
+use crate::domain::events::Person;
 use crate::domain::{Error, Result, now_ms};
 use crate::store::entity::{chat, message};
 
@@ -222,6 +223,7 @@ impl Writer {
         let now = now_ms();
         let mut touched: HashMap<i64, Touched> = HashMap::new();
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut marks: HashMap<(i64, Person), Folded> = HashMap::new();
         for job in jobs {
             let t = match touched.entry(job.chat_id) {
                 Entry::Occupied(t) => t.into_mut(),
@@ -247,10 +249,30 @@ impl Writer {
                     outcome.map(Done::Stored)
                 }
                 Work::Mark(m) => match m.check(t.now.last_seq) {
-                    Ok(()) => Ok(Done::Marked(mark_one(tx.conn, job.chat_id, m, now)?)),
+                    Ok(()) => {
+                        let at = outcomes.len();
+                        match marks.entry((job.chat_id, m.member())) {
+                            Entry::Occupied(f) => f.into_mut().add(m, at),
+                            Entry::Vacant(slot) => {
+                                slot.insert(Folded {
+                                    mark: m.clone(),
+                                    jobs: vec![at],
+                                });
+                            }
+                        }
+                        Err(Error::Internal("a mark got no outcome".into()))
+                    }
                     Err(e) => Err(e),
                 },
             });
+        }
+        // The marks after the messages they may mark: each member's once, at their
+        // furthest, which stores what storing them one by one would.
+        for ((chat_id, _), folded) in marks {
+            let marked = mark_one(tx.conn, chat_id, &folded.mark, now)?;
+            for i in folded.jobs {
+                outcomes[i] = Ok(Done::Marked(marked.clone()));
+            }
         }
         for t in touched.values() {
             if t.now != t.was {
@@ -298,6 +320,20 @@ impl Drop for Tx<'_> {
 }
 
 /// What the transaction knows of one chat it writes to: as it was, and as it is now.
+/// A member's marks in one batch, folded into one, and the jobs that sent them.
+struct Folded {
+    mark: Mark,
+    jobs: Vec<usize>,
+}
+
+impl Folded {
+    fn add(&mut self, m: &Mark, job: usize) {
+        self.mark.received = self.mark.received.max(m.received);
+        self.mark.read = self.mark.read.max(m.read);
+        self.jobs.push(job);
+    }
+}
+
 struct Touched {
     was: chat::Model,
     now: chat::Model,
