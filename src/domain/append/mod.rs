@@ -1283,12 +1283,17 @@ mod tests {
         remove(store, path).await;
     }
 
+    /// A writer like the SQLite writer thread's, on a connection of its own.
+    fn thread_writer(store: &Store) -> sqlite::Writer {
+        let (file, _) = store.sqlite_writer().expect("a sqlite file");
+        sqlite::Writer::new(sqlite::open(&file).expect("connection"))
+    }
+
     /// The same batch through the SQLite writer thread's own connection.
     #[tokio::test]
     async fn the_sqlite_writer_gives_the_same_outcomes() {
         let (store, path) = two_chats("thread").await;
-        let (file, _) = store.sqlite_writer().expect("a sqlite file");
-        let mut writer = sqlite::Writer::new(sqlite::open(&file).expect("connection"));
+        let mut writer = thread_writer(&store);
         let out = writer.commit(&mixed_batch()).expect("batch commits");
         let again = writer
             .commit(&[job(1, "customer", "text", Some("x"))])
@@ -1389,8 +1394,7 @@ mod tests {
     #[tokio::test]
     async fn a_members_marks_in_one_batch_give_one_receipt_on_the_sqlite_writer() {
         let (store, path) = two_chats("reads_thread").await;
-        let (file, _) = store.sqlite_writer().expect("a sqlite file");
-        let mut writer = sqlite::Writer::new(sqlite::open(&file).expect("connection"));
+        let mut writer = thread_writer(&store);
         let out = writer.commit(&reads_batch()).expect("batch commits");
         drop(writer);
         check_reads(&store, out).await;
