@@ -319,7 +319,6 @@ impl Drop for Tx<'_> {
     }
 }
 
-/// What the transaction knows of one chat it writes to: as it was, and as it is now.
 /// A member's marks in one batch, folded into one, and the jobs that sent them.
 struct Folded {
     mark: Mark,
@@ -334,6 +333,7 @@ impl Folded {
     }
 }
 
+/// What the transaction knows of one chat it writes to: as it was, and as it is now.
 struct Touched {
     was: chat::Model,
     now: chat::Model,
