@@ -1401,6 +1401,35 @@ mod tests {
         remove(store, path).await;
     }
 
+    /// A read of a seq that only a later send of the batch stores is refused, on the pool
+    /// and on the SQLite writer, which store marks after the batch's messages.
+    /// (PostgreSQL's writer checks marks against the chat as its round leaves it.)
+    #[tokio::test]
+    async fn a_mark_is_checked_where_it_stands_in_its_batch() {
+        let batch = || {
+            vec![
+                job(1, "operator", "text", None),
+                read_job(1, 2),
+                job(1, "operator", "text", None),
+            ]
+        };
+        let (store, path) = two_chats("mark_place_pool").await;
+        let on_pool = commit(&store, &batch(), Repeats::Assume)
+            .await
+            .expect("batch commits");
+        remove(store, path).await;
+        let (store, path) = two_chats("mark_place_thread").await;
+        let mut writer = thread_writer(&store);
+        let on_thread = writer.commit(&batch()).expect("batch commits");
+        drop(writer);
+        remove(store, path).await;
+        for out in [on_pool, on_thread] {
+            assert!(matches!(out[1], Err(Error::Invalid(_))), "{:?}", out[1]);
+            let seq = |i: usize| stored(&out[i]).map(|s| s.message.seq);
+            assert_eq!((seq(0), seq(2)), (Ok(1), Ok(2)));
+        }
+    }
+
     #[tokio::test]
     async fn a_members_marks_in_one_batch_give_one_receipt_on_the_postgres_writer() {
         let Some((store, db)) = two_chats_on_postgres("reads").await else {
