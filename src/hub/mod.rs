@@ -141,6 +141,22 @@ struct Mailbox {
     waker: Option<Waker>,
 }
 
+/// Adds a session to the sessions under `key`; true if it is the first there.
+fn add_to<K: Eq + std::hash::Hash>(
+    map: &DashMap<K, Vec<Arc<Session>>>,
+    key: K,
+    session: &Arc<Session>,
+) -> bool {
+    let mut first = false;
+    map.entry(key)
+        .and_modify(|m| m.push(session.clone()))
+        .or_insert_with(|| {
+            first = true;
+            vec![session.clone()]
+        });
+    first
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves nothing half-changed.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -263,15 +279,7 @@ impl Hub {
             mailbox: Mutex::default(),
             chats: Mutex::default(),
         });
-        let mut first = false;
-        self.people
-            .entry(person)
-            .and_modify(|s| s.push(session.clone()))
-            .or_insert_with(|| {
-                first = true;
-                vec![session.clone()]
-            });
-        if first {
+        if add_to(&self.people, person, &session) {
             self.report(Interest::Join(Topic::Person(person)));
         }
         session
@@ -294,15 +302,7 @@ impl Hub {
         if chats.gone || !chats.ids.insert(chat_id) {
             return;
         }
-        let mut first = false;
-        self.rooms
-            .entry(chat_id)
-            .and_modify(|m| m.push(session.clone()))
-            .or_insert_with(|| {
-                first = true;
-                vec![session.clone()]
-            });
-        if first {
+        if add_to(&self.rooms, chat_id, session) {
             self.report(Interest::Join(Topic::Chat(chat_id)));
         }
     }
