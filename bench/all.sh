@@ -6,7 +6,9 @@
 # SQLite at one high fixed rate (FAST msg/s per sender, default 100), for CPU per delivery
 # at the same load; then idle sockets.
 # Appends labelled JSON lines to $OUT and prints the table of medians.
-set -e
+# pipefail: a run that fails (say, loadgen refusing a server that did not start) stops
+# the suite rather than leave a row out of the medians.
+set -eo pipefail
 cd "$(git rev-parse --show-toplevel)"
 cargo build --release --bin souq --example loadgen --example ceiling
 ulimit -n 20000
@@ -18,7 +20,7 @@ ceiling() {
   target/release/examples/ceiling 127.0.0.1:19091 2>/dev/null &
   local p=$!; sleep 0.5
   target/release/examples/loadgen --ceiling --nodes http://127.0.0.1:19091 --chats 200 \
-    --members 5 --seconds "$SECS" "$@" --pids $p
+    --members 5 --seconds "$SECS" "$@" --pids $p || { kill $p 2>/dev/null; return 1; }
   kill $p; wait $p 2>/dev/null || true
 }
 

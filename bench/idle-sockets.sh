@@ -12,6 +12,7 @@ rm -f ${TMPDIR:-/tmp}/souq-idle.db*
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
 SOUQ_BIND=127.0.0.1:18083 $B > ${TMPDIR:-/tmp}/souq-idle-node.log 2>&1 &
 P=$!
+trap 'kill $P 2>/dev/null || true' EXIT  # also when loadgen fails
 sleep 1
 $L --nodes http://127.0.0.1:18083 --chats 200 --idle $N --seconds 5 --pids $P
 kill $P; wait $P 2>/dev/null || true

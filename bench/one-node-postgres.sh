@@ -9,6 +9,7 @@ export DATABASE_URL=postgres://root@127.0.0.1:5432/souq_bench SOUQ_WS_FRAMES_PER
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
 SOUQ_BIND=127.0.0.1:18085 $B > ${TMPDIR:-/tmp}/souq-bench-pg.log 2>&1 &
 P=$!
+trap 'kill $P 2>/dev/null || true' EXIT  # also when loadgen fails
 sleep 1
 PGP=$(pgrep -d, -f "postgres: .*souq_bench" || true)
 $L --nodes http://127.0.0.1:18085 --chats 200 --members 5 --rate ${RATE:-10} --seconds ${SECS:-20} ${EXTRA:-} --pids $P${PGP:+,$PGP}

@@ -9,6 +9,7 @@ rm -f ${TMPDIR:-/tmp}/souq-bench.db*
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
 SOUQ_BIND=127.0.0.1:18081 $B > ${TMPDIR:-/tmp}/souq-bench-node.log 2>&1 &
 P=$!
+trap 'kill $P 2>/dev/null || true' EXIT  # also when loadgen fails
 sleep 1
 $L --nodes http://127.0.0.1:18081 --chats 200 --members 5 --rate ${RATE:-10} --seconds ${SECS:-20} ${EXTRA:-} --pids $P
 kill $P; wait $P 2>/dev/null || true

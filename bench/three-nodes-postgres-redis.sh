@@ -10,6 +10,7 @@ export REDIS_URL=redis://127.0.0.1:6379 SOUQ_REDIS_PREFIX=bench$$
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
 PIDS=""
 for p in 18091 18092 18093; do SOUQ_BIND=127.0.0.1:$p $B > ${TMPDIR:-/tmp}/souq-bench-node$p.log 2>&1 & PIDS="$PIDS,$!"; done
+trap 'kill ${PIDS//,/ } 2>/dev/null || true' EXIT  # also when loadgen fails
 sleep 1.5
 RP=$(pgrep -x redis-server | head -1); PGP=$(pgrep -d, -f "postgres: .*souq_bench" || true)
 $L --nodes http://127.0.0.1:18091,http://127.0.0.1:18092,http://127.0.0.1:18093 --chats 200 --members 5 --rate ${RATE:-10} --seconds ${SECS:-20} ${EXTRA:-} --pids ${PIDS#,},$RP${PGP:+,$PGP}

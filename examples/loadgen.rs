@@ -451,6 +451,13 @@ fn total(shards: &[Arc<Shard>], counter: impl Fn(&Counters) -> &AtomicU64) -> u6
 }
 
 async fn run(a: Args) -> Result<(), String> {
+    // A server that could not bind its port has exited by now, and whatever holds the
+    // port would be measured in its place, without its CPU: refuse instead.
+    if let Some(pid) = a.pids.iter().find(|p| proc_stat(**p).is_none()) {
+        return Err(format!(
+            "pid {pid} of --pids is not running (did its server fail to start?)"
+        ));
+    }
     let rooms = setup(&a).await?;
     if a.idle > 0 {
         return run_idle(&a, &rooms).await;
