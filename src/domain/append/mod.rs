@@ -248,6 +248,8 @@ struct Lanes {
 struct Lane {
     jobs: mpsc::Sender<Job>,
     marks: mpsc::Sender<Job>,
+    /// The SQLite writer, which commits a job at once when it is idle.
+    now: Option<Arc<sqlite::Shared>>,
 }
 
 impl Lanes {
@@ -279,14 +281,20 @@ fn lane() -> (Lane, Queues) {
         marks_open: true,
         released: Vec::new(),
     };
-    (Lane { jobs, marks }, queues)
+    let lane = Lane {
+        jobs,
+        marks,
+        now: None,
+    };
+    (lane, queues)
 }
 
 impl Queues {
     /// Waits for work, then fills `batch` (which the caller has emptied) with what is
     /// waiting: jobs first, in order, up to [`MAX_BATCH`], then released marks, up to as
     /// many again. Leaves it empty once the appender is gone and everything is taken.
-    async fn next(&mut self, batch: &mut Vec<Job>) {
+    /// Returns how many of the batch came from the jobs queue.
+    async fn next(&mut self, batch: &mut Vec<Job>) -> usize {
         tokio::select! {
             biased;
             _ = self.jobs.recv_many(batch, MAX_BATCH) => {}
@@ -299,6 +307,7 @@ impl Queues {
             let Ok(job) = self.jobs.try_recv() else { break };
             batch.push(job);
         }
+        let jobs = batch.len();
         while self.released.len() < MAX_BATCH {
             let Ok(job) = self.marks.try_recv() else {
                 break;
@@ -306,6 +315,7 @@ impl Queues {
             self.released.push(job);
         }
         batch.append(&mut self.released);
+        jobs
     }
 }
 
@@ -353,11 +363,11 @@ impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
     /// a task (PostgreSQL's writer, or the pool's). Must be called within a tokio runtime.
     pub fn start(store: Store, bus: Bus) -> Appender {
-        let (first, queues) = lane();
+        let (mut first, queues) = lane();
         if let Some((file, lock)) = store.sqlite_writer() {
             match sqlite::connect(&file) {
                 Ok(conns) => {
-                    sqlite::start(conns, lock, bus, queues);
+                    first.now = Some(sqlite::start(conns, lock, bus, queues));
                     return Appender::with(vec![first]);
                 }
                 Err(e) => tracing::warn!(
@@ -467,7 +477,16 @@ impl Appender {
             reply,
         };
         let lane = self.lanes.lane(chat_id);
-        lane.jobs.send(job).await.map_err(|_| stopped())?;
+        // A place in the queue first, so that a caller who gives up while the queue is
+        // full leaves nothing counted as queued.
+        let place = lane.jobs.reserve().await.map_err(|_| stopped())?;
+        let queued = match &lane.now {
+            Some(writer) => writer.now_or_queue(job),
+            None => Some(job),
+        };
+        if let Some(job) = queued {
+            place.send(job);
+        }
         Ok(async move { answer.await.map_err(|_| stopped())? })
     }
 }
@@ -1517,11 +1536,8 @@ mod tests {
     /// A socket's read, held back to commit with others (its writer has nothing queued),
     /// is stored once the hold is over, though nothing else comes.
     async fn a_held_mark_is_stored_when_its_hold_is_over(store: Store) {
-        let appender = Appender::start(store, Bus::new(Arc::new(crate::hub::Hub::new())));
-        let Work::Append(send) = job(1, "operator", "text", None).work else {
-            unreachable!("job makes a send")
-        };
-        let stored = appender.enqueue(1, send).await.expect("queued").await;
+        let appender = appender(&store);
+        let stored = appender.enqueue(1, send("operator")).await.expect("queued").await;
         assert_eq!(stored.expect("stored").message.seq, 1);
         let mark = Mark {
             kind: "customer",
@@ -1551,5 +1567,125 @@ mod tests {
         };
         a_held_mark_is_stored_when_its_hold_is_over(store.clone()).await;
         drop_postgres(store, db).await;
+    }
+
+    /// An appender on `store` whose announcements go nowhere.
+    fn appender(store: &Store) -> Appender {
+        Appender::start(store.clone(), Bus::new(Arc::new(crate::hub::Hub::new())))
+    }
+
+    fn send(kind: &'static str) -> Append {
+        let Work::Append(send) = job(1, kind, "text", None).work else {
+            unreachable!("job makes a send")
+        };
+        send
+    }
+
+    /// With nothing queued and nobody writing, a send is committed on its caller's thread:
+    /// its answer is there before the caller waits.
+    #[tokio::test]
+    async fn a_send_that_finds_the_sqlite_writer_idle_is_committed_before_its_caller_waits() {
+        use futures_util::FutureExt;
+        let (store, path) = two_chats("inline").await;
+        let appender = appender(&store);
+        for seq in 1..=3 {
+            let answer = appender.enqueue(1, send("operator")).await.expect("queued");
+            let stored = answer.now_or_never().expect("answered at once");
+            assert_eq!(stored.expect("stored").message.seq, seq);
+        }
+        drop(appender);
+        remove(store, path).await;
+    }
+
+    /// A send that finds the file taken by another write goes to the writer thread; one
+    /// sent after it, once the file is free, still comes after it, though the writer is
+    /// idle by then.
+    #[tokio::test]
+    async fn a_send_queued_behind_another_write_keeps_its_place() {
+        let (store, path) = two_chats("queued").await;
+        let appender = appender(&store);
+        let (_, file) = store.sqlite_writer().expect("a SQLite file");
+        let held = file.lock().await;
+        let first = appender.enqueue(1, send("operator")).await.expect("queued");
+        let mut first = std::pin::pin!(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut first)
+                .await
+                .is_err(),
+            "a send commits while another write holds the file"
+        );
+        drop(held);
+        let second = appender.enqueue(1, send("customer")).await.expect("queued");
+        let (first, second) = (first.await.expect("stored"), second.await.expect("stored"));
+        assert_eq!((first.message.seq, second.message.seq), (1, 2));
+        assert_eq!(second.message.text, "customer text");
+        drop(appender);
+        remove(store, path).await;
+    }
+
+    /// A send the writer thread has taken but not yet committed still counts as queued:
+    /// until it is stored, no later send commits on its caller's thread.
+    #[tokio::test]
+    async fn a_send_the_writer_thread_holds_keeps_later_sends_queued() {
+        use futures_util::FutureExt;
+        let (store, path) = two_chats("taken").await;
+        let appender = appender(&store);
+        let lane = &appender.lanes.writers[0];
+        let shared = lane.now.clone().expect("the SQLite writer");
+        let (_, file) = store.sqlite_writer().expect("a SQLite file");
+        let held = file.lock().await;
+        let first = appender.enqueue(1, send("operator")).await.expect("queued");
+        // The writer thread takes it from the queue, then waits for the file.
+        for _ in 0..1000 {
+            if lane.jobs.capacity() == lane.jobs.max_capacity() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(lane.jobs.capacity(), lane.jobs.max_capacity(), "taken");
+        assert_eq!(shared.queued.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(shared.idle_writer().is_none(), "a send holds the writer");
+        drop(held);
+        assert_eq!(first.await.expect("stored").message.seq, 1);
+        for _ in 0..1000 {
+            if shared.idle_writer().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let second = appender.enqueue(1, send("customer")).await.expect("queued");
+        let second = second.now_or_never().expect("the writer is idle again");
+        assert_eq!(second.expect("stored").message.seq, 2);
+        drop(appender);
+        remove(store, path).await;
+    }
+
+    /// Another process holding the file (here another connection, as the command line
+    /// would) does not hold up the caller's thread: the send waits in the writer thread,
+    /// and is stored once the file is free.
+    #[tokio::test]
+    async fn a_send_that_finds_the_file_locked_elsewhere_waits_in_the_writer_thread() {
+        let (store, path) = two_chats("elsewhere").await;
+        let appender = appender(&store);
+        let other = rusqlite::Connection::open(&path).expect("another connection");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("the file taken");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            other.execute_batch("ROLLBACK").expect("the file free");
+        });
+        let answer = appender.enqueue(1, send("operator")).await.expect("queued");
+        assert!(
+            !release.is_finished(),
+            "the caller waited for the other process"
+        );
+        let stored = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("stored once the file is free");
+        assert_eq!(stored.expect("stored").message.seq, 1);
+        release.join().expect("released");
+        drop(appender);
+        remove(store, path).await;
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -47,34 +48,98 @@ pub(super) fn connect(file: &Path) -> rusqlite::Result<Connections> {
     })
 }
 
-/// Starts the writer thread and the checkpoint thread beside it. Must be called within a
-/// tokio runtime (the writer waits on its queues through it).
-pub(super) fn start(conns: Connections, lock: Arc<Mutex<()>>, bus: Bus, queues: Queues) {
+/// Starts the writer thread and the checkpoint thread beside it, and returns the writer
+/// the lane shares with the thread. Must be called within a tokio runtime (the writer
+/// waits on its queues through it).
+pub(super) fn start(
+    conns: Connections,
+    lock: Arc<Mutex<()>>,
+    bus: Bus,
+    queues: Queues,
+) -> Arc<Shared> {
     let Connections {
         writer,
         checkpoints,
     } = conns;
+    let shared = Arc::new(Shared {
+        writer: std::sync::Mutex::new(Writer::new(writer)),
+        lock: lock.clone(),
+        bus,
+        queued: AtomicUsize::new(0),
+    });
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
-    let checkpoint_lock = lock.clone();
     let runtime = tokio::runtime::Handle::current();
+    let thread_shared = shared.clone();
     let started = std::thread::Builder::new()
         .name("souq-writer".into())
         .spawn(move || {
-            run(writer, lock, bus, queues, runtime);
+            run(&thread_shared, queues, runtime);
             drop(alive);
         });
     if let Err(e) = started {
         // Only when the system is out of threads; every send then fails with an error.
         tracing::error!(error = %e, "cannot start the SQLite message writer");
-        return;
+        return shared;
     }
     let started = std::thread::Builder::new()
         .name("souq-checkpoint".into())
-        .spawn(move || checkpoint(checkpoints, checkpoint_lock, writer_gone));
+        .spawn(move || checkpoint(checkpoints, lock, writer_gone));
     if let Err(e) = started {
         tracing::warn!(error = %e, "no WAL checkpoint thread; the pool's writes checkpoint");
     }
+    shared
 }
+
+/// The writer, shared by its thread and the callers that find it idle.
+///
+/// A send that finds nothing queued before it, and nobody writing, is committed at once on
+/// the caller's own thread: a lone send then costs no hand-over to the writer thread and
+/// back (two thread wake-ups, which at low load cost about as much as the commit). Under
+/// load the queue is rarely empty, and sends go to the thread, which commits them in
+/// batches. Order holds because a job is committed here only while no job queued before it
+/// is uncommitted: `queued` counts them, from before they enter the queue until the thread
+/// has committed and announced them, and is read under the writer's lock.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) writer: std::sync::Mutex<Writer>,
+    /// The file's writer lock, which every SQLite write of the process takes.
+    lock: Arc<Mutex<()>>,
+    bus: Bus,
+    pub(super) queued: AtomicUsize,
+}
+
+impl Shared {
+    /// Commits the job here and now, and announces and answers it as the writer thread
+    /// would, if the writer is idle; otherwise gives it back, counted as queued, for the
+    /// caller to put in the place it holds in the queue.
+    pub(super) fn now_or_queue(&self, job: Job) -> Option<Job> {
+        if let Some(mut writer) = self.idle_writer()
+            && let Ok(_file) = self.lock.try_lock()
+            && let Ok(outcomes) = writer.commit_without_waiting(std::slice::from_ref(&job))
+        {
+            answer(&self.bus, std::iter::once(job), outcomes);
+            return None;
+        }
+        // A failed commit left nothing behind: the thread tries it again, as it would.
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        Some(job)
+    }
+
+    /// The writer, if nothing is queued and nobody is committing.
+    pub(super) fn idle_writer(&self) -> Option<std::sync::MutexGuard<'_, Writer>> {
+        if self.queued.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        // A poisoned lock is a writer that panicked mid-batch; the thread takes it from
+        // there (its transaction rolled back on drop), so callers leave it to the thread.
+        let writer = self.writer.try_lock().ok()?;
+        // Queued while the lock was being taken: that job goes first.
+        (self.queued.load(Ordering::SeqCst) == 0).then_some(writer)
+    }
+}
+
+/// How long a write waits for another process that holds the file.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
@@ -125,49 +190,46 @@ fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)>
 
 pub(super) fn open(file: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(file)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_WAIT)?;
     conn.pragma_update(None, "journal_mode", "wal")?;
     conn.pragma_update(None, "synchronous", "normal")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
 }
 
-fn run(
-    conn: Connection,
-    lock: Arc<Mutex<()>>,
-    bus: Bus,
-    mut queues: Queues,
-    runtime: tokio::runtime::Handle,
-) {
-    let mut writer = Writer::new(conn);
+fn run(shared: &Shared, mut queues: Queues, runtime: tokio::runtime::Handle) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         // Waiting on two queues takes a future; it needs no timer or socket of the runtime.
-        runtime.block_on(queues.next(&mut batch));
+        let queued = runtime.block_on(queues.next(&mut batch));
         if batch.is_empty() {
             return;
         }
-        let committed = {
-            let _writer = lock.blocking_lock();
-            writer.commit(&batch)
-        };
-        match committed {
-            Ok(outcomes) => answer(&bus, batch.drain(..), outcomes),
-            Err(e) => {
-                tracing::debug!(error = %e, sends = batch.len(), "a batch failed; retrying its sends one by one");
-                for job in batch.drain(..) {
-                    let outcome = {
-                        let _writer = lock.blocking_lock();
-                        writer.commit(std::slice::from_ref(&job))
-                    };
-                    let outcome = match outcome {
-                        Ok(mut one) => one.pop().unwrap_or_else(|| {
-                            Err(Error::Internal("a send got no outcome".into()))
-                        }),
-                        Err(e) => Err(Error::Internal(format!("cannot store the message: {e}"))),
-                    };
-                    answer(&bus, std::iter::once(job), vec![outcome]);
-                }
+        let mut writer = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let _file = shared.lock.blocking_lock();
+            commit_and_answer(&mut writer, &shared.bus, &mut batch);
+        }
+        // Only now, with the writer still held, may a caller commit on its own again.
+        shared.queued.fetch_sub(queued, Ordering::SeqCst);
+    }
+}
+
+/// Commits a batch (the caller holds the file's writer lock), then announces and answers
+/// it; a batch that fails as a whole is tried again job by job. Leaves `batch` empty.
+fn commit_and_answer(writer: &mut Writer, bus: &Bus, batch: &mut Vec<Job>) {
+    match writer.commit(batch) {
+        Ok(outcomes) => answer(bus, batch.drain(..), outcomes),
+        Err(e) => {
+            tracing::debug!(error = %e, sends = batch.len(), "a batch failed; retrying its sends one by one");
+            for job in batch.drain(..) {
+                let outcome = match writer.commit(std::slice::from_ref(&job)) {
+                    Ok(mut one) => one
+                        .pop()
+                        .unwrap_or_else(|| Err(Error::Internal("a send got no outcome".into()))),
+                    Err(e) => Err(Error::Internal(format!("cannot store the message: {e}"))),
+                };
+                answer(bus, std::iter::once(job), vec![outcome]);
             }
         }
     }
@@ -182,6 +244,7 @@ const CACHED_CHATS: usize = 100_000;
 /// wrote to, as of its own last commit, and reads a chat only when it does not know it.
 /// What it knows is right until another connection (the pool, another process) commits:
 /// SQLite's `data_version` then changes, and the writer forgets every chat.
+#[derive(Debug)]
 pub(super) struct Writer {
     conn: Connection,
     chats: HashMap<i64, chat::Model>,
@@ -207,6 +270,18 @@ impl Writer {
             // What it read may be what failed (a seq taken behind its back): read again.
             self.chats.clear();
         }
+        committed
+    }
+
+    /// Commits as [`Writer::commit`] does, but fails at once where another process holds
+    /// the file (the command line, say) instead of waiting in SQLite's busy handler: a
+    /// caller's own thread is one of the runtime's, and must not wait for it.
+    fn commit_without_waiting(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Result<Done>>> {
+        self.conn.busy_timeout(Duration::ZERO)?;
+        let committed = self.commit(jobs);
+        // Setting a timeout on an open connection cannot fail; and a commit that went
+        // through must not be reported as failed, or it would be stored twice.
+        let _ = self.conn.busy_timeout(BUSY_WAIT);
         committed
     }
 
