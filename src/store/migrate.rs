@@ -8,15 +8,27 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
 use super::{Store, stmt};
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../schema/migrations/0001_init.sql")),
+/// Each migration's version, the one backend it is for (`None`: both), and its SQL.
+const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
+    (
+        1,
+        None,
+        include_str!("../../schema/migrations/0001_init.sql"),
+    ),
     (
         2,
+        None,
         include_str!("../../schema/migrations/0002_operator_addons.sql"),
     ),
     (
         3,
+        None,
         include_str!("../../schema/migrations/0003_one_open_chat.sql"),
+    ),
+    (
+        4,
+        Some(DbBackend::Sqlite),
+        include_str!("../../schema/migrations/0004_messages_without_autoincrement.sql"),
     ),
 ];
 
@@ -32,7 +44,7 @@ pub(super) async fn run(store: &Store) -> Result<(), DbErr> {
              (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
         .await?;
-    for &(version, sql) in MIGRATIONS {
+    for &(version, only, sql) in MIGRATIONS {
         let tx = store.write().await?;
         if backend == DbBackend::Postgres {
             tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({PG_LOCK_KEY})"))
@@ -50,8 +62,10 @@ pub(super) async fn run(store: &Store) -> Result<(), DbErr> {
             tx.commit().await?;
             continue;
         }
-        for statement in statements(backend, sql) {
-            tx.execute_unprepared(&statement).await?;
+        if only.is_none_or(|only| only == backend) {
+            for statement in statements(backend, sql) {
+                tx.execute_unprepared(&statement).await?;
+            }
         }
         tx.execute_raw(stmt(
             backend,
@@ -82,4 +96,88 @@ fn statements(backend: DbBackend, sql: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.replace("{ID}", id))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SQLite database made before version 4, with two messages, upgraded: the messages
+    /// table loses AUTOINCREMENT and keeps its rows, and a new message takes the next id.
+    #[tokio::test]
+    async fn messages_lose_autoincrement_and_keep_their_ids_on_sqlite() {
+        let path = std::env::temp_dir().join(format!(
+            "souq-migrate-{}-{}.db",
+            std::process::id(),
+            crate::domain::now_ms()
+        ));
+        {
+            let old = rusqlite::Connection::open(&path).expect("a new file");
+            old.execute_batch(
+                "CREATE TABLE souq_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .expect("versions");
+            for &(version, only, sql) in &MIGRATIONS[..3] {
+                assert!(only.is_none());
+                for statement in statements(DbBackend::Sqlite, sql) {
+                    old.execute_batch(&statement).expect("an old migration");
+                }
+                old.execute("INSERT INTO souq_migrations VALUES (?1, 0)", [version])
+                    .expect("its version");
+            }
+            old.execute_batch(
+                "INSERT INTO organisations (id, email, password_hash, subdomain, created_at) VALUES (1, 'o@x.test', '-', 'x', 0);
+                 INSERT INTO addons (id, org_id, name, created_at) VALUES (1, 1, 'live_chat', 0);
+                 INSERT INTO domains (id, org_id, addon_id, name, active, widget_key, created_at, updated_at) VALUES (1, 1, 1, 'x.test', true, 'k', 0, 0);
+                 INSERT INTO inboxes (id, org_id, domain_id, unique_id, name, created_at) VALUES (1, 1, 1, 'main', 'Main', 0);
+                 INSERT INTO customers (id, org_id, name, created_at, updated_at) VALUES (1, 1, 'C', 0, 0);
+                 INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, status, last_seq, created_at, last_activity_at) VALUES (1, 1, 1, 1, 1, 'pending', 2, 0, 0);
+                 INSERT INTO messages (id, chat_id, seq, author_kind, author_id, local_id, payload, text, created_at) VALUES (7, 1, 1, 'customer', 1, 'a', 'text', 'first', 0);
+                 INSERT INTO messages (id, chat_id, seq, author_kind, author_id, local_id, payload, text, created_at) VALUES (9, 1, 2, 'customer', 1, 'b', 'text', 'second', 0);",
+            )
+            .expect("two messages");
+        }
+        let store = Store::open(&format!("sqlite://{}", path.display()), 1)
+            .await
+            .expect("upgraded");
+        store
+            .db()
+            .execute_unprepared(
+                "INSERT INTO messages (chat_id, seq, author_kind, author_id, payload, text, created_at) \
+                 VALUES (1, 3, 'customer', 1, 'text', 'third', 0)",
+            )
+            .await
+            .expect("a new message");
+        store.close().await.expect("closed");
+        let new = rusqlite::Connection::open(&path).expect("the file");
+        let table: String = new
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the table");
+        assert!(!table.contains("AUTOINCREMENT"), "{table}");
+        let rows: Vec<(i64, i64, String)> = new
+            .prepare("SELECT id, seq, text FROM messages ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .expect("the messages");
+        let want = [(7, 1, "first"), (9, 2, "second"), (10, 3, "third")];
+        assert_eq!(rows, want.map(|(id, seq, text)| (id, seq, text.to_owned())));
+        let indexes: i64 = new
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'messages' AND type = 'index'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("its indexes");
+        assert_eq!(indexes, 2, "(chat_id, seq) and the local_id key");
+        drop(new);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }

@@ -1537,7 +1537,11 @@ mod tests {
     /// is stored once the hold is over, though nothing else comes.
     async fn a_held_mark_is_stored_when_its_hold_is_over(store: Store) {
         let appender = appender(&store);
-        let stored = appender.enqueue(1, send("operator")).await.expect("queued").await;
+        let stored = appender
+            .enqueue(1, send("operator"))
+            .await
+            .expect("queued")
+            .await;
         assert_eq!(stored.expect("stored").message.seq, 1);
         let mark = Mark {
             kind: "customer",
