@@ -193,11 +193,15 @@ impl Core {
                 let id = new
                     .file_id
                     .ok_or_else(|| Error::Invalid("payload \"file\" needs a file_id".into()))?;
-                file::Entity::find_by_id(id.clone())
-                    .filter(file::Column::OrgId.eq(who.org_id()))
-                    .one(self.store().db())
-                    .await?
-                    .ok_or(Error::NotFound("file"))?;
+                // Boxed: a send's future is moved whole at each step, and most sends
+                // carry no file.
+                Box::pin(
+                    file::Entity::find_by_id(id.clone())
+                        .filter(file::Column::OrgId.eq(who.org_id()))
+                        .one(self.store().db()),
+                )
+                .await?
+                .ok_or(Error::NotFound("file"))?;
                 ("file", Some(id))
             }
             _ => {
@@ -241,7 +245,8 @@ impl Core {
         Ok(async move {
             let stored = stored.await?;
             if stored.took_chat {
-                self.publish_chat_updated(chat_id).await?;
+                // Boxed: rare, and its reads would size every send's answer.
+                Box::pin(self.publish_chat_updated(chat_id)).await?;
             }
             Ok((stored.message, stored.new))
         })

@@ -645,7 +645,7 @@ async fn mark<'a>(
             Err(e) => Err(e),
         }
     } else {
-        core.mark(who, chat_id, received, read).await
+        Box::pin(core.mark(who, chat_id, received, read)).await
     };
     let reply = marked.err().map(|e| domain_error_frame(id.as_deref(), e));
     Box::pin(std::future::ready(reply))
@@ -697,7 +697,9 @@ async fn handle<'a>(
                     Some(send_reply(id.as_deref(), chat_id, sent))
                 })));
             }
-            let sent = core.send(who, chat_id, new).await;
+            // Boxed, as the other steps that read the database: `handle` is moved whole
+            // into its box for every frame, so its size is what a followed send pays.
+            let sent = Box::pin(core.send(who, chat_id, new)).await;
             let reply = send_reply(id.as_deref(), chat_id, sent);
             return Some(Answer::InOrder(Box::pin(std::future::ready(Some(reply)))));
         }
@@ -772,7 +774,7 @@ async fn handle<'a>(
                 presence: Some(presence),
                 ..Default::default()
             };
-            if let Err(e) = core.update_operator(who, operator_id, patch).await {
+            if let Err(e) = Box::pin(core.update_operator(who, operator_id, patch)).await {
                 session.push(Outbound::direct(domain_error_frame(id.as_deref(), e)));
             }
         }
