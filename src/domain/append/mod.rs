@@ -5,7 +5,8 @@
 //!
 //! There are three writers of a batch:
 //! - `sqlite`: a thread with its own connection, one statement per message (SQLite runs
-//!   them in process) and one per chat;
+//!   them in process) and one per chat; a send that finds it idle is committed through the
+//!   same connection on the caller's own thread;
 //! - `postgres`: one statement per batch, in one round trip (see there);
 //! - [`commit`] here, through the pool in a few statements whatever the batch's size: an
 //!   in-memory SQLite database uses it, and every writer falls back on it to store a send
