@@ -1650,17 +1650,20 @@ mod tests {
         assert_eq!(lane.jobs.capacity(), lane.jobs.max_capacity(), "taken");
         assert_eq!(shared.queued.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(shared.idle_writer().is_none(), "a send holds the writer");
+        let second = appender.enqueue(1, send("customer")).await.expect("queued");
+        assert_eq!(shared.queued.load(std::sync::atomic::Ordering::SeqCst), 2);
         drop(held);
-        assert_eq!(first.await.expect("stored").message.seq, 1);
+        let (first, second) = (first.await.expect("stored"), second.await.expect("stored"));
+        assert_eq!((first.message.seq, second.message.seq), (1, 2));
         for _ in 0..1000 {
             if shared.idle_writer().is_some() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let second = appender.enqueue(1, send("customer")).await.expect("queued");
-        let second = second.now_or_never().expect("the writer is idle again");
-        assert_eq!(second.expect("stored").message.seq, 2);
+        let third = appender.enqueue(1, send("operator")).await.expect("queued");
+        let third = third.now_or_never().expect("the writer is idle again");
+        assert_eq!(third.expect("stored").message.seq, 3);
         drop(appender);
         remove(store, path).await;
     }
