@@ -1668,6 +1668,36 @@ mod tests {
         remove(store, path).await;
     }
 
+    /// The checkpoint thread starts the WAL over while sends keep coming, so the WAL does
+    /// not grow with the chats' history. (Nothing else checkpoints here: the writer never
+    /// does, and the pool writes nothing during the test.)
+    #[tokio::test]
+    async fn the_wal_starts_over_while_sends_keep_coming() {
+        let (store, path) = two_chats("restart").await;
+        let appender = appender(&store);
+        // The WAL header's checkpoint sequence number, which each restart moves on.
+        let wal = format!("{}-wal", path.display());
+        let restarts = || {
+            let header = std::fs::read(&wal).expect("the WAL");
+            u32::from_be_bytes(header[12..16].try_into().expect("a header"))
+        };
+        let answer = appender.enqueue(1, send("operator")).await.expect("queued");
+        answer.await.expect("stored");
+        let first = restarts();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while restarts() == first {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL never started over"
+            );
+            let answer = appender.enqueue(1, send("operator")).await.expect("queued");
+            answer.await.expect("stored");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(appender);
+        remove(store, path).await;
+    }
+
     /// Another process holding the file (here another connection, as the command line
     /// would) does not hold up the caller's thread: the send waits in the writer thread,
     /// and is stored once the file is free.
