@@ -1679,7 +1679,8 @@ mod tests {
         let wal = format!("{}-wal", path.display());
         let restarts = || {
             let header = std::fs::read(&wal).expect("the WAL");
-            u32::from_be_bytes(header[12..16].try_into().expect("a header"))
+            let sequence = header.get(12..16).expect("a WAL header");
+            u32::from_be_bytes(sequence.try_into().expect("four bytes"))
         };
         let answer = appender.enqueue(1, send("operator")).await.expect("queued");
         answer.await.expect("stored");

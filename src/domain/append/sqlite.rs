@@ -29,6 +29,7 @@ use crate::store::entity::{chat, message};
 pub(super) struct Connections {
     writer: Connection,
     checkpoints: Connection,
+    file: PathBuf,
 }
 
 /// Opens both connections with the pool's settings (WAL, synchronous NORMAL, foreign keys).
@@ -45,6 +46,7 @@ pub(super) fn connect(file: &Path) -> rusqlite::Result<Connections> {
     Ok(Connections {
         writer,
         checkpoints: open(file)?,
+        file: file.to_owned(),
     })
 }
 
@@ -60,6 +62,7 @@ pub(super) fn start(
     let Connections {
         writer,
         checkpoints,
+        file,
     } = conns;
     let shared = Arc::new(Shared {
         writer: std::sync::Mutex::new(Writer::new(writer)),
@@ -83,7 +86,7 @@ pub(super) fn start(
     }
     let started = std::thread::Builder::new()
         .name("souq-checkpoint".into())
-        .spawn(move || checkpoint(checkpoints, lock, writer_gone));
+        .spawn(move || checkpoint(checkpoints, &file, lock, writer_gone));
     if let Err(e) = started {
         tracing::warn!(error = %e, "no WAL checkpoint thread; the pool's writes checkpoint");
     }
@@ -144,11 +147,11 @@ const BUSY_WAIT: Duration = Duration::from_secs(10);
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
-/// How often the WAL is copied back into the database file. Each round writes out to the
-/// disk what was committed since the last, and sends that commit meanwhile wait for the
-/// disk's queue: the shorter the round, the smaller that burst. At 2,000 sends/s, rounds
-/// of a second put p99 send→deliver at 9–30 ms; rounds of 100 ms, at 2–3 ms, with no
-/// change in closed-loop throughput (BENCHMARKS.md).
+/// How often the WAL is copied back into the database file. Each round makes the disk
+/// write at once all that was committed since the last, and commits made during that
+/// burst are slowed by it: the shorter the round, the smaller the burst. At 2,000 sends/s
+/// on a busy host, rounds of a second put p99 send→deliver at 20–77 ms, and rounds of
+/// 100 ms at 2.9–3.9 ms, with no change in closed-loop throughput (BENCHMARKS.md).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// The WAL file is cut back to this size when it restarts after a burst.
@@ -168,14 +171,19 @@ const WAL_KEEP_BYTES: i64 = 64 * 1024 * 1024;
 /// Most of that wait is not the copy but the two syncs RESTART makes (with synchronous
 /// NORMAL a checkpoint syncs the WAL before it copies, and the database file after), each
 /// writing out whatever the disk does not have yet. So the round first syncs both files
-/// itself, beside the writer, until a sync finds little left ([`Files::settle`]): sends
-/// then wait about 2 ms instead of 5–15.
-fn checkpoint(conn: Connection, lock: Arc<Mutex<()>>, writer_gone: std::sync::mpsc::Receiver<()>) {
+/// itself, beside the writer, until both syncs together take under 2 ms
+/// ([`Files::settle`]): sends then wait about 2 ms for a RESTART instead of 5 to 19.
+fn checkpoint(
+    conn: Connection,
+    file: &Path,
+    lock: Arc<Mutex<()>>,
+    writer_gone: std::sync::mpsc::Receiver<()>,
+) {
     use std::sync::mpsc::RecvTimeoutError;
     if let Err(e) = conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES) {
         tracing::warn!(error = %e, "cannot limit the WAL's size");
     }
-    let files = conn.path().and_then(|p| Files::of(Path::new(p)));
+    let files = Files::of(file);
     while let Err(RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY) {
         // What PASSIVE reports is the WAL as it was when it began, all of it copied back
         // unless a reader held it up; frames committed since then are not counted.
@@ -202,15 +210,19 @@ struct Files {
     /// for as long as it is open (without it, another process closing the database would
     /// checkpoint and delete the WAL under this one). So it is opened once per process.
     database: Arc<std::fs::File>,
-    /// Opened for each sync: SQLite locks the database file and the `-shm` file, never the
-    /// WAL, and SQLite deletes the WAL when the last connection closes, so a descriptor
-    /// kept across that would sync a file that is gone.
+    /// Opened for each sync, since closing it puts nothing at stake: SQLite locks the
+    /// database file and the `-shm` file, never the WAL.
     wal: PathBuf,
 }
 
-/// The database files opened by [`Files::of`], by path; kept for the life of the process.
-static DATABASE_FILES: std::sync::Mutex<Vec<(PathBuf, Arc<std::fs::File>)>> =
+/// The database files opened by [`Files::of`], by device and inode, so that a file
+/// created anew at the same path gets a descriptor of its own. Kept for the life of the
+/// process.
+static DATABASE_FILES: std::sync::Mutex<Vec<(FileId, Arc<std::fs::File>)>> =
     std::sync::Mutex::new(Vec::new());
+
+/// A file's device and inode.
+type FileId = (u64, u64);
 
 /// A round of syncs that took less than this found the disk nearly caught up.
 const SETTLED: Duration = Duration::from_millis(2);
@@ -223,22 +235,27 @@ impl Files {
     /// The files of the database at `path`; None (logged) if it cannot be opened, and then
     /// RESTART makes every sync itself, as it would anyway.
     fn of(path: &Path) -> Option<Files> {
+        use std::os::unix::fs::MetadataExt;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let mut opened = DATABASE_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        let database = match opened.iter().find(|(p, _)| p == path) {
-            Some((_, file)) => file.clone(),
-            None => match std::fs::File::open(path) {
-                Ok(file) => {
-                    let file = Arc::new(file);
-                    opened.push((path.to_owned(), file.clone()));
-                    file
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot open the database file to sync it ahead of checkpoints");
-                    return None;
-                }
-            },
+        // Looked up before it is opened: a second descriptor, once opened, can never be
+        // closed.
+        let database = std::fs::metadata(path).and_then(|m| {
+            let id = (m.dev(), m.ino());
+            if let Some((_, file)) = opened.iter().find(|(known, _)| *known == id) {
+                return Ok(file.clone());
+            }
+            let file = Arc::new(std::fs::File::open(path)?);
+            opened.push((id, file.clone()));
+            Ok(file)
+        });
+        let database = match database {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the database file to sync it ahead of checkpoints");
+                return None;
+            }
         };
         Some(Files {
             database,
@@ -700,6 +717,24 @@ mod tests {
         drop((a, b));
         let again = Files::of(&path).expect("opened");
         assert_eq!(Arc::strong_count(&again.database), 2, "not kept");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A database removed and made anew at the same path is another file, with a
+    /// descriptor of its own; the old one would sync what is gone.
+    #[test]
+    fn a_database_made_anew_at_the_same_path_is_opened_again() {
+        let path = std::env::temp_dir().join(format!(
+            "souq-files-anew-{}-{}.db",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::write(&path, b"").expect("a file");
+        let old = Files::of(&path).expect("opened");
+        std::fs::remove_file(&path).expect("removed");
+        std::fs::write(&path, b"").expect("made anew");
+        let new = Files::of(&path).expect("opened");
+        assert!(!Arc::ptr_eq(&old.database, &new.database), "the old file's");
         let _ = std::fs::remove_file(&path);
     }
 }
