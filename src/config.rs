@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "SOUQ_WS_FRAMES_PER_SEC", default_value_t = 50)]
     pub ws_frames_per_sec: u32,
 
+    /// Threads that live sockets run on, each socket on its person's (0: on the shared
+    /// runtime, with HTTP). Unset: one per core.
+    #[arg(long, env = "SOUQ_SOCKET_THREADS")]
+    pub socket_threads: Option<usize>,
+
     /// Seconds between server pings on a socket.
     #[arg(long, env = "SOUQ_WS_PING", default_value_t = 20)]
     pub ws_ping: u64,
@@ -111,6 +116,7 @@ impl Config {
             ws_queue: 1024,
             ws_max_frame_bytes: 64 * 1024,
             ws_frames_per_sec: 50,
+            socket_threads: None,
             ws_ping: 20,
             ws_idle_timeout: 60,
             shutdown_grace: 10,
@@ -150,6 +156,9 @@ impl Config {
             && !(1..=16).contains(&n)
         {
             return Err(ConfigError("pg-writers must be from 1 to 16".into()));
+        }
+        if self.socket_threads.is_some_and(|n| n > 256) {
+            return Err(ConfigError("socket-threads must be at most 256".into()));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("max-body-bytes must be at least 1024".into()));
@@ -201,6 +210,13 @@ impl Config {
             1
         } else {
             crate::store::POSTGRES_WRITERS
+        })
+    }
+
+    /// Socket threads: as set, or one per core.
+    pub fn socket_threads(&self) -> usize {
+        self.socket_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         })
     }
 
@@ -259,5 +275,18 @@ mod tests {
             let refused = config.validate().expect_err("accepted");
             assert!(refused.to_string().contains("pg-writers"), "{n}: {refused}");
         }
+    }
+
+    #[test]
+    fn socket_threads_are_one_per_core_unless_set_and_bounded() {
+        let mut config = Config::with_database("sqlite::memory:");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config.socket_threads(), cores, "unset");
+        config.socket_threads = Some(0);
+        assert_eq!(config.socket_threads(), 0, "as set");
+        assert!(config.validate().is_ok());
+        config.socket_threads = Some(257);
+        let refused = config.validate().expect_err("accepted");
+        assert!(refused.to_string().contains("socket-threads"), "{refused}");
     }
 }

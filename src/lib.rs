@@ -43,6 +43,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot reach redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("cannot start the socket threads: {0}")]
+    Threads(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -88,10 +90,12 @@ impl Server {
             None => bus::Bus::new(hub),
         };
         let core = domain::Core::new(store, config.limits(), bus);
+        let lanes = http::Lanes::start(config.socket_threads()).map_err(StartError::Threads)?;
         let app = Arc::new(http::App::new(
             core,
             config.max_body_bytes,
             config.ws_limits(),
+            lanes,
         ));
         if let Some(every) = app.core.bus().sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&app), every));

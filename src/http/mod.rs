@@ -2,6 +2,7 @@
 //! errors into the one JSON error shape, and graceful shutdown.
 
 mod error;
+mod lanes;
 pub(crate) mod request;
 mod ws;
 
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use lanes::Lanes;
 pub use request::Req;
 pub use ws::WsLimits;
 
@@ -34,15 +36,18 @@ pub struct App {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     pub ws: WsLimits,
+    /// The threads live sockets run on.
+    pub lanes: Lanes,
     pub(crate) routes: crate::api::Routes,
 }
 
 impl App {
-    pub fn new(core: Core, max_body_bytes: usize, ws: WsLimits) -> Self {
+    pub fn new(core: Core, max_body_bytes: usize, ws: WsLimits, lanes: Lanes) -> Self {
         App {
             core,
             max_body_bytes,
             ws,
+            lanes,
             routes: crate::api::Routes::new(),
         }
     }

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
+use super::lanes::Conn;
 use super::request::parse_query;
 use super::{ApiError, App, HttpResponse};
 use crate::bus::encode;
@@ -36,7 +37,7 @@ use crate::domain::events::{Event, Person};
 use crate::domain::{Error, MessageQuery, NewMessage, OperatorPatch, Presence, Principal};
 use crate::hub::{CloseReason, Outbound, Replay, Session};
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Socket = WebSocketStream<Conn>;
 
 /// Limits of live sockets.
 #[derive(Debug, Clone)]
@@ -140,27 +141,37 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
     }
 
     let accept = derive_accept_key(key.as_bytes());
+    let lane = person_of(&who).and_then(|p| app.lanes.of(p)).cloned();
     // Only the upgrade is kept, not the request: the task lives as long as the socket.
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .max_message_size(Some(app.ws.max_frame_bytes))
-                    .max_frame_size(Some(app.ws.max_frame_bytes))
-                    // Small buffers: an idle socket should cost little memory. Writes
-                    // gather in the write buffer and leave on flush.
-                    .read_buffer_size(READ_BUFFER)
-                    .write_buffer_size(WRITE_BUFFER);
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                run(app, who, expires_at, socket, resume).await;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        // Always a TCP stream: `serve` hands hyper nothing else.
+        let Ok(parts) = upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() else {
+            return tracing::error!("an upgraded connection that is not a TCP stream");
+        };
+        let (early, tcp) = (parts.read_buf, parts.io.into_inner());
+        let Some(lane) = lane else {
+            return serve_socket(app, who, expires_at, Conn::new(early, tcp), resume).await;
+        };
+        // The stream leaves this runtime's reactor for the lane's, where it is registered
+        // again; epoll reports at once whatever arrived in between.
+        match tcp.into_std() {
+            Ok(tcp) => {
+                lane.spawn(async move {
+                    match tokio::net::TcpStream::from_std(tcp) {
+                        Ok(tcp) => {
+                            let conn = Conn::new(early, tcp);
+                            serve_socket(app, who, expires_at, conn, resume).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot move a socket to its thread"),
+                    }
+                });
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            Err(e) => tracing::warn!(error = %e, "cannot move a socket to its thread"),
         }
     });
     let mut response = HttpResponse::new(http_body_util::Full::new(bytes::Bytes::new()));
@@ -178,6 +189,25 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(response)
+}
+
+/// Runs the session of an upgraded socket, on whichever runtime calls it.
+async fn serve_socket(
+    app: Arc<App>,
+    who: Principal,
+    expires_at: i64,
+    conn: Conn,
+    resume: Vec<(i64, i64)>,
+) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(app.ws.max_frame_bytes))
+        .max_frame_size(Some(app.ws.max_frame_bytes))
+        // Small buffers: an idle socket should cost little memory. Writes gather in the
+        // write buffer and leave on flush.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
+    let socket = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
+    run(app, who, expires_at, socket, resume).await;
 }
 
 fn person_of(who: &Principal) -> Option<Person> {

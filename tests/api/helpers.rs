@@ -398,6 +398,53 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Opens a socket whose first client frame leaves in the same write as the upgrade
+    /// request, before the 101 comes back, as an eager client may send it.
+    pub async fn ws_with_first_frame(&self, token: &str, frame: Value) -> Ws {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connected");
+        let mut bytes = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        )
+        .into_bytes();
+        // One masked text frame, as a client must send it.
+        let payload = frame.to_string().into_bytes();
+        assert!(payload.len() < 126, "a short frame");
+        let mask = [0x5a, 0x17, 0xc3, 0x08];
+        bytes.extend([0x81, 0x80 | payload.len() as u8]);
+        bytes.extend(mask);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        tcp.write_all(&bytes).await.expect("written");
+        let mut head = Vec::new();
+        let end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.expect("an answer");
+            assert!(n > 0, "closed before the upgrade");
+            head.extend_from_slice(&chunk[..n]);
+            if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let status = String::from_utf8_lossy(&head[..end]).into_owned();
+        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        let stream = tokio_tungstenite::WebSocketStream::from_partially_read(
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+            head[end..].to_vec(),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        Ws { stream }
+    }
+}
+
 impl Ws {
     /// Sends a client frame, first checking it against schema/ws.json so that the
     /// documented client frames are the ones the server takes.

@@ -145,6 +145,37 @@ async fn a_resent_send_whose_ack_was_lost_gives_the_first_message() {
     assert_eq!(chat["last_seq"], 1);
 }
 
+#[tokio::test]
+async fn a_send_that_leaves_with_the_upgrade_request_is_stored_and_answered() {
+    let (app, desk) = desk_app().await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("ready").await;
+    let send = json!({"type": "send", "chat_id": desk.chat_id, "local_id": "early", "text": "hi"});
+    let mut customer = app.ws_with_first_frame(&desk.customer, send).await;
+    let ack = customer.next_of("ack").await;
+    assert_eq!(
+        (ack["local_id"].clone(), ack["seq"].clone()),
+        (json!("early"), json!(1))
+    );
+    assert_eq!(operator.next_of("message").await["message"]["text"], "hi");
+}
+
+#[tokio::test]
+async fn sockets_work_without_socket_threads_too() {
+    let app = spawn_app_with(|c| c.socket_threads = Some(0)).await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    customer.next_of("ready").await;
+    operator.next_of("ready").await;
+    customer
+        .send(json!({"type": "send", "chat_id": desk.chat_id, "local_id": "l1", "text": "hi"}))
+        .await;
+    assert_eq!(customer.next_of("ack").await["seq"], 1);
+    assert_eq!(operator.next_of("message").await["message"]["text"], "hi");
+}
+
 /// A client may send again before its last send is acked: the sends are stored in the
 /// order sent, and the answers (acks and errors alike) come back in that order.
 #[tokio::test]
