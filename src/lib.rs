@@ -52,6 +52,22 @@ pub enum StartError {
     },
 }
 
+/// The core: the store (migrated) and the bus, with the tasks of both.
+async fn core(config: &Config) -> Result<domain::Core, StartError> {
+    let store = store::Store::open_with_writers(
+        &config.database_url,
+        config.db_max_connections,
+        config.postgres_writers(),
+    )
+    .await?;
+    let hub = Arc::new(hub::Hub::new());
+    let bus = match config.redis() {
+        Some(redis) => bus::Bus::with_redis(hub, redis).await?,
+        None => bus::Bus::new(hub),
+    };
+    Ok(domain::Core::new(store, config.limits(), bus))
+}
+
 /// Sets offline the operators whose nodes all died (with Redis, every node sweeps; the
 /// conditional update in the core makes one of them announce it).
 async fn sweep_presence(app: std::sync::Weak<http::App>, every: Duration) {
@@ -78,19 +94,14 @@ impl Server {
     /// Checks the config, opens the database (applying migrations) and binds the port.
     pub async fn build(config: &Config) -> Result<Server, StartError> {
         config.validate()?;
-        let store = store::Store::open_with_writers(
-            &config.database_url,
-            config.db_max_connections,
-            config.postgres_writers(),
-        )
-        .await?;
-        let hub = Arc::new(hub::Hub::new());
-        let bus = match config.redis() {
-            Some(redis) => bus::Bus::with_redis(hub, redis).await?,
-            None => bus::Bus::new(hub),
-        };
-        let core = domain::Core::new(store, config.limits(), bus);
         let lanes = http::Lanes::start(config.socket_threads()).map_err(StartError::Threads)?;
+        // The store's writers and the bus's connections start on the first socket thread,
+        // where their tasks then run: what they wake is sockets, and half of those are on
+        // that thread instead of all of them on another.
+        let owned = config.clone();
+        let core = lanes
+            .run_on_first(async move { core(&owned).await })
+            .await?;
         let app = Arc::new(http::App::new(
             core,
             config.max_body_bytes,

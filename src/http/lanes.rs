@@ -8,6 +8,7 @@
 //! of them on the thread that stored it, while different people still spread over the
 //! cores. HTTP, the upgrade itself and the background tasks stay on the shared runtime.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -59,6 +60,22 @@ impl Lanes {
             });
         }
         Ok(Lanes { lanes })
+    }
+
+    /// Runs `work` on the first socket thread (here, without any), so that the tasks it
+    /// spawns and the connections it opens stay there. Panics where `work` panics.
+    pub async fn run_on_first<F>(&self, work: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(first) = self.lanes.first() else {
+            return work.await;
+        };
+        match first.runtime.spawn(work).await {
+            Ok(output) => output,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// The runtime for `person`'s sockets, the same for all of them; `None` without lanes.
