@@ -3,7 +3,8 @@
 //! The crate map, in the direction calls go (http/api → domain → store):
 //!
 //! - [`config`]: one typed configuration from flags and environment, with defaults.
-//! - [`http`]: the hyper server: connections, bounded bodies, the error shape, shutdown.
+//! - [`http`]: the hyper server: connections, bounded bodies, the error shape, shutdown,
+//!   the WebSocket and the threads its sockets run on.
 //! - `api`: the native REST API `/v1/...`: routes and handlers over the core.
 //! - `compat`: the seed APIs on the wire (Chatwhizz `/admin/...`), adapters over the core.
 //! - [`domain`]: the core: organisations, operators, inboxes, chats, messages, receipts,

@@ -2,11 +2,14 @@
 //! by the person it belongs to.
 //!
 //! A message wakes every socket of its chat. On tokio's shared runtime those tasks land on
-//! either core, and waking an idle core costs a futex and a context switch each time, which
-//! at low load is a third of souq's CPU per delivery (BENCHMARKS.md). A person's devices
+//! either core, and each wake of an idle core is a futex and a context switch; at low load
+//! a third of souq's samples were in switching threads (BENCHMARKS.md). A person's devices
 //! are in the same chats, so keeping them on one thread keeps the wake-ups of a send by one
 //! of them on the thread that stored it, while different people still spread over the
-//! cores. HTTP, the upgrade itself and the background tasks stay on the shared runtime.
+//! cores. HTTP and the upgrade itself stay on the shared runtime.
+//!
+//! The price: a thread cannot hand its sockets to an idle one. One person with very many
+//! busy sockets loads one core; many people spread evenly (the hash below).
 
 use std::future::Future;
 use std::io;
@@ -105,7 +108,12 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(early: Bytes, tcp: TcpStream) -> Conn {
-        Conn { early, tcp }
+        // Copied: hyper's bytes, even none of them, hold on to its whole read buffer (8 KiB
+        // and more), which the socket would keep for as long as it lives.
+        Conn {
+            early: Bytes::copy_from_slice(&early),
+            tcp,
+        }
     }
 }
 
@@ -120,6 +128,9 @@ impl AsyncRead for Conn {
             let n = this.early.len().min(buf.remaining());
             buf.put_slice(&this.early[..n]);
             this.early.advance(n);
+            if !this.early.has_remaining() {
+                this.early = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.tcp).poll_read(cx, buf)
@@ -179,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_read_past_the_upgrade_come_first() {
+    fn bytes_read_past_the_upgrade_come_first_without_the_buffer_they_were_in() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -195,7 +206,17 @@ mod tests {
             let (server, _) = listener.accept().await.expect("accepted");
             client.write_all(b" world").await.expect("written");
             drop(client);
-            let mut conn = Conn::new(Bytes::from_static(b"hello"), server);
+            // As hyper leaves them: the bytes after the request, in its read buffer.
+            let mut buffer = bytes::BytesMut::with_capacity(8192);
+            buffer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\nhello");
+            let base = buffer.as_ptr() as usize;
+            let early = buffer.split_off(18).freeze();
+            let mut conn = Conn::new(early, server);
+            let kept = conn.early.as_ptr() as usize;
+            assert!(
+                !(base..base + 8192).contains(&kept),
+                "the socket holds hyper's read buffer"
+            );
             let mut got = String::new();
             conn.read_to_string(&mut got).await.expect("read");
             assert_eq!(got, "hello world");

@@ -1,6 +1,6 @@
 //! `/v1/ws`: the WebSocket upgrade and one session per socket.
 //!
-//! Each socket is served by one task. It parses client frames and calls the core (send,
+//! Each socket is served by one task, on its person's socket thread (`lanes`). It parses client frames and calls the core (send,
 //! received/read, typing, presence, resume), and it writes what the session's mailbox
 //! receives, keeping every chat in seq order: it skips what it already sent and fills any
 //! gap from the database before going on, so a client sees each message once, in order,
