@@ -92,6 +92,9 @@ pub struct Config {
     pub shutdown_grace: u64,
 }
 
+/// Most socket threads a node runs, set or not.
+pub const MAX_SOCKET_THREADS: usize = 256;
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -157,8 +160,10 @@ impl Config {
         {
             return Err(ConfigError("pg-writers must be from 1 to 16".into()));
         }
-        if self.socket_threads.is_some_and(|n| n > 256) {
-            return Err(ConfigError("socket-threads must be at most 256".into()));
+        if self.socket_threads.is_some_and(|n| n > MAX_SOCKET_THREADS) {
+            return Err(ConfigError(format!(
+                "socket-threads must be at most {MAX_SOCKET_THREADS}"
+            )));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("max-body-bytes must be at least 1024".into()));
@@ -213,10 +218,12 @@ impl Config {
         })
     }
 
-    /// Socket threads: as set, or one per core.
+    /// Socket threads: as set, or one per core up to [`MAX_SOCKET_THREADS`].
     pub fn socket_threads(&self) -> usize {
         self.socket_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_SOCKET_THREADS)
         })
     }
 
@@ -285,6 +292,8 @@ mod tests {
         config.socket_threads = Some(0);
         assert_eq!(config.socket_threads(), 0, "as set");
         assert!(config.validate().is_ok());
+        config.socket_threads = Some(256);
+        assert!(config.validate().is_ok(), "256");
         config.socket_threads = Some(257);
         let refused = config.validate().expect_err("accepted");
         assert!(refused.to_string().contains("socket-threads"), "{refused}");

@@ -95,19 +95,20 @@ impl Server {
     /// Checks the config, opens the database (applying migrations) and binds the port.
     pub async fn build(config: &Config) -> Result<Server, StartError> {
         config.validate()?;
-        let lanes = http::Lanes::start(config.socket_threads()).map_err(StartError::Threads)?;
-        // The store's writers and the bus's connections start on the first socket thread,
-        // where their tasks then run: what they wake is sockets, and half of those are on
-        // that thread instead of all of them on another.
+        let sockets =
+            http::SocketThreads::start(config.socket_threads()).map_err(StartError::Threads)?;
+        // The store and the bus are opened on the first socket thread, where their tasks
+        // then run (the PostgreSQL writers, the Redis connections, the pool's upkeep): what
+        // they wake is sockets, and some of those are on that thread instead of none.
         let owned = config.clone();
-        let core = lanes
+        let core = sockets
             .run_on_first(async move { core(&owned).await })
             .await?;
         let app = Arc::new(http::App::new(
             core,
             config.max_body_bytes,
             config.ws_limits(),
-            lanes,
+            sockets,
         ));
         if let Some(every) = app.core.bus().sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&app), every));

@@ -2,8 +2,8 @@
 //! errors into the one JSON error shape, and graceful shutdown.
 
 mod error;
-mod lanes;
 pub(crate) mod request;
+mod threads;
 mod ws;
 
 use std::convert::Infallible;
@@ -23,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use error::ApiError;
-pub use lanes::Lanes;
 pub use request::Req;
+pub use threads::SocketThreads;
 pub use ws::WsLimits;
 
 use crate::domain::Core;
@@ -37,17 +37,17 @@ pub struct App {
     pub max_body_bytes: usize,
     pub ws: WsLimits,
     /// The threads live sockets run on.
-    pub lanes: Lanes,
+    pub sockets: SocketThreads,
     pub(crate) routes: crate::api::Routes,
 }
 
 impl App {
-    pub fn new(core: Core, max_body_bytes: usize, ws: WsLimits, lanes: Lanes) -> Self {
+    pub fn new(core: Core, max_body_bytes: usize, ws: WsLimits, sockets: SocketThreads) -> Self {
         App {
             core,
             max_body_bytes,
             ws,
-            lanes,
+            sockets,
             routes: crate::api::Routes::new(),
         }
     }

@@ -1,10 +1,11 @@
 //! `/v1/ws`: the WebSocket upgrade and one session per socket.
 //!
-//! Each socket is served by one task, on its person's socket thread (`lanes`). It parses client frames and calls the core (send,
-//! received/read, typing, presence, resume), and it writes what the session's mailbox
-//! receives, keeping every chat in seq order: it skips what it already sent and fills any
-//! gap from the database before going on, so a client sees each message once, in order,
-//! whatever the bus did. Whatever is ready is written before one flush.
+//! Each socket is served by one task, on its person's socket thread (`threads`). It parses
+//! client frames and calls the core (send, received/read, typing, presence, resume), and
+//! it writes what the session's mailbox receives, keeping every chat in seq order: it skips
+//! what it already sent and fills any gap from the database before going on, so a client
+//! sees each message once, in order, whatever the bus did. Whatever is ready is written
+//! before one flush.
 //!
 //! One task rather than a reader and a writer: half the tasks, no lock around the socket,
 //! and an answer to a send goes out in the same flush as the message it answers. The
@@ -29,8 +30,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use super::lanes::Conn;
 use super::request::parse_query;
+use super::threads::Conn;
 use super::{ApiError, App, HttpResponse};
 use crate::bus::encode;
 use crate::domain::events::{Event, Person};
@@ -141,7 +142,7 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
     }
 
     let accept = derive_accept_key(key.as_bytes());
-    let lane = person_of(&who).and_then(|p| app.lanes.of(p)).cloned();
+    let home = person_of(&who).and_then(|p| app.sockets.of(p)).cloned();
     // Only the upgrade is kept, not the request: the task lives as long as the socket.
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -154,14 +155,14 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
             return tracing::error!("an upgraded connection that is not a TCP stream");
         };
         let (early, tcp) = (parts.read_buf, parts.io.into_inner());
-        let Some(lane) = lane else {
+        let Some(home) = home else {
             return serve_socket(app, who, expires_at, Conn::new(early, tcp), resume).await;
         };
-        // The stream leaves this runtime's reactor for the lane's, where it is registered
+        // The stream leaves this runtime's reactor for its thread's, where it is registered
         // again; epoll reports at once whatever arrived in between.
         match tcp.into_std() {
             Ok(tcp) => {
-                lane.spawn(async move {
+                home.spawn(async move {
                     match tokio::net::TcpStream::from_std(tcp) {
                         Ok(tcp) => {
                             let conn = Conn::new(early, tcp);
