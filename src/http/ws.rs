@@ -160,20 +160,18 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
         };
         // The stream leaves this runtime's reactor for its thread's, where it is registered
         // again; epoll reports at once whatever arrived in between.
-        match tcp.into_std() {
-            Ok(tcp) => {
-                home.spawn(async move {
-                    match tokio::net::TcpStream::from_std(tcp) {
-                        Ok(tcp) => {
-                            let conn = Conn::new(early, tcp);
-                            serve_socket(app, who, expires_at, conn, resume).await;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot move a socket to its thread"),
-                    }
-                });
+        let moved =
+            |e: std::io::Error| tracing::warn!(error = %e, "cannot move a socket to its thread");
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => return moved(e),
+        };
+        home.spawn(async move {
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => serve_socket(app, who, expires_at, Conn::new(early, tcp), resume).await,
+                Err(e) => moved(e),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot move a socket to its thread"),
-        }
+        });
     });
     let mut response = HttpResponse::new(http_body_util::Full::new(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -16,7 +16,13 @@ fn seqs_of(frames: &[Value]) -> Vec<i64> {
 }
 
 async fn desk_app() -> (TestApp, Desk) {
-    let app = spawn_app().await;
+    desk_app_with(|_| {}).await
+}
+
+/// A server configured by `tweak`, with a desk: an organisation, an inbox, its operator and
+/// a customer's chat.
+async fn desk_app_with(tweak: impl FnOnce(&mut souq::Config)) -> (TestApp, Desk) {
+    let app = spawn_app_with(tweak).await;
     let admin = app.admin().await;
     let desk = app.desk(&admin).await;
     (app, desk)
@@ -162,9 +168,7 @@ async fn a_send_that_leaves_with_the_upgrade_request_is_stored_and_answered() {
 
 #[tokio::test]
 async fn sockets_work_without_socket_threads_too() {
-    let app = spawn_app_with(|c| c.socket_threads = Some(0)).await;
-    let admin = app.admin().await;
-    let desk = app.desk(&admin).await;
+    let (app, desk) = desk_app_with(|c| c.socket_threads = Some(0)).await;
     let mut customer = app.ws(&desk.customer, "").await;
     let mut operator = app.ws(&desk.operator, "").await;
     customer.next_of("ready").await;
@@ -448,13 +452,11 @@ async fn a_resume_frame_replays_a_chat_from_a_seq() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_while_the_room_keeps_receiving() {
-    let app = spawn_app_with(|c| {
+    let (app, desk) = desk_app_with(|c| {
         c.ws_queue = 16;
         c.max_text_chars = 200_000;
     })
     .await;
-    let admin = app.admin().await;
-    let desk = app.desk(&admin).await;
     let mut fast = app.ws(&desk.customer, "").await;
     let mut slow = app.ws(&desk.customer, "").await;
     fast.next_of("ready").await;
@@ -539,9 +541,7 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_usable() {
 
 #[tokio::test]
 async fn an_oversize_frame_closes_the_socket_with_1009() {
-    let app = spawn_app_with(|c| c.ws_max_frame_bytes = 2048).await;
-    let admin = app.admin().await;
-    let desk = app.desk(&admin).await;
+    let (app, desk) = desk_app_with(|c| c.ws_max_frame_bytes = 2048).await;
     let mut ws = app.ws(&desk.customer, "").await;
     ws.next_of("ready").await;
     ws.send(json!({"type": "send", "chat_id": desk.chat_id, "text": "y".repeat(4096)}))
@@ -632,14 +632,11 @@ async fn the_long_poll_answers_when_a_message_is_committed() {
 
 /// A desk on a server that pings every second and drops sockets silent for two.
 async fn fast_heartbeat_desk() -> (TestApp, Desk) {
-    let app = spawn_app_with(|c| {
+    desk_app_with(|c| {
         c.ws_ping = 1;
         c.ws_idle_timeout = 2;
     })
-    .await;
-    let admin = app.admin().await;
-    let desk = app.desk(&admin).await;
-    (app, desk)
+    .await
 }
 
 #[tokio::test]
@@ -662,14 +659,12 @@ async fn a_silent_socket_is_dropped_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_socket_is_closed_with_4001_when_its_session_expires() {
-    let app = spawn_app_with(|c| {
+    let (app, desk) = desk_app_with(|c| {
         c.ws_ping = 1;
         c.ws_idle_timeout = 30;
         c.session_ttl = 3;
     })
     .await;
-    let admin = app.admin().await;
-    let desk = app.desk(&admin).await;
     let mut ws = app.ws(&desk.customer, "").await;
     ws.next_of("resumed").await;
     // The client keeps reading (and answering pings): only the expiry ends the socket.
@@ -699,9 +694,7 @@ async fn a_reading_socket_answers_pings_and_stays_open() {
 
 #[tokio::test]
 async fn too_many_frames_are_refused_with_rate_limited() {
-    let app = spawn_app_with(|c| c.ws_frames_per_sec = 5).await;
-    let admin = app.admin().await;
-    let desk = app.desk(&admin).await;
+    let (app, desk) = desk_app_with(|c| c.ws_frames_per_sec = 5).await;
     let mut ws = app.ws(&desk.customer, "").await;
     ws.next_of("resumed").await;
     for i in 0..30 {
