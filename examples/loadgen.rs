@@ -3,7 +3,8 @@
 //! lost and duplicated deliveries, and the CPU time and RSS of the given processes.
 //!
 //! It needs an organisation (`souq org create`), and signs in as it to set up customers and
-//! chats. The M sockets of a chat are devices of the chat's customer; the first one sends.
+//! chats. The M sockets of a chat are devices of the chat's customer (with `--receipts`,
+//! all but the second); the first one sends.
 //! Every delivery is checked: each socket must see each message once, in seq order.
 //!
 //! ```sh
@@ -14,9 +15,11 @@
 //! Start the server with `SOUQ_WS_FRAMES_PER_SEC` above the per-sender rate (closed loop:
 //! far above), or the rate limit answers sends with errors (counted as sends without acks).
 //!
-//! `--receipts`: the second socket of each chat sends `read` for every message it gets,
-//! as an app showing the chat would; each read is stored and pushed to the chat's sockets
-//! as a `receipt` frame. Deliveries still count messages only.
+//! `--receipts`: each chat is with a store of its own (an inbox with one seller, an
+//! operator assigned to it), and the chat's second socket is the seller's: it sends `read`
+//! for every message it gets, as a seller's app showing the chat would. Each read moves the
+//! seller's cursors and marks the customer's messages read, and is pushed to the chat's
+//! sockets as a `receipt` frame. Deliveries still count messages only.
 //!
 //! `--ceiling` drives `examples/ceiling` instead: sockets join `/room/N`, a send is the bare
 //! text `"n nanos"`, and the sender's own copy counts as its ack.
@@ -206,17 +209,23 @@ async fn main() {
 }
 
 /// One chat of the run: its id and the token of its customer (none for the ceiling,
-/// whose rooms are numbered 0..R).
+/// whose rooms are numbered 0..R), and with `--receipts` the token of its seller.
 struct Room {
     id: i64,
     token: Option<String>,
+    seller: Option<String>,
 }
 
-/// Signs in and makes R customers with one chat each in a new inbox.
+/// Signs in and makes R customers with one chat each: in a new domain's inbox, or with
+/// `--receipts` each in a store inbox of its own, with a seller assigned to it.
 async fn setup(a: &Args) -> Result<Vec<Room>, String> {
     if a.ceiling {
         return Ok((0..a.chats as i64)
-            .map(|id| Room { id, token: None })
+            .map(|id| Room {
+                id,
+                token: None,
+                seller: None,
+            })
             .collect());
     }
     let http = reqwest::Client::new();
@@ -237,9 +246,16 @@ async fn setup(a: &Args) -> Result<Vec<Room>, String> {
         json!({"name": format!("load-{run_id}.test")}),
     )
     .await?;
-    let inbox = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
+    let domain_id = domain["domain"]["id"].as_i64().ok_or("no domain id")?;
+    let desk = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
     let mut rooms = Vec::new();
     for i in 0..a.chats {
+        let (inbox, seller) = if a.receipts {
+            let (inbox, token) = store(&http, base, &admin, domain_id, &run_id, i).await?;
+            (inbox, Some(token))
+        } else {
+            (desk, None)
+        };
         let c = post(
             &http,
             format!("{base}/v1/customers"),
@@ -266,29 +282,80 @@ async fn setup(a: &Args) -> Result<Vec<Room>, String> {
         rooms.push(Room {
             id: chat["id"].as_i64().ok_or("no chat id")?,
             token: Some(token),
+            seller,
         });
     }
     Ok(rooms)
 }
 
+/// A store's inbox in the domain, with a seller assigned to it; returns the inbox and the
+/// seller's session token.
+async fn store(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    domain_id: i64,
+    run_id: &str,
+    i: usize,
+) -> Result<(i64, String), String> {
+    let inbox = post(
+        http,
+        format!("{base}/v1/inboxes"),
+        Some(admin),
+        json!({"domain_id": domain_id, "unique_id": format!("store-{i}")}),
+    )
+    .await?;
+    let inbox = inbox["id"].as_i64().ok_or("no inbox id")?;
+    let seller = post(
+        http,
+        format!("{base}/v1/operators"),
+        Some(admin),
+        json!({"email": format!("seller-{run_id}-{i}@load.test")}),
+    )
+    .await?;
+    let seller = seller["id"].as_i64().ok_or("no operator id")?;
+    post(
+        http,
+        format!("{base}/v1/assignments"),
+        Some(admin),
+        json!({"operator_id": seller, "inbox_id": inbox}),
+    )
+    .await?;
+    let s = post(
+        http,
+        format!("{base}/v1/operators/{seller}/sessions"),
+        Some(admin),
+        json!({}),
+    )
+    .await?;
+    let token = s["token"].as_str().ok_or("no token")?.to_owned();
+    Ok((inbox, token))
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Opens a socket to `node` for `room`, from `source` when given.
+/// Opens a socket to `node` for `room`, as its customer or its seller, from `source`
+/// when given.
 async fn connect(
     a: &Args,
     node: &str,
     room: &Room,
+    as_seller: bool,
     source: Option<std::net::Ipv4Addr>,
 ) -> Result<Socket, String> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(a, node, room, source))
-        .await
-        .map_err(|_| format!("no connection to {node} within {CONNECT_TIMEOUT:?}"))?
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect_now(a, node, room, as_seller, source),
+    )
+    .await
+    .map_err(|_| format!("no connection to {node} within {CONNECT_TIMEOUT:?}"))?
 }
 
 async fn connect_now(
     a: &Args,
     node: &str,
     room: &Room,
+    as_seller: bool,
     source: Option<std::net::Ipv4Addr>,
 ) -> Result<Socket, String> {
     let url = if a.ceiling {
@@ -300,7 +367,8 @@ async fn connect_now(
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
-    if let Some(token) = &room.token {
+    let token = if as_seller { &room.seller } else { &room.token };
+    if let Some(token) = token {
         request.headers_mut().insert(
             "authorization",
             format!("Bearer {token}").parse().map_err(|_| "token")?,
@@ -366,7 +434,7 @@ async fn run_idle(a: &Args, rooms: &[Room]) -> Result<(), String> {
     for i in 0..a.idle {
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / PER_SOURCE) as u8);
         let node = &a.nodes[i % a.nodes.len()];
-        let ws = connect(a, node, &rooms[i % rooms.len()], Some(source)).await?;
+        let ws = connect(a, node, &rooms[i % rooms.len()], false, Some(source)).await?;
         let (sink, mut stream) = ws.split();
         let frames = frames.clone();
         // Read (and so answer pings) without keeping anything.
@@ -439,7 +507,8 @@ struct Run {
 enum Part {
     /// The chat's first socket: sends, at the rate or keeping the window full.
     Sender,
-    /// With `--receipts`, the chat's second socket: sends `read` for every message.
+    /// With `--receipts`, the chat's second socket, the seller's: sends `read` for every
+    /// message.
     Reader,
     Member,
 }
@@ -627,13 +696,13 @@ async fn shard_main(
         for m in 0..a.members {
             // Sockets go round-robin over the nodes, in the order of the chats.
             let node = &a.nodes[(i * a.members + m) % a.nodes.len()];
-            match connect(a, node, room, None).await {
+            let part = match m {
+                0 => Part::Sender,
+                1 if room.seller.is_some() => Part::Reader,
+                _ => Part::Member,
+            };
+            match connect(a, node, room, part == Part::Reader, None).await {
                 Ok(ws) => {
-                    let part = match m {
-                        0 => Part::Sender,
-                        1 if a.receipts && !a.ceiling => Part::Reader,
-                        _ => Part::Member,
-                    };
                     sockets.push((ws, room.id, part, *i));
                 }
                 Err(e) => {

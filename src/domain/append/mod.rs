@@ -232,8 +232,11 @@ pub(super) const MARK_DELAY: Duration = Duration::from_millis(20);
 /// queue of their own, which the writer takes after its messages: many marks in one
 /// statement (and several marks of one member as one row). A held mark never holds up a
 /// message. Marks only move cursors forward, so a mark committed after messages sent
-/// later is the same mark. Under load, marks queue with the messages, as they would
-/// share their commits anyway.
+/// later is the same mark. Under load, marks queue with the messages: the SQLite writer
+/// commits them together, and PostgreSQL's stores them in a statement of their own right
+/// after, once the messages are answered. (Holding them there as well would save commits,
+/// but the writer then stores each hold's marks in one burst that the messages queued
+/// behind it wait for: BENCHMARKS.md.)
 #[derive(Debug)]
 struct Lanes {
     /// One lane per writer; a chat's jobs always go to the same one (`chat_id` modulo
@@ -1571,6 +1574,72 @@ mod tests {
             return;
         };
         a_held_mark_is_stored_when_its_hold_is_over(store.clone()).await;
+        drop_postgres(store, db).await;
+    }
+
+    /// The messages of a batch are answered once their statement commits, before the
+    /// batch's marks are stored: here the marks' statement waits on a lock that another
+    /// connection holds on `receipts`, and the send beside them is answered all the same.
+    #[tokio::test]
+    async fn a_send_is_answered_before_the_marks_of_its_batch_on_postgres() {
+        use futures_util::FutureExt;
+        use sea_orm::TransactionTrait;
+        let Some((store, db)) = two_chats_on_postgres("marks_after").await else {
+            return;
+        };
+        let admin_url = std::env::var("TEST_DATABASE_URL").expect("set, or there is no db");
+        let (prefix, _) = admin_url.rsplit_once('/').expect("a database name");
+        let other = sea_orm::Database::connect(format!("{prefix}/{db}").as_str())
+            .await
+            .expect("connect");
+        let (chat_row, receipts) = (
+            other.begin().await.expect("begin"),
+            other.begin().await.expect("begin"),
+        );
+        // The writer's first batch waits on chat 1's row, so that the next send and mark
+        // queue behind it and make one batch.
+        chat_row
+            .execute_unprepared("SELECT id FROM chats WHERE id = 1 FOR UPDATE")
+            .await
+            .expect("lock chat 1");
+        receipts
+            .execute_unprepared("LOCK TABLE receipts IN SHARE MODE")
+            .await
+            .expect("lock receipts");
+        let appender = appender(&store);
+        let first = appender.enqueue(1, send("operator")).await.expect("queued");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = appender.enqueue(1, send("operator")).await.expect("queued");
+        let read = Mark {
+            kind: "customer",
+            member_id: 1,
+            received: 1,
+            read: 1,
+        };
+        let mut marked = Box::pin(appender.mark(1, read, false).await.expect("queued"));
+        chat_row.commit().await.expect("unlock chat 1");
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            (first.await, second.await)
+        })
+        .await
+        .expect("the sends are answered while their batch's mark waits");
+        let seqs = (
+            answered.0.expect("stored").message.seq,
+            answered.1.expect("stored").message.seq,
+        );
+        assert_eq!(seqs, (1, 2));
+        assert!(
+            (&mut marked).now_or_never().is_none(),
+            "the mark waits for the lock on receipts"
+        );
+        receipts.commit().await.expect("unlock receipts");
+        let marked = tokio::time::timeout(Duration::from_secs(10), marked)
+            .await
+            .expect("the mark is stored once the lock is gone")
+            .expect("the read of seq 1 is valid");
+        assert_eq!((marked.receipt.read_seq, marked.moved), (1, true));
+        let _ = other.close().await;
+        drop(appender);
         drop_postgres(store, db).await;
     }
 

@@ -167,13 +167,23 @@ pub(super) async fn run(mut writer: Writer, bus: Bus, mut queues: Queues) {
     // PostgreSQL is away, the first batch tries again.
     writer.conn = writer.pool.acquire().await.ok();
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut marks = Vec::with_capacity(MAX_BATCH);
     loop {
         queues.next(&mut batch).await;
         if batch.is_empty() {
             return;
         }
-        let outcomes = writer.commit(&batch).await;
-        answer(&bus, batch.drain(..), outcomes);
+        // The messages and the marks of a batch are two statements, each its own commit,
+        // so the messages are announced and answered as soon as theirs is done: a sender
+        // waits for its message, never for a statement of marks, which nobody waits on
+        // (and which come after the messages anyway, see `round`).
+        marks.extend(batch.extract_if(.., |job| job.append().is_none()));
+        for jobs in [&mut batch, &mut marks] {
+            if !jobs.is_empty() {
+                let outcomes = writer.commit(jobs).await;
+                answer(&bus, jobs.drain(..), outcomes);
+            }
+        }
     }
 }
 
