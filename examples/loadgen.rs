@@ -3,8 +3,8 @@
 //! lost and duplicated deliveries, and the CPU time and RSS of the given processes.
 //!
 //! It needs an organisation (`souq org create`), and signs in as it to set up customers and
-//! chats. The M sockets of a chat are devices of the chat's customer (with `--receipts`,
-//! all but the second); the first one sends.
+//! chats. The M sockets of a chat are devices of the chat's customer (with `--receipts`
+//! and M ≥ 2, all but the second); the first one sends.
 //! Every delivery is checked: each socket must see each message once, in seq order.
 //!
 //! ```sh
@@ -250,7 +250,8 @@ async fn setup(a: &Args) -> Result<Vec<Room>, String> {
     let desk = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
     let mut rooms = Vec::new();
     for i in 0..a.chats {
-        let (inbox, seller) = if a.receipts {
+        // With fewer than two sockets a chat has no seller's socket to read.
+        let (inbox, seller) = if a.receipts && a.members >= 2 {
             let (inbox, token) = store(&http, base, &admin, domain_id, &run_id, i).await?;
             (inbox, Some(token))
         } else {

@@ -1,13 +1,15 @@
 //! Group commit of messages. Every send of the process goes through one appender, which
-//! takes whatever sends are waiting (up to [`MAX_BATCH`]) and stores them in one commit.
-//! Only after that commit does it announce the messages and answer each caller. Under
-//! load one commit carries many messages; alone, a send commits at once.
+//! takes whatever sends are waiting (up to [`MAX_BATCH`]) and stores them in one commit
+//! (on PostgreSQL, the marks of the batch follow in a commit of their own). Only after
+//! that commit does it announce the messages and answer each caller. Under load one
+//! commit carries many messages; alone, a send commits at once.
 //!
 //! There are three writers of a batch:
 //! - `sqlite`: a thread with its own connection, one statement per message (SQLite runs
 //!   them in process) and one per chat; a send that finds it idle is committed through the
 //!   same connection on the caller's own thread;
-//! - `postgres`: one statement per batch, in one round trip (see there);
+//! - `postgres`: one statement for a batch's messages, in one round trip, and one for its
+//!   marks (see there);
 //! - [`commit`] here, through the pool in a few statements whatever the batch's size: an
 //!   in-memory SQLite database uses it, and every writer falls back on it to store a send
 //!   alone.
@@ -538,7 +540,8 @@ async fn alone(store: &Store, job: &Job) -> Result<Done> {
 }
 
 /// Announces the new messages and moved cursors of a committed batch, in order, then
-/// answers each caller; the sockets the batch reaches are woken last, each once.
+/// answers each caller; the sockets the batch reaches are woken last, each once per call
+/// (PostgreSQL's writer calls it once for a batch's messages and once for its marks).
 fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
     let done: Vec<(Job, Result<Done>)> = jobs.zip(outcomes).collect();
     let mut wakes = Wakes::default();

@@ -1,4 +1,5 @@
-//! The appender for PostgreSQL: a batch in one statement, one round trip and one commit.
+//! The appender for PostgreSQL: a batch's messages in one statement, one round trip and
+//! one commit, answered at once; then its marks, in a second statement of their own.
 //!
 //! The writer remembers the chats it writes to (seq, status, operator). For a batch it
 //! works out every message's seq from what it remembers, then sends one statement that
@@ -174,9 +175,9 @@ pub(super) async fn run(mut writer: Writer, bus: Bus, mut queues: Queues) {
             return;
         }
         // The messages and the marks of a batch are two statements, each its own commit,
-        // so the messages are announced and answered as soon as theirs is done: a sender
-        // waits for its message, never for a statement of marks, which nobody waits on
-        // (and which come after the messages anyway, see `round`).
+        // so the messages are announced and answered as soon as theirs is done: a send
+        // never waits for the marks of its own batch (which are stored after its messages
+        // anyway, see `round`). Sends queued meanwhile still wait for the writer.
         marks.extend(batch.extract_if(.., |job| job.append().is_none()));
         for jobs in [&mut batch, &mut marks] {
             if !jobs.is_empty() {
