@@ -6,6 +6,8 @@
 //! chats. The M sockets of a chat are devices of the chat's customer (with `--receipts`
 //! and M ≥ 2, all but the second); the first one sends.
 //! Every delivery is checked: each socket must see each message once, in seq order.
+//! `worst_ms_by_second` is the longest send→deliver of each second of the run, by send
+//! time: a tail made of one stall shows as one high second.
 //!
 //! ```sh
 //! cargo run --release --example loadgen -- --nodes http://127.0.0.1:8080 \
@@ -491,7 +493,32 @@ struct Counters {
 #[repr(align(128))]
 struct Shard {
     counters: Counters,
-    latency: Mutex<Histogram<u64>>,
+    latency: Mutex<Latency>,
+}
+
+/// Send→deliver latencies: all of them, and the longest of each second by send time
+/// (since [`Run::start`]), which shows whether a long tail is spread or one stall.
+struct Latency {
+    all: Histogram<u64>,
+    worst_by_second: Vec<u64>,
+}
+
+impl Latency {
+    fn new() -> Result<Latency, String> {
+        Ok(Latency {
+            all: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
+            worst_by_second: Vec::new(),
+        })
+    }
+
+    fn record(&mut self, sent_ns: u64, us: u64) {
+        let _ = self.all.record(us);
+        let second = (sent_ns / 1_000_000_000) as usize;
+        if second >= self.worst_by_second.len() {
+            self.worst_by_second.resize(second + 1, 0);
+        }
+        self.worst_by_second[second] = self.worst_by_second[second].max(us);
+    }
 }
 
 /// What the shards share with the main thread.
@@ -556,9 +583,7 @@ async fn run(a: Args) -> Result<(), String> {
     for (t, rooms) in by_shard.into_iter().enumerate() {
         let shard = Arc::new(Shard {
             counters: Counters::default(),
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
-            ),
+            latency: Mutex::new(Latency::new()?),
         });
         shards.push(shard.clone());
         let (run, ready) = (run.clone(), ready_tx.clone());
@@ -647,10 +672,29 @@ async fn run(a: Args) -> Result<(), String> {
         _ => 0.0,
     };
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    // Seconds of the measured run, by send time, from the go.
+    let first_second = measure_start.duration_since(run.start).as_secs() as usize;
+    let mut worst_by_second = Vec::new();
     for shard in &shards {
         let latency = shard.latency.lock().unwrap_or_else(|e| e.into_inner());
-        h.add(&*latency).map_err(|e| e.to_string())?;
+        h.add(&latency.all).map_err(|e| e.to_string())?;
+        for (i, &us) in latency
+            .worst_by_second
+            .iter()
+            .enumerate()
+            .skip(first_second)
+        {
+            let i = i - first_second;
+            if i >= worst_by_second.len() {
+                worst_by_second.resize(i + 1, 0);
+            }
+            worst_by_second[i] = worst_by_second[i].max(us);
+        }
     }
+    let worst_ms: Vec<f64> = worst_by_second
+        .iter()
+        .map(|&us| (us / 100) as f64 / 10.0)
+        .collect();
     let us = |q: f64| h.value_at_quantile(q);
     let line = json!({
         "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
@@ -669,6 +713,7 @@ async fn run(a: Args) -> Result<(), String> {
         "undelivered_10s_after": expected.saturating_sub(deliveries),
         "duplicated": total(&shards, |c| &c.duplicates),
         "latency_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": h.max()},
+        "worst_ms_by_second": worst_ms,
         "processes": procs,
         "cpu_us_per_delivery": if deliveries > 0 { cpu_s * 1e6 / deliveries as f64 } else { 0.0 },
         "machine_cpu_s_without_loadgen": server_side_s,
@@ -911,12 +956,11 @@ impl SocketRun {
                     let read = format!(r#"{{"type":"read","chat_id":{chat_id},"seq":{seq}}}"#);
                     reads.push(Message::Text(read.into()));
                 }
-                let _ = self
-                    .shard
+                self.shard
                     .latency
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .record(now.saturating_sub(sent) / 1000);
+                    .record(sent, now.saturating_sub(sent) / 1000);
             }
             Seen::Answer { ack } => {
                 if ack {
