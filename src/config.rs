@@ -36,8 +36,9 @@ pub struct Config {
     pub db_max_connections: u32,
 
     /// On PostgreSQL: message writers of this node, each with a connection of its own
-    /// (besides db-max-connections) and a share of the chats. Unset: 2, or 1 with Redis,
-    /// where the other nodes bring theirs (more writers than that make smaller batches,
+    /// (besides db-max-connections). At low load one batch is in flight at a time; under
+    /// load each writer takes a share of the chats. Unset: 2, or 1 with Redis, where the
+    /// other nodes bring theirs (more writers than that make smaller batches under load,
     /// each with its own commit).
     #[arg(long, env = "SOUQ_PG_WRITERS")]
     pub pg_writers: Option<u32>,

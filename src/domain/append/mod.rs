@@ -9,7 +9,8 @@
 //!   them in process) and one per chat; a send that finds it idle is committed through the
 //!   same connection on the caller's own thread;
 //! - `postgres`: one statement for a batch's messages, in one round trip, and one for its
-//!   marks (see there);
+//!   marks; several writers, one batch in flight at low load and side by side under load
+//!   (see there);
 //! - [`commit`] here, through the pool in a few statements whatever the batch's size: an
 //!   in-memory SQLite database uses it, and every writer falls back on it to store a send
 //!   alone.
@@ -22,6 +23,7 @@ mod postgres;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -219,13 +221,13 @@ impl Job {
 /// The handle of the appender task; the task ends when the handle is dropped.
 #[derive(Debug)]
 pub(super) struct Appender {
-    lanes: Arc<Lanes>,
+    intake: Arc<Intake>,
 }
 
 /// How long a mark that may wait is held back before it goes to its writer.
 pub(super) const MARK_DELAY: Duration = Duration::from_millis(20);
 
-/// The writers' queues, and the marks held back from them.
+/// The writers' queue, and the marks held back from it.
 ///
 /// A socket's marks (`received`, `read`) are not urgent the way messages are: nobody
 /// waits on them but the receipt ticks, and they answer only when they fail. At low load
@@ -240,10 +242,9 @@ pub(super) const MARK_DELAY: Duration = Duration::from_millis(20);
 /// but the writer then stores each hold's marks in one burst that the messages queued
 /// behind it wait for: BENCHMARKS.md.)
 #[derive(Debug)]
-struct Lanes {
-    /// One lane per writer; a chat's jobs always go to the same one (`chat_id` modulo
-    /// their number), which keeps each chat's order.
-    writers: Vec<Lane>,
+struct Intake {
+    /// Every job goes this way, in order; the writers keep each chat's order.
+    lane: Lane,
     held: Mutex<Vec<Job>>,
     /// Tells the releasing task that marks are held.
     holding: Arc<Notify>,
@@ -256,19 +257,17 @@ struct Lane {
     marks: mpsc::Sender<Job>,
     /// The SQLite writer, which commits a job at once when it is idle.
     now: Option<Arc<sqlite::Shared>>,
+    /// Jobs the PostgreSQL writers have taken from `jobs` but not yet into a batch.
+    backlog: Arc<AtomicUsize>,
 }
 
-impl Lanes {
-    fn lane(&self, chat_id: i64) -> &Lane {
-        &self.writers[chat_id.rem_euclid(self.writers.len() as i64) as usize]
-    }
-
+impl Intake {
     fn take_held(&self) -> Vec<Job> {
         std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
-/// A writer's end of its lane.
+/// The writers' end of the lane.
 #[derive(Debug)]
 struct Queues {
     jobs: mpsc::Receiver<Job>,
@@ -277,7 +276,7 @@ struct Queues {
     released: Vec<Job>,
 }
 
-/// A new lane and the writer's end of it.
+/// A new lane and the writers' end of it.
 fn lane() -> (Lane, Queues) {
     let (jobs, jobs_rx) = mpsc::channel(4 * MAX_BATCH);
     let (marks, marks_rx) = mpsc::channel(4 * MAX_BATCH);
@@ -291,6 +290,7 @@ fn lane() -> (Lane, Queues) {
         jobs,
         marks,
         now: None,
+        backlog: Arc::new(AtomicUsize::new(0)),
     };
     (lane, queues)
 }
@@ -327,24 +327,25 @@ impl Queues {
 
 /// Sends the held marks to their writers [`MARK_DELAY`] after the first of them came,
 /// until the appender is gone.
-async fn release_held(lanes: Weak<Lanes>, holding: Arc<Notify>) {
+async fn release_held(intake: Weak<Intake>, holding: Arc<Notify>) {
     loop {
         holding.notified().await;
         tokio::time::sleep(MARK_DELAY).await;
-        let Some(lanes) = lanes.upgrade() else { return };
-        // A full queue keeps its marks held for the next round rather than hold up the
-        // other writers' marks; a writer that stopped has dropped its queue, and the
-        // mark's caller hears so.
-        let full: Vec<Job> = lanes
+        let Some(intake) = intake.upgrade() else {
+            return;
+        };
+        // A full queue keeps its marks held for the next round; a writer that stopped
+        // has dropped its queue, and the mark's caller hears so.
+        let full: Vec<Job> = intake
             .take_held()
             .into_iter()
-            .filter_map(|job| match lanes.lane(job.chat_id).marks.try_send(job) {
+            .filter_map(|job| match intake.lane.marks.try_send(job) {
                 Err(mpsc::error::TrySendError::Full(job)) => Some(job),
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
             })
             .collect();
         if !full.is_empty() {
-            lanes
+            intake
                 .held
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -358,10 +359,10 @@ impl Drop for Appender {
     fn drop(&mut self) {
         // Whatever is held goes now, if the writers' queues have room: nothing waits on
         // it (a lost mark is a receipt tick to come again), but it should not be lost.
-        for job in self.lanes.take_held() {
-            let _ = self.lanes.lane(job.chat_id).marks.try_send(job);
+        for job in self.intake.take_held() {
+            let _ = self.intake.lane.marks.try_send(job);
         }
-        self.lanes.holding.notify_one();
+        self.intake.holding.notify_one();
     }
 }
 
@@ -369,12 +370,12 @@ impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
     /// a task (PostgreSQL's writer, or the pool's). Must be called within a tokio runtime.
     pub fn start(store: Store, bus: Bus) -> Appender {
-        let (mut first, queues) = lane();
+        let (mut lane, queues) = lane();
         if let Some((file, lock)) = store.sqlite_writer() {
             match sqlite::connect(&file) {
                 Ok(conns) => {
-                    first.now = Some(sqlite::start(conns, lock, bus, queues));
-                    return Appender::with(vec![first]);
+                    lane.now = Some(sqlite::start(conns, lock, bus, queues));
+                    return Appender::with(lane);
                 }
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -385,35 +386,27 @@ impl Appender {
         if postgres::Writer::new(store.clone()).is_none() {
             // SQLite has one writer at a time anyway.
             tokio::spawn(run(store, bus, queues));
-            return Appender::with(vec![first]);
+            return Appender::with(lane);
         }
-        // Several writers, each with its own connection and its own chats: their batches
-        // never wait on each other's rows, and one batch's commit overlaps the next one's
-        // statement. (Nodes sharing the database each bring theirs.)
-        let mut lanes = vec![first];
-        let mut all_queues = vec![queues];
-        while lanes.len() < store.postgres_writers() {
-            let (lane, queues) = lane();
-            lanes.push(lane);
-            all_queues.push(queues);
-        }
-        for queues in all_queues {
-            if let Some(writer) = postgres::Writer::new(store.clone()) {
-                tokio::spawn(postgres::run(writer, bus.clone(), queues));
-            }
-        }
-        Appender::with(lanes)
+        // Several writers, each with its own connection, so that one batch's statement
+        // can run while another's commits, once there is enough waiting to need it (see
+        // `postgres::run`). (Nodes sharing the database each bring theirs.)
+        let writers = (0..store.postgres_writers())
+            .filter_map(|_| postgres::Writer::new(store.clone()))
+            .collect();
+        tokio::spawn(postgres::run(writers, bus, queues, lane.backlog.clone()));
+        Appender::with(lane)
     }
 
-    fn with(writers: Vec<Lane>) -> Appender {
+    fn with(lane: Lane) -> Appender {
         let holding = Arc::new(Notify::new());
-        let lanes = Arc::new(Lanes {
-            writers,
+        let intake = Arc::new(Intake {
+            lane,
             held: Mutex::new(Vec::new()),
             holding: holding.clone(),
         });
-        tokio::spawn(release_held(Arc::downgrade(&lanes), holding));
-        Appender { lanes }
+        tokio::spawn(release_held(Arc::downgrade(&intake), holding));
+        Appender { intake }
     }
 
     /// Queues a message and returns what answers after its commit. Messages queued one
@@ -434,16 +427,17 @@ impl Appender {
 
     /// Queues a mark and returns what answers after its commit, in order with the sends
     /// and marks queued before it; or, one that may `wait` for a writer with nothing
-    /// queued, after up to [`MARK_DELAY`] (see [`Lanes`]).
+    /// queued, after up to [`MARK_DELAY`] (see [`Intake`]).
     pub async fn mark(
         &self,
         chat_id: i64,
         mark: Mark,
         wait: bool,
     ) -> Result<impl Future<Output = Result<Marked>> + use<>> {
-        let lane = self.lanes.lane(chat_id);
+        let lane = &self.intake.lane;
         // A writer with work queued stores this mark with that work anyway.
-        let idle = lane.jobs.capacity() == lane.jobs.max_capacity();
+        let idle = lane.jobs.capacity() == lane.jobs.max_capacity()
+            && lane.backlog.load(Ordering::Relaxed) == 0;
         let done = if wait && idle {
             let (reply, answer) = oneshot::channel();
             let job = Job {
@@ -452,12 +446,12 @@ impl Appender {
                 reply,
             };
             let first = {
-                let mut held = self.lanes.held.lock().unwrap_or_else(|e| e.into_inner());
+                let mut held = self.intake.held.lock().unwrap_or_else(|e| e.into_inner());
                 held.push(job);
                 held.len() == 1
             };
             if first {
-                self.lanes.holding.notify_one();
+                self.intake.holding.notify_one();
             }
             Either::Left(async move { answer.await.map_err(|_| stopped())? })
         } else {
@@ -482,7 +476,7 @@ impl Appender {
             work,
             reply,
         };
-        let lane = self.lanes.lane(chat_id);
+        let lane = &self.intake.lane;
         // A place in the queue first, so that a caller who gives up while the queue is
         // full leaves nothing counted as queued.
         let place = lane.jobs.reserve().await.map_err(|_| stopped())?;
@@ -1143,6 +1137,16 @@ mod tests {
         Some((store, db))
     }
 
+    /// A connection of its own to the test's PostgreSQL database `db`, to hold the locks
+    /// that a writer meets.
+    async fn another_connection(db: &str) -> sea_orm::DatabaseConnection {
+        let admin_url = std::env::var("TEST_DATABASE_URL").expect("set, or there is no db");
+        let (prefix, _) = admin_url.rsplit_once('/').expect("a database name");
+        sea_orm::Database::connect(format!("{prefix}/{db}").as_str())
+            .await
+            .expect("connect")
+    }
+
     async fn drop_postgres(store: Store, db: String) {
         store.close().await.expect("close");
         if let Ok(admin_url) = std::env::var("TEST_DATABASE_URL")
@@ -1580,6 +1584,114 @@ mod tests {
         drop_postgres(store, db).await;
     }
 
+    /// A batch takes, in order, the waiting jobs of chats that no other batch in flight
+    /// holds; a chat with a job left behind keeps its later jobs behind too, past the
+    /// batch's size as well, so that every chat's jobs are stored in the order they came.
+    #[test]
+    fn a_batch_takes_the_chats_not_in_flight_and_keeps_each_chats_order() {
+        use std::collections::{HashSet, VecDeque};
+        let chats = |jobs: &mut dyn Iterator<Item = &Job>| -> Vec<i64> {
+            jobs.map(|job| job.chat_id).collect()
+        };
+        let mut waiting: VecDeque<Job> = [
+            job(1, "customer", "text", None),
+            job(2, "customer", "text", None),
+            read_job(3, 1),
+            job(1, "customer", "text", None),
+            job(3, "customer", "text", None),
+        ]
+        .into();
+        let mut batch = postgres::Batch::default();
+        batch.take(&mut waiting, &HashSet::from([2]));
+        assert_eq!(chats(&mut batch.jobs.iter()), [1, 3, 1, 3], "taken");
+        assert_eq!(chats(&mut waiting.iter()), [2], "left for later");
+        assert!(batch.jobs[1].append().is_none(), "the read kept its place");
+
+        let mut waiting: VecDeque<Job> = (0..MAX_BATCH)
+            .map(|_| job(1, "customer", "text", None))
+            .chain([
+                job(2, "customer", "text", None),
+                read_job(2, 1),
+                read_job(3, 1),
+            ])
+            .collect();
+        let mut batch = postgres::Batch::default();
+        batch.take(&mut waiting, &HashSet::new());
+        assert_eq!(
+            batch.jobs.len(),
+            MAX_BATCH + 1,
+            "a full batch of sends, and a read"
+        );
+        assert_eq!(batch.jobs.last().map(|job| job.chat_id), Some(3));
+        assert_eq!(
+            chats(&mut waiting.iter()),
+            [2, 2],
+            "the send past the size, and its chat's read"
+        );
+    }
+
+    /// At low load, sends that come while a batch is in flight wait for it and go in the
+    /// next one together (fewer commits); once enough wait, another writer takes them
+    /// beside the batch in flight, which here is stuck on a row that another connection
+    /// holds.
+    #[tokio::test]
+    async fn sends_wait_for_the_batch_in_flight_until_enough_wait_on_postgres() {
+        use futures_util::FutureExt;
+        use sea_orm::TransactionTrait;
+        let Some((store, db)) = two_chats_on_postgres("spill").await else {
+            return;
+        };
+        // Chat 4, of another customer, is in the other writer's share.
+        for sql in [
+            "INSERT INTO customers (id, org_id, name, created_at, updated_at) VALUES (2, 1, 'D', 0, 0)",
+            "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, status, last_seq, created_at, last_activity_at) VALUES (4, 1, 1, 1, 2, 'pending', 0, 0, 0)",
+        ] {
+            store.db().execute_unprepared(sql).await.expect(sql);
+        }
+        let other = another_connection(&db).await;
+        let chat_row = other.begin().await.expect("begin");
+        chat_row
+            .execute_unprepared("SELECT id FROM chats WHERE id = 1 FOR UPDATE")
+            .await
+            .expect("lock chat 1");
+        let appender = appender(&store);
+        let mut stuck = Box::pin(appender.enqueue(1, send("operator")).await.expect("queued"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut first = Box::pin(appender.enqueue(4, send("operator")).await.expect("queued"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "a lone send waits for the batch in flight"
+        );
+        let mut rest = Vec::new();
+        for _ in 1..postgres::SPILL {
+            rest.push(appender.enqueue(4, send("operator")).await.expect("queued"));
+        }
+        let seqs = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut seqs = vec![first.await.expect("stored").message.seq];
+            for answer in rest {
+                seqs.push(answer.await.expect("stored").message.seq);
+            }
+            seqs
+        })
+        .await
+        .expect("enough waiting go beside the stuck batch");
+        assert_eq!(seqs, (1..=postgres::SPILL as i64).collect::<Vec<_>>());
+        assert!(
+            (&mut stuck).now_or_never().is_none(),
+            "the first batch still waits for chat 1's row"
+        );
+        chat_row.commit().await.expect("unlock chat 1");
+        let stored = tokio::time::timeout(Duration::from_secs(10), stuck)
+            .await
+            .expect("stored once the row is free")
+            .expect("stored");
+        assert_eq!(stored.message.seq, 1);
+        let _ = other.close().await;
+        drop(appender);
+        drop_postgres(store, db).await;
+    }
+
     /// The messages of a batch are answered once their statement commits, before the
     /// batch's marks are stored: here the marks' statement waits on a lock that another
     /// connection holds on `receipts`, and the send beside them is answered all the same.
@@ -1590,11 +1702,7 @@ mod tests {
         let Some((store, db)) = two_chats_on_postgres("marks_after").await else {
             return;
         };
-        let admin_url = std::env::var("TEST_DATABASE_URL").expect("set, or there is no db");
-        let (prefix, _) = admin_url.rsplit_once('/').expect("a database name");
-        let other = sea_orm::Database::connect(format!("{prefix}/{db}").as_str())
-            .await
-            .expect("connect");
+        let other = another_connection(&db).await;
         let (chat_row, receipts) = (
             other.begin().await.expect("begin"),
             other.begin().await.expect("begin"),
@@ -1707,7 +1815,7 @@ mod tests {
         use futures_util::FutureExt;
         let (store, path) = two_chats("taken").await;
         let appender = appender(&store);
-        let lane = &appender.lanes.writers[0];
+        let lane = &appender.intake.lane;
         let shared = lane.now.clone().expect("the SQLite writer");
         let (_, file) = store.sqlite_writer().expect("a SQLite file");
         let held = file.lock().await;

@@ -1,5 +1,7 @@
 //! The appender for PostgreSQL: a batch's messages in one statement, one round trip and
 //! one commit, answered at once; then its marks, in a second statement of their own.
+//! A node has several writers, each with a connection; `run` hands them batches (one at a
+//! time at low load, so that a commit holds more sends; side by side under load).
 //!
 //! The writer remembers the chats it writes to (seq, status, operator). For a batch it
 //! works out every message's seq from what it remembers, then sends one statement that
@@ -16,7 +18,12 @@
 //! A repeated `local_id` from an earlier batch makes the insert fail (and with it the whole
 //! statement): the sends still waiting are then stored one by one, which looks for repeats.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, PgConnection, PgPool, Postgres, Row};
@@ -161,31 +168,175 @@ pub(super) struct Writer {
     chats: HashMap<i64, chat::Model>,
 }
 
-/// Stores batches of whatever sends are waiting until the handle is dropped.
-pub(super) async fn run(mut writer: Writer, bus: Bus, mut queues: Queues) {
+/// Jobs waiting from which on the writers share the chats out: below it (low load) one
+/// writer at a time takes everything, and what comes during its commit waits for the
+/// next one, so that a commit (PostgreSQL's largest cost per send) holds more sends.
+pub(super) const SPILL: usize = 16;
+
+/// Most jobs the writers take from their queue before one is free for them: the rest wait
+/// in the queue, which is bounded, and holds up whoever sends.
+const MAX_WAITING: usize = 4 * MAX_BATCH;
+
+/// Stores batches of whatever sends are waiting, with `writers` (each its own connection),
+/// until the handle is dropped.
+///
+/// At low load (fewer than [`SPILL`] jobs waiting) a writer takes every job waiting, but
+/// only while no other batch is in flight. Under load, each writer takes the chats of its
+/// share (`chat_id` modulo their number), and what waits in the shares of writers at
+/// work, so that batches run side by side: one batch's statement while another's commits.
+/// Either way a chat's jobs are in at most one batch in flight (`busy`), so they are
+/// stored in the order they came; and a writer finds what the last one learnt of its
+/// batch's chats in `chats`, whose entries it holds while it writes. `backlog` tells
+/// `Appender::mark` how many jobs wait here.
+pub(super) async fn run(
+    writers: Vec<Writer>,
+    bus: Bus,
+    mut queues: Queues,
+    backlog: Arc<AtomicUsize>,
+) {
+    let share = writers.len();
+    if share == 0 {
+        // The store always holds a connection for at least one: callers hear that the
+        // writer stopped rather than wait.
+        tracing::error!("no PostgreSQL message writer");
+        return;
+    }
+    let mut free: Vec<Option<Writer>> = Vec::with_capacity(share);
     // Connected at start, so the first send does not wait for a connection (and the
-    // writer's backend is there from the start for whoever watches the database). If
+    // writers' backends are there from the start for whoever watches the database). If
     // PostgreSQL is away, the first batch tries again.
-    writer.conn = writer.pool.acquire().await.ok();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut marks = Vec::with_capacity(MAX_BATCH);
+    for mut writer in writers {
+        writer.conn = writer.pool.acquire().await.ok();
+        free.push(Some(writer));
+    }
+    let mut chats: HashMap<i64, chat::Model> = HashMap::new();
+    // Each writer's share of the chats, waiting in order.
+    let mut waiting: Vec<VecDeque<Job>> = (0..share).map(|_| VecDeque::new()).collect();
+    let mut waiting_len = 0;
+    let mut busy: HashSet<i64> = HashSet::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut incoming = Vec::with_capacity(MAX_BATCH);
+    let mut open = true;
     loop {
-        queues.next(&mut batch).await;
-        if batch.is_empty() {
+        let heavy = waiting_len >= SPILL;
+        if waiting_len > 0 && (heavy || in_flight.is_empty()) {
+            for n in 0..share {
+                let Some(mut writer) = free[n].take() else {
+                    continue;
+                };
+                let mut batch = Batch::default();
+                if heavy {
+                    // Its own share first; then of those whose writers are at work
+                    // (a writer's batch can be slow: a row another node holds, a slow
+                    // commit), so that no share waits for its writer alone.
+                    batch.take(&mut waiting[n], &busy);
+                    for m in (0..share).filter(|&m| m != n && free[m].is_none()) {
+                        batch.take(&mut waiting[m], &busy);
+                    }
+                } else {
+                    for queue in &mut waiting {
+                        batch.take(queue, &busy);
+                    }
+                }
+                if batch.jobs.is_empty() {
+                    free[n] = Some(writer);
+                    continue;
+                }
+                waiting_len -= batch.jobs.len();
+                if chats.len() > CACHED_CHATS {
+                    chats.clear();
+                }
+                let ids: Vec<i64> = batch.jobs.iter().map(|job| job.chat_id).collect();
+                for id in &ids {
+                    if let Some(chat) = chats.remove(id) {
+                        writer.chats.insert(*id, chat);
+                    }
+                }
+                busy.extend(ids.iter().copied());
+                in_flight.push(store(writer, n, batch.jobs, bus.clone(), ids));
+                if !heavy || waiting_len == 0 {
+                    break;
+                }
+            }
+        }
+        backlog.store(waiting_len, Ordering::Relaxed);
+        if !open && waiting_len == 0 && in_flight.is_empty() {
             return;
         }
-        // The messages and the marks of a batch are two statements, each its own commit,
-        // so the messages are announced and answered as soon as theirs is done: a send
-        // never waits for the marks of its own batch (which are stored after its messages
-        // anyway, see `round`). Sends queued meanwhile still wait for the writer.
-        marks.extend(batch.extract_if(.., |job| job.append().is_none()));
-        for jobs in [&mut batch, &mut marks] {
-            if !jobs.is_empty() {
-                let outcomes = writer.commit(jobs).await;
-                answer(&bus, jobs.drain(..), outcomes);
+        tokio::select! {
+            Some((mut writer, n, ids)) = in_flight.next(), if !in_flight.is_empty() => {
+                for id in ids {
+                    busy.remove(&id);
+                }
+                chats.extend(writer.chats.drain());
+                free[n] = Some(writer);
+            }
+            _ = queues.next(&mut incoming), if open && waiting_len < MAX_WAITING => {
+                open = !incoming.is_empty();
+                waiting_len += incoming.len();
+                for job in incoming.drain(..) {
+                    waiting[job.chat_id.rem_euclid(share as i64) as usize].push_back(job);
+                }
             }
         }
     }
+}
+
+/// A batch being taken from what waits.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) jobs: Vec<Job>,
+    sends: usize,
+    marks: usize,
+}
+
+impl Batch {
+    /// Takes from `waiting`, in order, the jobs of chats not `busy` in another batch, up
+    /// to [`MAX_BATCH`] sends and as many marks in all. Once a chat has a job left behind,
+    /// its later jobs stay too, so a chat's jobs always go in the order they came.
+    pub(super) fn take(&mut self, waiting: &mut VecDeque<Job>, busy: &HashSet<i64>) {
+        let mut left_behind: HashSet<i64> = HashSet::new();
+        let mut kept = VecDeque::new();
+        for job in waiting.drain(..) {
+            let count = if job.append().is_some() {
+                &mut self.sends
+            } else {
+                &mut self.marks
+            };
+            if *count == MAX_BATCH
+                || busy.contains(&job.chat_id)
+                || left_behind.contains(&job.chat_id)
+            {
+                left_behind.insert(job.chat_id);
+                kept.push_back(job);
+            } else {
+                *count += 1;
+                self.jobs.push(job);
+            }
+        }
+        *waiting = kept;
+    }
+}
+
+/// Stores a batch with `writer`: its messages, announced and answered as soon as their
+/// statement commits, then its marks in a statement of their own (so a send never waits
+/// for the marks of its own batch; they are stored after its messages anyway, see
+/// `round`). Gives back the writer (the `n`th) and the chats of the batch.
+async fn store(
+    mut writer: Writer,
+    n: usize,
+    mut sends: Vec<Job>,
+    bus: Bus,
+    ids: Vec<i64>,
+) -> (Writer, usize, Vec<i64>) {
+    let mut marks: Vec<Job> = sends.extract_if(.., |job| job.append().is_none()).collect();
+    for jobs in [&mut sends, &mut marks] {
+        if !jobs.is_empty() {
+            let outcomes = writer.commit(jobs).await;
+            answer(&bus, jobs.drain(..), outcomes);
+        }
+    }
+    (writer, n, ids)
 }
 
 /// One round's plan for a chat: as remembered, and as after the round's messages.
