@@ -224,16 +224,16 @@ pub(super) struct Appender {
     intake: Arc<Intake>,
 }
 
-/// How long a mark that may wait is held back before it goes to its writer.
+/// How long a mark that may wait is held back before it goes to the writers.
 pub(super) const MARK_DELAY: Duration = Duration::from_millis(20);
 
 /// The writers' queue, and the marks held back from it.
 ///
 /// A socket's marks (`received`, `read`) are not urgent the way messages are: nobody
 /// waits on them but the receipt ticks, and they answer only when they fail. At low load
-/// each would be a commit of its own between the messages, so a mark for a writer with
-/// nothing queued is held up to [`MARK_DELAY`] and then goes, with the others held, to a
-/// queue of their own, which the writer takes after its messages: many marks in one
+/// each would be a commit of its own between the messages, so a mark that finds nothing
+/// queued is held up to [`MARK_DELAY`] and then goes, with the others held, to a queue of
+/// their own, which the writers take after the messages: many marks in one
 /// statement (and several marks of one member as one row). A held mark never holds up a
 /// message. Marks only move cursors forward, so a mark committed after messages sent
 /// later is the same mark. Under load, marks queue with the messages: the SQLite writer
@@ -250,14 +250,16 @@ struct Intake {
     holding: Arc<Notify>,
 }
 
-/// What goes to one writer: jobs in order, and released marks.
+/// What goes to the writers (one on SQLite, the node's PostgreSQL writers together): jobs
+/// in order, and released marks.
 #[derive(Debug)]
 struct Lane {
     jobs: mpsc::Sender<Job>,
     marks: mpsc::Sender<Job>,
     /// The SQLite writer, which commits a job at once when it is idle.
     now: Option<Arc<sqlite::Shared>>,
-    /// Jobs the PostgreSQL writers have taken from `jobs` but not yet into a batch.
+    /// Jobs (and released marks) the PostgreSQL writers have taken from the queues but not
+    /// yet into a batch.
     backlog: Arc<AtomicUsize>,
 }
 
@@ -325,7 +327,7 @@ impl Queues {
     }
 }
 
-/// Sends the held marks to their writers [`MARK_DELAY`] after the first of them came,
+/// Sends the held marks to the writers [`MARK_DELAY`] after the first of them came,
 /// until the appender is gone.
 async fn release_held(intake: Weak<Intake>, holding: Arc<Notify>) {
     loop {
@@ -357,7 +359,7 @@ async fn release_held(intake: Weak<Intake>, holding: Arc<Notify>) {
 
 impl Drop for Appender {
     fn drop(&mut self) {
-        // Whatever is held goes now, if the writers' queues have room: nothing waits on
+        // Whatever is held goes now, if the writers' queue has room: nothing waits on
         // it (a lost mark is a receipt tick to come again), but it should not be lost.
         for job in self.intake.take_held() {
             let _ = self.intake.lane.marks.try_send(job);
@@ -435,7 +437,7 @@ impl Appender {
         wait: bool,
     ) -> Result<impl Future<Output = Result<Marked>> + use<>> {
         let lane = &self.intake.lane;
-        // A writer with work queued stores this mark with that work anyway.
+        // Writers with work waiting store this mark with that work anyway.
         let idle = lane.jobs.capacity() == lane.jobs.max_capacity()
             && lane.backlog.load(Ordering::Relaxed) == 0;
         let done = if wait && idle {
@@ -1630,18 +1632,49 @@ mod tests {
         );
     }
 
-    /// At low load, sends that come while a batch is in flight wait for it and go in the
-    /// next one together (fewer commits); once enough wait, another writer takes them
-    /// beside the batch in flight, which here is stuck on a row that another connection
-    /// holds.
+    /// When a free PostgreSQL writer takes a batch: at low load only while nothing is in
+    /// flight (so that what comes during a commit goes in the next one) or what is in
+    /// flight has been for a while; under load, always, its share of the chats.
+    #[test]
+    fn a_postgres_writer_takes_alone_at_low_load_and_its_share_under_load() {
+        use postgres::{SPILL, STUCK, Take};
+        let soon = STUCK / 4;
+        let cases = [
+            ((0, 0, soon), Take::Nothing, "nothing waits"),
+            ((1, 0, soon), Take::All, "nothing in flight"),
+            (
+                (SPILL - 1, 1, soon),
+                Take::Nothing,
+                "a batch in flight, just sent",
+            ),
+            (
+                (SPILL - 1, 2, STUCK),
+                Take::All,
+                "the batches in flight are slow",
+            ),
+            ((SPILL, 1, soon), Take::Shares, "enough wait"),
+            (
+                (SPILL, 0, soon),
+                Take::Shares,
+                "enough wait, nothing in flight",
+            ),
+        ];
+        for ((waiting, in_flight, newest), want, why) in cases {
+            assert_eq!(Take::now(waiting, in_flight, newest), want, "{why}");
+        }
+    }
+
+    /// A batch stuck on a row that another connection holds does not hold up a send to
+    /// another chat for long: a free writer takes it beside the stuck one.
     #[tokio::test]
-    async fn sends_wait_for_the_batch_in_flight_until_enough_wait_on_postgres() {
+    async fn a_stuck_batch_holds_up_no_other_chat_on_postgres() {
         use futures_util::FutureExt;
         use sea_orm::TransactionTrait;
-        let Some((store, db)) = two_chats_on_postgres("spill").await else {
+        let Some((store, db)) = two_chats_on_postgres("stuck").await else {
             return;
         };
-        // Chat 4, of another customer, is in the other writer's share.
+        // Chat 4, of another customer; the stuck batch goes to the first writer, whose
+        // share chat 4 is in.
         for sql in [
             "INSERT INTO customers (id, org_id, name, created_at, updated_at) VALUES (2, 1, 'D', 0, 0)",
             "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, status, last_seq, created_at, last_activity_at) VALUES (4, 1, 1, 1, 2, 'pending', 0, 0, 0)",
@@ -1656,27 +1689,21 @@ mod tests {
             .expect("lock chat 1");
         let appender = appender(&store);
         let mut stuck = Box::pin(appender.enqueue(1, send("operator")).await.expect("queued"));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut first = Box::pin(appender.enqueue(4, send("operator")).await.expect("queued"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            (&mut first).now_or_never().is_none(),
-            "a lone send waits for the batch in flight"
-        );
-        let mut rest = Vec::new();
-        for _ in 1..postgres::SPILL {
-            rest.push(appender.enqueue(4, send("operator")).await.expect("queued"));
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answers = [
+            appender.enqueue(4, send("operator")).await.expect("queued"),
+            appender.enqueue(4, send("customer")).await.expect("queued"),
+        ];
         let seqs = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut seqs = vec![first.await.expect("stored").message.seq];
-            for answer in rest {
+            let mut seqs = Vec::new();
+            for answer in answers {
                 seqs.push(answer.await.expect("stored").message.seq);
             }
             seqs
         })
         .await
-        .expect("enough waiting go beside the stuck batch");
-        assert_eq!(seqs, (1..=postgres::SPILL as i64).collect::<Vec<_>>());
+        .expect("stored beside the stuck batch");
+        assert_eq!(seqs, [1, 2]);
         assert!(
             (&mut stuck).now_or_never().is_none(),
             "the first batch still waits for chat 1's row"

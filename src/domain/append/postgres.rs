@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::time::{Duration, Instant};
 
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, PgConnection, PgPool, Postgres, Row};
@@ -169,25 +170,63 @@ pub(super) struct Writer {
 }
 
 /// Jobs waiting from which on the writers share the chats out: below it (low load) one
-/// writer at a time takes everything, and what comes during its commit waits for the
-/// next one, so that a commit (PostgreSQL's largest cost per send) holds more sends.
+/// batch at a time is in flight, and what comes during its commit waits for the next
+/// one, so that a commit (PostgreSQL's largest cost per send) holds more sends.
 pub(super) const SPILL: usize = 16;
 
-/// Most jobs the writers take from their queue before one is free for them: the rest wait
-/// in the queue, which is bounded, and holds up whoever sends.
+/// How long the batches in flight may hold up fewer than [`SPILL`] jobs before a free
+/// writer takes them: a commit takes well under this at low load (BENCHMARKS.md), and one
+/// that takes longer (a row another node holds, a slow disk) holds up other chats' sends
+/// no longer than this.
+pub(super) const STUCK: Duration = Duration::from_millis(2);
+
+/// From this many jobs waiting on, the writers take no more from their queue until some
+/// go (what one take brings, up to twice [`MAX_BATCH`], comes in whole): the queue is
+/// bounded, and holds up whoever sends. Jobs of chats in flight count too, so one chat
+/// with this many sends waiting behind its batch holds up the others until that is done.
 const MAX_WAITING: usize = 4 * MAX_BATCH;
+
+/// How a free writer takes its next batch.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Take {
+    Nothing,
+    /// Every job waiting whose chat is not in flight.
+    All,
+    /// The writer's own share of the chats, then what waits in the shares of writers at
+    /// work (so that no share waits for its writer alone).
+    Shares,
+}
+
+impl Take {
+    /// From how many jobs wait, how many batches are in flight, and how long ago the
+    /// newest of them went.
+    pub(super) fn now(waiting: usize, in_flight: usize, newest: Duration) -> Take {
+        if waiting == 0 {
+            Take::Nothing
+        } else if waiting >= SPILL {
+            Take::Shares
+        } else if in_flight == 0 || newest >= STUCK {
+            Take::All
+        } else {
+            Take::Nothing
+        }
+    }
+}
 
 /// Stores batches of whatever sends are waiting, with `writers` (each its own connection),
 /// until the handle is dropped.
 ///
 /// At low load (fewer than [`SPILL`] jobs waiting) a writer takes every job waiting, but
-/// only while no other batch is in flight. Under load, each writer takes the chats of its
-/// share (`chat_id` modulo their number), and what waits in the shares of writers at
-/// work, so that batches run side by side: one batch's statement while another's commits.
-/// Either way a chat's jobs are in at most one batch in flight (`busy`), so they are
-/// stored in the order they came; and a writer finds what the last one learnt of its
-/// batch's chats in `chats`, whose entries it holds while it writes. `backlog` tells
-/// `Appender::mark` how many jobs wait here.
+/// only while no other batch is in flight, or the newest has been for [`STUCK`]. Under
+/// load, each writer takes its share of the chats (`chat_id` modulo their number) and
+/// what waits in the shares of writers at work, so that batches run side by side: one
+/// batch's statement while another's commits ([`Take`]). Either way a chat's jobs are in
+/// at most one batch in flight (`busy`), so they are stored in the order they came; and
+/// a writer finds what the last one learnt of its batch's chats in `chats`, whose entries
+/// it holds while it writes. `backlog` tells `Appender::mark` how many jobs wait here.
+///
+/// The batches are stored by futures of this task: a panic in one stops every writer of
+/// the node, and their callers hear that the writer stopped.
 pub(super) async fn run(
     writers: Vec<Writer>,
     bus: Bus,
@@ -217,46 +256,51 @@ pub(super) async fn run(
     let mut in_flight = FuturesUnordered::new();
     let mut incoming = Vec::with_capacity(MAX_BATCH);
     let mut open = true;
+    // Wakes the task once the newest batch in flight has been for `STUCK`.
+    let stuck = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(stuck);
+    let (mut newest, mut armed) = (Instant::now(), false);
     loop {
-        let heavy = waiting_len >= SPILL;
-        if waiting_len > 0 && (heavy || in_flight.is_empty()) {
-            for n in 0..share {
-                let Some(mut writer) = free[n].take() else {
-                    continue;
-                };
-                let mut batch = Batch::default();
-                if heavy {
-                    // Its own share first; then of those whose writers are at work
-                    // (a writer's batch can be slow: a row another node holds, a slow
-                    // commit), so that no share waits for its writer alone.
-                    batch.take(&mut waiting[n], &busy);
-                    for m in (0..share).filter(|&m| m != n && free[m].is_none()) {
-                        batch.take(&mut waiting[m], &busy);
-                    }
-                } else {
-                    for queue in &mut waiting {
-                        batch.take(queue, &busy);
-                    }
+        let take = Take::now(waiting_len, in_flight.len(), newest.elapsed());
+        for n in 0..share {
+            if take == Take::Nothing || waiting_len == 0 {
+                break;
+            }
+            let Some(mut writer) = free[n].take() else {
+                continue;
+            };
+            let mut batch = Batch::default();
+            if take == Take::Shares {
+                batch.take(&mut waiting[n], &busy);
+                for m in (0..share).filter(|&m| m != n && free[m].is_none()) {
+                    batch.take(&mut waiting[m], &busy);
                 }
-                if batch.jobs.is_empty() {
-                    free[n] = Some(writer);
-                    continue;
+            } else {
+                for queue in &mut waiting {
+                    batch.take(queue, &busy);
                 }
-                waiting_len -= batch.jobs.len();
-                if chats.len() > CACHED_CHATS {
-                    chats.clear();
+            }
+            if batch.jobs.is_empty() {
+                free[n] = Some(writer);
+                continue;
+            }
+            waiting_len -= batch.jobs.len();
+            if chats.len() > CACHED_CHATS {
+                chats.clear();
+            }
+            let ids: Vec<i64> = batch.jobs.iter().map(|job| job.chat_id).collect();
+            for id in &ids {
+                if let Some(chat) = chats.remove(id) {
+                    writer.chats.insert(*id, chat);
                 }
-                let ids: Vec<i64> = batch.jobs.iter().map(|job| job.chat_id).collect();
-                for id in &ids {
-                    if let Some(chat) = chats.remove(id) {
-                        writer.chats.insert(*id, chat);
-                    }
-                }
-                busy.extend(ids.iter().copied());
-                in_flight.push(store(writer, n, batch.jobs, bus.clone(), ids));
-                if !heavy || waiting_len == 0 {
-                    break;
-                }
+            }
+            busy.extend(ids.iter().copied());
+            in_flight.push(store(writer, n, batch.jobs, bus.clone(), ids));
+            newest = Instant::now();
+            stuck.as_mut().reset(newest + STUCK);
+            armed = true;
+            if take == Take::All {
+                break;
             }
         }
         backlog.store(waiting_len, Ordering::Relaxed);
@@ -278,6 +322,8 @@ pub(super) async fn run(
                     waiting[job.chat_id.rem_euclid(share as i64) as usize].push_back(job);
                 }
             }
+            // Once only: what waits then is taken, or waits for an answer to free it.
+            () = &mut stuck, if armed && waiting_len > 0 => armed = false,
         }
     }
 }
