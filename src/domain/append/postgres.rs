@@ -174,10 +174,11 @@ pub(super) struct Writer {
 /// one, so that a commit (PostgreSQL's largest cost per send) holds more sends.
 pub(super) const SPILL: usize = 16;
 
-/// How long the batches in flight may hold up fewer than [`SPILL`] jobs before a free
-/// writer takes them: a commit takes well under this at low load (BENCHMARKS.md), and one
-/// that takes longer (a row another node holds, a slow disk) holds up other chats' sends
-/// no longer than this.
+/// How long after the last batch went the batches in flight may hold up fewer than
+/// [`SPILL`] jobs before a free writer takes them: at low load most commits take well
+/// under this (BENCHMARKS.md), and a batch that waits longer on a row another node holds
+/// holds up other chats' sends no longer than this, while a writer is free. (A slow WAL
+/// flush holds every commit of the server, the other writer's too.)
 pub(super) const STUCK: Duration = Duration::from_millis(2);
 
 /// From this many jobs waiting on, the writers take no more from their queue until some
@@ -199,7 +200,7 @@ pub(super) enum Take {
 
 impl Take {
     /// From how many jobs wait, how many batches are in flight, and how long ago the
-    /// newest of them went.
+    /// last batch went.
     pub(super) fn now(waiting: usize, in_flight: usize, newest: Duration) -> Take {
         if waiting == 0 {
             Take::Nothing
@@ -217,7 +218,7 @@ impl Take {
 /// until the handle is dropped.
 ///
 /// At low load (fewer than [`SPILL`] jobs waiting) a writer takes every job waiting, but
-/// only while no other batch is in flight, or the newest has been for [`STUCK`]. Under
+/// only while no other batch is in flight, or the last went [`STUCK`] ago. Under
 /// load, each writer takes its share of the chats (`chat_id` modulo their number) and
 /// what waits in the shares of writers at work, so that batches run side by side: one
 /// batch's statement while another's commits ([`Take`]). Either way a chat's jobs are in
