@@ -625,7 +625,11 @@ async fn subscriber(
                         break;
                     }
                     heard = tokio::time::Instant::now();
-                    if let Err(e) = take_replies(&bus, &mut buf, &mut confirming) {
+                    // What one read brings is one batch of wakes for the socket threads.
+                    let taken = crate::hub::holding_wakes(|| {
+                        take_replies(&bus, &mut buf, &mut confirming)
+                    });
+                    if let Err(e) = taken {
                         tracing::warn!(error = %e, "redis subscriber connection");
                         break;
                     }

@@ -16,6 +16,9 @@
 //! socket thread, the Redis subscriber's) is woken by a system call each time, however
 //! many of its tasks a batch wakes. So a socket woken from elsewhere is handed to its
 //! thread's relay, which is woken once for all of them and wakes each there, without one.
+//! The relay itself is woken once the batch's wakes are all handed over
+//! ([`crate::hub::holding_wakes`]): it would otherwise take them as they come, from the
+//! other core, and be woken again for nearly every one.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -209,9 +212,16 @@ impl Wake for SocketWaker {
             woken.len() == 1
         };
         // Only the first since the relay last took the list: it takes the others with it.
+        // Within a batch's wakes, the relay is woken once the batch is done.
         if first {
-            self.relay.notify.notify_one();
+            crate::hub::wake_or_hold(Waker::from(self.relay.clone()));
         }
+    }
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.notify.notify_one();
     }
 }
 
@@ -357,6 +367,47 @@ mod tests {
             done_rx
                 .recv_timeout(std::time::Duration::from_secs(10))
                 .unwrap_or_else(|_| panic!("{i} of 1000 tasks ran"));
+        }
+    }
+
+    /// A committed batch wakes its sockets from the writer's thread inside
+    /// `holding_wakes`: none of them runs until the batch is done, and then all do.
+    #[test]
+    fn sockets_woken_within_a_batch_run_once_it_is_done() {
+        let threads = SocketThreads::start(1).expect("a thread");
+        let home = threads.of(Person::Customer(1)).expect("a thread").clone();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let mut wake = Vec::new();
+        for _ in 0..20 {
+            let (tx, rx) = oneshot::channel::<()>();
+            let (started, done) = (started_tx.clone(), done_tx.clone());
+            home.spawn(async move {
+                let _ = started.send(());
+                let _ = rx.await;
+                let _ = done.send(());
+            });
+            wake.push(tx);
+        }
+        let wait = std::time::Duration::from_secs(10);
+        for _ in 0..20 {
+            started.recv_timeout(wait).expect("every task started");
+        }
+        // Each is past its first poll, waiting on its receiver.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        crate::hub::holding_wakes(|| {
+            for tx in wake {
+                let _ = tx.send(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(
+                done.try_recv().is_err(),
+                "a task ran before the batch was done"
+            );
+        });
+        for i in 0..20 {
+            done.recv_timeout(wait)
+                .unwrap_or_else(|_| panic!("{i} of 20 tasks ran after the batch"));
         }
     }
 

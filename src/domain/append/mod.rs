@@ -540,14 +540,16 @@ async fn alone(store: &Store, job: &Job) -> Result<Done> {
 /// (PostgreSQL's writer calls it once for a batch's messages and once for its marks).
 fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
     let done: Vec<(Job, Result<Done>)> = jobs.zip(outcomes).collect();
-    let mut wakes = Wakes::default();
-    // Events before answers: a sender's device gets its message, then the ack.
-    bus.publish_all(announcements(&done), &mut wakes);
-    for (job, outcome) in done {
-        // A caller that went away still had its job done, as with any lost answer.
-        let _ = job.reply.send(outcome);
-    }
-    wakes.wake_all();
+    crate::hub::holding_wakes(|| {
+        let mut wakes = Wakes::default();
+        // Events before answers: a sender's device gets its message, then the ack.
+        bus.publish_all(announcements(&done), &mut wakes);
+        for (job, outcome) in done {
+            // A caller that went away still had its job done, as with any lost answer.
+            let _ = job.reply.send(outcome);
+        }
+        wakes.wake_all();
+    });
 }
 
 /// What a committed batch announces, in order: each new message, and each member's
