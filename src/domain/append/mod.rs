@@ -1877,6 +1877,41 @@ mod tests {
         remove(store, path).await;
     }
 
+    /// Under load a send goes to the writer thread even when it finds the writer idle:
+    /// alone, it would write four or five pages where the thread's batch writes one.
+    #[tokio::test]
+    async fn a_send_commits_on_its_callers_thread_only_while_the_writers_batches_are_small() {
+        use futures_util::FutureExt;
+        let (store, path) = two_chats("busy").await;
+        let appender = appender(&store);
+        let shared = appender.intake.lane.now.clone().expect("the SQLite writer");
+        let first = appender.enqueue(1, send("operator")).await.expect("queued");
+        let first = first.now_or_never().expect("committed at once while quiet");
+        assert_eq!(first.expect("stored").message.seq, 1);
+        for _ in 0..40 {
+            shared.load.record(300);
+        }
+        assert!(shared.idle_writer().is_none(), "the writer is busy");
+        let second = appender.enqueue(1, send("customer")).await.expect("queued");
+        assert_eq!(second.await.expect("stored").message.seq, 2);
+        // The thread's own batches since, of one send each, bring the average down.
+        let mut seq = 3;
+        while shared.idle_writer().is_none() {
+            assert!(seq < 100, "still busy after {seq} sends one at a time");
+            let next = appender.enqueue(1, send("operator")).await.expect("queued");
+            assert_eq!(next.await.expect("stored").message.seq, seq);
+            seq += 1;
+        }
+        assert!(seq > 3, "quiet again without a batch of the thread's");
+        let last = appender.enqueue(1, send("customer")).await.expect("queued");
+        let last = last
+            .now_or_never()
+            .expect("committed at once once quiet again");
+        assert_eq!(last.expect("stored").message.seq, seq);
+        drop(appender);
+        remove(store, path).await;
+    }
+
     /// The checkpoint thread starts the WAL over while sends keep coming, so the WAL does
     /// not grow with the chats' history. (Nothing else checkpoints here: the writer never
     /// does, and the pool writes nothing during the test.)
