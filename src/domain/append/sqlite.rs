@@ -187,7 +187,7 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// How often instead while the writer's batches hold [`BUSY_BATCH`] jobs or more on
-/// average: it is then the writer's pace that bounds the sends, not the disk's bursts.
+/// average, round after round ([`BUSY_ROUNDS`]): it is then the writer's pace that bounds the sends, not the disk's bursts.
 /// Each round copies every page committed since the last, and a batch commits the newest
 /// page of both indexes of every chat it holds a message of, so ten rounds a second copy
 /// those same pages ten times. In closed loop, rounds of a second took 10% less CPU per
@@ -197,12 +197,30 @@ const CHECKPOINT_EVERY_BUSY: Duration = Duration::from_secs(1);
 /// See [`CHECKPOINT_EVERY_BUSY`].
 const BUSY_BATCH: usize = 64;
 
-/// How long the checkpoint thread waits before its next round.
-fn round_every(load: &Load) -> Duration {
-    if load.per_batch() >= BUSY_BATCH {
-        CHECKPOINT_EVERY_BUSY
-    } else {
-        CHECKPOINT_EVERY
+/// Rounds in a row that must find the writer busy before the next waits
+/// [`CHECKPOINT_EVERY_BUSY`]. At low load a stalled disk fills one batch with every send
+/// of the stall; that alone must not space out the rounds that keep the tail short.
+const BUSY_ROUNDS: u32 = 3;
+
+/// The checkpoint thread's pace: how many rounds in a row found the writer busy.
+#[derive(Debug, Default)]
+struct Pace {
+    busy_rounds: u32,
+}
+
+impl Pace {
+    /// How long to wait before the next round, as the writer is now.
+    fn next(&mut self, load: &Load) -> Duration {
+        self.busy_rounds = if load.per_batch() >= BUSY_BATCH {
+            self.busy_rounds.saturating_add(1)
+        } else {
+            0
+        };
+        if self.busy_rounds >= BUSY_ROUNDS {
+            CHECKPOINT_EVERY_BUSY
+        } else {
+            CHECKPOINT_EVERY
+        }
     }
 }
 
@@ -237,7 +255,8 @@ fn checkpoint(
         tracing::warn!(error = %e, "cannot limit the WAL's size");
     }
     let files = Files::of(file);
-    while let Err(RecvTimeoutError::Timeout) = writer_gone.recv_timeout(round_every(load)) {
+    let mut pace = Pace::default();
+    while let Err(RecvTimeoutError::Timeout) = writer_gone.recv_timeout(pace.next(load)) {
         // What PASSIVE reports is the WAL as it was when it began, all of it copied back
         // unless a reader held it up; frames committed since then are not counted.
         let copied = wal_checkpoint(&conn, "PASSIVE").and_then(|(frames, _)| {
@@ -759,32 +778,42 @@ mod tests {
 
     #[test]
     fn the_batch_average_follows_the_load_and_sets_the_checkpoint_pace() {
-        let load = Load::default();
+        let (load, mut pace) = (Load::default(), Pace::default());
+        assert_eq!((load.per_batch(), pace.next(&load)), (0, CHECKPOINT_EVERY));
+        // One full batch is not enough to count as busy.
+        load.record(MAX_BATCH);
+        assert!(load.per_batch() < BUSY_BATCH);
+        // A long stall at low load: full batches of every send that waited.
+        for _ in 0..3 {
+            load.record(MAX_BATCH);
+        }
+        assert!(load.per_batch() >= BUSY_BATCH);
         assert_eq!(
-            (load.per_batch(), round_every(&load)),
-            (0, CHECKPOINT_EVERY)
+            pace.next(&load),
+            CHECKPOINT_EVERY,
+            "one busy round is not load"
         );
         for _ in 0..40 {
-            load.record(300);
+            load.record(MAX_BATCH);
         }
-        assert!(
-            load.per_batch() > 290,
-            "{} after batches of 300",
-            load.per_batch()
+        let per_batch = load.per_batch();
+        assert!(per_batch > MAX_BATCH - 10, "{per_batch} after full batches");
+        assert_eq!(
+            pace.next(&load),
+            CHECKPOINT_EVERY,
+            "two busy rounds are not load"
         );
-        assert_eq!(round_every(&load), CHECKPOINT_EVERY_BUSY);
+        assert_eq!(pace.next(&load), CHECKPOINT_EVERY_BUSY, "three are");
+        assert_eq!(pace.next(&load), CHECKPOINT_EVERY_BUSY);
         // One small batch under load is not a quiet writer.
         load.record(1);
         assert!(load.per_batch() >= BUSY_BATCH);
         for _ in 0..60 {
             load.record(1);
         }
-        assert!(
-            load.per_batch() < INLINE_UNDER,
-            "{} after batches of 1",
-            load.per_batch()
-        );
-        assert_eq!(round_every(&load), CHECKPOINT_EVERY);
+        let per_batch = load.per_batch();
+        assert!(per_batch < INLINE_UNDER, "{per_batch} after batches of 1");
+        assert_eq!(pace.next(&load), CHECKPOINT_EVERY, "quiet again at once");
     }
 
     /// Closing a descriptor of the database file would drop SQLite's locks on it, so the
