@@ -5,8 +5,8 @@
 //! either core, and each wake of an idle core is a futex and a context switch; at low load
 //! a third of souq's samples were in switching threads (BENCHMARKS.md). A person's devices
 //! are in the same chats, so keeping them on one thread keeps the wake-ups of a send by one
-//! of them on one thread (the sender's own, where an idle SQLite writer lets it commit
-//! there), while different people still spread over the cores. HTTP and the upgrade itself
+//! of them on one thread (the sender's own, where an idle SQLite writer at low load lets
+//! it commit there), while different people still spread over the cores. HTTP and the upgrade itself
 //! stay on the shared runtime.
 //!
 //! The price: a thread cannot hand its sockets to an idle one. One person with very many
@@ -212,7 +212,9 @@ impl Wake for SocketWaker {
             woken.len() == 1
         };
         // Only the first since the relay last took the list: it takes the others with it.
-        // Within a batch's wakes, the relay is woken once the batch is done.
+        // Within a batch's wakes, the relay is woken once the batch is done; a wake from a
+        // third thread meanwhile finds the list taken and waits for that too, at most
+        // until the batch is answered.
         if first {
             crate::hub::wake_or_hold(Waker::from(self.relay.clone()));
         }
@@ -383,18 +385,25 @@ mod tests {
             let (tx, rx) = oneshot::channel::<()>();
             let (started, done) = (started_tx.clone(), done_tx.clone());
             home.spawn(async move {
-                let _ = started.send(());
-                let _ = rx.await;
+                let mut rx = rx;
+                let mut waiting = false;
+                // Told only once the receiver is waiting, so that the send must wake it.
+                std::future::poll_fn(|cx| {
+                    let polled = Pin::new(&mut rx).poll(cx);
+                    if polled.is_pending() && !std::mem::replace(&mut waiting, true) {
+                        let _ = started.send(());
+                    }
+                    polled.map(|_| ())
+                })
+                .await;
                 let _ = done.send(());
             });
             wake.push(tx);
         }
         let wait = std::time::Duration::from_secs(10);
         for _ in 0..20 {
-            started.recv_timeout(wait).expect("every task started");
+            started.recv_timeout(wait).expect("every task waits");
         }
-        // Each is past its first poll, waiting on its receiver.
-        std::thread::sleep(std::time::Duration::from_millis(20));
         crate::hub::holding_wakes(|| {
             for tx in wake {
                 let _ = tx.send(());

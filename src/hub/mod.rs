@@ -215,7 +215,8 @@ pub fn holding_wakes<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Wakes `waker` now, or, inside [`holding_wakes`] on this thread, when that returns.
+/// Wakes `waker` now, or, inside [`holding_wakes`] on this thread, when that returns. The
+/// waker must not panic: one that does leaves the wakes held after it unwoken.
 pub fn wake_or_hold(waker: Waker) {
     let mut waker = Some(waker);
     let _ = HELD.try_with(|held| {

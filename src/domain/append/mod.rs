@@ -6,8 +6,8 @@
 //!
 //! There are three writers of a batch:
 //! - `sqlite`: a thread with its own connection, one statement per message (SQLite runs
-//!   them in process) and one per chat; a send that finds it idle is committed through the
-//!   same connection on the caller's own thread;
+//!   them in process) and one per chat; a send that finds it idle, while its batches are
+//!   small, is committed through the same connection on the caller's own thread;
 //! - `postgres`: one statement for a batch's messages, in one round trip, and one for its
 //!   marks; several writers, one batch in flight at low load and side by side under load
 //!   (see there);
@@ -1888,6 +1888,7 @@ mod tests {
         let first = appender.enqueue(1, send("operator")).await.expect("queued");
         let first = first.now_or_never().expect("committed at once while quiet");
         assert_eq!(first.expect("stored").message.seq, 1);
+        // Recorded here as the writer thread would: it is idle, and records nothing.
         for _ in 0..40 {
             shared.load.record(300);
         }

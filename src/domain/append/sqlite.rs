@@ -97,13 +97,13 @@ pub(super) fn start(
 
 /// The writer, shared by its thread and the callers that find it idle.
 ///
-/// A send that finds nothing queued before it, and nobody writing, is committed at once on
-/// the caller's own thread: a lone send then costs no hand-over to the writer thread and
-/// back (two thread wake-ups, which at low load cost about as much as the commit). Under
-/// load the queue is rarely empty, and sends go to the thread, which commits them in
-/// batches; while its batches are large, they go there even when it is idle
-/// ([`INLINE_UNDER`]). Order holds because a job is committed here only while no job queued before it
-/// is uncommitted: `queued` counts them, from before they enter the queue until the thread
+/// A send that finds nothing queued before it, nobody writing and the writer not busy is
+/// committed at once on the caller's own thread: a lone send then costs no hand-over to
+/// the writer thread and back (two thread wake-ups, which at low load cost about as much
+/// as the commit). Under load the queue is rarely empty, and sends go to the thread,
+/// which commits them in batches; while its batches are large, they go there even when
+/// it is idle ([`INLINE_UNDER`]). Order holds because a job is committed here only while
+/// no job queued before it is uncommitted: `queued` counts them, from before they enter the queue until the thread
 /// has committed and announced them, and is read under the writer's lock.
 #[derive(Debug)]
 pub(super) struct Shared {
@@ -124,7 +124,8 @@ pub(super) struct Shared {
 /// after a commit finds the thread idle), so one small batch is not enough.
 const INLINE_UNDER: usize = 4;
 
-/// How many jobs the writer thread's batches hold, on average over the last eight or so.
+/// How many jobs from the queue the writer thread's batches hold, on average over the last
+/// eight or so (held marks left out).
 #[derive(Debug, Default)]
 pub(super) struct Load {
     /// Eight times the average: `x - x/8 + jobs` at each batch.
@@ -145,7 +146,8 @@ impl Load {
 
 impl Shared {
     /// Commits the job here and now, and announces and answers it as the writer thread
-    /// would, if the writer is idle; otherwise gives it back, counted as queued, for the
+    /// would, if the writer is idle and not busy ([`Shared::idle_writer`]); otherwise gives
+    /// it back, counted as queued, for the
     /// caller to put in the place it holds in the queue.
     pub(super) fn now_or_queue(&self, job: Job) -> Option<Job> {
         if let Some(mut writer) = self.idle_writer()
@@ -379,7 +381,9 @@ fn run(shared: &Shared, mut queues: Queues, runtime: tokio::runtime::Handle) {
         if batch.is_empty() {
             return;
         }
-        shared.load.record(batch.len());
+        // The jobs from the queue only: held marks come in bunches every few ms at any
+        // load, and are never committed on a caller's thread anyway.
+        shared.load.record(queued);
         let mut writer = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
         {
             let _file = shared.lock.blocking_lock();
