@@ -122,7 +122,7 @@ pub(super) struct Shared {
 /// newest page of the table and of each index, and its chat's row), holding the writer
 /// all the while. Batches come out small now and then even under load (the first send
 /// after a commit finds the thread idle), so one small batch is not enough.
-const INLINE_UNDER: usize = 4;
+pub(super) const INLINE_UNDER: usize = 4;
 
 /// How many jobs from the queue the writer thread's batches hold, on average over the last
 /// eight or so (held marks left out).
