@@ -75,6 +75,57 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
+/// Drops, once per test process and on a thread of its own beside the tests, the
+/// PostgreSQL test databases of test processes that have ended. A test cannot drop its own
+/// database when it ends (`Drop` cannot wait, and the nodes of a cluster test share one),
+/// so each run cleans up after the runs before. A database whose creator's pid is in use
+/// again, or that this run has no time left to drop, is left for a later run.
+fn drop_left_behind(base: &str) {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        let base = base.to_owned();
+        std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(sweep(&base));
+        });
+    });
+}
+
+async fn sweep(base: &str) {
+    let Ok(admin) = Database::connect(base).await else {
+        return;
+    };
+    let listed = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'souq\\_test\\_%'",
+        ))
+        .await
+        .unwrap_or_default();
+    for row in listed {
+        let Ok(name) = row.try_get::<String>("", "datname") else {
+            continue;
+        };
+        // souq_test_{pid}_{n}_{random}, as `unique_name` makes them.
+        let Some(pid) = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Another run may be dropping it too; whichever loses finds it gone.
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+    let _ = admin.close().await;
+}
+
 /// A fresh, empty database for one test; returns its url and files to delete after.
 pub async fn fresh_database() -> (String, Vec<PathBuf>) {
     match std::env::var("TEST_DATABASE_URL") {
@@ -82,6 +133,7 @@ pub async fn fresh_database() -> (String, Vec<PathBuf>) {
             let admin = Database::connect(base.as_str())
                 .await
                 .expect("TEST_DATABASE_URL is set but PostgreSQL cannot be reached");
+            drop_left_behind(&base);
             let name = unique_name("souq_test");
             admin
                 .execute_unprepared(&format!("CREATE DATABASE {name}"))
