@@ -208,7 +208,11 @@ pub fn holding_wakes<R>(f: impl FnOnce() -> R) -> R {
     let outermost = HELD
         .try_with(|held| {
             let mut held = held.borrow_mut();
-            held.is_none() && held.replace(Vec::new()).is_none()
+            let outermost = held.is_none();
+            if outermost {
+                *held = Some(Vec::new());
+            }
+            outermost
         })
         .unwrap_or(false);
     let _release = outermost.then(|| Release);
