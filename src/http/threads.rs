@@ -6,8 +6,8 @@
 //! a third of souq's samples were in switching threads (BENCHMARKS.md). A person's devices
 //! are in the same chats, so keeping them on one thread keeps the wake-ups of a send by one
 //! of them on one thread (the sender's own, where an idle SQLite writer at low load lets
-//! it commit there), while different people still spread over the cores. HTTP and the upgrade itself
-//! stay on the shared runtime.
+//! it commit there), while different people still spread over the cores. HTTP and the
+//! upgrade itself stay on the shared runtime.
 //!
 //! The price: a thread cannot hand its sockets to an idle one. One person with very many
 //! busy sockets loads one core; many people spread evenly (the hash below).

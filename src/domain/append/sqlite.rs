@@ -103,8 +103,9 @@ pub(super) fn start(
 /// as the commit). Under load the queue is rarely empty, and sends go to the thread,
 /// which commits them in batches; while its batches are large, they go there even when
 /// it is idle ([`INLINE_UNDER`]). Order holds because a job is committed here only while
-/// no job queued before it is uncommitted: `queued` counts them, from before they enter the queue until the thread
-/// has committed and announced them, and is read under the writer's lock.
+/// no job queued before it is uncommitted: `queued` counts them, from before they enter
+/// the queue until the thread has committed and announced them, and is read under the
+/// writer's lock.
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) writer: std::sync::Mutex<Writer>,
@@ -189,7 +190,8 @@ const WRITER_CACHE_KIB: i64 = 32 * 1024;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// How often instead while the writer's batches hold [`BUSY_BATCH`] jobs or more on
-/// average, round after round ([`BUSY_ROUNDS`]): it is then the writer's pace that bounds the sends, not the disk's bursts.
+/// average, round after round ([`BUSY_ROUNDS`]): it is then the writer's pace that
+/// bounds the sends, not the disk's bursts.
 /// Each round copies every page committed since the last, and a batch commits the newest
 /// page of both indexes of every chat it holds a message of, so ten rounds a second copy
 /// those same pages ten times. In closed loop, rounds of a second took 10% less CPU per
@@ -200,8 +202,9 @@ const CHECKPOINT_EVERY_BUSY: Duration = Duration::from_secs(1);
 const BUSY_BATCH: usize = 64;
 
 /// Rounds in a row that must find the writer busy before the next waits
-/// [`CHECKPOINT_EVERY_BUSY`]. At low load a stalled disk fills one batch with every send
-/// of the stall; that alone must not space out the rounds that keep the tail short.
+/// [`CHECKPOINT_EVERY_BUSY`]. At low load a long stall of the disk fills three or four
+/// full batches in a row with the sends that waited, which lifts the average past
+/// [`BUSY_BATCH`]; that alone must not space out the rounds that keep the tail short.
 const BUSY_ROUNDS: u32 = 3;
 
 /// The checkpoint thread's pace: how many rounds in a row found the writer busy.
