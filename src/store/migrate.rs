@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         Some(DbBackend::Sqlite),
         include_str!("../../schema/migrations/0004_messages_without_autoincrement.sql"),
     ),
+    (
+        5,
+        Some(DbBackend::Postgres),
+        include_str!("../../schema/migrations/0005_messages_room_for_receipts.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.
