@@ -1502,6 +1502,7 @@ mod tests {
     /// of its own old versions, and the last few of each move.)
     #[tokio::test]
     async fn messages_marked_read_stay_on_their_pages_on_postgres() {
+        use sea_orm::PaginatorTrait;
         let Some((store, db)) = two_chats_on_postgres("pages").await else {
             return;
         };
@@ -1522,6 +1523,12 @@ mod tests {
         let out = writer.commit(&[read_job(1, 400)]).await;
         assert!(matches!(out[0], Ok(Done::Marked(_))), "{:?}", out[0]);
         drop(writer);
+        let read = message::Entity::find()
+            .filter(message::Column::ReadAt.is_not_null())
+            .count(store.db())
+            .await
+            .expect("read");
+        assert_eq!(read, 400, "every message is marked read, and so rewritten");
         let after = pages_on_postgres(&store).await;
         let stayed = before.iter().zip(&after).filter(|(b, a)| b == a).count();
         assert!(
