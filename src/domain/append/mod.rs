@@ -1480,7 +1480,7 @@ mod tests {
     async fn pages_on_postgres(store: &Store) -> Vec<(i64, i64)> {
         let rows = store
             .db()
-            .query_all_raw(sea_orm::Statement::from_string(
+            .query_all_raw(Statement::from_string(
                 DbBackend::Postgres,
                 "SELECT seq, (ctid::text::point)[0]::int8 AS page FROM messages \
                  WHERE chat_id = 1 ORDER BY seq",
