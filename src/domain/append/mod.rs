@@ -693,7 +693,7 @@ async fn commit(store: &Store, jobs: &[Job], repeats: Repeats) -> Result<Vec<Res
     }
     if !changed.is_empty() {
         let changed = padded(changed.values().collect());
-        tx.execute_raw(update_chats(store.backend(), &changed, now))
+        tx.execute_raw(update_chats(store.backend(), &changed))
             .await?;
     }
 
@@ -930,7 +930,7 @@ fn marks(n: usize) -> String {
 }
 
 /// One UPDATE setting each changed chat's seq, status, operator and activity time.
-fn update_chats(backend: DbBackend, chats: &[&chat::Model], now: i64) -> Statement {
+fn update_chats(backend: DbBackend, chats: &[&chat::Model]) -> Statement {
     let mut values: Vec<Value> = Vec::new();
     let mut case = |column: &str, value: &dyn Fn(&chat::Model) -> Value| {
         let mut sql = format!("{column} = CASE id");
@@ -945,12 +945,13 @@ fn update_chats(backend: DbBackend, chats: &[&chat::Model], now: i64) -> Stateme
     let seq = case("last_seq", &|c| c.last_seq.into());
     let status = case("status", &|c| c.status.clone().into());
     let operator = case("operator_id", &|c| c.operator_id.into());
+    // Each chat's own, as `advance` moved it (or not): the once-a-second step.
+    let activity = case("last_activity_at", &|c| c.last_activity_at.into());
     let ids: Vec<i64> = chats.iter().map(|c| c.id).collect();
     let sql = format!(
-        "UPDATE chats SET {seq}, {status}, {operator}, last_activity_at = ? WHERE id IN ({})",
+        "UPDATE chats SET {seq}, {status}, {operator}, {activity} WHERE id IN ({})",
         marks(ids.len())
     );
-    values.push(now.into());
     values.extend(ids.into_iter().map(Value::from));
     stmt(backend, &sql, values)
 }
@@ -1315,6 +1316,64 @@ mod tests {
             [Some((2, true)), Some((1, false))]
         );
         remove(store, path).await;
+    }
+
+    /// A chat whose activity time moved less than a second ago keeps it when the next
+    /// message comes, whichever writer stores it: the pool's, the SQLite writer thread's
+    /// and PostgreSQL's.
+    #[tokio::test]
+    async fn every_writer_moves_a_chats_activity_time_at_most_once_a_second() {
+        let recent = |store: &Store| {
+            let db = store.db().clone();
+            async move {
+                let now = now_ms();
+                db.execute_unprepared(&format!(
+                    "UPDATE chats SET last_seq = 3, status = 'chatting', last_activity_at = {} WHERE id = 1",
+                    now - 100
+                ))
+                .await
+                .expect("set the activity time");
+                now - 100
+            }
+        };
+        let activity = |store: &Store| {
+            let db = store.db().clone();
+            async move {
+                chat::Entity::find_by_id(1)
+                    .one(&db)
+                    .await
+                    .expect("read")
+                    .expect("chat")
+                    .last_activity_at
+            }
+        };
+        let (store, path) = two_chats("activity_pool").await;
+        let was = recent(&store).await;
+        commit(&store, &[job(1, "customer", "text", None)], Repeats::Look)
+            .await
+            .expect("commits");
+        assert_eq!(activity(&store).await, was, "the pool's writer moved it");
+        remove(store, path).await;
+
+        let (store, path) = two_chats("activity_thread").await;
+        let was = recent(&store).await;
+        let mut writer = thread_writer(&store);
+        writer
+            .commit(&[job(1, "customer", "text", None)])
+            .expect("commits");
+        drop(writer);
+        assert_eq!(activity(&store).await, was, "the thread's writer moved it");
+        remove(store, path).await;
+
+        if let Some((store, db)) = two_chats_on_postgres("activity").await {
+            let was = recent(&store).await;
+            let mut writer = postgres::Writer::new(store.clone()).expect("a postgres store");
+            let out = writer.commit(&[job(1, "customer", "text", None)]).await;
+            assert!(stored(&out[0]).is_ok(), "{:?}", out[0]);
+            assert_eq!(activity(&store).await, was, "PostgreSQL's writer moved it");
+            drop(writer);
+            drop_postgres(store, db).await;
+        }
     }
 
     /// A writer like the SQLite writer thread's, on a connection of its own.
