@@ -110,7 +110,8 @@ async fn run() -> Result<(), String> {
     let core = Arc::new(Core::new(
         store,
         Limits::default(),
-        Bus::new(Arc::new(Hub::new())),
+        Arc::new(Bus::new(Arc::new(Hub::new()))),
+        souq::Clock::system(),
     ));
     let e = |e: souq::domain::Error| e.to_string();
 

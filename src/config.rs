@@ -237,8 +237,8 @@ impl Config {
         }
     }
 
-    pub fn ws_limits(&self) -> crate::http::WsLimits {
-        crate::http::WsLimits {
+    pub fn ws_limits(&self) -> crate::socket::WsLimits {
+        crate::socket::WsLimits {
             queue: self.ws_queue,
             max_frame_bytes: self.ws_max_frame_bytes,
             frames_per_sec: self.ws_frames_per_sec,

@@ -19,12 +19,16 @@
 
 mod api;
 pub mod bus;
+pub mod clock;
 mod compat;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod hub;
+mod router;
+pub mod socket;
 pub mod store;
+pub mod wake;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +37,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use clock::Clock;
 pub use config::Config;
 
 /// Why the server could not start.
@@ -53,8 +58,8 @@ pub enum StartError {
     },
 }
 
-/// The core: the store (migrated) and the bus, with the tasks of both.
-async fn core(config: &Config) -> Result<domain::Core, StartError> {
+/// The core over the store (migrated), announcing through the bus, with the tasks of both.
+async fn core(config: &Config, clock: Clock) -> Result<(domain::Core, bus::Bus), StartError> {
     let store = store::Store::open_with_writers(
         &config.database_url,
         config.db_max_connections,
@@ -63,20 +68,21 @@ async fn core(config: &Config) -> Result<domain::Core, StartError> {
     .await?;
     let hub = Arc::new(hub::Hub::new());
     let bus = match config.redis() {
-        Some(redis) => bus::Bus::with_redis(hub, redis).await?,
+        Some(redis) => bus::Bus::with_redis(hub, redis, clock.clone()).await?,
         None => bus::Bus::new(hub),
     };
-    Ok(domain::Core::new(store, config.limits(), bus))
+    let core = domain::Core::new(store, config.limits(), Arc::new(bus.clone()), clock);
+    Ok((core, bus))
 }
 
 /// Sets offline the operators whose nodes all died (with Redis, every node sweeps; the
 /// conditional update in the core makes one of them announce it).
-async fn sweep_presence(app: std::sync::Weak<http::App>, every: Duration) {
+async fn sweep_presence(core: std::sync::Weak<domain::Core>, bus: bus::Bus, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let Some(app) = app.upgrade() else { return };
-        for operator_id in app.core.bus().expired_operators().await {
-            if let Err(e) = app.core.operator_disconnected(operator_id).await {
+        let Some(core) = core.upgrade() else { return };
+        for operator_id in bus.expired_operators().await {
+            if let Err(e) = core.operator_disconnected(operator_id).await {
                 tracing::warn!(error = %e, operator_id, "cannot set an operator offline");
             }
         }
@@ -87,31 +93,41 @@ async fn sweep_presence(app: std::sync::Weak<http::App>, every: Duration) {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
-    app: Arc<http::App>,
+    core: Arc<domain::Core>,
+    bus: bus::Bus,
+    router: Arc<router::Router>,
     grace: Duration,
 }
 
 impl Server {
     /// Checks the config, opens the database (applying migrations) and binds the port.
     pub async fn build(config: &Config) -> Result<Server, StartError> {
+        Server::build_with(config, Clock::system()).await
+    }
+
+    /// [`Server::build`] with the clock every rule of the server reads (tests move theirs).
+    pub async fn build_with(config: &Config, clock: Clock) -> Result<Server, StartError> {
         config.validate()?;
-        let sockets =
-            http::SocketThreads::start(config.socket_threads()).map_err(StartError::Threads)?;
+        let threads =
+            socket::SocketThreads::start(config.socket_threads()).map_err(StartError::Threads)?;
         // The store and the bus are opened on the first socket thread, where their tasks
         // then run (the PostgreSQL writers, the Redis connections, the pool's upkeep): what
         // they wake is sockets, and some of those are on that thread instead of none.
         let owned = config.clone();
-        let core = sockets
-            .run_on_first(async move { core(&owned).await })
+        let (core, bus) = threads
+            .run_on_first(async move { core(&owned, clock).await })
             .await?;
-        let app = Arc::new(http::App::new(
-            core,
-            config.max_body_bytes,
-            config.ws_limits(),
+        let core = Arc::new(core);
+        let sockets =
+            socket::Sockets::start(core.clone(), bus.clone(), config.ws_limits(), threads);
+        let router = Arc::new(router::Router::new(
+            core.clone(),
+            bus.hub().clone(),
             sockets,
+            config.max_body_bytes,
         ));
-        if let Some(every) = app.core.bus().sweep_every() {
-            tokio::spawn(sweep_presence(Arc::downgrade(&app), every));
+        if let Some(every) = bus.sweep_every() {
+            tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
         }
         let listener = TcpListener::bind(config.bind)
             .await
@@ -121,7 +137,9 @@ impl Server {
             })?;
         Ok(Server {
             listener,
-            app,
+            core,
+            bus,
+            router,
             grace: config.shutdown_grace(),
         })
     }
@@ -133,20 +151,42 @@ impl Server {
 
     /// The core, for work before serving (such as creating an organisation in a test).
     pub fn core(&self) -> &domain::Core {
-        &self.app.core
+        &self.core
     }
 
-    /// Serves until `shutdown` resolves, then drains open requests (within the grace
-    /// period) and closes the database.
+    /// Serves until `shutdown` resolves; then stops accepting, asks every socket to close
+    /// (1001) and every connection to finish its request, waits for them (within the
+    /// grace period), and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
-        http::serve(self.listener, self.app.clone(), shutdown, self.grace).await;
-        match Arc::try_unwrap(self.app) {
-            Ok(app) => {
-                if let Err(e) = app.core.into_store().close().await {
+        let Server {
+            listener,
+            core,
+            bus,
+            router,
+            grace,
+        } = self;
+        let open = http::serve(listener, router.clone(), shutdown).await;
+        // Sockets get a close (1001) so that their clients reconnect elsewhere.
+        let hub = bus.hub().clone();
+        hub.shutdown();
+        let drained = async {
+            open.closed().await;
+            // Upgraded sockets left their HTTP connection behind; wait for their sessions.
+            while !hub.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period");
+        }
+        drop(router);
+        match Arc::try_unwrap(core) {
+            Ok(core) => {
+                if let Err(e) = core.into_store().close().await {
                     tracing::warn!(error = %e, "closing the database failed");
                 }
             }
-            Err(_) => tracing::debug!("requests still hold the app; the pool closes on exit"),
+            Err(_) => tracing::debug!("requests still hold the core; the pool closes on exit"),
         }
     }
 }

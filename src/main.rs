@@ -114,7 +114,12 @@ async fn open_core(config: &Config) -> Result<Core, String> {
         .map_err(|e| format!("cannot open the database: {e}"))?;
     // The CLI has no sockets: its events reach an empty hub.
     let bus = souq::bus::Bus::new(std::sync::Arc::new(souq::hub::Hub::new()));
-    Ok(Core::new(store, config.limits(), bus))
+    Ok(Core::new(
+        store,
+        config.limits(),
+        std::sync::Arc::new(bus),
+        souq::Clock::system(),
+    ))
 }
 
 async fn migrate(config: Config) -> Result<(), String> {

@@ -7,11 +7,45 @@ use hyper::{Method, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 use crate::domain::{
-    AssignmentPatch, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain, NewInbox,
-    NewMessage, NewOperator, OperatorPatch, Presence, Principal,
+    AssignmentPatch, Core, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain,
+    NewInbox, NewMessage, NewOperator, OperatorPatch, Presence, Principal,
 };
-use crate::http::{ApiError, App, HttpResponse, Req};
+use crate::http::{ApiError, HttpResponse, Req, Surface};
+use crate::hub::Hub;
+
+/// The native REST API, as the router mounts it.
+#[derive(Debug)]
+pub(crate) struct Api {
+    core: Arc<Core>,
+    /// Long-polls wait on its waiters.
+    hub: Arc<Hub>,
+    routes: Routes,
+}
+
+impl Api {
+    pub(crate) fn new(core: Arc<Core>, hub: Arc<Hub>) -> Api {
+        Api {
+            core,
+            hub,
+            routes: Routes::new(),
+        }
+    }
+}
+
+impl Surface for Api {
+    fn handle<'a>(&'a self, req: Req) -> Pin<Box<dyn Future<Output = HttpResponse> + Send + 'a>> {
+        Box::pin(async move {
+            dispatch(self, req)
+                .await
+                .unwrap_or_else(ApiError::into_response)
+        })
+    }
+}
 
 /// Every path the API serves. Methods are matched in [`dispatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +79,10 @@ enum Route {
 }
 
 #[derive(Debug)]
-pub(crate) struct Routes(matchit::Router<Route>);
+struct Routes(matchit::Router<Route>);
 
 impl Routes {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         let table = [
             ("/v1/health", Route::Health),
             ("/widget.js", Route::WidgetJs),
@@ -137,7 +171,7 @@ fn path_id(params: &matchit::Params) -> Result<i64, ApiError> {
         .ok_or_else(ApiError::not_found)
 }
 
-async fn principal(app: &App, req: &Req) -> Result<Principal, ApiError> {
+async fn principal(app: &Api, req: &Req) -> Result<Principal, ApiError> {
     let token = req.bearer().ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -220,7 +254,7 @@ struct Mark {
 }
 
 /// Routes one request and runs its handler.
-pub(crate) async fn dispatch(app: &App, req: Req) -> Reply {
+async fn dispatch(app: &Api, req: Req) -> Reply {
     let path = req.path.clone();
     let matched = app.routes.0.at(&path).map_err(|_| ApiError::not_found())?;
     let route = *matched.value;
@@ -442,7 +476,7 @@ pub(crate) async fn dispatch(app: &App, req: Req) -> Reply {
 /// The polling fallback: messages after a seq, waiting up to `wait` seconds (at most 30)
 /// for the first one to be committed. Woken by the same bus as the sockets.
 async fn long_poll(
-    app: &App,
+    app: &Api,
     who: &Principal,
     chat_id: i64,
     q: MessageQuery,
@@ -454,7 +488,7 @@ async fn long_poll(
     if q.after.is_none() {
         return Err(ApiError::invalid("wait needs after: the last seq you have"));
     }
-    let hub = app.core.bus().hub();
+    let hub = &*app.hub;
     /// Forgets the chat's waiter entry however the request ends (a client that hangs up
     /// drops this future mid-wait). Declared before the receiver so it drops after it.
     struct Forget<'a>(&'a crate::hub::Hub, i64);
@@ -475,7 +509,7 @@ async fn long_poll(
 }
 
 /// Who the token belongs to.
-async fn me(app: &App, who: &Principal) -> Reply {
+async fn me(app: &Api, who: &Principal) -> Reply {
     match *who {
         Principal::Admin { org_id, addon_id } => ok(&json!({
             "kind": "admin", "organisation_id": org_id, "addon_id": addon_id

@@ -1,5 +1,7 @@
-//! Fan-out of committed events. Each event is encoded to its JSON frame once, here, and
-//! the same bytes go to every socket that should have it.
+//! Fan-out of committed events: the core announces them through [`crate::domain::Live`],
+//! which the bus implements. Each event is encoded to its frame once (see
+//! [`crate::hub::Envelope`]), delivered to this node's hub, and with Redis published to the
+//! other nodes, whose hubs deliver the same bytes.
 //!
 //! Delivery guarantee: at most once. The bus never blocks a publisher and never retries;
 //! a socket that misses an event (slow, reconnecting) recovers it from the database by seq,
@@ -8,171 +10,17 @@
 mod redis;
 mod resp;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-
-use serde::Serialize;
 
 use self::redis::RedisBus;
 pub use self::redis::RedisConfig;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::domain::events::{Actor, ChatSummary, Event, Person};
-use crate::domain::{Message, Presence};
-use crate::hub::{Hub, Wakes};
-
-/// An encoded event with what the hub needs to route it.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub route: Route,
-    /// For messages: the seq, so that each socket can keep its chat in order.
-    pub seq: Option<i64>,
-    pub frame: Utf8Bytes,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum Route {
-    /// Everyone in the chat's room.
-    Room(i64),
-    /// These people join the chat's room first, then everyone in it hears.
-    JoinRoom { chat_id: i64, people: Vec<Person> },
-    /// Everyone in any of these rooms, once each.
-    Rooms(Vec<i64>),
-    /// This person's sockets re-check which chats they may follow (the frame is empty and
-    /// not sent).
-    Recheck(Person),
-    /// The chat's sockets and waiters catch up from the database: a node could not pass
-    /// on some of its events (the frame is empty and not sent).
-    Resync(i64),
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum Frame<'a> {
-    Message {
-        chat_id: i64,
-        message: &'a Message,
-    },
-    Receipt {
-        chat_id: i64,
-        member: Actor,
-        received_seq: i64,
-        read_seq: i64,
-    },
-    Chat {
-        event: &'static str,
-        chat: &'a ChatSummary,
-    },
-    Typing {
-        chat_id: i64,
-        who: Actor,
-        typing: bool,
-    },
-    Presence {
-        operator_id: i64,
-        presence: Presence,
-    },
-}
-
-/// Encodes a server frame. Our frames are plain structs of strings and numbers, which
-/// serde_json always encodes; the fallback is unreachable in practice.
-pub(crate) fn encode(frame: &impl Serialize) -> Utf8Bytes {
-    match serde_json::to_string(frame) {
-        Ok(text) => Utf8Bytes::from(text),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode a frame");
-            Utf8Bytes::from_static(
-                r#"{"type":"error","code":"internal","message":"encoding failed"}"#,
-            )
-        }
-    }
-}
-
-impl Envelope {
-    /// The chat whose order this event keeps: set for messages (with `seq`).
-    pub fn ordered(&self) -> Option<(i64, i64)> {
-        match (&self.route, self.seq) {
-            (Route::Room(chat_id), Some(seq)) => Some((*chat_id, seq)),
-            _ => None,
-        }
-    }
-
-    pub fn of(event: &Event) -> Envelope {
-        match event {
-            Event::Message(m) => Envelope {
-                route: Route::Room(m.chat_id),
-                seq: Some(m.seq),
-                frame: encode(&Frame::Message {
-                    chat_id: m.chat_id,
-                    message: m,
-                }),
-            },
-            Event::Receipt {
-                chat_id,
-                member,
-                received_seq,
-                read_seq,
-            } => Envelope {
-                route: Route::Room(*chat_id),
-                seq: None,
-                frame: encode(&Frame::Receipt {
-                    chat_id: *chat_id,
-                    member: (*member).into(),
-                    received_seq: *received_seq,
-                    read_seq: *read_seq,
-                }),
-            },
-            Event::ChatCreated { chat, audience } => Envelope {
-                route: Route::JoinRoom {
-                    chat_id: chat.id,
-                    people: audience.clone(),
-                },
-                seq: None,
-                frame: encode(&Frame::Chat {
-                    event: "created",
-                    chat,
-                }),
-            },
-            Event::ChatUpdated(chat) => Envelope {
-                route: Route::Room(chat.id),
-                seq: None,
-                frame: encode(&Frame::Chat {
-                    event: "updated",
-                    chat,
-                }),
-            },
-            Event::Typing {
-                chat_id,
-                who,
-                typing,
-            } => Envelope {
-                route: Route::Room(*chat_id),
-                seq: None,
-                frame: encode(&Frame::Typing {
-                    chat_id: *chat_id,
-                    who: (*who).into(),
-                    typing: *typing,
-                }),
-            },
-            Event::AccessChanged(person) => Envelope {
-                route: Route::Recheck(*person),
-                seq: None,
-                frame: Utf8Bytes::from_static(""),
-            },
-            Event::Presence {
-                operator_id,
-                presence,
-                chat_ids,
-            } => Envelope {
-                route: Route::Rooms(chat_ids.clone()),
-                seq: None,
-                frame: encode(&Frame::Presence {
-                    operator_id: *operator_id,
-                    presence: *presence,
-                }),
-            },
-        }
-    }
-}
+use crate::clock::Clock;
+use crate::domain::Live;
+use crate::domain::events::{Event, Person};
+use crate::hub::{Envelope, Hub, Wakes};
 
 /// The bus of this node: its own hub always, and with Redis the other nodes too.
 #[derive(Debug, Clone)]
@@ -189,8 +37,12 @@ impl Bus {
 
     /// A bus shared with other nodes through Redis. Fails if Redis cannot be reached now;
     /// later outages are survived (see `redis`).
-    pub async fn with_redis(hub: Arc<Hub>, config: RedisConfig) -> ::redis::RedisResult<Self> {
-        let redis = RedisBus::start(config, hub.clone()).await?;
+    pub async fn with_redis(
+        hub: Arc<Hub>,
+        config: RedisConfig,
+        clock: Clock,
+    ) -> ::redis::RedisResult<Self> {
+        let redis = RedisBus::start(config, hub.clone(), clock).await?;
         Ok(Bus {
             hub,
             redis: Some(redis),
@@ -201,21 +53,20 @@ impl Bus {
         &self.hub
     }
 
-    /// Announces a committed event. Never blocks and never fails: see the guarantee above.
-    pub fn publish(&self, event: Event) {
-        self.publish_all(std::iter::once(event), &mut Wakes::default());
-    }
-
-    /// Announces a run of events (a committed batch), in order. The local sockets they
-    /// reach are woken through `wakes`, once the caller is done (see [`Hub::deliver_all`]).
-    pub fn publish_all(&self, events: impl IntoIterator<Item = Event>, wakes: &mut Wakes) {
+    /// Announces a run of events (a committed batch), in order: encoded once each, to this
+    /// node's sockets and, with Redis, the other nodes'. The local sockets they reach are
+    /// woken once the run is done (see [`Hub::deliver_all`]). Never blocks and never
+    /// fails: see the guarantee above.
+    pub fn publish(&self, events: &[Event]) {
+        let mut wakes = Wakes::default();
         for event in events {
-            let env = Arc::new(Envelope::of(&event));
-            self.hub.deliver_all(&env, wakes);
+            let env = Arc::new(Envelope::of(event));
+            self.hub.deliver_all(&env, &mut wakes);
             if let Some(redis) = &self.redis {
                 redis.publish(&env);
             }
         }
+        wakes.wake_all();
     }
 
     /// An operator's first socket on this node opened.
@@ -259,5 +110,24 @@ impl Bus {
     /// How often to sweep for operators of dead nodes, if there are other nodes at all.
     pub fn sweep_every(&self) -> Option<std::time::Duration> {
         self.redis.as_ref().map(|r| r.sweep_every())
+    }
+}
+
+impl Live for Bus {
+    fn announce(&self, events: &[Event]) {
+        self.publish(events);
+    }
+
+    fn is_connected(&self, person: Person) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            if self.hub.is_connected(person) {
+                return true;
+            }
+            match person {
+                Person::Operator(id) => self.operator_elsewhere(id).await,
+                // Only operators' presence is kept across nodes.
+                Person::Customer(_) => false,
+            }
+        })
     }
 }

@@ -36,9 +36,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::resp::{self, Reply};
-use super::{Envelope, Route};
+use crate::clock::Clock;
 use crate::domain::events::Person;
-use crate::hub::{Hub, Interest, Topic, Wakes};
+use crate::hub::{Envelope, Hub, Interest, Route, Topic, Wakes};
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -67,6 +67,8 @@ pub struct RedisBus {
     node: String,
     config: RedisConfig,
     hub: Arc<Hub>,
+    /// Presence claims expire by it (every node's clock is the system's but in tests).
+    clock: Clock,
     /// For presence; events go over connections of the bus's own (see `resp`).
     conn: ConnectionManager,
     outgoing: mpsc::Sender<Publish>,
@@ -82,7 +84,11 @@ pub struct RedisBus {
 impl RedisBus {
     /// Connects (failing if Redis cannot be reached at start) and starts the publisher,
     /// the subscriber and the presence refresher of this node.
-    pub async fn start(config: RedisConfig, hub: Arc<Hub>) -> redis::RedisResult<Arc<RedisBus>> {
+    pub async fn start(
+        config: RedisConfig,
+        hub: Arc<Hub>,
+        clock: Clock,
+    ) -> redis::RedisResult<Arc<RedisBus>> {
         let client = redis::Client::open(config.url.as_str())?;
         let conn = client.get_connection_manager().await?;
         let info = client.get_connection_info().clone();
@@ -93,6 +99,7 @@ impl RedisBus {
             node,
             config,
             hub: hub.clone(),
+            clock,
             conn,
             outgoing,
             wanted: DashSet::new(),
@@ -254,7 +261,7 @@ impl RedisBus {
     }
 
     fn expiry(&self) -> i64 {
-        crate::domain::now_ms() + self.config.presence_ttl.as_millis() as i64
+        self.clock.now_ms() + self.config.presence_ttl.as_millis() as i64
     }
 
     /// Records that this node holds a socket of the operator.
@@ -281,9 +288,7 @@ impl RedisBus {
     pub async fn operator_elsewhere(&self, operator_id: i64) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let key = self.presence_key(operator_id);
-        let _: () = conn
-            .zrembyscore(&key, "-inf", crate::domain::now_ms())
-            .await?;
+        let _: () = conn.zrembyscore(&key, "-inf", self.clock.now_ms()).await?;
         let left: i64 = conn.zcard(&key).await?;
         Ok(left > 0)
     }
@@ -296,9 +301,7 @@ impl RedisBus {
         let mut gone = Vec::new();
         for id in ids {
             let key = self.presence_key(id);
-            let _: () = conn
-                .zrembyscore(&key, "-inf", crate::domain::now_ms())
-                .await?;
+            let _: () = conn.zrembyscore(&key, "-inf", self.clock.now_ms()).await?;
             let left: i64 = conn.zcard(&key).await?;
             if left == 0 {
                 let _: () = conn.srem(self.presence_index(), id).await?;
@@ -626,7 +629,7 @@ async fn subscriber(
                     }
                     heard = tokio::time::Instant::now();
                     // What one read brings is one batch of wakes for the socket threads.
-                    let taken = crate::hub::holding_wakes(|| {
+                    let taken = crate::wake::holding_wakes(|| {
                         take_replies(&bus, &mut buf, &mut confirming)
                     });
                     if let Err(e) = taken {

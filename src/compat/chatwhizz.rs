@@ -6,6 +6,8 @@
 //! Fields are read from a JSON body, a form body, or (for the token call, a GET) the query
 //! string, whichever the client sends.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode, header};
@@ -14,8 +16,36 @@ use serde_json::{Map, Value, json};
 use crate::domain::{
     AssignmentPatch, DomainPatch, Error, NewAssignment, NewDomain, NewOperator, Presence, Principal,
 };
-use crate::http::request::parse_query;
-use crate::http::{ApiError, App, HttpResponse, Req};
+use crate::http::parse_query;
+use crate::http::{ApiError, HttpResponse, Req, Surface};
+
+/// The Chatwhizz admin API, as the router mounts it.
+#[derive(Debug)]
+pub(crate) struct Chatwhizz {
+    core: std::sync::Arc<crate::domain::Core>,
+}
+
+impl Chatwhizz {
+    pub(crate) fn new(core: std::sync::Arc<crate::domain::Core>) -> Chatwhizz {
+        Chatwhizz { core }
+    }
+}
+
+impl Surface for Chatwhizz {
+    fn handle<'a>(
+        &'a self,
+        req: Req,
+    ) -> std::pin::Pin<Box<dyn Future<Output = HttpResponse> + Send + 'a>> {
+        Box::pin(handle(self, req))
+    }
+
+    fn refuse(&self, e: ApiError) -> HttpResponse {
+        envelope(
+            e.status,
+            &serde_json::json!({"status": 0, "message": e.message}),
+        )
+    }
+}
 
 type Reply = Result<HttpResponse, ApiError>;
 
@@ -135,7 +165,7 @@ fn link(req: &Req, widget_key: &str) -> String {
     format!(r#"<script src="//{host}/widget.js" data-souq-key="{widget_key}" async></script>"#)
 }
 
-async fn principal(app: &App, req: &Req) -> Result<Principal, ApiError> {
+async fn principal(app: &Chatwhizz, req: &Req) -> Result<Principal, ApiError> {
     let token = req
         .headers
         .get("access_token")
@@ -164,14 +194,14 @@ fn id_segment(s: &str) -> Result<i64, ApiError> {
 }
 
 /// Answers one `/admin/...` request, errors included, in the Chatwhizz envelope.
-pub async fn handle(app: &App, req: Req) -> HttpResponse {
+async fn handle(app: &Chatwhizz, req: Req) -> HttpResponse {
     match route(app, &req).await {
         Ok(response) => response,
         Err(e) => envelope(e.status, &json!({"status": 0, "message": e.message})),
     }
 }
 
-async fn route(app: &App, req: &Req) -> Reply {
+async fn route(app: &Chatwhizz, req: &Req) -> Reply {
     let core = &app.core;
     let path: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(2).collect();
     let method = &req.method;
@@ -216,7 +246,7 @@ async fn route(app: &App, req: &Req) -> Reply {
 }
 
 async fn admin_route(
-    app: &App,
+    app: &Chatwhizz,
     req: &Req,
     who: &Principal,
     f: &Fields,

@@ -11,14 +11,41 @@
 //! store).
 //! The coordinates `x`, `y` are accepted and not used.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::domain::{Error, NewMessage, Numbered, Principal, Said};
-use crate::http::request::parse_query;
-use crate::http::{App, HttpResponse, Req};
+use crate::http::parse_query;
+use crate::http::{ApiError, HttpResponse, Req, Surface};
+
+/// The hojre customer API, as the router mounts it.
+#[derive(Debug)]
+pub(crate) struct Hojre {
+    core: std::sync::Arc<crate::domain::Core>,
+}
+
+impl Hojre {
+    pub(crate) fn new(core: std::sync::Arc<crate::domain::Core>) -> Hojre {
+        Hojre { core }
+    }
+}
+
+impl Surface for Hojre {
+    fn handle<'a>(
+        &'a self,
+        req: Req,
+    ) -> std::pin::Pin<Box<dyn Future<Output = HttpResponse> + Send + 'a>> {
+        Box::pin(handle(self, req))
+    }
+
+    fn refuse(&self, e: ApiError) -> HttpResponse {
+        error(&e.message)
+    }
+}
 
 /// The largest page, and the size of a page when none is asked for.
 const PER_PAGE: u64 = 300;
@@ -159,7 +186,7 @@ fn messages(
 }
 
 /// Answers one `/web/...` request.
-pub async fn handle(app: &App, req: Req) -> HttpResponse {
+async fn handle(app: &Hojre, req: Req) -> HttpResponse {
     let params = params(&req);
     let who = match (get(&params, "username"), get(&params, "token")) {
         (Some(username), Some(token)) => match app.core.customer_by_phone(token, username).await {
@@ -270,7 +297,7 @@ pub async fn handle(app: &App, req: Req) -> HttpResponse {
 /// The customer's chat with the store `storeId`: the newest one, opened if `open` and there
 /// is no unfinished one.
 async fn store_chat(
-    app: &App,
+    app: &Hojre,
     who: &Principal,
     params: &[(String, String)],
     open: bool,

@@ -10,6 +10,8 @@
 //! `chats/channel/received/support`, `chats/channel/read/support`, `chats/list`,
 //! `profile/get`.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
@@ -18,7 +20,37 @@ use serde_json::{Value, json};
 
 use crate::domain::events::Person;
 use crate::domain::{Error, Message, MessageQuery, NewMessage, Presence, Principal};
-use crate::http::{ApiError, App, HttpResponse, Req};
+use crate::http::{ApiError, HttpResponse, Req, Surface};
+
+/// The iqstore public API, as the router mounts it.
+#[derive(Debug)]
+pub(crate) struct Iqstore {
+    core: std::sync::Arc<crate::domain::Core>,
+    /// Whether a client is online (`Online`).
+    hub: std::sync::Arc<crate::hub::Hub>,
+}
+
+impl Iqstore {
+    pub(crate) fn new(
+        core: std::sync::Arc<crate::domain::Core>,
+        hub: std::sync::Arc<crate::hub::Hub>,
+    ) -> Iqstore {
+        Iqstore { core, hub }
+    }
+}
+
+impl Surface for Iqstore {
+    fn handle<'a>(
+        &'a self,
+        req: Req,
+    ) -> std::pin::Pin<Box<dyn Future<Output = HttpResponse> + std::marker::Send + 'a>> {
+        Box::pin(handle(self, req))
+    }
+
+    fn refuse(&self, e: ApiError) -> HttpResponse {
+        failure(&e.message)
+    }
+}
 
 fn answer(body: Value) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -133,7 +165,7 @@ fn message(m: &Message, me: i64) -> Value {
 }
 
 /// Answers one `/public/api/v1/...` request.
-pub async fn handle(app: &App, req: Req) -> HttpResponse {
+async fn handle(app: &Iqstore, req: Req) -> HttpResponse {
     if req.method != hyper::Method::POST {
         return failure("every call of this API is a POST");
     }
@@ -143,7 +175,7 @@ pub async fn handle(app: &App, req: Req) -> HttpResponse {
     }
 }
 
-async fn route(app: &App, req: &Req) -> Result<Value, ApiError> {
+async fn route(app: &Iqstore, req: &Req) -> Result<Value, ApiError> {
     let core = &app.core;
     let token = session_token(req).ok_or_else(|| {
         ApiError::from(Error::Unauthorized(
@@ -251,7 +283,7 @@ async fn route(app: &App, req: &Req) -> Result<Value, ApiError> {
 }
 
 /// The calling client, as iqstore shows it.
-async fn client(app: &App, who: &Principal, customer_id: i64) -> Result<Value, ApiError> {
+async fn client(app: &Iqstore, who: &Principal, customer_id: i64) -> Result<Value, ApiError> {
     let card = app.core.customer_card(who, customer_id).await?;
     let c = card.customer;
     Ok(json!({
@@ -260,7 +292,7 @@ async fn client(app: &App, who: &Principal, customer_id: i64) -> Result<Value, A
         "CompanyId": who.org_id(),
         "Type": "crm",
         "Name": c.name,
-        "Online": app.core.bus().hub().is_connected(Person::Customer(c.id)),
+        "Online": app.hub.is_connected(Person::Customer(c.id)),
         "CustomerId": c.id,
         "ChannelId": null,
         "TelegramId": c.telegram_id,

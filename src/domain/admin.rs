@@ -6,9 +6,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Core, Error, Principal, Result, conflict_on_unique, email, now_ms, optional, required,
-};
+use super::{Core, Error, Principal, Result, conflict_on_unique, email, optional, required};
 use crate::store::entity::{assignment, domain, inbox, operator};
 
 /// An operator's presence. Stored as the numbers Chatwhizz uses.
@@ -257,7 +255,7 @@ impl Core {
             None => email.split('@').next().unwrap_or_default().to_owned(),
         };
         let avatar = optional("avatar", new.avatar.as_deref(), 2000)?;
-        let now = now_ms();
+        let now = self.now_ms();
         let tx = self.store().write().await?;
         let model = operator::ActiveModel {
             org_id: Set(org_id),
@@ -377,7 +375,7 @@ impl Core {
         if let Some(presence) = patch.presence {
             model.presence = Set(presence.code());
         }
-        model.updated_at = Set(now_ms());
+        model.updated_at = Set(self.now_ms());
         let updated = model
             .update(&*tx)
             .await
@@ -399,7 +397,7 @@ impl Core {
             .filter(|e| !e.trim().is_empty())
             .map(|e| email("email", e))
             .transpose()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let tx = self.store().write().await?;
         let domain = domain::ActiveModel {
             org_id: Set(org_id),
@@ -494,7 +492,7 @@ impl Core {
         if let Some(active) = patch.active {
             model.active = Set(active);
         }
-        model.updated_at = Set(now_ms());
+        model.updated_at = Set(self.now_ms());
         let updated = model
             .update(&*tx)
             .await
@@ -515,7 +513,7 @@ impl Core {
             domain_id: Set(domain.id),
             unique_id: Set(unique_id),
             name: Set(name),
-            created_at: Set(now_ms()),
+            created_at: Set(self.now_ms()),
             ..Default::default()
         }
         .insert(&*tx)
@@ -596,7 +594,7 @@ impl Core {
             is_admin: Set(new.is_admin),
             online: Set(new.online),
             receiving: Set(new.receiving),
-            created_at: Set(now_ms()),
+            created_at: Set(self.now_ms()),
             ..Default::default()
         }
         .insert(&*tx)
@@ -695,7 +693,7 @@ impl Core {
 
     /// Tells the operator's live sockets to re-read which chats they may follow.
     pub(super) fn access_changed(&self, operator_id: i64) {
-        self.bus().publish(super::events::Event::AccessChanged(
+        self.announce(super::events::Event::AccessChanged(
             super::events::Person::Operator(operator_id),
         ));
     }
@@ -739,16 +737,14 @@ impl Core {
         };
         if to == Presence::Offline {
             let person = super::events::Person::Operator(operator_id);
-            if self.bus().hub().is_connected(person)
-                || self.bus().operator_elsewhere(operator_id).await
-            {
+            if self.live.is_connected(person).await {
                 tx.commit().await?;
                 return Ok(());
             }
         }
         let mut model = current.into_active_model();
         model.presence = Set(to.code());
-        model.updated_at = Set(now_ms());
+        model.updated_at = Set(self.now_ms());
         model.update(&*tx).await?;
         tx.commit().await?;
         self.publish_presence(operator_id, to).await
@@ -772,7 +768,7 @@ impl Core {
             .into_iter()
             .map(|c| c.id)
             .collect();
-        self.bus().publish(super::events::Event::Presence {
+        self.announce(super::events::Event::Presence {
             operator_id,
             presence,
             chat_ids,

@@ -11,7 +11,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Core, Error, Principal, Result, conflict_on_unique, email, now_ms};
+use super::{Core, Error, Principal, Result, conflict_on_unique, email};
 use crate::store::WriteTx;
 use crate::store::entity::{addon, admin_token, customer, operator, organisation, session};
 
@@ -146,7 +146,7 @@ impl Core {
             ));
         }
         let password_hash = hash_password(new.password).await?;
-        let now = now_ms();
+        let now = self.now_ms();
         let tx = self.store().write().await?;
         let org = organisation::ActiveModel {
             email: Set(email),
@@ -216,7 +216,7 @@ impl Core {
     /// token works once: of two concurrent refreshes, one fails with `Unauthorized`.
     pub async fn refresh_admin_tokens(&self, refresh_token: &str) -> Result<AdminTokens> {
         const REFUSED: Error = Error::Unauthorized("refresh token is not valid");
-        let now = now_ms();
+        let now = self.now_ms();
         let row = admin_token::Entity::find()
             .filter(admin_token::Column::RefreshHash.eq(token_hash(refresh_token)))
             .one(self.store().db())
@@ -251,7 +251,7 @@ impl Core {
         org: &organisation::Model,
         addon: &addon::Model,
     ) -> Result<AdminTokens> {
-        let now = now_ms();
+        let now = self.now_ms();
         let access_token = new_token(ACCESS_PREFIX);
         let refresh_token = new_token(REFRESH_PREFIX);
         let ttl = self.limits().access_token_ttl_s;
@@ -286,7 +286,7 @@ impl Core {
     /// [`Core::authenticate`], with when the token expires (unix ms): a live socket is
     /// closed then.
     pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, i64)> {
-        let now = now_ms();
+        let now = self.now_ms();
         let db = self.store().db();
         if token.starts_with(ACCESS_PREFIX) {
             let row = admin_token::Entity::find()
@@ -364,7 +364,7 @@ impl Core {
         kind: &str,
         subject_id: i64,
     ) -> Result<SessionToken> {
-        let now = now_ms();
+        let now = self.now_ms();
         let token = new_token(SESSION_PREFIX);
         let expires_at = now + self.limits().session_ttl_s * 1000;
         let tx = self.store().write().await?;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::events::{ChatSummary, Event, Person};
 use super::messages::{Message, member_of};
-use super::{Core, Error, Principal, Result, now_ms};
+use super::{Core, Error, Principal, Result};
 use crate::store::entity::{chat, customer, message, operator};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -177,7 +177,7 @@ impl Core {
         let (model, created) = match find_open().one(&*tx).await? {
             Some(model) => (model, false),
             None => {
-                let now = now_ms();
+                let now = self.now_ms();
                 let inserted = chat::ActiveModel {
                     org_id: Set(org_id),
                     inbox_id: Set(inbox.id),
@@ -218,7 +218,7 @@ impl Core {
                     .into_iter()
                     .map(Person::Operator),
             );
-            self.bus().publish(Event::ChatCreated {
+            self.announce(Event::ChatCreated {
                 chat: summary(&model),
                 audience,
             });
@@ -415,7 +415,7 @@ impl Core {
     /// Announces a chat's new status (read back after the commit that changed it).
     pub(super) async fn publish_chat_updated(&self, id: i64) -> Result<()> {
         if let Some(model) = chat::Entity::find_by_id(id).one(self.store().db()).await? {
-            self.bus().publish(Event::ChatUpdated(summary(&model)));
+            self.announce(Event::ChatUpdated(summary(&model)));
         }
         Ok(())
     }

@@ -6,7 +6,6 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, Query
 use super::auth::token_hash;
 use super::{
     AdminTokens, Assignment, Core, Domain, Error, Inbox, NewOperator, Operator, Principal, Result,
-    now_ms,
 };
 use crate::store::entity::{
     addon, admin_token, assignment, domain, inbox, operator, operator_addon, organisation,
@@ -29,7 +28,7 @@ impl Core {
             .one(self.store().db())
             .await?
             .ok_or(REFUSED)?;
-        let now = now_ms();
+        let now = self.now_ms();
         if row.access_expires_at <= now {
             return Err(Error::Unauthorized("token has expired"));
         }

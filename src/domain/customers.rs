@@ -4,7 +4,7 @@
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 
-use super::{Core, Error, Principal, Result, now_ms, optional};
+use super::{Core, Error, Principal, Result, optional};
 use crate::store::entity::customer;
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,7 +115,7 @@ impl Core {
                 }
                 (None, None) => None,
             };
-            let now = now_ms();
+            let now = self.now_ms();
             let result = match existing {
                 Some(current) => {
                     let mut model = current.into_active_model();

@@ -1,5 +1,9 @@
-//! What the core announces after a commit. The bus encodes each event once and the hub
-//! hands the bytes to every interested socket.
+//! What the core announces after a commit, and the interface it announces through
+//! ([`Live`]): the bus implements it, encodes each event once, and the hub hands the bytes
+//! to every interested socket.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,4 +85,17 @@ pub enum Event {
         presence: Presence,
         chat_ids: Vec<i64>,
     },
+}
+
+/// The live side of souq as the core sees it: where committed events go, and who is
+/// connected. The server's bus implements it (in process, or across nodes with Redis).
+pub trait Live: Send + Sync + std::fmt::Debug {
+    /// Announces a run of events (a committed batch) in order. Never blocks and never
+    /// fails: delivery is at most once, and a client that misses an event recovers it
+    /// from the database by seq.
+    fn announce(&self, events: &[Event]);
+
+    /// Whether a socket of `person` is open on this node, or (with several nodes) on
+    /// another; when another node cannot be asked, no.
+    fn is_connected(&self, person: Person) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }

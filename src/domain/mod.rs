@@ -17,11 +17,12 @@ mod storefront;
 mod support;
 mod widget;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use sea_orm::DbErr;
 
-use crate::bus::Bus;
+pub use self::events::Live;
+use crate::clock::Clock;
 use crate::store::Store;
 
 pub use admin::{
@@ -37,6 +38,8 @@ pub use messages::{
 pub use storefront::{Numbered, Said, StoreChat};
 pub use support::{CustomerCard, OperatorCard};
 pub use widget::Visitor;
+
+use self::events::Event;
 
 /// Who is calling, as proven by a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,26 +124,28 @@ impl Default for Limits {
 pub struct Core {
     store: Store,
     limits: Limits,
-    bus: Bus,
+    live: Arc<dyn Live>,
+    clock: Clock,
     /// Where every message is stored: concurrent sends share a commit.
     appender: append::Appender,
 }
 
 impl Core {
     /// Must be called within a tokio runtime: it starts the message writer task.
-    pub fn new(store: Store, limits: Limits, bus: Bus) -> Self {
-        let appender = append::Appender::start(store.clone(), bus.clone());
+    pub fn new(store: Store, limits: Limits, live: Arc<dyn Live>, clock: Clock) -> Self {
+        let appender = append::Appender::start(store.clone(), live.clone(), clock.clone());
         Core {
             store,
             limits,
-            bus,
+            live,
+            clock,
             appender,
         }
     }
 
-    /// Where committed events are announced.
-    pub fn bus(&self) -> &Bus {
-        &self.bus
+    /// Announces events that need no commit of their own (typing), or one just made.
+    pub fn announce(&self, event: Event) {
+        self.live.announce(std::slice::from_ref(&event));
     }
 
     pub fn store(&self) -> &Store {
@@ -154,14 +159,16 @@ impl Core {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
-}
 
-/// Current time in unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    /// The time every rule of the core reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now, in unix milliseconds, by [`Core::clock`].
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
 }
 
 /// Checks a required text field: trimmed, non-empty, at most `max` characters.

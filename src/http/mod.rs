@@ -1,14 +1,13 @@
-//! The hyper server: accepting connections, reading bounded bodies, routing, turning
-//! errors into the one JSON error shape, and graceful shutdown.
+//! The HTTP transport: accepting connections, reading bounded bodies, the native error
+//! shape, and stopping. It knows no route: the server hands it a [`Service`], and the APIs
+//! plug into the router as [`Surface`]s.
 
 mod error;
-pub(crate) mod request;
-mod threads;
-mod ws;
+mod request;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,50 +22,57 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use error::ApiError;
-pub use request::Req;
-pub use threads::SocketThreads;
-pub use ws::WsLimits;
-
-use crate::domain::Core;
-
-/// Everything a request handler can reach.
-#[derive(Debug)]
-pub struct App {
-    pub core: Core,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-    pub ws: WsLimits,
-    /// The threads live sockets run on.
-    pub sockets: SocketThreads,
-    pub(crate) routes: crate::api::Routes,
-}
-
-impl App {
-    pub fn new(core: Core, max_body_bytes: usize, ws: WsLimits, sockets: SocketThreads) -> Self {
-        App {
-            core,
-            max_body_bytes,
-            ws,
-            sockets,
-            routes: crate::api::Routes::new(),
-        }
-    }
-}
+pub use request::{Req, parse_query};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting, asks every open
-/// connection to finish its current request and close, and waits up to `grace` for them.
-pub async fn serve(
+/// What answers the requests of a connection: the router.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request (every error is an answer too).
+    fn call(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = HttpResponse> + Send;
+}
+
+/// An API the router serves under a path prefix: it answers requests read in full, and
+/// words the refusal of those that could not be read (too large, cut off) in its own
+/// error shape.
+pub trait Surface: Send + Sync + std::fmt::Debug {
+    fn handle<'a>(&'a self, req: Req) -> Pin<Box<dyn Future<Output = HttpResponse> + Send + 'a>>;
+
+    /// The answer to a request whose body could not be read.
+    fn refuse(&self, error: ApiError) -> HttpResponse {
+        error.into_response()
+    }
+}
+
+/// The connections still open once [`serve`] stopped accepting; each has been asked to
+/// finish its current request and close.
+#[derive(Debug)]
+pub struct Open {
+    stop: watch::Sender<bool>,
+}
+
+impl Open {
+    /// Resolves once every connection has closed (upgraded sockets have left their HTTP
+    /// connection behind, and are not counted).
+    pub async fn closed(&self) {
+        self.stop.closed().await;
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and asks every open
+/// connection to finish its current request and close; returns those still open.
+pub async fn serve<S: Service>(
     listener: TcpListener,
-    app: Arc<App>,
+    service: Arc<S>,
     shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
+) -> Open {
     // Each connection task holds a receiver: `send` tells them all to wind down, and
     // `closed` resolves once the last one has dropped its receiver.
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(heartbeat(Arc::downgrade(&app)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -81,7 +87,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(app.clone(), stream, peer, stop_rx.clone()));
+                tokio::spawn(connection(service.clone(), stream, peer, stop_rx.clone()));
             }
             () = &mut shutdown => break,
         }
@@ -89,43 +95,19 @@ pub async fn serve(
     drop(listener);
     drop(stop_rx);
     let _ = stop_tx.send(true);
-    // Sockets get a close (1001) so that their clients reconnect elsewhere.
-    app.core.bus().hub().shutdown();
-    let drained = async {
-        stop_tx.closed().await;
-        // Upgraded sockets left their HTTP connection behind; wait for their sessions.
-        while !app.core.bus().hub().is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period");
-    }
+    Open { stop: stop_tx }
 }
 
-/// Pings every live socket once per `ping_every`, a slice of them at a time, until the
-/// app is dropped. A socket silent for longer than the idle timeout closes on its ping.
-async fn heartbeat(app: std::sync::Weak<App>) {
-    const SLICES: u32 = 16;
-    let Some(every) = app.upgrade().map(|a| a.ws.ping_every / SLICES) else {
-        return;
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for slice in (0..u64::from(SLICES)).cycle() {
-        tick.tick().await;
-        let Some(app) = app.upgrade() else { return };
-        app.core.bus().hub().heartbeat(slice, u64::from(SLICES));
-    }
-}
-
-async fn connection(
-    app: Arc<App>,
+async fn connection<S: Service>(
+    service: Arc<S>,
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| handle(app.clone(), peer, req));
+    let service = service_fn(move |req| {
+        let service = service.clone();
+        async move { Ok::<_, std::convert::Infallible>(service.call(req, peer).await) }
+    });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
@@ -142,41 +124,4 @@ async fn connection(
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
-}
-
-async fn handle(
-    app: Arc<App>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<HttpResponse, Infallible> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let response = if path == "/v1/ws" {
-        ws::upgrade(app.clone(), req).await
-    } else {
-        match Req::read(req, app.max_body_bytes).await {
-            Ok(req) if req.path.starts_with("/admin/") => {
-                Ok(crate::compat::chatwhizz::handle(&app, req).await)
-            }
-            Ok(req) if req.path.starts_with("/web/") => {
-                Ok(crate::compat::hojre::handle(&app, req).await)
-            }
-            Ok(req) if req.path.starts_with("/public/api/v1/") => {
-                Ok(crate::compat::iqstore::handle(&app, req).await)
-            }
-            Ok(req) => crate::api::dispatch(&app, req).await,
-            Err(e) if path.starts_with("/admin/") => Ok(crate::compat::chatwhizz::envelope(
-                e.status,
-                &serde_json::json!({"status": 0, "message": e.message}),
-            )),
-            Err(e) if path.starts_with("/web/") => Ok(crate::compat::hojre::error(&e.message)),
-            Err(e) if path.starts_with("/public/api/v1/") => {
-                Ok(crate::compat::iqstore::failure(&e.message))
-            }
-            Err(e) => Err(e),
-        }
-    };
-    let response = response.unwrap_or_else(|e| e.into_response());
-    tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
-    Ok(response)
 }

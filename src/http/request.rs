@@ -123,40 +123,12 @@ impl Req {
     }
 }
 
-/// Decodes `a=1&b=x%20y` into pairs (`+` is a space).
+/// Decodes `a=1&b=x%20y` into pairs (`+` is a space; bytes that are not UTF-8 become
+/// U+FFFD).
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -176,5 +148,7 @@ mod tests {
                 ("e".into(), "%4".into()),
             ]
         );
+        // An escape at the very end is decoded too.
+        assert_eq!(parse_query("q=%41"), vec![("q".into(), "A".into())]);
     }
 }

@@ -1,8 +1,9 @@
 //! This node's live connections: per-chat rooms of sessions, the sessions of each person,
-//! and long-poll waiters. The hub only hands encoded frames to bounded session queues; it
-//! never touches the database and never waits on a socket.
+//! and long-poll waiters. The hub only hands encoded frames ([`Envelope`]) to bounded
+//! session queues; it never touches the database and never waits on a socket.
 
-use std::cell::RefCell;
+mod frame;
+
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -12,7 +13,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::bus::{Envelope, Route};
+pub use self::frame::{Envelope, Route, encode};
 use crate::domain::events::Person;
 
 /// What a node can be subscribed to on a shared bus.
@@ -178,58 +179,6 @@ impl Wakes {
 impl Drop for Wakes {
     fn drop(&mut self) {
         self.wake_all();
-    }
-}
-
-thread_local! {
-    /// Inside [`holding_wakes`] on this thread: the wakes held back until it returns.
-    static HELD: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
-}
-
-/// Runs `f`, and wakes what [`wake_or_hold`] is given on this thread meanwhile only once
-/// `f` returns (or panics). A runtime woken from another thread is woken by a system call
-/// each time; a committed batch wakes many tasks there, one by one, while that thread may
-/// be taking them as fast as they come. Held, they cost one call per thread and batch.
-/// Calls inside it leave the waking to the outermost.
-pub fn holding_wakes<R>(f: impl FnOnce() -> R) -> R {
-    struct Release;
-    impl Drop for Release {
-        fn drop(&mut self) {
-            // Taken out first: a task woken here may hold or wake again.
-            let held = HELD
-                .try_with(|held| held.borrow_mut().take())
-                .ok()
-                .flatten();
-            for waker in held.into_iter().flatten() {
-                waker.wake();
-            }
-        }
-    }
-    let outermost = HELD
-        .try_with(|held| {
-            let mut held = held.borrow_mut();
-            let outermost = held.is_none();
-            if outermost {
-                *held = Some(Vec::new());
-            }
-            outermost
-        })
-        .unwrap_or(false);
-    let _release = outermost.then(|| Release);
-    f()
-}
-
-/// Wakes `waker` now, or, inside [`holding_wakes`] on this thread, when that returns. The
-/// waker must not panic: one that does leaves the wakes held after it unwoken.
-pub fn wake_or_hold(waker: Waker) {
-    let mut waker = Some(waker);
-    let _ = HELD.try_with(|held| {
-        if let Some(list) = held.borrow_mut().as_mut() {
-            list.extend(waker.take());
-        }
-    });
-    if let Some(waker) = waker {
-        waker.wake();
     }
 }
 
@@ -592,52 +541,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
-
-    /// A waker that counts its wakes.
-    struct Count(AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counted() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
-
-    #[test]
-    fn wakes_held_during_a_batch_come_when_the_outermost_batch_ends() {
-        let (count, waker) = counted();
-        let woken = || count.0.load(Ordering::SeqCst);
-        wake_or_hold(waker.clone());
-        assert_eq!(woken(), 1, "woken at once outside a batch");
-        holding_wakes(|| {
-            wake_or_hold(waker.clone());
-            holding_wakes(|| wake_or_hold(waker.clone()));
-            assert_eq!(woken(), 1, "held until the outermost batch ends");
-            // Another thread's wakes are its own.
-            std::thread::scope(|s| {
-                s.spawn(|| wake_or_hold(waker.clone()));
-            });
-            assert_eq!(woken(), 2, "another thread's wake is not held");
-        });
-        assert_eq!(woken(), 4, "both held wakes come at the end");
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            holding_wakes(|| {
-                wake_or_hold(waker.clone());
-                panic!("mid-batch");
-            })
-        }));
-        assert!(panicked.is_err());
-        assert_eq!(woken(), 5, "a batch that panics still wakes what it held");
-        wake_or_hold(waker);
-        assert_eq!(woken(), 6, "nothing is held after a panic");
-    }
+    use crate::wake::tests::counted;
 
     /// Mailboxes hold many of these, and fan-out moves one per delivery.
     #[test]

@@ -75,7 +75,7 @@ pub(super) async fn run(store: &Store) -> Result<(), DbErr> {
         tx.execute_raw(stmt(
             backend,
             "INSERT INTO souq_migrations (version, applied_at) VALUES (?, ?)",
-            [version.into(), crate::domain::now_ms().into()],
+            [version.into(), crate::clock::system_ms().into()],
         ))
         .await?;
         tx.commit().await?;
@@ -114,7 +114,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!(
             "souq-migrate-{}-{}.db",
             std::process::id(),
-            crate::domain::now_ms()
+            crate::clock::system_ms()
         ));
         {
             let old = rusqlite::Connection::open(&path).expect("a new file");

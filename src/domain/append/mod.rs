@@ -37,9 +37,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::events::Event;
 use super::events::Person;
 use super::messages::{Message, Receipt};
-use super::{Error, Result, now_ms};
-use crate::bus::Bus;
-use crate::hub::Wakes;
+use super::{Error, Live, Result};
+use crate::clock::system_ms as now_ms;
 use crate::store::entity::{chat, message, receipt};
 use crate::store::{Store, WriteTx, stmt};
 
@@ -371,7 +370,7 @@ impl Drop for Appender {
 impl Appender {
     /// Starts the appender: on a SQLite file, a thread with its own connection; otherwise
     /// a task (PostgreSQL's writer, or the pool's). Must be called within a tokio runtime.
-    pub fn start(store: Store, bus: Bus) -> Appender {
+    pub fn start(store: Store, bus: Arc<dyn Live>, _clock: crate::clock::Clock) -> Appender {
         let (mut lane, queues) = lane();
         if let Some((file, lock)) = store.sqlite_writer() {
             match sqlite::connect(&file) {
@@ -497,7 +496,7 @@ fn stopped() -> Error {
     Error::Internal("the message writer has stopped".into())
 }
 
-async fn run(store: Store, bus: Bus, mut queues: Queues) {
+async fn run(store: Store, bus: Arc<dyn Live>, mut queues: Queues) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         queues.next(&mut batch).await;
@@ -505,12 +504,12 @@ async fn run(store: Store, bus: Bus, mut queues: Queues) {
             return;
         }
         match commit(&store, &batch, Repeats::Assume).await {
-            Ok(outcomes) => answer(&bus, batch.drain(..), outcomes),
+            Ok(outcomes) => answer(&*bus, batch.drain(..), outcomes),
             Err(e) => {
                 tracing::debug!(error = %e, sends = batch.len(), "a batch failed; retrying its sends one by one");
                 for job in batch.drain(..) {
                     let outcome = alone(&store, &job).await;
-                    answer(&bus, std::iter::once(job), vec![outcome]);
+                    answer(&*bus, std::iter::once(job), vec![outcome]);
                 }
             }
         }
@@ -538,17 +537,15 @@ async fn alone(store: &Store, job: &Job) -> Result<Done> {
 /// Announces the new messages and moved cursors of a committed batch, in order, then
 /// answers each caller; the sockets the batch reaches are woken last, each once per call
 /// (PostgreSQL's writer calls it once for a batch's messages and once for its marks).
-fn answer(bus: &Bus, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
+fn answer(bus: &dyn Live, jobs: impl Iterator<Item = Job>, outcomes: Vec<Result<Done>>) {
     let done: Vec<(Job, Result<Done>)> = jobs.zip(outcomes).collect();
-    crate::hub::holding_wakes(|| {
-        let mut wakes = Wakes::default();
+    crate::wake::holding_wakes(|| {
         // Events before answers: a sender's device gets its message, then the ack.
-        bus.publish_all(announcements(&done), &mut wakes);
+        bus.announce(&announcements(&done));
         for (job, outcome) in done {
             // A caller that went away still had its job done, as with any lost answer.
             let _ = job.reply.send(outcome);
         }
-        wakes.wake_all();
     });
 }
 
@@ -1904,9 +1901,28 @@ mod tests {
         drop_postgres(store, db).await;
     }
 
+    /// Announcements that go nowhere.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl Live for Silent {
+        fn announce(&self, _: &[Event]) {}
+
+        fn is_connected(
+            &self,
+            _: Person,
+        ) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+            Box::pin(std::future::ready(false))
+        }
+    }
+
     /// An appender on `store` whose announcements go nowhere.
     fn appender(store: &Store) -> Appender {
-        Appender::start(store.clone(), Bus::new(Arc::new(crate::hub::Hub::new())))
+        Appender::start(
+            store.clone(),
+            Arc::new(Silent),
+            crate::clock::Clock::system(),
+        )
     }
 
     fn send(kind: &'static str) -> Append {

@@ -33,9 +33,10 @@ use super::{
     Done, Job, Key, MAX_BATCH, Marked, Queues, Stored, Work, advance, alone, answer, key,
     same_error,
 };
-use crate::bus::Bus;
+use crate::clock::system_ms as now_ms;
+use crate::domain::Live;
 use crate::domain::Receipt;
-use crate::domain::{Error, Result, now_ms};
+use crate::domain::{Error, Result};
 use crate::store::Store;
 use crate::store::entity::chat;
 
@@ -230,7 +231,7 @@ impl Take {
 /// the node, and their callers hear that the writer stopped.
 pub(super) async fn run(
     writers: Vec<Writer>,
-    bus: Bus,
+    bus: Arc<dyn Live>,
     mut queues: Queues,
     backlog: Arc<AtomicUsize>,
 ) {
@@ -373,14 +374,14 @@ async fn store(
     mut writer: Writer,
     n: usize,
     mut sends: Vec<Job>,
-    bus: Bus,
+    bus: Arc<dyn Live>,
     ids: Vec<i64>,
 ) -> (Writer, usize, Vec<i64>) {
     let mut marks: Vec<Job> = sends.extract_if(.., |job| job.append().is_none()).collect();
     for jobs in [&mut sends, &mut marks] {
         if !jobs.is_empty() {
             let outcomes = writer.commit(jobs).await;
-            answer(&bus, jobs.drain(..), outcomes);
+            answer(&*bus, jobs.drain(..), outcomes);
         }
     }
     (writer, n, ids)

@@ -19,10 +19,11 @@ use tokio::sync::Mutex;
 use super::{
     Append, Done, Job, MAX_BATCH, Mark, Marked, Queues, SAVE_RECEIPT, Stored, Work, advance, answer,
 };
-use crate::bus::Bus;
+use crate::clock::system_ms as now_ms;
+use crate::domain::Live;
 use crate::domain::Receipt;
 use crate::domain::events::Person;
-use crate::domain::{Error, Result, now_ms};
+use crate::domain::{Error, Result};
 use crate::store::entity::{chat, message};
 
 /// The writer's connection and the checkpointer's.
@@ -56,7 +57,7 @@ pub(super) fn connect(file: &Path) -> rusqlite::Result<Connections> {
 pub(super) fn start(
     conns: Connections,
     lock: Arc<Mutex<()>>,
-    bus: Bus,
+    bus: Arc<dyn Live>,
     queues: Queues,
 ) -> Arc<Shared> {
     let Connections {
@@ -111,7 +112,7 @@ pub(super) struct Shared {
     pub(super) writer: std::sync::Mutex<Writer>,
     /// The file's writer lock, which every SQLite write of the process takes.
     lock: Arc<Mutex<()>>,
-    bus: Bus,
+    bus: Arc<dyn Live>,
     pub(super) queued: AtomicUsize,
     /// The size of the thread's batches, which tells how busy the writer is.
     pub(super) load: Arc<Load>,
@@ -155,7 +156,7 @@ impl Shared {
             && let Ok(_file) = self.lock.try_lock()
             && let Ok(outcomes) = writer.commit_without_waiting(std::slice::from_ref(&job))
         {
-            answer(&self.bus, std::iter::once(job), outcomes);
+            answer(&*self.bus, std::iter::once(job), outcomes);
             return None;
         }
         // A failed commit left nothing behind: the thread tries it again, as it would.
@@ -390,7 +391,7 @@ fn run(shared: &Shared, mut queues: Queues, runtime: tokio::runtime::Handle) {
         let mut writer = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
         {
             let _file = shared.lock.blocking_lock();
-            commit_and_answer(&mut writer, &shared.bus, &mut batch);
+            commit_and_answer(&mut writer, &*shared.bus, &mut batch);
         }
         // Only now, with the writer still held, may a caller commit on its own again.
         shared.queued.fetch_sub(queued, Ordering::SeqCst);
@@ -399,7 +400,7 @@ fn run(shared: &Shared, mut queues: Queues, runtime: tokio::runtime::Handle) {
 
 /// Commits a batch (the caller holds the file's writer lock), then announces and answers
 /// it; a batch that fails as a whole is tried again job by job. Leaves `batch` empty.
-fn commit_and_answer(writer: &mut Writer, bus: &Bus, batch: &mut Vec<Job>) {
+fn commit_and_answer(writer: &mut Writer, bus: &dyn Live, batch: &mut Vec<Job>) {
     match writer.commit(batch) {
         Ok(outcomes) => answer(bus, batch.drain(..), outcomes),
         Err(e) => {

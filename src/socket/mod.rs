@@ -1,4 +1,4 @@
-//! `/v1/ws`: the WebSocket upgrade and one session per socket.
+//! The native live API, `/v1/ws`: the WebSocket upgrade and one session per socket.
 //!
 //! Each socket is served by one task, on its person's socket thread (`threads`). It parses
 //! client frames and calls the core (send, received/read, typing, presence, resume), and
@@ -30,13 +30,60 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use super::request::parse_query;
-use super::threads::Conn;
-use super::{ApiError, App, HttpResponse};
-use crate::bus::encode;
+mod threads;
+
+use self::threads::Conn;
+pub use self::threads::SocketThreads;
+use crate::bus::Bus;
 use crate::domain::events::{Event, Person};
-use crate::domain::{Error, MessageQuery, NewMessage, OperatorPatch, Presence, Principal};
-use crate::hub::{CloseReason, Outbound, Replay, Session};
+use crate::domain::{Core, Error, MessageQuery, NewMessage, OperatorPatch, Presence, Principal};
+use crate::http::{ApiError, HttpResponse, parse_query};
+use crate::hub::{CloseReason, Envelope, Outbound, Replay, Session, encode};
+
+/// The path of the socket.
+pub const PATH: &str = "/v1/ws";
+
+/// The live sockets of this node: what their sessions reach, and their limits.
+#[derive(Debug)]
+pub struct Sockets {
+    core: Arc<Core>,
+    bus: Bus,
+    ws: WsLimits,
+    /// The threads live sockets run on.
+    threads: SocketThreads,
+}
+
+impl Sockets {
+    /// Sockets served with `threads`, and their heartbeat (until they are dropped).
+    pub fn start(core: Arc<Core>, bus: Bus, ws: WsLimits, threads: SocketThreads) -> Arc<Sockets> {
+        let sockets = Arc::new(Sockets {
+            core,
+            bus,
+            ws,
+            threads,
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&sockets)));
+        sockets
+    }
+}
+
+type App = Sockets;
+
+/// Pings every live socket once per `ping_every`, a slice of them at a time, until the
+/// sockets are dropped. A socket silent for longer than the idle timeout closes on its ping.
+async fn heartbeat(app: std::sync::Weak<Sockets>) {
+    const SLICES: u32 = 16;
+    let Some(every) = app.upgrade().map(|a| a.ws.ping_every / SLICES) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for slice in (0..u64::from(SLICES)).cycle() {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.bus.hub().heartbeat(slice, u64::from(SLICES));
+    }
+}
 
 type Socket = WebSocketStream<Conn>;
 
@@ -142,7 +189,7 @@ pub async fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<HttpRespon
     }
 
     let accept = derive_accept_key(key.as_bytes());
-    let home = person_of(&who).and_then(|p| app.sockets.of(p)).cloned();
+    let home = person_of(&who).and_then(|p| app.threads.of(p)).cloned();
     // Only the upgrade is kept, not the request: the task lives as long as the socket.
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -273,7 +320,7 @@ async fn run(
     let Some(person) = person_of(&who) else {
         return;
     };
-    let hub = app.core.bus().hub().clone();
+    let hub = app.bus.hub().clone();
     // Register first, then read the chats: a chat opened in between reaches this session
     // through its person (and is then caught up), rather than being missed.
     let session = hub.connect(person, app.ws.queue);
@@ -285,7 +332,7 @@ async fn run(
     Box::pin(close(&mut socket, reason)).await;
     if hub.disconnect(&session)
         && let Person::Operator(id) = person
-        && Box::pin(app.core.bus().operator_disconnected(id)).await
+        && Box::pin(app.bus.operator_disconnected(id)).await
         && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
     {
         tracing::warn!(error = %e, "cannot mark the operator offline");
@@ -300,7 +347,7 @@ async fn start(
     session: &Arc<Session>,
     resume: Vec<(i64, i64)>,
 ) -> Option<HashMap<i64, i64>> {
-    let hub = app.core.bus().hub();
+    let hub = app.bus.hub();
     let chats = match app.core.live_chats(who).await {
         Ok(chats) => chats,
         Err(e) => {
@@ -320,7 +367,7 @@ async fn start(
         cursors.insert(chat.id, from.min(chat.last_seq));
     }
     if let Person::Operator(id) = session.person {
-        app.core.bus().operator_connected(id).await;
+        app.bus.operator_connected(id).await;
         if let Err(e) = app.core.operator_connected(id).await {
             tracing::warn!(error = %e, "cannot mark the operator online");
         }
@@ -466,7 +513,7 @@ async fn serve(
                     return CloseReason::Timeout;
                 }
                 // Checked at each heartbeat: a token that expires mid-socket ends it then.
-                if crate::domain::now_ms() >= expires_at {
+                if app.core.now_ms() >= expires_at {
                     return CloseReason::Expired;
                 }
             }
@@ -763,7 +810,7 @@ async fn handle<'a>(
                 return None;
             }
             last_typing.insert(chat_id, now);
-            core.bus().publish(Event::Typing {
+            core.announce(Event::Typing {
                 chat_id,
                 who: session.person,
                 typing,
@@ -871,7 +918,7 @@ async fn resync(
         // Chats opened while the bus was away were never announced here.
         for chat in live {
             if !session.in_chat(chat.id) {
-                app.core.bus().hub().join(session, chat.id);
+                app.bus.hub().join(session, chat.id);
                 cursors.entry(chat.id).or_insert(0);
             }
         }
@@ -918,7 +965,7 @@ async fn catch_up(
             break;
         }
         for m in page.items.iter().filter(|m| m.seq <= to) {
-            let frame = crate::bus::Envelope::of(&Event::Message(m.clone())).frame;
+            let frame = Envelope::of(&Event::Message(m.clone())).frame;
             if !put(sink, WsMessage::Text(frame)).await {
                 return false;
             }
@@ -940,7 +987,7 @@ async fn recheck(
     session: &Arc<Session>,
     cursors: &mut HashMap<i64, i64>,
 ) {
-    let hub = app.core.bus().hub();
+    let hub = app.bus.hub();
     let Ok(live) = app.core.live_chats(who).await else {
         return;
     };
@@ -992,7 +1039,7 @@ async fn resume(
         };
         if !session.in_chat(chat_id) {
             // A finished or not yet followed chat the caller can see: follow it now.
-            app.core.bus().hub().join(session, chat_id);
+            app.bus.hub().join(session, chat_id);
         }
         // A seq past the end would skip messages to come: start at the end instead.
         let mut from = from.min(chat.last_seq);
@@ -1004,7 +1051,7 @@ async fn resume(
         }
         if with_receipts && let Ok(receipts) = app.core.chat_receipts(who, chat_id).await {
             for r in receipts {
-                let frame = crate::bus::Envelope::of(&Event::Receipt {
+                let frame = Envelope::of(&Event::Receipt {
                     chat_id,
                     member: r.member,
                     received_seq: r.received_seq,

@@ -17,7 +17,7 @@
 //! many of its tasks a batch wakes. So a socket woken from elsewhere is handed to its
 //! thread's relay, which is woken once for all of them and wakes each there, without one.
 //! The relay itself is woken once the batch's wakes are all handed over
-//! ([`crate::hub::holding_wakes`]): it would otherwise take them as they come, from the
+//! ([`crate::wake::holding_wakes`]): it would otherwise take them as they come, from the
 //! other core, and be woken again for nearly every one.
 
 use std::cell::Cell;
@@ -216,7 +216,7 @@ impl Wake for SocketWaker {
         // third thread meanwhile finds the list taken and waits for that too, at most
         // until the batch is answered.
         if first {
-            crate::hub::wake_or_hold(Waker::from(self.relay.clone()));
+            crate::wake::wake_or_hold(Waker::from(self.relay.clone()));
         }
     }
 }
@@ -404,7 +404,7 @@ mod tests {
         for _ in 0..20 {
             started.recv_timeout(wait).expect("every task waits");
         }
-        crate::hub::holding_wakes(|| {
+        crate::wake::holding_wakes(|| {
             for tx in wake {
                 let _ = tx.send(());
             }
