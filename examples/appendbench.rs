@@ -107,12 +107,15 @@ async fn run() -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", file.display()));
     let store = Store::open(&url, 8).await.map_err(|e| e.to_string())?;
-    let core = Arc::new(Core::new(
-        store,
-        Limits::default(),
-        Arc::new(Bus::new(Arc::new(Hub::new()))),
-        souq::Clock::system(),
-    ));
+    let core = Arc::new(
+        Core::new(
+            store,
+            Limits::default(),
+            Arc::new(Bus::new(Arc::new(Hub::new()))),
+            souq::Clock::system(),
+        )
+        .map_err(|e| e.to_string())?,
+    );
     let e = |e: souq::domain::Error| e.to_string();
 
     let tag = format!("{:x}", std::process::id());

@@ -49,6 +49,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot reach redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("cannot start the message writer: {0}")]
+    Core(#[from] domain::Error),
     #[error("cannot start the socket threads: {0}")]
     Threads(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -71,7 +73,7 @@ async fn core(config: &Config, clock: Clock) -> Result<(domain::Core, bus::Bus),
         Some(redis) => bus::Bus::with_redis(hub, redis, clock.clone()).await?,
         None => bus::Bus::new(hub),
     };
-    let core = domain::Core::new(store, config.limits(), Arc::new(bus.clone()), clock);
+    let core = domain::Core::new(store, config.limits(), Arc::new(bus.clone()), clock)?;
     Ok((core, bus))
 }
 

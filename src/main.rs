@@ -114,12 +114,13 @@ async fn open_core(config: &Config) -> Result<Core, String> {
         .map_err(|e| format!("cannot open the database: {e}"))?;
     // The CLI has no sockets: its events reach an empty hub.
     let bus = souq::bus::Bus::new(std::sync::Arc::new(souq::hub::Hub::new()));
-    Ok(Core::new(
+    Core::new(
         store,
         config.limits(),
         std::sync::Arc::new(bus),
         souq::Clock::system(),
-    ))
+    )
+    .map_err(|e| format!("cannot start the message writer: {e}"))
 }
 
 async fn migrate(config: Config) -> Result<(), String> {

@@ -535,9 +535,10 @@ impl Core {
         who: &Principal,
         models: &[chat::Model],
     ) -> Result<HashMap<i64, i64>> {
-        let Some((kind, id)) = member_of(who) else {
+        let Some(member) = member_of(who) else {
             return Ok(HashMap::new());
         };
+        let (kind, id) = (member.kind(), member.id());
         let ids: Vec<String> = models.iter().map(|c| c.id.to_string()).collect();
         // The ids are integers from our own rows, so inlining them is safe.
         let sql = format!(

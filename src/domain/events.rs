@@ -17,6 +17,32 @@ pub enum Person {
     Operator(i64),
 }
 
+impl Person {
+    /// `customer` or `operator`, as stored and on the wire.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Person::Customer(_) => "customer",
+            Person::Operator(_) => "operator",
+        }
+    }
+
+    pub fn id(self) -> i64 {
+        match self {
+            Person::Customer(id) | Person::Operator(id) => id,
+        }
+    }
+
+    /// The person of a stored kind (`customer`, `operator`) and id; `None` for another
+    /// kind (`system`).
+    pub fn from_kind(kind: &str, id: i64) -> Option<Person> {
+        match kind {
+            "customer" => Some(Person::Customer(id)),
+            "operator" => Some(Person::Operator(id)),
+            _ => None,
+        }
+    }
+}
+
 /// Who wrote or did something, on the wire: `{"kind": "customer", "id": 7}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Actor {
@@ -26,15 +52,9 @@ pub struct Actor {
 
 impl From<Person> for Actor {
     fn from(p: Person) -> Self {
-        match p {
-            Person::Customer(id) => Actor {
-                kind: "customer",
-                id,
-            },
-            Person::Operator(id) => Actor {
-                kind: "operator",
-                id,
-            },
+        Actor {
+            kind: p.kind(),
+            id: p.id(),
         }
     }
 }

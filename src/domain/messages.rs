@@ -4,8 +4,8 @@
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
-use super::append::{Append, Mark};
 use super::events::Person;
+use super::write::{Draft, Mark, Payload};
 use super::{Core, Error, Principal, Result};
 use crate::store::entity::{file, message, receipt};
 
@@ -36,15 +36,22 @@ pub struct Message {
     pub read_at: Option<i64>,
 }
 
-impl From<message::Model> for Message {
-    fn from(m: message::Model) -> Self {
-        let status = if m.read_at.is_some() {
+impl Message {
+    /// `sent`, `received` or `read`, from the times the other side had it and read it.
+    fn status_of(received_at: Option<i64>, read_at: Option<i64>) -> &'static str {
+        if read_at.is_some() {
             "read"
-        } else if m.received_at.is_some() {
+        } else if received_at.is_some() {
             "received"
         } else {
             "sent"
-        };
+        }
+    }
+}
+
+impl From<message::Model> for Message {
+    fn from(m: message::Model) -> Self {
+        let status = Message::status_of(m.received_at, m.read_at);
         Message {
             id: m.id,
             chat_id: m.chat_id,
@@ -98,7 +105,7 @@ pub struct MessagePage {
 }
 
 /// A member's cursors in one chat.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Receipt {
     pub chat_id: i64,
     pub received_seq: i64,
@@ -116,18 +123,14 @@ pub struct MemberReceipt {
 }
 
 fn person(kind: &str, id: i64) -> Person {
-    if kind == "customer" {
-        Person::Customer(id)
-    } else {
-        Person::Operator(id)
-    }
+    Person::from_kind(kind, id).unwrap_or(Person::Operator(id))
 }
 
-/// The (kind, id) under which a principal writes and holds receipts; `None` for admins.
-pub(super) fn member_of(who: &Principal) -> Option<(&'static str, i64)> {
+/// The person a principal writes and holds receipts as; `None` for admins.
+pub(super) fn member_of(who: &Principal) -> Option<Person> {
     match *who {
-        Principal::Customer { customer_id, .. } => Some(("customer", customer_id)),
-        Principal::Operator { operator_id, .. } => Some(("operator", operator_id)),
+        Principal::Customer { customer_id, .. } => Some(Person::Customer(customer_id)),
+        Principal::Operator { operator_id, .. } => Some(Person::Operator(operator_id)),
         Principal::Admin { .. } => None,
     }
 }
@@ -171,7 +174,7 @@ impl Core {
         chat_id: i64,
         new: NewMessage,
     ) -> Result<impl Future<Output = Result<(Message, bool)>> + '_> {
-        let (kind, author_id) =
+        let author =
             member_of(who).ok_or(Error::Forbidden("an admin token cannot send messages"))?;
         let local_id = match new.local_id.as_deref() {
             Some(id) if id.is_empty() || id.len() > 64 => {
@@ -187,7 +190,7 @@ impl Core {
                 if new.text.trim().is_empty() {
                     return Err(Error::Invalid("text must not be empty".into()));
                 }
-                ("text", None)
+                (Payload::Text, None)
             }
             "file" => {
                 let id = new
@@ -202,7 +205,7 @@ impl Core {
                 )
                 .await?
                 .ok_or(Error::NotFound("file"))?;
-                ("file", Some(id))
+                (Payload::File, Some(id))
             }
             _ => {
                 return Err(Error::Invalid(
@@ -216,39 +219,38 @@ impl Core {
                 self.limits().max_text_chars
             )));
         }
-        let append = Append {
-            kind,
-            author_id,
+        let send = Draft {
+            author,
             local_id,
             payload,
             text: new.text,
             file_id,
         };
-        self.queue_append(chat_id, append).await
+        self.queue_append(chat_id, send).await
     }
 
     /// Stores a message at the chat's next seq (group-committed with concurrent sends) and
     /// announces it. A repeated `local_id` gives back the first message (`false`). A
     /// `notice` goes into any chat, finished or not, and changes nothing else of it; other
     /// payloads are refused in a finished chat, and an operator's answers a pending one.
-    pub(super) async fn append(&self, chat_id: i64, a: Append) -> Result<(Message, bool)> {
-        self.queue_append(chat_id, a).await?.await
+    pub(super) async fn append(&self, chat_id: i64, send: Draft) -> Result<(Message, bool)> {
+        self.queue_append(chat_id, send).await?.await
     }
 
     /// [`Core::append`] in two steps: queue now, answer after the commit.
     async fn queue_append(
         &self,
         chat_id: i64,
-        a: Append,
+        send: Draft,
     ) -> Result<impl Future<Output = Result<(Message, bool)>> + '_> {
-        let stored = self.appender.enqueue(chat_id, a).await?;
+        let sent = self.writer.send(chat_id, send).await?;
         Ok(async move {
-            let stored = stored.await?;
-            if stored.took_chat {
+            let sent = sent.await?;
+            if sent.took_chat {
                 // Boxed: rare, and its reads would size every send's answer.
                 Box::pin(self.publish_chat_updated(chat_id)).await?;
             }
-            Ok((stored.message, stored.new))
+            Ok((sent.message, sent.new))
         })
     }
 
@@ -338,8 +340,7 @@ impl Core {
         read: Option<i64>,
         wait: bool,
     ) -> Result<impl Future<Output = Result<Receipt>> + use<>> {
-        let (kind, member_id) =
-            member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
+        let member = member_of(who).ok_or(Error::Forbidden("an admin token has no receipts"))?;
         if received.is_none() && read.is_none() {
             return Err(Error::Invalid("give received, read or both".into()));
         }
@@ -350,12 +351,11 @@ impl Core {
         }
         let read = read.unwrap_or(0);
         let mark = Mark {
-            kind,
-            member_id,
+            member,
             received: received.unwrap_or(0).max(read),
             read,
         };
-        let marked = self.appender.mark(chat_id, mark, wait).await?;
+        let marked = self.writer.mark(chat_id, mark, wait).await?;
         Ok(async move { Ok(marked.await?.receipt) })
     }
 

@@ -6,7 +6,6 @@
 //! like an id that does not exist.
 
 mod admin;
-mod append;
 mod auth;
 mod chats;
 mod chatwhizz;
@@ -16,6 +15,7 @@ mod messages;
 mod storefront;
 mod support;
 mod widget;
+mod write;
 
 use std::sync::Arc;
 
@@ -126,21 +126,28 @@ pub struct Core {
     limits: Limits,
     live: Arc<dyn Live>,
     clock: Clock,
-    /// Where every message is stored: concurrent sends share a commit.
-    appender: append::Appender,
+    /// Where every message and receipt is stored: concurrent sends share a commit.
+    writer: write::Writer,
 }
 
 impl Core {
-    /// Must be called within a tokio runtime: it starts the message writer task.
-    pub fn new(store: Store, limits: Limits, live: Arc<dyn Live>, clock: Clock) -> Self {
-        let appender = append::Appender::start(store.clone(), live.clone(), clock.clone());
-        Core {
+    /// Must be called within a tokio runtime: it starts the message writer. Fails when the
+    /// writer cannot open its own connection to a SQLite file (or the database is an
+    /// in-memory SQLite one, which a second connection cannot share).
+    pub fn new(store: Store, limits: Limits, live: Arc<dyn Live>, clock: Clock) -> Result<Self> {
+        let writer = write::Writer::start(
+            store.clone(),
+            live.clone(),
+            clock.clone(),
+            write::tuning::Tuning::DEFAULT,
+        )?;
+        Ok(Core {
             store,
             limits,
             live,
             clock,
-            appender,
-        }
+            writer,
+        })
     }
 
     /// Announces events that need no commit of their own (typing), or one just made.

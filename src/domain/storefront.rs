@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::append::Append;
+use super::events::Person;
+use super::write::{Draft, Payload};
 use super::{Chat, Core, Error, Message, Principal, Result, required};
 use crate::store::entity::{assignment, chat, customer, inbox, message, operator};
 
@@ -174,11 +175,10 @@ impl Core {
             .iter()
             .filter(|chat| reached.insert(chat.customer_id))
             .map(|chat| {
-                let notice = Append {
-                    kind: "operator",
-                    author_id: operator_id,
+                let notice = Draft {
+                    author: Person::Operator(operator_id),
                     local_id: None,
-                    payload: "notice",
+                    payload: Payload::Notice,
                     text: text.clone(),
                     file_id: None,
                 };
