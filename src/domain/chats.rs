@@ -227,6 +227,11 @@ impl Core {
         Ok((chat.ok_or(Error::NotFound("chat"))?, created))
     }
 
+    /// The seq of the newest message of a chat the caller can see (`NotFound` otherwise).
+    pub async fn last_seq(&self, who: &Principal, id: i64) -> Result<i64> {
+        Ok(self.visible_chat(who, id).await?.last_seq)
+    }
+
     pub async fn chat(&self, who: &Principal, id: i64) -> Result<Chat> {
         let model = self.visible_chat(who, id).await?;
         self.views(who, vec![model])

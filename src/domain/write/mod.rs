@@ -2,7 +2,8 @@
 //! (group commit), announced, and only then answered.
 //!
 //! - [`plan`]: the rules of a batch, with no I/O (who may send, seq allocation, `local_id`
-//!   repeats, receipt folding, activity time) and the rounds around them ([`plan::Batch`]).
+//!   repeats, receipt folding, activity time); `batch`: the rounds around them, and what a
+//!   batch announces.
 //! - `sqlite`, `postgres`: one journal per backend, which carries a plan out in its
 //!   statements, and one driver per backend, which takes batches from the queue and runs
 //!   them through its journal: on SQLite a thread with its own connection (or the
@@ -14,6 +15,7 @@
 //! batch fails as a whole (a database error), each of its jobs is tried again in a batch of
 //! its own, so that one bad job never takes the others down with it.
 
+mod batch;
 pub(crate) mod plan;
 mod postgres;
 mod sqlite;
@@ -53,7 +55,7 @@ fn answer(
 ) {
     crate::wake::holding_wakes(|| {
         // Events before answers: a sender's device gets its message, then the ack.
-        live.announce(&plan::events(jobs, &outcomes));
+        live.announce(&batch::events(jobs, &outcomes));
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that went away still had its job done, as with any lost answer.
             let _ = reply.send(outcome);

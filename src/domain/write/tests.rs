@@ -475,7 +475,7 @@ async fn a_members_marks_in_one_batch_give_one_receipt_after_what_they_mark() {
         let jobs = reads_batch();
         let out = db.journal().store(&jobs).await;
         assert!(matches!(out[6], Err(Error::Invalid(_))), "past the end");
-        let said = super::plan::tests::said(&super::plan::events(&jobs, &out));
+        let said = super::plan::tests::said(&super::batch::events(&jobs, &out));
         assert_eq!(
             said,
             [

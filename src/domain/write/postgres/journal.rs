@@ -17,9 +17,8 @@ use std::collections::HashMap;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, PgConnection, PgPool, Postgres, Row};
 
-use crate::domain::write::plan::{
-    Advance, ChatState, Chats, Executed, Job, Key, Known, Plan, Read,
-};
+use crate::domain::write::batch::Read;
+use crate::domain::write::plan::{Advance, ChatState, Chats, Executed, Job, Key, Known, Plan};
 use crate::domain::{ChatStatus, Message, Receipt};
 use crate::store::entity::message;
 

@@ -16,7 +16,8 @@ use sea_orm::sqlx;
 use tokio::time::{Duration, Instant};
 
 use self::journal::Journal;
-use super::plan::{Batch, ChatState, Done, Job, Step};
+use super::batch::{Batch, Step};
+use super::plan::{ChatState, Done, Job};
 use super::tuning::Tuning;
 use super::{Context, Queued, Queues, answer, split};
 use crate::domain::{Error, Result};

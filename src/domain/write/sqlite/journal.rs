@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::domain::write::batch::Read;
 use crate::domain::write::plan::{
-    Advance, ChatState, Chats, Executed, Job, Key, Known, Move, Plan, Read,
+    Advance, ChatState, Chats, Executed, Job, Key, Known, Move, Plan,
 };
 use crate::domain::{ChatStatus, Message, Receipt};
 use crate::store::entity::message;

@@ -18,7 +18,8 @@ use rusqlite::Connection;
 use tokio::sync::Mutex;
 
 use self::journal::Journal;
-use super::plan::{Batch, Done, Job, Step};
+use super::batch::{Batch, Step};
+use super::plan::{Done, Job};
 use super::tuning::Tuning;
 use super::{Context, Queued, Queues, answer, split};
 use crate::domain::{Error, Result};
