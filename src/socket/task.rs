@@ -64,10 +64,9 @@ pub(super) async fn run(
         return;
     }
     if let Person::Operator(id) = person {
-        app.bus.operator_connected(id).await;
-        if let Err(e) = app.core.operator_connected(id).await {
-            tracing::warn!(error = %e, "cannot mark the operator online");
-        }
+        // Boxed, as every rare step of the task: a task is as large as its largest step,
+        // and every idle socket would carry that size.
+        Box::pin(operator_connected(&app, id)).await;
     }
     let reason = serve(&app, &who, expires_at, &mut delivery, &mut socket).await;
     Box::pin(io::close(&mut socket, reason)).await;
@@ -77,6 +76,14 @@ pub(super) async fn run(
         && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
     {
         tracing::warn!(error = %e, "cannot mark the operator offline");
+    }
+}
+
+/// An operator's socket opened: their presence goes online (across nodes, with Redis).
+async fn operator_connected(app: &Sockets, operator_id: i64) {
+    app.bus.operator_connected(operator_id).await;
+    if let Err(e) = app.core.operator_connected(operator_id).await {
+        tracing::warn!(error = %e, "cannot mark the operator online");
     }
 }
 
