@@ -21,6 +21,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// With a `rediss://` Redis: a PEM file of the certificate authority that signed its
+    /// certificate, trusted besides the system's (a private CA).
+    #[arg(long, env = "SOUQ_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of souq's Redis keys and channels (deployments or tests sharing a Redis
     /// each use their own).
     #[arg(long, env = "SOUQ_REDIS_PREFIX", default_value = "souq")]
@@ -108,6 +113,7 @@ impl Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: database_url.into(),
             redis_url: None,
+            redis_ca_file: None,
             redis_prefix: "souq".into(),
             presence_ttl: 30,
             db_max_connections: 16,
@@ -142,8 +148,25 @@ impl Config {
             && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
         {
             return Err(ConfigError(format!(
-                "REDIS_URL must start with redis:// (got {redis:?})"
+                "REDIS_URL must start with redis:// or, over TLS, rediss:// (got {redis:?})"
             )));
+        }
+        if let Some(file) = &self.redis_ca_file {
+            if !self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                return Err(ConfigError(
+                    "redis-ca-file goes with a rediss:// REDIS_URL (Redis over TLS)".into(),
+                ));
+            }
+            if let Err(e) = std::fs::metadata(file) {
+                return Err(ConfigError(format!(
+                    "cannot read redis-ca-file {}: {e}",
+                    file.display()
+                )));
+            }
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             return Err(ConfigError("redis-prefix must be a non-empty word".into()));
@@ -250,6 +273,7 @@ impl Config {
     pub fn redis(&self) -> Option<crate::bus::RedisConfig> {
         self.redis_url.as_ref().map(|url| crate::bus::RedisConfig {
             url: url.clone(),
+            ca_file: self.redis_ca_file.clone(),
             prefix: self.redis_prefix.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl),
         })
@@ -283,6 +307,26 @@ mod tests {
             let refused = config.validate().expect_err("accepted");
             assert!(refused.to_string().contains("pg-writers"), "{n}: {refused}");
         }
+    }
+
+    #[test]
+    fn a_redis_ca_file_goes_with_redis_over_tls_and_must_be_there() {
+        let mut config = Config::with_database("postgres://souq@db/souq");
+        config.redis_ca_file = Some(std::env::temp_dir());
+        config.redis_url = Some("redis://cache:6379".into());
+        let refused = config.validate().expect_err("accepted without TLS");
+        assert!(refused.to_string().contains("rediss://"), "{refused}");
+        config.redis_url = Some("rediss://cache:6380".into());
+        assert!(
+            config.validate().is_ok(),
+            "a CA file that is there, over TLS"
+        );
+        config.redis_ca_file = Some("/nonexistent/ca.pem".into());
+        let refused = config.validate().expect_err("accepted a missing file");
+        assert!(
+            refused.to_string().contains("/nonexistent/ca.pem"),
+            "{refused}"
+        );
     }
 
     #[test]

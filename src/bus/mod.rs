@@ -8,7 +8,6 @@
 //! which is the truth.
 
 mod redis;
-mod resp;
 
 use std::future::Future;
 use std::pin::Pin;

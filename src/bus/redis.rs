@@ -1,4 +1,5 @@
-//! The Redis bus: fan-out between nodes over Redis pub/sub.
+//! The Redis bus: fan-out between nodes over Redis pub/sub, through the `redis` crate
+//! (TLS with a `rediss://` URL).
 //!
 //! Channels: `{prefix}:chat:{id}` for a chat's room, `{prefix}:person:{c|o}:{id}` for what
 //! reaches a person before they are in a room (a new chat). A node subscribes to a chat's
@@ -6,36 +7,37 @@
 //! theirs; the hub tells it when. The publishing node delivers to its own hub directly and
 //! skips its own messages when they come back from Redis.
 //!
-//! Events travel over two connections of the bus's own (see `resp`): a publisher that
-//! writes whatever is queued without waiting for the answers to what it wrote before, and
-//! a subscriber that reads and delivers in the same task. Presence uses the redis crate.
+//! Events go out on a multiplexed connection of their own, in pipelines written as they
+//! come without waiting for the answers to earlier ones, and come in on a pub/sub
+//! connection; presence uses a third, managed one.
 //!
 //! Guarantee: at most once, like the in-process bus. An event that cannot be queued (the
-//! queue to Redis is full) or may not have reached Redis (the publisher's connection
-//! broke before Redis answered) is dropped, and its chat is marked: once the publisher
-//! can write again it tells the other nodes to catch that chat up from the database.
-//! After the subscriber reconnects, every local socket catches up from the database by
-//! seq. So nothing committed is lost to a client.
+//! queue to Redis is full) or may not have reached Redis (its pipeline failed) is dropped,
+//! and its chat is marked: once the publisher can write again it tells the other nodes to
+//! catch that chat up from the database. After the subscriber reconnects, every local
+//! socket catches up from the database by seq. So nothing committed is lost to a client.
 //!
 //! Presence across nodes: `{prefix}:presence:{operator}` is a sorted set of the nodes
 //! holding a socket of the operator, scored by an expiry that each node refreshes while
 //! it holds one. An operator is online while any entry is unexpired; a node that dies
 //! stops refreshing, and the sweep of any other node sets the operator offline.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dashmap::DashSet;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, ConnectionAddr, ConnectionInfo};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use redis::aio::{ConnectionManager, MultiplexedConnection, PubSubSink};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Msg, RedisResult};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::resp::{self, Reply};
 use crate::clock::Clock;
 use crate::domain::events::Person;
 use crate::hub::{Envelope, Hub, Interest, Route, Topic, Wakes};
@@ -43,7 +45,11 @@ use crate::hub::{Envelope, Hub, Interest, Route, Topic, Wakes};
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
+    /// `redis://` or, with TLS, `rediss://`.
     pub url: String,
+    /// PEM file of the certificate authority that signed Redis's certificate, trusted
+    /// besides the system's (a private CA); with `rediss://` only.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key and channel, so that several deployments (or tests) can share
     /// one Redis.
     pub prefix: String,
@@ -69,7 +75,7 @@ pub struct RedisBus {
     hub: Arc<Hub>,
     /// Presence claims expire by it (every node's clock is the system's but in tests).
     clock: Clock,
-    /// For presence; events go over connections of the bus's own (see `resp`).
+    /// For presence; events go over connections of their own.
     conn: ConnectionManager,
     outgoing: mpsc::Sender<Publish>,
     /// Channels this node wants, kept so that a new subscriber connection can restore them.
@@ -81,6 +87,26 @@ pub struct RedisBus {
     dropped: Mutex<HashSet<i64>>,
 }
 
+/// The client for `config`: with a CA file, one that trusts it (over TLS).
+fn client(config: &RedisConfig) -> RedisResult<Client> {
+    // rustls needs a crypto provider chosen for the process; installing it a second
+    // time is refused, and harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match &config.ca_file {
+        None => Client::open(config.url.as_str()),
+        Some(file) => {
+            let root_cert = std::fs::read(file)?;
+            Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )
+        }
+    }
+}
+
 impl RedisBus {
     /// Connects (failing if Redis cannot be reached at start) and starts the publisher,
     /// the subscriber and the presence refresher of this node.
@@ -89,9 +115,8 @@ impl RedisBus {
         hub: Arc<Hub>,
         clock: Clock,
     ) -> redis::RedisResult<Arc<RedisBus>> {
-        let client = redis::Client::open(config.url.as_str())?;
+        let client = client(&config)?;
         let conn = client.get_connection_manager().await?;
-        let info = client.get_connection_info().clone();
         let node = format!("{:016x}", rand::random::<u64>());
         let (outgoing, out_rx) = mpsc::channel(16 * 1024);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -107,8 +132,8 @@ impl RedisBus {
             dropped: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
-        tokio::spawn(publisher(Arc::downgrade(&bus), info.clone(), out_rx));
-        tokio::spawn(subscriber(Arc::downgrade(&bus), info, control_rx));
+        tokio::spawn(publisher(Arc::downgrade(&bus), client.clone(), out_rx));
+        tokio::spawn(subscriber(Arc::downgrade(&bus), client, control_rx));
         tokio::spawn(refresher(Arc::downgrade(&bus)));
         Ok(bus)
     }
@@ -209,7 +234,8 @@ impl RedisBus {
     }
 
     /// Handles one message from Redis: decode, skip our own and repeats, deliver.
-    fn receive(&self, payload: Bytes, wakes: &mut Wakes) {
+    fn receive(&self, msg: &Msg, wakes: &mut Wakes) {
+        let payload = msg.get_payload_bytes();
         let Some(split) = payload.iter().position(|b| *b == b'\n') else {
             return;
         };
@@ -222,7 +248,7 @@ impl RedisBus {
         if !matches!(header.r, Route::Room(_)) && !self.first_sight(header.i) {
             return;
         }
-        let Ok(frame) = Utf8Bytes::try_from(payload.slice(split + 1..)) else {
+        let Ok(frame) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[split + 1..])) else {
             return;
         };
         let env = Arc::new(Envelope {
@@ -231,6 +257,39 @@ impl RedisBus {
             frame,
         });
         self.hub.deliver_all(&env, wakes);
+    }
+
+    /// What to send Redis for the interest changes reported since the last: the channels
+    /// to subscribe to and to leave, each as the hub wants it now (reports may overtake
+    /// each other), and the chats whose rooms catch up once their subscription holds.
+    fn settle(&self, changed: Vec<Interest>) -> Settled {
+        let mut settled = Settled::default();
+        let mut seen = HashSet::new();
+        for interest in changed {
+            let topic = match interest {
+                Interest::Join(topic) | Interest::Leave(topic) => topic,
+            };
+            let channel = self.channel_of(&topic);
+            if !seen.insert(channel.clone()) {
+                continue;
+            }
+            let subscribed = self.wanted.contains(&channel);
+            match (self.hub.wants(topic), subscribed) {
+                (true, false) => {
+                    self.wanted.insert(channel.clone());
+                    settled.join.push(channel);
+                    if let Topic::Chat(chat_id) = topic {
+                        settled.catch_up.push(chat_id);
+                    }
+                }
+                (false, true) => {
+                    self.wanted.remove(&channel);
+                    settled.leave.push(channel);
+                }
+                _ => {}
+            }
+        }
+        settled
     }
 
     fn first_sight(&self, id: u64) -> bool {
@@ -312,6 +371,14 @@ impl RedisBus {
     }
 }
 
+/// Channels to subscribe to and to leave, and chats to catch up once subscribed.
+#[derive(Debug, Default)]
+struct Settled {
+    join: Vec<String>,
+    leave: Vec<String>,
+    catch_up: Vec<i64>,
+}
+
 /// An event's copy for one channel, queued for the publisher.
 #[derive(Debug)]
 struct Publish {
@@ -321,103 +388,18 @@ struct Publish {
     chat: Option<i64>,
 }
 
-/// Most publishes written at once.
+/// Most publishes in one pipeline.
 const PUBLISH_BATCH: usize = 256;
 
 /// Most publishes written but not yet answered; past this the publisher waits for Redis.
 const PUBLISH_WINDOW: usize = 4 * PUBLISH_BATCH;
 
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// Opens a connection of the bus's own and logs in as the URL says, within
-/// [`DIAL_TIMEOUT`].
-async fn dial(info: &ConnectionInfo, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
-    match tokio::time::timeout(DIAL_TIMEOUT, dial_now(info, buf)).await {
-        Ok(dialled) => dialled,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
 /// Longest a connection and its login may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn dial_now(info: &ConnectionInfo, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
-    let (mut reader, mut writer): (Reader, Writer) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            stream.set_nodelay(true)?;
-            let (r, w) = stream.into_split();
-            (Box::new(r), Box::new(w))
-        }
-        ConnectionAddr::Unix(path) => {
-            let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
-            (Box::new(r), Box::new(w))
-        }
-        other => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                format!("redis address {other} is not supported"),
-            ));
-        }
-    };
-    let settings = info.redis_settings();
-    let mut out = Vec::new();
-    let mut answers = 0;
-    match (settings.username(), settings.password()) {
-        (Some(user), Some(password)) => {
-            resp::command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
-        }
-        (None, Some(password)) => resp::command(&mut out, &[b"AUTH", password.as_bytes()]),
-        _ => {}
-    }
-    answers += usize::from(!out.is_empty());
-    if settings.db() != 0 {
-        let db = settings.db().to_string();
-        resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
-        answers += 1;
-    }
-    writer.write_all(&out).await?;
-    buf.clear();
-    for _ in 0..answers {
-        if let Reply::Error(e) = next_reply(&mut reader, buf).await? {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                String::from_utf8_lossy(&e).into_owned(),
-            ));
-        }
-    }
-    Ok((reader, writer))
-}
-
-/// Reads until `buf` holds a whole reply at its front, and takes it.
-async fn next_reply(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<Reply> {
-    loop {
-        if let Some(reply) = resp::take(buf).map_err(std::io::Error::other)? {
-            return Ok(reply);
-        }
-        if read_some(reader, buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
-/// Reads what the socket has into `buf` (cancel-safe: in a `select!`, nothing is lost).
-/// The end of the stream is an error.
-async fn read_some(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<usize> {
-    buf.reserve(READ_CHUNK);
-    match reader.read_buf(buf).await? {
-        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        n => Ok(n),
-    }
-}
-
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// How often a connection is checked: the subscriber pings, and a connection that
-/// owes answers but has read nothing for [`SILENCE`] is given up as dead (a half-open
-/// TCP connection would otherwise hang forever).
+/// How often the subscriber pings; a connection that has not answered for [`SILENCE`]
+/// (a ping, a pipeline) is given up as dead (a half-open TCP connection would otherwise
+/// hang forever).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const SILENCE: Duration = Duration::from_secs(15);
 
@@ -448,38 +430,47 @@ impl Backoff {
     }
 }
 
-/// Writes one batch of publishes; their chats join the unanswered, in order.
-fn encode_publishes(
-    batch: &mut Vec<Publish>,
-    out: &mut Vec<u8>,
-    unanswered: &mut VecDeque<Option<i64>>,
-) {
-    out.clear();
+/// A pipeline written to Redis: the chats of its copies, and how it went.
+type Written = Pin<Box<dyn Future<Output = (Vec<Option<i64>>, RedisResult<()>)> + Send>>;
+
+/// Writes a batch of publishes as one pipeline, without waiting for earlier ones.
+fn write(conn: &MultiplexedConnection, batch: &mut Vec<Publish>) -> Written {
+    let mut pipe = redis::pipe();
+    let mut chats = Vec::with_capacity(batch.len());
     for p in batch.drain(..) {
-        resp::command(out, &[b"PUBLISH", p.channel.as_bytes(), &p.payload]);
-        unanswered.push_back(p.chat);
+        pipe.cmd("PUBLISH")
+            .arg(p.channel)
+            .arg(&p.payload[..])
+            .ignore();
+        chats.push(p.chat);
     }
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        let written = pipe.exec_async(&mut conn).await;
+        (chats, written)
+    })
 }
 
 /// Publishes queued events in order over one connection, reconnecting with backoff.
 /// What is waiting is written at once, without waiting for the answers to what was
-/// written before. A copy that may not have reached Redis (the connection broke before
-/// its answer) has its chat caught up on the other nodes as soon as the connection is
-/// back.
+/// written before. A copy that may not have reached Redis (its pipeline failed) has its
+/// chat caught up on the other nodes as soon as the connection is back.
 async fn publisher(
     bus: std::sync::Weak<RedisBus>,
-    info: ConnectionInfo,
+    client: Client,
     mut rx: mpsc::Receiver<Publish>,
 ) {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(DIAL_TIMEOUT))
+        .set_response_timeout(Some(SILENCE));
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    let mut out = Vec::new();
-    let mut buf = BytesMut::new();
-    // The chats of the copies written and not yet answered, in order.
-    let mut unanswered: VecDeque<Option<i64>> = VecDeque::new();
     let mut failing = false;
     loop {
-        let (mut reader, mut writer) = match dial(&info, &mut buf).await {
+        let conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             Ok(conn) => conn,
             Err(e) => {
                 if !failing {
@@ -498,21 +489,19 @@ async fn publisher(
             tracing::info!("redis publishing works again");
         }
         let connected = tokio::time::Instant::now();
-        let mut heard = connected;
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         // What was lost before is caught up now, not with the next event.
         if let Some(bus) = bus.upgrade() {
             batch.extend(bus.resyncs());
         }
-        let lost: std::io::Error = 'conn: loop {
+        let mut in_flight: FuturesUnordered<Written> = FuturesUnordered::new();
+        let mut unanswered = 0;
+        let lost: redis::RedisError = 'conn: loop {
             if !batch.is_empty() {
-                encode_publishes(&mut batch, &mut out, &mut unanswered);
-                if let Err(e) = writer.write_all(&out).await {
-                    break e;
-                }
+                unanswered += batch.len();
+                in_flight.push(write(&conn, &mut batch));
             }
             tokio::select! {
-                n = rx.recv_many(&mut batch, PUBLISH_BATCH), if unanswered.len() < PUBLISH_WINDOW => {
+                n = rx.recv_many(&mut batch, PUBLISH_BATCH), if unanswered < PUBLISH_WINDOW => {
                     if n == 0 {
                         return; // the bus is gone
                     }
@@ -521,198 +510,179 @@ async fn publisher(
                         batch.extend(bus.resyncs());
                     }
                 }
-                read = read_some(&mut reader, &mut buf) => {
-                    if let Err(e) = read {
-                        break e;
-                    }
-                    heard = tokio::time::Instant::now();
-                    loop {
-                        match resp::take(&mut buf) {
-                            Ok(Some(reply)) => {
-                                unanswered.pop_front();
-                                // A refusal (an ACL, say) is a setting to fix; catching the
-                                // chat up would be refused the same way.
-                                if let Reply::Error(e) = reply {
-                                    tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a publish");
-                                }
+                Some((chats, written)) = in_flight.next(), if !in_flight.is_empty() => {
+                    unanswered -= chats.len();
+                    let Err(e) = written else { continue };
+                    if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() {
+                        if let Some(bus) = bus.upgrade() {
+                            for chat in chats {
+                                bus.note_dropped(chat);
                             }
-                            Ok(None) => break,
-                            Err(e) => break 'conn std::io::Error::other(e),
                         }
+                        break 'conn e;
                     }
-                }
-                _ = heartbeat.tick() => {
-                    if !unanswered.is_empty() && heard.elapsed() > SILENCE {
-                        break std::io::ErrorKind::TimedOut.into();
-                    }
+                    // A refusal (an ACL, say) is a setting to fix; catching the chat up
+                    // would be refused the same way.
+                    tracing::warn!(error = %e, "redis refused a publish");
                 }
             }
         };
         failing = true;
         tracing::warn!(error = %lost, "redis publisher connection lost; reconnecting");
-        if let Some(bus) = bus.upgrade() {
-            for chat in unanswered.drain(..) {
-                bus.note_dropped(chat);
+        // The pipelines still out fail with the connection: their chats are caught up too.
+        while let Some((chats, written)) = in_flight.next().await {
+            if written.is_err()
+                && let Some(bus) = bus.upgrade()
+            {
+                for chat in chats {
+                    bus.note_dropped(chat);
+                }
             }
         }
-        unanswered.clear();
         backoff.after(connected.elapsed()).await;
     }
 }
 
-/// What the subscriber waits for Redis to confirm.
-#[derive(Default)]
-struct Confirming {
-    /// Chats subscribed to since connecting: once confirmed, whatever was published
-    /// before the subscription took hold is caught up from the database.
-    joining: HashMap<String, i64>,
-    /// Subscriptions restored at a reconnect: once all are confirmed, every local socket
-    /// catches up (an event published before then may have been missed).
-    restoring: HashSet<String>,
+/// A pending command on the subscriber connection (a subscription change, a ping).
+type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
+
+/// Sends the subscription changes, and resolves once Redis has confirmed them all.
+fn subscribe(
+    mut sink: PubSubSink,
+    settled: Settled,
+) -> Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>> {
+    Box::pin(async move {
+        if !settled.join.is_empty() {
+            sink.subscribe(&settled.join).await?;
+        }
+        if !settled.leave.is_empty() {
+            sink.unsubscribe(&settled.leave).await?;
+        }
+        Ok(settled.catch_up)
+    })
 }
 
 /// Keeps one subscriber connection, reconnecting with backoff; after each reconnect it
 /// resubscribes and, once Redis has confirmed, has every local socket catch up from the
-/// database.
+/// database. A chat subscribed to anew has its room catch up once Redis has confirmed
+/// (what was published before the subscription took hold was missed).
 async fn subscriber(
     bus: std::sync::Weak<RedisBus>,
-    info: ConnectionInfo,
+    client: Client,
     mut control: mpsc::UnboundedReceiver<Interest>,
 ) {
     let mut backoff = Backoff::new();
     let mut first = true;
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
     loop {
-        let (mut reader, mut writer) = match dial(&info, &mut buf).await {
-            Ok(conn) => conn,
-            Err(e) => {
+        let pubsub = match tokio::time::timeout(DIAL_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            failed => {
                 if bus.strong_count() == 0 {
                     return;
                 }
+                let e = failed.map_or_else(
+                    |_| "connecting timed out".to_owned(),
+                    |f| f.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
                 tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
                 backoff.wait().await;
                 continue;
             }
         };
         let connected = tokio::time::Instant::now();
+        let (mut sink, mut stream) = pubsub.split();
         let Some(strong) = bus.upgrade() else { return };
         let wanted: Vec<String> = strong.wanted.iter().map(|c| c.clone()).collect();
-        out.clear();
-        for chunk in wanted.chunks(1024) {
-            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-            args.extend(chunk.iter().map(|c| c.as_bytes()));
-            resp::command(&mut out, &args);
-        }
-        let mut confirming = Confirming::default();
-        if !first {
-            tracing::info!("redis subscriber reconnected; catching sockets up");
-            if wanted.is_empty() {
-                strong.hub.resync();
-            }
-            confirming.restoring = wanted.into_iter().collect();
-        }
-        first = false;
         drop(strong);
-        if writer.write_all(&out).await.is_err() {
+        // Messages that come meanwhile wait in the stream.
+        let restored = async {
+            for chunk in wanted.chunks(1024) {
+                sink.subscribe(chunk).await?;
+            }
+            RedisResult::Ok(())
+        };
+        if let Err(e) = tokio::time::timeout(SILENCE, restored)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            })
+        {
+            tracing::warn!(error = %e, "redis subscriber cannot resubscribe; reconnecting");
             backoff.after(connected.elapsed()).await;
             continue;
         }
-        let mut heard = connected;
+        if !first {
+            tracing::info!("redis subscriber reconnected; catching sockets up");
+            if let Some(bus) = bus.upgrade() {
+                bus.hub.resync();
+            }
+        }
+        first = false;
+        let mut changing: Pending<RedisResult<Vec<i64>>> = None;
+        let mut ping: Pending<bool> = None;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        loop {
+        let lost = loop {
             tokio::select! {
-                read = read_some(&mut reader, &mut buf) => {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break "the connection closed".to_owned() };
                     let Some(bus) = bus.upgrade() else { return };
-                    if read.is_err() {
-                        break;
-                    }
-                    heard = tokio::time::Instant::now();
-                    // What one read brings is one batch of wakes for the socket threads.
-                    let taken = crate::wake::holding_wakes(|| {
-                        take_replies(&bus, &mut buf, &mut confirming)
+                    // What has come is one batch of wakes for the socket threads.
+                    crate::wake::holding_wakes(|| {
+                        let mut wakes = Wakes::default();
+                        bus.receive(&msg, &mut wakes);
+                        while let Some(Some(msg)) = stream.next().now_or_never() {
+                            bus.receive(&msg, &mut wakes);
+                        }
+                        wakes.wake_all();
                     });
-                    if let Err(e) = taken {
-                        tracing::warn!(error = %e, "redis subscriber connection");
-                        break;
-                    }
                 }
-                interest = control.recv() => {
+                interest = control.recv(), if changing.is_none() => {
                     let Some(interest) = interest else { return };
                     let Some(bus) = bus.upgrade() else { return };
-                    out.clear();
-                    match interest {
-                        Interest::Join(topic) => {
-                            let channel = bus.channel_of(&topic);
-                            bus.wanted.insert(channel.clone());
-                            resp::command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
-                            if let Topic::Chat(chat_id) = topic {
-                                confirming.joining.insert(channel, chat_id);
+                    let mut changed = vec![interest];
+                    while let Ok(more) = control.try_recv() {
+                        changed.push(more);
+                    }
+                    changing = Some(subscribe(sink.clone(), bus.settle(changed)));
+                }
+                done = async { changing.as_mut().expect("guarded").await }, if changing.is_some() => {
+                    changing = None;
+                    match done {
+                        Ok(chats) => {
+                            if let Some(bus) = bus.upgrade() {
+                                for chat_id in chats {
+                                    bus.hub.resync_room(chat_id);
+                                }
                             }
                         }
-                        // Reports may overtake each other: leave only what is still unwanted.
-                        Interest::Leave(topic) if bus.hub.wants(topic) => {}
-                        Interest::Leave(topic) => {
-                            let channel = bus.channel_of(&topic);
-                            bus.wanted.remove(&channel);
-                            resp::command(&mut out, &[b"UNSUBSCRIBE", channel.as_bytes()]);
-                        }
+                        // An ACL refusing a channel is a setting to fix; a lost
+                        // connection ends this one.
+                        Err(e) if e.is_unrecoverable_error() || e.is_io_error() => break e.to_string(),
+                        Err(e) => tracing::warn!(error = %e, "redis refused a subscription"),
                     }
-                    if !out.is_empty() && writer.write_all(&out).await.is_err() {
-                        break;
+                }
+                alive = async { ping.as_mut().expect("guarded").await }, if ping.is_some() => {
+                    ping = None;
+                    if !alive {
+                        break "no answer to a ping".to_owned();
                     }
                 }
                 _ = heartbeat.tick() => {
-                    // Redis answers a ping even on a subscribed connection.
-                    if heard.elapsed() > SILENCE || writer.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
-                        break;
+                    if ping.is_none() {
+                        let mut sink = sink.clone();
+                        // Redis answers a ping even on a subscribed connection.
+                        ping = Some(Box::pin(async move {
+                            matches!(tokio::time::timeout(SILENCE, sink.ping::<redis::Value>()).await, Ok(Ok(_)))
+                        }));
                     }
                 }
             }
-        }
-        tracing::warn!("redis subscriber connection lost; reconnecting");
+        };
+        tracing::warn!(error = %lost, "redis subscriber connection lost; reconnecting");
         backoff.after(connected.elapsed()).await;
     }
-}
-
-/// Handles every whole reply in `buf`: messages are delivered (the sockets they reach
-/// woken once all are), confirmations catch chats up (see [`Confirming`]).
-fn take_replies(
-    bus: &RedisBus,
-    buf: &mut BytesMut,
-    confirming: &mut Confirming,
-) -> Result<(), resp::Malformed> {
-    let mut wakes = Wakes::default();
-    while let Some(reply) = resp::take(buf)? {
-        let Reply::Array(Some(mut parts)) = reply else {
-            if let Reply::Error(e) = reply {
-                // An ACL refusing a channel: a setting to fix, which reconnecting would not.
-                tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a subscription");
-            }
-            continue;
-        };
-        match (parts.first().and_then(Reply::bytes), parts.len()) {
-            (Some(b"message"), 3) => {
-                if let Some(Reply::Bulk(Some(payload))) = parts.pop() {
-                    bus.receive(payload, &mut wakes);
-                }
-            }
-            (Some(b"subscribe"), 3) => {
-                let Some(channel) = parts[1].bytes().and_then(|c| std::str::from_utf8(c).ok())
-                else {
-                    continue;
-                };
-                if let Some(chat_id) = confirming.joining.remove(channel) {
-                    bus.hub.resync_room(chat_id);
-                }
-                if confirming.restoring.remove(channel) && confirming.restoring.is_empty() {
-                    bus.hub.resync();
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Refreshes this node's presence claims for the operators connected here.

@@ -77,8 +77,119 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// A redis-server of one test's own that speaks only TLS, with a certificate authority
+/// and a certificate for 127.0.0.1 and localhost made here. Stopped when dropped.
+struct TlsRedis {
+    child: Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl TlsRedis {
+    async fn start() -> TlsRedis {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = std::env::temp_dir().join(unique_name("souq_tls"));
+        std::fs::create_dir_all(&dir).expect("a folder for the certificates");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "souq test CA");
+        let ca_key = KeyPair::generate().expect("a key");
+        let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("server params");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_key = KeyPair::generate().expect("a key");
+        let server_cert = server.signed_by(&server_key, &issuer).expect("signed");
+        for (name, pem) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server_cert.pem()),
+            ("server.key", server_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("write a certificate");
+        }
+        let port = free_port();
+        let file = |name: &str| dir.join(name).display().to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &file("server.pem")])
+            .args(["--tls-key-file", &file("server.key")])
+            .args(["--tls-ca-cert-file", &file("ca.pem")])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) starts");
+        let redis = TlsRedis { child, dir, port };
+        let client = redis.client();
+        for _ in 0..200 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server never answered over TLS on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A client that trusts the test's CA.
+    fn client(&self) -> redis::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(self.ca_file()).expect("the CA");
+        redis::Client::build_with_tls(
+            self.url(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            },
+        )
+        .expect("a TLS client")
+    }
+}
+
 impl Cluster {
     async fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_with(n, None).await
+    }
+
+    /// `n` nodes, on the shared Redis (under a user of their own), or on `tls` alone.
+    async fn start_with(n: usize, tls: Option<&TlsRedis>) -> Option<Cluster> {
         let redis_admin = services()?;
         let (database_url, _) = fresh_database().await;
         let prefix = unique_name("souq_t");
@@ -109,7 +220,10 @@ impl Cluster {
             .rsplit_once('@')
             .map_or(rest, |(_, h)| h)
             .trim_end_matches('/');
-        let node_redis = format!("redis://{user}:{password}@{host}");
+        let node_redis = match tls {
+            Some(tls) => tls.url(),
+            None => format!("redis://{user}:{password}@{host}"),
+        };
 
         let out = Command::new(env!("CARGO_BIN_EXE_souq"))
             .args([
@@ -139,7 +253,11 @@ impl Cluster {
         };
         for _ in 0..n {
             let port = free_port();
-            let child = Command::new(env!("CARGO_BIN_EXE_souq"))
+            let mut node = Command::new(env!("CARGO_BIN_EXE_souq"));
+            if let Some(tls) = tls {
+                node.env("SOUQ_REDIS_CA_FILE", tls.ca_file());
+            }
+            let child = node
                 .env("DATABASE_URL", &database_url)
                 .env("REDIS_URL", &node_redis)
                 .env("SOUQ_REDIS_PREFIX", &prefix)
@@ -462,4 +580,63 @@ async fn a_long_poll_on_one_node_wakes_on_a_send_through_another() {
         .expect("the poll on node B answered on a commit through node A")
         .expect("task");
     assert_eq!(page["items"][0]["text"], "across nodes");
+}
+
+/// Over a Redis that speaks only TLS (`rediss://`, its certificate signed by a CA of the
+/// test's own that the nodes are told to trust), messages, receipts and presence cross
+/// nodes as they do in the clear.
+#[tokio::test]
+async fn nodes_talk_through_a_redis_that_speaks_only_tls() {
+    if services().is_none() {
+        return;
+    }
+    let tls = TlsRedis::start().await;
+    let Some(cluster) = Cluster::start_with(2, Some(&tls)).await else {
+        return;
+    };
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let admin = a.admin().await;
+    let desk: Desk = a.desk(&admin).await;
+    let mut customer = a.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = b.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    assert_eq!(
+        customer.next_of("presence").await["presence"],
+        "online",
+        "the operator's presence, from node B"
+    );
+    customer
+        .send(
+            json!({"type": "send", "chat_id": desk.chat_id, "local_id": "t1", "text": "over TLS"}),
+        )
+        .await;
+    let m = operator.next_of("message").await;
+    assert_eq!(m["message"]["text"], "over TLS");
+    operator
+        .send(json!({"type": "read", "chat_id": desk.chat_id, "seq": 1}))
+        .await;
+    let r = customer.next_of("receipt").await;
+    assert_eq!(r["read_seq"], 1);
+    // Both nodes' subscribers are connected (the server has no port but its TLS one).
+    let mut conn = tls
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("client list");
+    let subscribers = clients
+        .lines()
+        .filter(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("sub="))
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n > 0)
+        })
+        .count();
+    assert!(subscribers >= 2, "each node subscribed: {clients}");
 }
