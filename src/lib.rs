@@ -156,6 +156,11 @@ impl Server {
         &self.core
     }
 
+    /// This node's live sockets and waiters, for watching them (in a test, say).
+    pub fn hub(&self) -> Arc<hub::Hub> {
+        self.bus.hub().clone()
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, asks every socket to close
     /// (1001) and every connection to finish its request, waits for them (within the
     /// grace period), and closes the database.

@@ -454,6 +454,13 @@ impl Hub {
         }
     }
 
+    /// How many long-polls wait on a chat.
+    pub fn waiting(&self, chat_id: i64) -> usize {
+        self.waiters
+            .get(&chat_id)
+            .map_or(0, |tx| tx.receiver_count())
+    }
+
     /// Drops the waiter entry of a chat nobody waits on any more.
     pub fn forget_waiter(&self, chat_id: i64) {
         let removed = self

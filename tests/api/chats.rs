@@ -219,8 +219,8 @@ async fn chat_lists_are_ordered_by_activity_and_paged_with_a_cursor() {
             .expect("id");
         chats.push(chat);
     }
-    // The oldest chat gets a message and so becomes the most recent.
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // The oldest chat gets a message a second later, and so becomes the most recent.
+    app.clock.advance(std::time::Duration::from_secs(1));
     app.send(&buyer, chats[0], "bump", None).await.expect(201);
 
     let mut seen = Vec::new();

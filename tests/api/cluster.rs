@@ -319,6 +319,39 @@ impl Cluster {
     }
 }
 
+/// Sends `total` messages from the desk's operator through `node`, `pause_after` of them
+/// at once, then the rest once told to go on (the test has cut or killed something by
+/// then): so some are in flight at the cut, and the rest come after it.
+fn sender(
+    node: &TestApp,
+    desk: &Desk,
+    total: i64,
+    pause_after: i64,
+    local_ids: bool,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (go_on, told) = tokio::sync::oneshot::channel::<()>();
+    let app = TestApp::at(node.base.clone());
+    let (token, chat_id) = (desk.operator.clone(), desk.chat_id);
+    let task = tokio::spawn(async move {
+        let mut told = Some(told);
+        for i in 1..=total {
+            if i > pause_after
+                && let Some(told) = told.take()
+            {
+                let _ = told.await;
+            }
+            let local_id = local_ids.then(|| format!("l{i}"));
+            app.send(&token, chat_id, &format!("m{i}"), local_id.as_deref())
+                .await
+                .expect(201);
+        }
+    });
+    (task, go_on)
+}
+
 fn seqs(frames: &[Value]) -> Vec<i64> {
     frames
         .iter()
@@ -444,28 +477,13 @@ async fn a_killed_nodes_clients_resume_on_another_node_without_loss_or_duplicate
     let mut customer = cluster.node(2).ws(&desk.customer, "").await;
     customer.next_of("resumed").await;
     let total = 60;
-    let sender = {
-        let app = TestApp::at(cluster.node(0).base.clone());
-        let token = desk.operator.clone();
-        tokio::spawn(async move {
-            for i in 1..=total {
-                app.send(
-                    &token,
-                    desk.chat_id,
-                    &format!("m{i}"),
-                    Some(&format!("l{i}")),
-                )
-                .await
-                .expect(201);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let (sender, go_on) = sender(cluster.node(0), &desk, total, 20, true);
     let mut got = Vec::new();
     while got.len() < 10 {
         got.push(customer.next_of("message").await);
     }
     cluster.kill(2);
+    let _ = go_on.send(());
     let last = seqs(&got).last().copied().expect("some");
     let mut customer = cluster
         .node(1)
@@ -491,23 +509,13 @@ async fn cutting_the_redis_connection_mid_stream_loses_nothing() {
     let mut customer = cluster.node(1).ws(&desk.customer, "").await;
     customer.next_of("resumed").await;
     let total = 40;
-    let sender = {
-        let app = TestApp::at(cluster.node(0).base.clone());
-        let token = desk.operator.clone();
-        tokio::spawn(async move {
-            for i in 1..=total {
-                app.send(&token, desk.chat_id, &format!("m{i}"), None)
-                    .await
-                    .expect(201);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let (sender, go_on) = sender(cluster.node(0), &desk, total, 10, false);
     let mut got = Vec::new();
     while got.len() < 5 {
         got.push(customer.next_of("message").await);
     }
     assert!(cluster.cut_redis().await > 0, "no connection was cut");
+    let _ = go_on.send(());
     while seqs(&got).last().copied().unwrap_or(0) < total {
         got.push(customer.next_of("message").await);
     }
@@ -568,7 +576,30 @@ async fn a_long_poll_on_one_node_wakes_on_a_send_through_another() {
             .expect(200)
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The poll waits on node B, which subscribes to the chat's channel for it (no socket
+    // follows the chat): wait for that subscription, then send through node A.
+    let channel = format!("{}:chat:{}", cluster.user, desk.chat_id);
+    let client = redis::Client::open(cluster.redis_admin.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut subscribed = false;
+    for _ in 0..1000 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .expect("pubsub numsub");
+        if n > 0 {
+            subscribed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(subscribed, "node B never subscribed for the poll");
+    assert!(!poll.is_finished(), "answered before anything was sent");
     cluster
         .node(0)
         .send(&desk.operator, desk.chat_id, "across nodes", None)

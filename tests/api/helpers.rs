@@ -4,13 +4,15 @@
 //! schema/openapi.json before the test sees it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::{Method, StatusCode};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 use souq::domain::NewOrganisation;
-use souq::{Config, Server};
+use souq::hub::Hub;
+use souq::{Clock, Config, Server};
 use tokio::sync::oneshot;
 
 use crate::openapi;
@@ -21,6 +23,10 @@ pub const PASSWORD: &str = "correct horse battery";
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
+    /// The server's clock, which a test moves on instead of sleeping.
+    pub clock: Clock,
+    /// The server's live sockets and waiters (not for a node of a cluster test).
+    pub hub: Option<Arc<Hub>>,
     stop: Option<oneshot::Sender<()>>,
     temp_files: Vec<PathBuf>,
 }
@@ -31,6 +37,8 @@ impl TestApp {
         TestApp {
             base,
             client: reqwest::Client::new(),
+            clock: Clock::system(),
+            hub: None,
             stop: None,
             temp_files: Vec::new(),
         }
@@ -167,7 +175,11 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::with_database(database_url);
     config.bind = "127.0.0.1:0".parse().expect("address");
     tweak(&mut config);
-    let server = Server::build(&config).await.expect("server starts");
+    let clock = Clock::adjustable();
+    let server = Server::build_with(&config, clock.clone())
+        .await
+        .expect("server starts");
+    let hub = server.hub();
     for (email, subdomain) in [("owner@acme.test", "acme"), ("owner@globex.test", "globex")] {
         server
             .core()
@@ -188,8 +200,29 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
+        clock,
+        hub: Some(hub),
         stop: Some(stop),
         temp_files,
+    }
+}
+
+impl TestApp {
+    /// The server's hub (a test's own server).
+    pub fn hub(&self) -> &Hub {
+        self.hub.as_deref().expect("the test's own server")
+    }
+}
+
+/// Waits until `ready` holds, checking every few milliseconds, for up to [`FRAME_WAIT`].
+pub async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    while !ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -528,11 +561,6 @@ impl Ws {
             .expect("a frame within the wait")
     }
 
-    /// The next text frame if one comes within `wait`; None on timeout or close.
-    pub async fn recv_within(&mut self, wait: std::time::Duration) -> Option<Value> {
-        self.read(wait).await.ok().flatten()
-    }
-
     async fn read(
         &mut self,
         wait: std::time::Duration,
@@ -548,6 +576,25 @@ impl Ws {
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
                 Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads (and so answers the server's pings) until `n` pings have come, skipping other
+    /// frames; fails if the socket closes first.
+    pub async fn answer_pings(&mut self, n: usize) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let mut pings = 0;
+        while pings < n {
+            match tokio::time::timeout(FRAME_WAIT, self.stream.next())
+                .await
+                .expect("a frame within the wait")
+            {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(frame))) => panic!("closed after {pings} pings: {frame:?}"),
+                None | Some(Err(_)) => panic!("gone after {pings} pings"),
+                Some(Ok(_)) => {}
             }
         }
     }

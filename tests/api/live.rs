@@ -2,7 +2,6 @@
 //! and the long-poll fallback.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -604,7 +603,9 @@ async fn the_long_poll_answers_when_a_message_is_committed() {
             .expect(200)
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The poll waits: the chat had nothing after seq 0 when it came.
+    crate::helpers::until("the poll waiting", || app.hub().waiting(desk.chat_id) == 1).await;
+    assert!(!poll.is_finished(), "answered before anything was sent");
     app.send(&desk.customer, desk.chat_id, "wake up", None)
         .await
         .expect(201);
@@ -614,6 +615,7 @@ async fn the_long_poll_answers_when_a_message_is_committed() {
         .expect("the poll answered on commit")
         .expect("task");
     assert_eq!(page["items"][0]["text"], "wake up");
+    assert_eq!(app.hub().waiting(desk.chat_id), 0, "the waiter is gone");
     let r = app
         .get(
             &format!("/v1/chats/{}/messages?wait=5", desk.chat_id),
@@ -662,12 +664,16 @@ async fn a_socket_is_closed_with_4001_when_its_session_expires() {
     let (app, desk) = desk_app_with(|c| {
         c.ws_ping = 1;
         c.ws_idle_timeout = 30;
-        c.session_ttl = 3;
     })
     .await;
     let mut ws = app.ws(&desk.customer, "").await;
     ws.next_of("resumed").await;
-    // The client keeps reading (and answering pings): only the expiry ends the socket.
+    // It answers pings while its session lasts...
+    ws.answer_pings(2).await;
+    // ...which ends 30 days after it began (the default lifetime). The client keeps
+    // reading (and answering pings): only the expiry ends the socket, at the next ping.
+    app.clock
+        .advance(std::time::Duration::from_secs(30 * 24 * 3600 + 1));
     let (code, reason) = tokio::time::timeout(std::time::Duration::from_secs(20), ws.closed())
         .await
         .expect("closed soon after the session expired");
@@ -680,16 +686,16 @@ async fn a_reading_socket_answers_pings_and_stays_open() {
     let (app, desk) = fast_heartbeat_desk().await;
     let mut ws = app.ws(&desk.customer, "").await;
     ws.next_of("resumed").await;
-    // Keep reading (which answers pings) for longer than the idle timeout.
-    let reading = ws.next_of("message");
-    let send = async {
-        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-        app.send(&desk.operator, desk.chat_id, "still there?", None)
-            .await
-            .expect(201);
-    };
-    let (frame, ()) = tokio::join!(reading, send);
-    assert_eq!(frame["message"]["text"], "still there?");
+    // Keep reading (which answers pings) for longer than the idle timeout: four pings a
+    // second apart, against a timeout of two.
+    ws.answer_pings(4).await;
+    app.send(&desk.operator, desk.chat_id, "still there?", None)
+        .await
+        .expect(201);
+    assert_eq!(
+        ws.next_of("message").await["message"]["text"],
+        "still there?"
+    );
 }
 
 #[tokio::test]
@@ -746,25 +752,22 @@ async fn an_operator_who_loses_an_inbox_stops_hearing_its_chats_and_one_who_gain
     )
     .await
     .expect(201);
-    // Wait until the socket hears of its new chat...
-    let mut heard_new = false;
-    for _ in 0..50 {
-        app.send(&other.customer, other.chat_id, "anyone?", None)
-            .await
-            .expect(201);
-        // The socket re-checks its chats asynchronously; a send that races the re-check is
-        // not heard, so each try waits briefly and then sends again.
-        while let Some(f) = operator.recv_within(Duration::from_millis(300)).await {
-            if f["type"] == "message" && f["chat_id"] == other.chat_id {
-                heard_new = true;
-                break;
-            }
-        }
-        if heard_new {
-            break;
-        }
-    }
-    assert!(heard_new, "the new inbox's chat never reached the socket");
+    // Wait until the socket has followed its new chat (its room on the server)...
+    crate::helpers::until("the new chat followed", || {
+        app.hub().room_size(other.chat_id) == 1
+    })
+    .await;
+    app.send(&other.customer, other.chat_id, "anyone?", None)
+        .await
+        .expect(201);
+    let heard = operator.next_of("message").await;
+    assert_eq!(heard["chat_id"], other.chat_id, "{heard}");
+    // And left the old one.
+    assert_eq!(
+        app.hub().room_size(desk.chat_id),
+        0,
+        "still in the old room"
+    );
     // ...then the old chat's messages no longer reach it: the marker from the new chat
     // comes with nothing of the old one before it.
     app.send(

@@ -1,12 +1,21 @@
-//! Checks real responses against schema/openapi.json with a small validator for the
-//! subset of JSON Schema the document uses. An unknown keyword fails loudly instead of
-//! being skipped, so the document cannot say more than is checked.
+//! Checks real responses against schema/openapi.json and real frames against
+//! schema/ws.json, with the `jsonschema` crate (JSON Schema 2020-12, the dialect of
+//! OpenAPI 3.1). Each schema is compiled once; a `$ref` into a document's components
+//! resolves against that document, registered under a URN of its own.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
-use serde_json::{Map, Value};
+use jsonschema::{Draft, Registry, Validator};
+use serde_json::{Value, json};
 
-const ALLOWED: &[&str] = &[
+const OPENAPI: &str = "urn:souq:openapi";
+const WS: &str = "urn:souq:ws";
+
+/// The keywords the documents use. The crate ignores a keyword it does not know, so a
+/// misspelt one (`requried`) would check nothing: every schema of the documents is held
+/// to this list.
+const KNOWN: &[&str] = &[
     "type",
     "properties",
     "required",
@@ -16,6 +25,8 @@ const ALLOWED: &[&str] = &[
     "$ref",
     "minimum",
     "maximum",
+    "minLength",
+    "maxLength",
     "description",
     "format",
     "examples",
@@ -27,41 +38,108 @@ fn load(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
 }
 
-fn document() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| load("openapi.json"))
+static DOCUMENT: LazyLock<Value> = LazyLock::new(|| load("openapi.json"));
+static FRAMES: LazyLock<Value> = LazyLock::new(|| load("ws.json"));
+
+/// A copy of `schema` whose refs into its own document (`#/components/...`) point into
+/// that document as registered (`base#/components/...`).
+fn anchored(schema: &Value, base: &str) -> Value {
+    match schema {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) if r.starts_with('#') => {
+                        (k.clone(), Value::String(format!("{base}{r}")))
+                    }
+                    _ => (k.clone(), anchored(v, base)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| anchored(v, base)).collect()),
+        other => other.clone(),
+    }
 }
 
-/// schema/ws.json: the WebSocket frames.
-pub fn frames() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| load("ws.json"))
+/// Every schema the tests check against, by name: `get /v1/chats/{id} 200`, `error`,
+/// `client send`, `server ack`.
+static VALIDATORS: LazyLock<HashMap<String, Validator>> = LazyLock::new(|| {
+    let registry = Registry::new()
+        .draft(Draft::Draft202012)
+        .add(OPENAPI, &*DOCUMENT)
+        .and_then(|r| r.add(WS, &*FRAMES))
+        .and_then(|r| r.prepare())
+        .unwrap_or_else(|e| panic!("the schema documents: {e}"));
+    let options = jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .with_registry(&registry);
+    let mut validators = HashMap::new();
+    let mut add = |name: String, base: &str, schema: &Value| {
+        let validator = options
+            .build(&anchored(schema, base))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        validators.insert(name, validator);
+    };
+    add(
+        "error".into(),
+        OPENAPI,
+        &json!({"$ref": "#/components/schemas/Error"}),
+    );
+    for (template, item) in DOCUMENT["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                if let Some(schema) = response["content"]["application/json"].get("schema") {
+                    add(format!("{method} {template} {status}"), OPENAPI, schema);
+                }
+            }
+        }
+    }
+    for side in ["client", "server"] {
+        for (ty, schema) in FRAMES[side].as_object().expect("frames") {
+            add(format!("{side} {ty}"), WS, schema);
+        }
+    }
+    validators
+});
+
+/// Checks `value` against the schema named `name`; the error lists every failure with
+/// the JSON pointer where it is.
+fn check(name: &str, value: &Value) -> Result<(), String> {
+    let validator = VALIDATORS
+        .get(name)
+        .unwrap_or_else(|| panic!("no schema for {name}"));
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("  at {:?}: {e}", e.instance_path().to_string()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+fn check_frame(side: &str, frame: &Value) {
+    let ty = frame["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("frame without a type: {frame}"));
+    let name = format!("{side} {ty}");
+    assert!(
+        VALIDATORS.contains_key(&name),
+        "{side} frame type {ty:?} is not in schema/ws.json: {frame}"
+    );
+    if let Err(e) = check(&name, frame) {
+        panic!("{side} {ty} frame does not match schema/ws.json:\n{e}\n{frame}");
+    }
 }
 
 /// Panics unless `frame` is a client frame as schema/ws.json describes it.
 pub fn check_client_frame(frame: &Value) {
-    let ty = frame["type"]
-        .as_str()
-        .unwrap_or_else(|| panic!("frame without a type: {frame}"));
-    let schema = frames()["client"]
-        .get(ty)
-        .unwrap_or_else(|| panic!("client frame type {ty:?} is not in schema/ws.json: {frame}"));
-    if let Err(e) = validate_in(frames(), schema, frame, "$") {
-        panic!("{ty} client frame does not match schema/ws.json: {e}\n{frame}");
-    }
+    check_frame("client", frame);
 }
 
 /// Panics unless `frame` is a server frame as schema/ws.json describes it.
 pub fn check_server_frame(frame: &Value) {
-    let ty = frame["type"]
-        .as_str()
-        .unwrap_or_else(|| panic!("frame without a type: {frame}"));
-    let schema = frames()["server"]
-        .get(ty)
-        .unwrap_or_else(|| panic!("server frame type {ty:?} is not in schema/ws.json: {frame}"));
-    if let Err(e) = validate_in(frames(), schema, frame, "$") {
-        panic!("{ty} frame does not match schema/ws.json: {e}\n{frame}");
-    }
+    check_frame("server", frame);
 }
 
 /// Finds the documented path template matching a concrete path (`/v1/chats/7` matches
@@ -69,7 +147,7 @@ pub fn check_server_frame(frame: &Value) {
 fn template_for(path: &str) -> Option<(&'static str, &'static Value)> {
     let path = path.split('?').next().unwrap_or(path);
     let segments: Vec<&str> = path.split('/').collect();
-    document()["paths"]
+    DOCUMENT["paths"]
         .as_object()?
         .iter()
         .find(|(template, _)| {
@@ -87,19 +165,18 @@ fn template_for(path: &str) -> Option<(&'static str, &'static Value)> {
 /// for the error shape.
 pub fn check_response(method: &str, path: &str, status: u16, body: &Value) {
     let Some((template, item)) = template_for(path) else {
-        let error = resolve("#/components/schemas/Error");
-        if let Err(e) = validate(error, body, "$") {
-            panic!("{method} {path} → {status}: undocumented path, and not an error: {e}\n{body}");
+        if let Err(e) = check("error", body) {
+            panic!("{method} {path} → {status}: undocumented path, and not an error:\n{e}\n{body}");
         }
         return;
     };
-    let Some(operation) = item.get(method.to_lowercase()) else {
-        let error = resolve("#/components/schemas/Error");
+    let method = method.to_lowercase();
+    let Some(operation) = item.get(&method) else {
         assert_eq!(
             status, 405,
             "{method} {template} is not documented but answered {status}"
         );
-        validate(error, body, "$").unwrap_or_else(|e| panic!("405 body: {e}"));
+        check("error", body).unwrap_or_else(|e| panic!("405 body:\n{e}"));
         return;
     };
     let response = operation["responses"]
@@ -107,168 +184,80 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &Value) {
         .unwrap_or_else(|| {
             panic!("{method} {template}: status {status} is not documented\n{body}")
         });
-    match response["content"]["application/json"].get("schema") {
-        Some(schema) => {
-            if let Err(e) = validate(schema, body, "$") {
-                panic!(
-                    "{method} {template} → {status}: response does not match the document: {e}\n{body}"
-                );
-            }
+    if response["content"]["application/json"]
+        .get("schema")
+        .is_some()
+    {
+        if let Err(e) = check(&format!("{method} {template} {status}"), body) {
+            panic!(
+                "{method} {template} → {status}: response does not match the document:\n{e}\n{body}"
+            );
         }
-        None => assert!(
+    } else {
+        assert!(
             body.is_null(),
             "{method} {template} → {status}: documented without a body, got {body}"
-        ),
+        );
     }
-}
-
-fn resolve_in<'a>(root: &'a Value, reference: &str) -> &'a Value {
-    let name = reference
-        .strip_prefix("#/components/schemas/")
-        .unwrap_or_else(|| panic!("unsupported $ref {reference}"));
-    root["components"]["schemas"]
-        .get(name)
-        .unwrap_or_else(|| panic!("$ref to a missing schema {name}"))
-}
-
-fn type_matches(ty: &str, value: &Value) -> bool {
-    match ty {
-        "null" => value.is_null(),
-        "boolean" => value.is_boolean(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "string" => value.is_string(),
-        "array" => value.is_array(),
-        "object" => value.is_object(),
-        other => panic!("unknown type {other} in the document"),
-    }
-}
-
-fn resolve(reference: &str) -> &'static Value {
-    resolve_in(document(), reference)
-}
-
-/// Validates against a schema of the OpenAPI document.
-pub fn validate(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
-    validate_in(document(), schema, value, at)
-}
-
-/// Validates `value` against `schema`, resolving `$ref`s in `root`; the error names the
-/// JSON path that failed.
-pub fn validate_in(root: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
-    let schema = schema
-        .as_object()
-        .ok_or_else(|| format!("{at}: schema is not an object"))?;
-    if let Some(key) = schema.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
-        panic!("schema keyword {key:?} at {at} is not supported by the test validator");
-    }
-    if let Some(Value::String(reference)) = schema.get("$ref") {
-        return validate_in(root, resolve_in(root, reference), value, at);
-    }
-    if let Some(ty) = schema.get("type") {
-        let ok = match ty {
-            Value::String(t) => type_matches(t, value),
-            Value::Array(ts) => ts
-                .iter()
-                .any(|t| type_matches(t.as_str().unwrap_or(""), value)),
-            _ => return Err(format!("{at}: bad type keyword")),
-        };
-        if !ok {
-            return Err(format!("{at}: expected type {ty}, got {value}"));
-        }
-    }
-    if let Some(Value::Array(options)) = schema.get("enum")
-        && !options.contains(value)
-    {
-        return Err(format!("{at}: {value} is not one of {options:?}"));
-    }
-    if let Some(n) = value.as_f64() {
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-            && n < min
-        {
-            return Err(format!("{at}: {n} is below the minimum {min}"));
-        }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-            && n > max
-        {
-            return Err(format!("{at}: {n} is above the maximum {max}"));
-        }
-    }
-    if let Value::Object(object) = value {
-        validate_object(root, schema, object, at)?;
-    }
-    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
-        for (i, item) in items.iter().enumerate() {
-            validate_in(root, item_schema, item, &format!("{at}[{i}]"))?;
-        }
-    }
-    Ok(())
-}
-
-fn validate_object(
-    root: &Value,
-    schema: &Map<String, Value>,
-    object: &Map<String, Value>,
-    at: &str,
-) -> Result<(), String> {
-    let empty = Map::new();
-    let properties = schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .unwrap_or(&empty);
-    if let Some(Value::Array(required)) = schema.get("required") {
-        for name in required.iter().filter_map(Value::as_str) {
-            if !object.contains_key(name) {
-                return Err(format!("{at}: missing required field {name:?}"));
-            }
-        }
-    }
-    for (name, v) in object {
-        match properties.get(name) {
-            Some(s) => validate_in(root, s, v, &format!("{at}.{name}"))?,
-            None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                return Err(format!("{at}: field {name:?} is not in the document"));
-            }
-            None => {}
-        }
-    }
-    Ok(())
 }
 
 #[test]
-fn the_validator_rejects_what_the_document_forbids() {
-    let schema = serde_json::json!({
-        "type": "object",
-        "required": ["id", "status"],
-        "additionalProperties": false,
-        "properties": {
-            "id": {"type": "integer", "minimum": 1},
-            "status": {"type": "string", "enum": ["sent", "read"]},
-            "note": {"type": ["string", "null"]}
+fn the_schemas_refuse_what_the_documents_forbid() {
+    let ack = json!({"type": "ack", "chat_id": 1, "local_id": "a", "message_id": 7, "seq": 1});
+    assert!(
+        check("server ack", &ack).is_ok(),
+        "{:?}",
+        check("server ack", &ack)
+    );
+    let mut bad = Vec::new();
+    for (field, value) in [
+        ("seq", Value::Null),
+        ("seq", json!("1")),
+        ("chat_id", Value::Null),
+        ("extra", json!(true)),
+    ] {
+        let mut frame = ack.clone();
+        frame[field] = value;
+        bad.push(frame);
+    }
+    let mut missing = ack.clone();
+    missing.as_object_mut().expect("an object").remove("seq");
+    bad.push(missing);
+    for frame in bad {
+        assert!(check("server ack", &frame).is_err(), "accepted {frame}");
+    }
+    // Through a $ref into the components: a message whose author has a field too many.
+    let message = json!({
+        "type": "message",
+        "chat_id": 1,
+        "message": {
+            "id": 7, "chat_id": 1, "seq": 1, "local_id": null,
+            "author": {"kind": "customer", "id": 3, "extra": 1},
+            "payload": "text", "text": "hi", "file_id": null, "status": "sent",
+            "created_at": 0, "received_at": null, "read_at": null
         }
     });
-    let ok = serde_json::json!({"id": 1, "status": "sent", "note": null});
-    assert!(validate(&schema, &ok, "$").is_ok());
-    for bad in [
-        serde_json::json!({"id": 1}),
-        serde_json::json!({"id": "1", "status": "sent"}),
-        serde_json::json!({"id": 0, "status": "sent"}),
-        serde_json::json!({"id": 1, "status": "lost"}),
-        serde_json::json!({"id": 1, "status": "sent", "extra": true}),
-        serde_json::json!({"id": 1, "status": "sent", "note": 5}),
-    ] {
-        assert!(validate(&schema, &bad, "$").is_err(), "accepted {bad}");
-    }
+    let err = check("server message", &message).expect_err("accepted an extra field");
+    assert!(err.contains("/message/author"), "{err}");
+    assert!(
+        check(
+            "error",
+            &json!({"error": {"code": "not_found", "message": "y"}})
+        )
+        .is_ok()
+    );
+    assert!(check("error", &json!({"error": {"code": "lost", "message": "y"}})).is_err());
+    assert!(check("error", &json!({"error": {"code": 1, "message": "y"}})).is_err());
 }
 
 #[test]
-fn every_documented_schema_uses_only_supported_keywords() {
+fn every_schema_compiles_and_uses_only_known_keywords() {
     fn walk(v: &Value, in_schema: bool, at: &str) {
         match v {
             Value::Object(map) => {
                 for (k, child) in map {
-                    if in_schema && !ALLOWED.contains(&k.as_str()) {
-                        panic!("unsupported keyword {k:?} at {at}");
+                    if in_schema && !KNOWN.contains(&k.as_str()) {
+                        panic!("keyword {k:?} at {at} is not one the documents use");
                     }
                     let child_is_schema = k == "schema" || k == "items";
                     if k == "properties" {
@@ -292,25 +281,31 @@ fn every_documented_schema_uses_only_supported_keywords() {
             _ => {}
         }
     }
-    let doc = document();
     assert!(
-        doc["openapi"]
+        DOCUMENT["openapi"]
             .as_str()
-            .is_some_and(|v| v.starts_with("3.1"))
+            .is_some_and(|v| v.starts_with("3.1")),
+        "an OpenAPI 3.1 document, whose schemas are JSON Schema 2020-12"
     );
-    for (name, schema) in doc["components"]["schemas"].as_object().expect("schemas") {
-        walk(schema, true, &format!("components.schemas.{name}"));
+    LazyLock::force(&VALIDATORS);
+    for (doc, name) in [(&*DOCUMENT, "openapi.json"), (&*FRAMES, "ws.json")] {
+        for (schema_name, schema) in doc["components"]["schemas"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} has no components"))
+        {
+            walk(
+                schema,
+                true,
+                &format!("{name} components.schemas.{schema_name}"),
+            );
+            if let Err(e) = jsonschema::meta::validate(schema) {
+                panic!("{name} {schema_name}: {e}");
+            }
+        }
     }
-    walk(&doc["paths"], false, "paths");
-    let ws = frames();
-    for side in ["client", "server", "components"] {
-        assert!(ws.get(side).is_some(), "schema/ws.json has no {side}");
-    }
-    for (name, schema) in ws["components"]["schemas"].as_object().expect("ws schemas") {
-        walk(schema, true, &format!("ws components.schemas.{name}"));
-    }
+    walk(&DOCUMENT["paths"], false, "paths");
     for side in ["client", "server"] {
-        for (name, schema) in ws[side].as_object().expect("frames") {
+        for (name, schema) in FRAMES[side].as_object().expect("frames") {
             walk(schema, true, &format!("ws {side}.{name}"));
         }
     }
