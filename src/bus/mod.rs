@@ -8,6 +8,7 @@
 //! which is the truth.
 
 mod redis;
+mod resp;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,5 +1,4 @@
-//! The Redis bus: fan-out between nodes over Redis pub/sub, through the `redis` crate
-//! (TLS with a `rediss://` URL).
+//! The Redis bus: fan-out between nodes over Redis pub/sub.
 //!
 //! Channels: `{prefix}:chat:{id}` for a chat's room, `{prefix}:person:{c|o}:{id}` for what
 //! reaches a person before they are in a room (a new chat). A node subscribes to a chat's
@@ -7,37 +6,39 @@
 //! theirs; the hub tells it when. The publishing node delivers to its own hub directly and
 //! skips its own messages when they come back from Redis.
 //!
-//! Events go out on a multiplexed connection of their own, in pipelines written as they
-//! come without waiting for the answers to earlier ones, and come in on a pub/sub
-//! connection; presence uses a third, managed one.
+//! Events travel over two connections of the bus's own (see `resp`), in the clear or over
+//! TLS (`rediss://`): a publisher that writes whatever is queued without waiting for the
+//! answers to what it wrote before, and a subscriber that reads and delivers in the same
+//! task. Presence uses the `redis` crate. (Its pub/sub was measured in their place: in the
+//! 3-node closed loop it took 16% to 19% more of souq's CPU per delivery, its RESP parser
+//! most of it, and doubled the p99; docs/benchmarks.md.)
 //!
 //! Guarantee: at most once, like the in-process bus. An event that cannot be queued (the
-//! queue to Redis is full) or may not have reached Redis (its pipeline failed) is dropped,
-//! and its chat is marked: once the publisher can write again it tells the other nodes to
-//! catch that chat up from the database. After the subscriber reconnects, every local
-//! socket catches up from the database by seq. So nothing committed is lost to a client.
+//! queue to Redis is full) or may not have reached Redis (the publisher's connection
+//! broke before Redis answered) is dropped, and its chat is marked: once the publisher
+//! can write again it tells the other nodes to catch that chat up from the database.
+//! After the subscriber reconnects, every local socket catches up from the database by
+//! seq. So nothing committed is lost to a client.
 //!
 //! Presence across nodes: `{prefix}:presence:{operator}` is a sorted set of the nodes
 //! holding a socket of the operator, scored by an expiry that each node refreshes while
 //! it holds one. An operator is online while any entry is unexpired; a node that dies
 //! stops refreshing, and the sweep of any other node sets the operator offline.
 
-use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
-use std::pin::Pin;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashSet;
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, MultiplexedConnection, PubSubSink};
-use redis::{AsyncCommands, AsyncConnectionConfig, Client, Msg, RedisResult};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Client, ConnectionAddr, ConnectionInfo, RedisResult};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::resp::{self, Reply};
 use crate::clock::Clock;
 use crate::domain::events::Person;
 use crate::hub::{Envelope, Hub, Interest, Route, Topic, Wakes};
@@ -49,7 +50,7 @@ pub struct RedisConfig {
     pub url: String,
     /// PEM file of the certificate authority that signed Redis's certificate, trusted
     /// besides the system's (a private CA); with `rediss://` only.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key and channel, so that several deployments (or tests) can share
     /// one Redis.
     pub prefix: String,
@@ -66,25 +67,6 @@ struct Header {
     i: u64,
     r: Route,
     s: Option<i64>,
-}
-
-#[derive(Debug)]
-pub struct RedisBus {
-    node: String,
-    config: RedisConfig,
-    hub: Arc<Hub>,
-    /// Presence claims expire by it (every node's clock is the system's but in tests).
-    clock: Clock,
-    /// For presence; events go over connections of their own.
-    conn: ConnectionManager,
-    outgoing: mpsc::Sender<Publish>,
-    /// Channels this node wants, kept so that a new subscriber connection can restore them.
-    wanted: DashSet<String>,
-    /// Ids of recent multi-channel events, to deliver each once.
-    seen: Mutex<(VecDeque<u64>, HashSet<u64>)>,
-    /// Chats with events dropped on a full queue: the publisher tells the other nodes to
-    /// catch these chats up from the database once the queue has room.
-    dropped: Mutex<HashSet<i64>>,
 }
 
 /// The client for `config`: with a CA file, one that trusts it (over TLS).
@@ -107,6 +89,78 @@ fn client(config: &RedisConfig) -> RedisResult<Client> {
     }
 }
 
+/// How the bus's own connections reach Redis: the address, and over TLS the connector
+/// with the roots it trusts.
+struct Dialer {
+    info: ConnectionInfo,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("addr", &self.info.addr().to_string())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Dialer {
+    /// The dialer of `info`; over TLS, trusting the system's roots and the CA of
+    /// `ca_file`. Fails when the CA file cannot be read or holds no certificate.
+    fn new(info: ConnectionInfo, ca_file: Option<&std::path::Path>) -> RedisResult<Dialer> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            return Ok(Dialer { info, tls: None });
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        // The system's roots; a store that cannot be read leaves the CA file's alone.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(file) = ca_file {
+            let pem = std::fs::read(file)?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("no certificate in {}", file.display()),
+                )
+                .into());
+            }
+            roots.add_parsable_certificates(certs);
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Dialer {
+            info,
+            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct RedisBus {
+    node: String,
+    config: RedisConfig,
+    hub: Arc<Hub>,
+    /// Presence claims expire by it (every node's clock is the system's but in tests).
+    clock: Clock,
+    /// For presence; events go over connections of the bus's own (see `resp`).
+    conn: ConnectionManager,
+    outgoing: mpsc::Sender<Publish>,
+    /// Channels this node wants, kept so that a new subscriber connection can restore them.
+    wanted: DashSet<String>,
+    /// Ids of recent multi-channel events, to deliver each once.
+    seen: Mutex<(VecDeque<u64>, HashSet<u64>)>,
+    /// Chats with events dropped on a full queue: the publisher tells the other nodes to
+    /// catch these chats up from the database once the queue has room.
+    dropped: Mutex<HashSet<i64>>,
+}
+
 impl RedisBus {
     /// Connects (failing if Redis cannot be reached at start) and starts the publisher,
     /// the subscriber and the presence refresher of this node.
@@ -117,6 +171,10 @@ impl RedisBus {
     ) -> redis::RedisResult<Arc<RedisBus>> {
         let client = client(&config)?;
         let conn = client.get_connection_manager().await?;
+        let dialer = Arc::new(Dialer::new(
+            client.get_connection_info().clone(),
+            config.ca_file.as_deref(),
+        )?);
         let node = format!("{:016x}", rand::random::<u64>());
         let (outgoing, out_rx) = mpsc::channel(16 * 1024);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -132,8 +190,8 @@ impl RedisBus {
             dropped: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
-        tokio::spawn(publisher(Arc::downgrade(&bus), client.clone(), out_rx));
-        tokio::spawn(subscriber(Arc::downgrade(&bus), client, control_rx));
+        tokio::spawn(publisher(Arc::downgrade(&bus), dialer.clone(), out_rx));
+        tokio::spawn(subscriber(Arc::downgrade(&bus), dialer, control_rx));
         tokio::spawn(refresher(Arc::downgrade(&bus)));
         Ok(bus)
     }
@@ -234,8 +292,7 @@ impl RedisBus {
     }
 
     /// Handles one message from Redis: decode, skip our own and repeats, deliver.
-    fn receive(&self, msg: &Msg, wakes: &mut Wakes) {
-        let payload = msg.get_payload_bytes();
+    fn receive(&self, payload: Bytes, wakes: &mut Wakes) {
         let Some(split) = payload.iter().position(|b| *b == b'\n') else {
             return;
         };
@@ -248,7 +305,7 @@ impl RedisBus {
         if !matches!(header.r, Route::Room(_)) && !self.first_sight(header.i) {
             return;
         }
-        let Ok(frame) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[split + 1..])) else {
+        let Ok(frame) = Utf8Bytes::try_from(payload.slice(split + 1..)) else {
             return;
         };
         let env = Arc::new(Envelope {
@@ -257,39 +314,6 @@ impl RedisBus {
             frame,
         });
         self.hub.deliver_all(&env, wakes);
-    }
-
-    /// What to send Redis for the interest changes reported since the last: the channels
-    /// to subscribe to and to leave, each as the hub wants it now (reports may overtake
-    /// each other), and the chats whose rooms catch up once their subscription holds.
-    fn settle(&self, changed: Vec<Interest>) -> Settled {
-        let mut settled = Settled::default();
-        let mut seen = HashSet::new();
-        for interest in changed {
-            let topic = match interest {
-                Interest::Join(topic) | Interest::Leave(topic) => topic,
-            };
-            let channel = self.channel_of(&topic);
-            if !seen.insert(channel.clone()) {
-                continue;
-            }
-            let subscribed = self.wanted.contains(&channel);
-            match (self.hub.wants(topic), subscribed) {
-                (true, false) => {
-                    self.wanted.insert(channel.clone());
-                    settled.join.push(channel);
-                    if let Topic::Chat(chat_id) = topic {
-                        settled.catch_up.push(chat_id);
-                    }
-                }
-                (false, true) => {
-                    self.wanted.remove(&channel);
-                    settled.leave.push(channel);
-                }
-                _ => {}
-            }
-        }
-        settled
     }
 
     fn first_sight(&self, id: u64) -> bool {
@@ -371,14 +395,6 @@ impl RedisBus {
     }
 }
 
-/// Channels to subscribe to and to leave, and chats to catch up once subscribed.
-#[derive(Debug, Default)]
-struct Settled {
-    join: Vec<String>,
-    leave: Vec<String>,
-    catch_up: Vec<i64>,
-}
-
 /// An event's copy for one channel, queued for the publisher.
 #[derive(Debug)]
 struct Publish {
@@ -388,18 +404,112 @@ struct Publish {
     chat: Option<i64>,
 }
 
-/// Most publishes in one pipeline.
+/// Most publishes written at once.
 const PUBLISH_BATCH: usize = 256;
 
 /// Most publishes written but not yet answered; past this the publisher waits for Redis.
 const PUBLISH_WINDOW: usize = 4 * PUBLISH_BATCH;
 
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens a connection of the bus's own and logs in as the URL says, within
+/// [`DIAL_TIMEOUT`].
+async fn dial(dialer: &Dialer, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
+    match tokio::time::timeout(DIAL_TIMEOUT, dial_now(dialer, buf)).await {
+        Ok(dialled) => dialled,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Longest a connection and its login may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often the subscriber pings; a connection that has not answered for [`SILENCE`]
-/// (a ping, a pipeline) is given up as dead (a half-open TCP connection would otherwise
-/// hang forever).
+async fn dial_now(dialer: &Dialer, buf: &mut BytesMut) -> std::io::Result<(Reader, Writer)> {
+    let info = &dialer.info;
+    let (mut reader, mut writer): (Reader, Writer) = match (info.addr(), &dialer.tls) {
+        (ConnectionAddr::Tcp(host, port), _) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let (r, w) = tokio::io::split(tls.connect(name, stream).await?);
+            (Box::new(r), Box::new(w))
+        }
+        (ConnectionAddr::Unix(path), _) => {
+            let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        (other, _) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("redis address {other} is not supported"),
+            ));
+        }
+    };
+    let settings = info.redis_settings();
+    let mut out = Vec::new();
+    let mut answers = 0;
+    match (settings.username(), settings.password()) {
+        (Some(user), Some(password)) => {
+            resp::command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
+        }
+        (None, Some(password)) => resp::command(&mut out, &[b"AUTH", password.as_bytes()]),
+        _ => {}
+    }
+    answers += usize::from(!out.is_empty());
+    if settings.db() != 0 {
+        let db = settings.db().to_string();
+        resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
+        answers += 1;
+    }
+    writer.write_all(&out).await?;
+    buf.clear();
+    for _ in 0..answers {
+        if let Reply::Error(e) = next_reply(&mut reader, buf).await? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                String::from_utf8_lossy(&e).into_owned(),
+            ));
+        }
+    }
+    Ok((reader, writer))
+}
+
+/// Reads until `buf` holds a whole reply at its front, and takes it.
+async fn next_reply(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<Reply> {
+    loop {
+        if let Some(reply) = resp::take(buf).map_err(std::io::Error::other)? {
+            return Ok(reply);
+        }
+        if read_some(reader, buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Reads what the socket has into `buf` (cancel-safe: in a `select!`, nothing is lost).
+/// The end of the stream is an error.
+async fn read_some(reader: &mut Reader, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(READ_CHUNK);
+    match reader.read_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        n => Ok(n),
+    }
+}
+
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How often a connection is checked: the subscriber pings, and a connection that
+/// owes answers but has read nothing for [`SILENCE`] is given up as dead (a half-open
+/// TCP connection would otherwise hang forever).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const SILENCE: Duration = Duration::from_secs(15);
 
@@ -430,47 +540,38 @@ impl Backoff {
     }
 }
 
-/// A pipeline written to Redis: the chats of its copies, and how it went.
-type Written = Pin<Box<dyn Future<Output = (Vec<Option<i64>>, RedisResult<()>)> + Send>>;
-
-/// Writes a batch of publishes as one pipeline, without waiting for earlier ones.
-fn write(conn: &MultiplexedConnection, batch: &mut Vec<Publish>) -> Written {
-    let mut pipe = redis::pipe();
-    let mut chats = Vec::with_capacity(batch.len());
+/// Writes one batch of publishes; their chats join the unanswered, in order.
+fn encode_publishes(
+    batch: &mut Vec<Publish>,
+    out: &mut Vec<u8>,
+    unanswered: &mut VecDeque<Option<i64>>,
+) {
+    out.clear();
     for p in batch.drain(..) {
-        pipe.cmd("PUBLISH")
-            .arg(p.channel)
-            .arg(&p.payload[..])
-            .ignore();
-        chats.push(p.chat);
+        resp::command(out, &[b"PUBLISH", p.channel.as_bytes(), &p.payload]);
+        unanswered.push_back(p.chat);
     }
-    let mut conn = conn.clone();
-    Box::pin(async move {
-        let written = pipe.exec_async(&mut conn).await;
-        (chats, written)
-    })
 }
 
 /// Publishes queued events in order over one connection, reconnecting with backoff.
 /// What is waiting is written at once, without waiting for the answers to what was
-/// written before. A copy that may not have reached Redis (its pipeline failed) has its
-/// chat caught up on the other nodes as soon as the connection is back.
+/// written before. A copy that may not have reached Redis (the connection broke before
+/// its answer) has its chat caught up on the other nodes as soon as the connection is
+/// back.
 async fn publisher(
     bus: std::sync::Weak<RedisBus>,
-    client: Client,
+    dialer: Arc<Dialer>,
     mut rx: mpsc::Receiver<Publish>,
 ) {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(DIAL_TIMEOUT))
-        .set_response_timeout(Some(SILENCE));
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    // The chats of the copies written and not yet answered, in order.
+    let mut unanswered: VecDeque<Option<i64>> = VecDeque::new();
     let mut failing = false;
     loop {
-        let conn = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let (mut reader, mut writer) = match dial(&dialer, &mut buf).await {
             Ok(conn) => conn,
             Err(e) => {
                 if !failing {
@@ -489,19 +590,21 @@ async fn publisher(
             tracing::info!("redis publishing works again");
         }
         let connected = tokio::time::Instant::now();
+        let mut heard = connected;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         // What was lost before is caught up now, not with the next event.
         if let Some(bus) = bus.upgrade() {
             batch.extend(bus.resyncs());
         }
-        let mut in_flight: FuturesUnordered<Written> = FuturesUnordered::new();
-        let mut unanswered = 0;
-        let lost: redis::RedisError = 'conn: loop {
+        let lost: std::io::Error = 'conn: loop {
             if !batch.is_empty() {
-                unanswered += batch.len();
-                in_flight.push(write(&conn, &mut batch));
+                encode_publishes(&mut batch, &mut out, &mut unanswered);
+                if let Err(e) = writer.write_all(&out).await {
+                    break e;
+                }
             }
             tokio::select! {
-                n = rx.recv_many(&mut batch, PUBLISH_BATCH), if unanswered < PUBLISH_WINDOW => {
+                n = rx.recv_many(&mut batch, PUBLISH_BATCH), if unanswered.len() < PUBLISH_WINDOW => {
                     if n == 0 {
                         return; // the bus is gone
                     }
@@ -510,179 +613,198 @@ async fn publisher(
                         batch.extend(bus.resyncs());
                     }
                 }
-                Some((chats, written)) = in_flight.next(), if !in_flight.is_empty() => {
-                    unanswered -= chats.len();
-                    let Err(e) = written else { continue };
-                    if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() {
-                        if let Some(bus) = bus.upgrade() {
-                            for chat in chats {
-                                bus.note_dropped(chat);
-                            }
-                        }
-                        break 'conn e;
+                read = read_some(&mut reader, &mut buf) => {
+                    if let Err(e) = read {
+                        break e;
                     }
-                    // A refusal (an ACL, say) is a setting to fix; catching the chat up
-                    // would be refused the same way.
-                    tracing::warn!(error = %e, "redis refused a publish");
+                    heard = tokio::time::Instant::now();
+                    loop {
+                        match resp::take(&mut buf) {
+                            Ok(Some(reply)) => {
+                                unanswered.pop_front();
+                                // A refusal (an ACL, say) is a setting to fix; catching the
+                                // chat up would be refused the same way.
+                                if let Reply::Error(e) = reply {
+                                    tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a publish");
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => break 'conn std::io::Error::other(e),
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if !unanswered.is_empty() && heard.elapsed() > SILENCE {
+                        break std::io::ErrorKind::TimedOut.into();
+                    }
                 }
             }
         };
         failing = true;
         tracing::warn!(error = %lost, "redis publisher connection lost; reconnecting");
-        // The pipelines still out fail with the connection: their chats are caught up too.
-        while let Some((chats, written)) = in_flight.next().await {
-            if written.is_err()
-                && let Some(bus) = bus.upgrade()
-            {
-                for chat in chats {
-                    bus.note_dropped(chat);
-                }
+        if let Some(bus) = bus.upgrade() {
+            for chat in unanswered.drain(..) {
+                bus.note_dropped(chat);
             }
         }
+        unanswered.clear();
         backoff.after(connected.elapsed()).await;
     }
 }
 
-/// A pending command on the subscriber connection (a subscription change, a ping).
-type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
-
-/// Sends the subscription changes, and resolves once Redis has confirmed them all.
-fn subscribe(
-    mut sink: PubSubSink,
-    settled: Settled,
-) -> Pin<Box<dyn Future<Output = RedisResult<Vec<i64>>> + Send>> {
-    Box::pin(async move {
-        if !settled.join.is_empty() {
-            sink.subscribe(&settled.join).await?;
-        }
-        if !settled.leave.is_empty() {
-            sink.unsubscribe(&settled.leave).await?;
-        }
-        Ok(settled.catch_up)
-    })
+/// What the subscriber waits for Redis to confirm.
+#[derive(Default)]
+struct Confirming {
+    /// Chats subscribed to since connecting: once confirmed, whatever was published
+    /// before the subscription took hold is caught up from the database.
+    joining: HashMap<String, i64>,
+    /// Subscriptions restored at a reconnect: once all are confirmed, every local socket
+    /// catches up (an event published before then may have been missed).
+    restoring: HashSet<String>,
 }
 
 /// Keeps one subscriber connection, reconnecting with backoff; after each reconnect it
 /// resubscribes and, once Redis has confirmed, has every local socket catch up from the
-/// database. A chat subscribed to anew has its room catch up once Redis has confirmed
-/// (what was published before the subscription took hold was missed).
+/// database.
 async fn subscriber(
     bus: std::sync::Weak<RedisBus>,
-    client: Client,
+    dialer: Arc<Dialer>,
     mut control: mpsc::UnboundedReceiver<Interest>,
 ) {
     let mut backoff = Backoff::new();
     let mut first = true;
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
     loop {
-        let pubsub = match tokio::time::timeout(DIAL_TIMEOUT, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => pubsub,
-            failed => {
+        let (mut reader, mut writer) = match dial(&dialer, &mut buf).await {
+            Ok(conn) => conn,
+            Err(e) => {
                 if bus.strong_count() == 0 {
                     return;
                 }
-                let e = failed.map_or_else(
-                    |_| "connecting timed out".to_owned(),
-                    |f| f.err().map(|e| e.to_string()).unwrap_or_default(),
-                );
                 tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
                 backoff.wait().await;
                 continue;
             }
         };
         let connected = tokio::time::Instant::now();
-        let (mut sink, mut stream) = pubsub.split();
         let Some(strong) = bus.upgrade() else { return };
         let wanted: Vec<String> = strong.wanted.iter().map(|c| c.clone()).collect();
-        drop(strong);
-        // Messages that come meanwhile wait in the stream.
-        let restored = async {
-            for chunk in wanted.chunks(1024) {
-                sink.subscribe(chunk).await?;
+        out.clear();
+        for chunk in wanted.chunks(1024) {
+            let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            args.extend(chunk.iter().map(|c| c.as_bytes()));
+            resp::command(&mut out, &args);
+        }
+        let mut confirming = Confirming::default();
+        if !first {
+            tracing::info!("redis subscriber reconnected; catching sockets up");
+            if wanted.is_empty() {
+                strong.hub.resync();
             }
-            RedisResult::Ok(())
-        };
-        if let Err(e) = tokio::time::timeout(SILENCE, restored)
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::from(
-                    std::io::ErrorKind::TimedOut,
-                )))
-            })
-        {
-            tracing::warn!(error = %e, "redis subscriber cannot resubscribe; reconnecting");
+            confirming.restoring = wanted.into_iter().collect();
+        }
+        first = false;
+        drop(strong);
+        if writer.write_all(&out).await.is_err() {
             backoff.after(connected.elapsed()).await;
             continue;
         }
-        if !first {
-            tracing::info!("redis subscriber reconnected; catching sockets up");
-            if let Some(bus) = bus.upgrade() {
-                bus.hub.resync();
-            }
-        }
-        first = false;
-        let mut changing: Pending<RedisResult<Vec<i64>>> = None;
-        let mut ping: Pending<bool> = None;
+        let mut heard = connected;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let lost = loop {
+        loop {
             tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { break "the connection closed".to_owned() };
+                read = read_some(&mut reader, &mut buf) => {
                     let Some(bus) = bus.upgrade() else { return };
-                    // What has come is one batch of wakes for the socket threads.
-                    crate::wake::holding_wakes(|| {
-                        let mut wakes = Wakes::default();
-                        bus.receive(&msg, &mut wakes);
-                        while let Some(Some(msg)) = stream.next().now_or_never() {
-                            bus.receive(&msg, &mut wakes);
-                        }
-                        wakes.wake_all();
+                    if read.is_err() {
+                        break;
+                    }
+                    heard = tokio::time::Instant::now();
+                    // What one read brings is one batch of wakes for the socket threads.
+                    let taken = crate::wake::holding_wakes(|| {
+                        take_replies(&bus, &mut buf, &mut confirming)
                     });
+                    if let Err(e) = taken {
+                        tracing::warn!(error = %e, "redis subscriber connection");
+                        break;
+                    }
                 }
-                interest = control.recv(), if changing.is_none() => {
+                interest = control.recv() => {
                     let Some(interest) = interest else { return };
                     let Some(bus) = bus.upgrade() else { return };
-                    let mut changed = vec![interest];
-                    while let Ok(more) = control.try_recv() {
-                        changed.push(more);
-                    }
-                    changing = Some(subscribe(sink.clone(), bus.settle(changed)));
-                }
-                done = async { changing.as_mut().expect("guarded").await }, if changing.is_some() => {
-                    changing = None;
-                    match done {
-                        Ok(chats) => {
-                            if let Some(bus) = bus.upgrade() {
-                                for chat_id in chats {
-                                    bus.hub.resync_room(chat_id);
-                                }
+                    out.clear();
+                    match interest {
+                        Interest::Join(topic) => {
+                            let channel = bus.channel_of(&topic);
+                            bus.wanted.insert(channel.clone());
+                            resp::command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
+                            if let Topic::Chat(chat_id) = topic {
+                                confirming.joining.insert(channel, chat_id);
                             }
                         }
-                        // An ACL refusing a channel is a setting to fix; a lost
-                        // connection ends this one.
-                        Err(e) if e.is_unrecoverable_error() || e.is_io_error() => break e.to_string(),
-                        Err(e) => tracing::warn!(error = %e, "redis refused a subscription"),
+                        // Reports may overtake each other: leave only what is still unwanted.
+                        Interest::Leave(topic) if bus.hub.wants(topic) => {}
+                        Interest::Leave(topic) => {
+                            let channel = bus.channel_of(&topic);
+                            bus.wanted.remove(&channel);
+                            resp::command(&mut out, &[b"UNSUBSCRIBE", channel.as_bytes()]);
+                        }
                     }
-                }
-                alive = async { ping.as_mut().expect("guarded").await }, if ping.is_some() => {
-                    ping = None;
-                    if !alive {
-                        break "no answer to a ping".to_owned();
+                    if !out.is_empty() && writer.write_all(&out).await.is_err() {
+                        break;
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if ping.is_none() {
-                        let mut sink = sink.clone();
-                        // Redis answers a ping even on a subscribed connection.
-                        ping = Some(Box::pin(async move {
-                            matches!(tokio::time::timeout(SILENCE, sink.ping::<redis::Value>()).await, Ok(Ok(_)))
-                        }));
+                    // Redis answers a ping even on a subscribed connection.
+                    if heard.elapsed() > SILENCE || writer.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
+                        break;
                     }
                 }
             }
-        };
-        tracing::warn!(error = %lost, "redis subscriber connection lost; reconnecting");
+        }
+        tracing::warn!("redis subscriber connection lost; reconnecting");
         backoff.after(connected.elapsed()).await;
     }
+}
+
+/// Handles every whole reply in `buf`: messages are delivered (the sockets they reach
+/// woken once all are), confirmations catch chats up (see [`Confirming`]).
+fn take_replies(
+    bus: &RedisBus,
+    buf: &mut BytesMut,
+    confirming: &mut Confirming,
+) -> Result<(), resp::Malformed> {
+    let mut wakes = Wakes::default();
+    while let Some(reply) = resp::take(buf)? {
+        let Reply::Array(Some(mut parts)) = reply else {
+            if let Reply::Error(e) = reply {
+                // An ACL refusing a channel: a setting to fix, which reconnecting would not.
+                tracing::warn!(error = %String::from_utf8_lossy(&e), "redis refused a subscription");
+            }
+            continue;
+        };
+        match (parts.first().and_then(Reply::bytes), parts.len()) {
+            (Some(b"message"), 3) => {
+                if let Some(Reply::Bulk(Some(payload))) = parts.pop() {
+                    bus.receive(payload, &mut wakes);
+                }
+            }
+            (Some(b"subscribe"), 3) => {
+                let Some(channel) = parts[1].bytes().and_then(|c| std::str::from_utf8(c).ok())
+                else {
+                    continue;
+                };
+                if let Some(chat_id) = confirming.joining.remove(channel) {
+                    bus.hub.resync_room(chat_id);
+                }
+                if confirming.restoring.remove(channel) && confirming.restoring.is_empty() {
+                    bus.hub.resync();
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refreshes this node's presence claims for the operators connected here.
@@ -700,5 +822,33 @@ async fn refresher(bus: std::sync::Weak<RedisBus>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::IntoConnectionInfo;
+
+    use super::*;
+
+    #[test]
+    fn the_bus_dials_tls_for_rediss_and_refuses_a_ca_file_without_a_certificate() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let plain = "redis://localhost:6379"
+            .into_connection_info()
+            .expect("a url");
+        assert!(Dialer::new(plain, None).expect("a dialer").tls.is_none());
+        let tls = || {
+            "rediss://localhost:6380"
+                .into_connection_info()
+                .expect("a url")
+        };
+        assert!(Dialer::new(tls(), None).expect("a dialer").tls.is_some());
+        let empty = std::env::temp_dir().join(format!("souq-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "no certificate here\n").expect("a file");
+        let refused = Dialer::new(tls(), Some(&empty)).expect_err("an empty CA file");
+        assert!(refused.to_string().contains("no certificate"), "{refused}");
+        let _ = std::fs::remove_file(&empty);
+        assert!(Dialer::new(tls(), Some(std::path::Path::new("/nonexistent.pem"))).is_err());
     }
 }
