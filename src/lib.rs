@@ -1,21 +1,32 @@
 //! souq: a self-hosted real-time chat backend for marketplaces and support desks.
 //!
-//! The crate map, in the direction calls go (http/api → domain → store):
+//! The crate map, from the bottom up: each module imports only those above it in this
+//! list (`grep -rn "^use crate" src` shows it), and calls go the same way.
 //!
-//! - [`config`]: one typed configuration from flags and environment, with defaults.
-//! - [`http`]: the hyper server: connections, bounded bodies, the error shape, shutdown,
-//!   the WebSocket and the threads its sockets run on.
-//! - `api`: the native REST API `/v1/...`: routes and handlers over the core.
-//! - `compat`: the seed APIs on the wire (Chatwhizz `/admin/...`), adapters over the core.
+//! - [`clock`]: the time every rule reads (the system's; moved on by hand in tests).
+//! - [`wake`]: wakes held back until a batch of work is done.
+//! - [`store`]: the database: SQLite or PostgreSQL, migrations (`schema/migrations`),
+//!   sea-orm entities, write transactions.
 //! - [`domain`]: the core: organisations, operators, inboxes, chats, messages, receipts,
-//!   tokens; who may see what. Knows nothing of HTTP.
-//! - [`store`]: sea-orm entities, migrations (from `schema/migrations`), transactions.
-//! - [`bus`]: fan-out of committed events, each encoded once (domain → bus → hub).
-//! - [`hub`]: this node's live sockets: per-chat rooms, bounded session queues,
-//!   long-poll waiters. Knows nothing of the database.
+//!   tokens; who may see what. `domain::write` is the message path: the rules of a batch
+//!   (plain code, no I/O), a journal per backend that carries them out, group commit.
+//!   It announces what it commits through [`domain::Live`], and knows nothing of HTTP,
+//!   sockets or Redis.
+//! - [`hub`]: this node's live sockets: per-chat rooms, bounded mailboxes, long-poll
+//!   waiters, and the frames they are handed, each event encoded once.
+//! - [`bus`]: implements `Live`: a committed event goes to this node's hub and, with
+//!   Redis, to the other nodes'; presence across nodes.
+//! - [`http`]: the HTTP transport: connections, bounded bodies, the error shape. It knows
+//!   no route: APIs plug in as `http::Surface`s.
+//! - [`socket`]: the native live API, `/v1/ws`: upgrade, each socket's task and session.
+//! - `api`: the native REST API, `/v1/...`.
+//! - `compat`: the three seed APIs on the wire (Chatwhizz, hojre, iqstore).
+//! - `router`: which API answers a path.
+//! - [`config`]: one typed configuration from flags and environment, with defaults.
 //!
 //! [`Server`] ties them together: `Server::build(&config)`, then
 //! `server.run_until_stopped(shutdown)`; tests build on port 0 and read `local_addr`.
+//! docs/architecture.md follows one message through them.
 
 mod api;
 pub mod bus;
