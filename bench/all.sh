@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every scenario of BENCHMARKS.md, RUNS times each (default 3): 200 chats x 5 sockets at
+# Every scenario of docs/benchmarks.md, RUNS times each (default 3): 200 chats x 5 sockets at
 # 10 msg/s per sender and closed loop (4 unacked per sender), for the bare ceiling and for
 # souq without and with receipts (the chat's seller reads every message) on
 # 1 node SQLite, 1 node PostgreSQL and 3 nodes PostgreSQL + Redis; the ceiling and souq on

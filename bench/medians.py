@@ -1,4 +1,4 @@
-"""Prints the medians of bench/all.sh's JSON lines as the Markdown tables of BENCHMARKS.md."""
+"""Prints the medians of bench/all.sh's JSON lines as the Markdown tables of docs/benchmarks.md."""
 
 import json
 import statistics

@@ -22,7 +22,7 @@ pub struct Config {
     pub redis_url: Option<String>,
 
     /// With a `rediss://` Redis: a PEM file of the certificate authority that signed its
-    /// certificate, trusted besides the system's (a private CA).
+    /// certificate (a private CA), trusted instead of the system's roots.
     #[arg(long, env = "SOUQ_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 

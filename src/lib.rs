@@ -109,6 +109,9 @@ pub struct Server {
     core: Arc<domain::Core>,
     bus: bus::Bus,
     router: Arc<router::Router>,
+    /// Kept until the database is closed: the store's and the writers' tasks run on the
+    /// first of them.
+    threads: Arc<socket::SocketThreads>,
     grace: Duration,
 }
 
@@ -121,8 +124,9 @@ impl Server {
     /// [`Server::build`] with the clock every rule of the server reads (tests move theirs).
     pub async fn build_with(config: &Config, clock: Clock) -> Result<Server, StartError> {
         config.validate()?;
-        let threads =
-            socket::SocketThreads::start(config.socket_threads()).map_err(StartError::Threads)?;
+        let threads = Arc::new(
+            socket::SocketThreads::start(config.socket_threads()).map_err(StartError::Threads)?,
+        );
         // The store and the bus are opened on the first socket thread, where their tasks
         // then run (the PostgreSQL writers, the Redis connections, the pool's upkeep): what
         // they wake is sockets, and some of those are on that thread instead of none.
@@ -131,8 +135,12 @@ impl Server {
             .run_on_first(async move { core(&owned, clock).await })
             .await?;
         let core = Arc::new(core);
-        let sockets =
-            socket::Sockets::start(core.clone(), bus.clone(), config.ws_limits(), threads);
+        let sockets = socket::Sockets::start(
+            core.clone(),
+            bus.clone(),
+            config.ws_limits(),
+            threads.clone(),
+        );
         let router = Arc::new(router::Router::new(
             core.clone(),
             bus.hub().clone(),
@@ -153,6 +161,7 @@ impl Server {
             core,
             bus,
             router,
+            threads,
             grace: config.shutdown_grace(),
         })
     }
@@ -181,6 +190,7 @@ impl Server {
             core,
             bus,
             router,
+            threads,
             grace,
         } = self;
         let open = http::serve(listener, router.clone(), shutdown).await;
@@ -206,5 +216,7 @@ impl Server {
             }
             Err(_) => tracing::debug!("requests still hold the core; the pool closes on exit"),
         }
+        // Only now may the socket threads stop.
+        drop(threads);
     }
 }

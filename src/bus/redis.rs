@@ -48,8 +48,8 @@ use crate::hub::{Envelope, Hub, Interest, Route, Topic, Wakes};
 pub struct RedisConfig {
     /// `redis://` or, with TLS, `rediss://`.
     pub url: String,
-    /// PEM file of the certificate authority that signed Redis's certificate, trusted
-    /// besides the system's (a private CA); with `rediss://` only.
+    /// PEM file of the certificate authority that signed Redis's certificate (a private
+    /// CA), trusted instead of the system's roots; with `rediss://` only.
     pub ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key and channel, so that several deployments (or tests) can share
     /// one Redis.
@@ -106,8 +106,9 @@ impl std::fmt::Debug for Dialer {
 }
 
 impl Dialer {
-    /// The dialer of `info`; over TLS, trusting the system's roots and the CA of
-    /// `ca_file`. Fails when the CA file cannot be read or holds no certificate.
+    /// The dialer of `info`; over TLS, trusting the CA of `ca_file` or else the system's
+    /// roots (as the presence connection does). Fails when the CA file cannot be read or
+    /// holds no certificate.
     fn new(info: ConnectionInfo, ca_file: Option<&std::path::Path>) -> RedisResult<Dialer> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
@@ -115,22 +116,27 @@ impl Dialer {
             return Ok(Dialer { info, tls: None });
         }
         let mut roots = rustls::RootCertStore::empty();
-        // The system's roots; a store that cannot be read leaves the CA file's alone.
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(file) = ca_file {
-            let pem = std::fs::read(file)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            if certs.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("no certificate in {}", file.display()),
-                )
-                .into());
+        match ca_file {
+            Some(file) => {
+                let pem = std::fs::read(file)?;
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                    })?;
+                if certs.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("no certificate in {}", file.display()),
+                    )
+                    .into());
+                }
+                roots.add_parsable_certificates(certs);
             }
-            roots.add_parsable_certificates(certs);
+            // The system's roots; those that cannot be read are left out.
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
         }
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
@@ -469,7 +475,7 @@ async fn dial_now(dialer: &Dialer, buf: &mut BytesMut) -> std::io::Result<(Reade
         resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
         answers += 1;
     }
-    writer.write_all(&out).await?;
+    send(&mut writer, &out).await?;
     buf.clear();
     for _ in 0..answers {
         if let Reply::Error(e) = next_reply(&mut reader, buf).await? {
@@ -480,6 +486,13 @@ async fn dial_now(dialer: &Dialer, buf: &mut BytesMut) -> std::io::Result<(Reade
         }
     }
     Ok((reader, writer))
+}
+
+/// Writes `bytes` out: all of them, and over TLS the records they make too (a TLS stream
+/// keeps what it has encrypted until flushed; over plain TCP a flush does nothing).
+async fn send(writer: &mut Writer, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// Reads until `buf` holds a whole reply at its front, and takes it.
@@ -599,7 +612,7 @@ async fn publisher(
         let lost: std::io::Error = 'conn: loop {
             if !batch.is_empty() {
                 encode_publishes(&mut batch, &mut out, &mut unanswered);
-                if let Err(e) = writer.write_all(&out).await {
+                if let Err(e) = send(&mut writer, &out).await {
                     break e;
                 }
             }
@@ -706,7 +719,7 @@ async fn subscriber(
         }
         first = false;
         drop(strong);
-        if writer.write_all(&out).await.is_err() {
+        if send(&mut writer, &out).await.is_err() {
             backoff.after(connected.elapsed()).await;
             continue;
         }
@@ -750,13 +763,13 @@ async fn subscriber(
                             resp::command(&mut out, &[b"UNSUBSCRIBE", channel.as_bytes()]);
                         }
                     }
-                    if !out.is_empty() && writer.write_all(&out).await.is_err() {
+                    if !out.is_empty() && send(&mut writer, &out).await.is_err() {
                         break;
                     }
                 }
                 _ = heartbeat.tick() => {
                     // Redis answers a ping even on a subscribed connection.
-                    if heard.elapsed() > SILENCE || writer.write_all(b"*1\r\n$4\r\nPING\r\n").await.is_err() {
+                    if heard.elapsed() > SILENCE || send(&mut writer, b"*1\r\n$4\r\nPING\r\n").await.is_err() {
                         break;
                     }
                 }

@@ -31,13 +31,19 @@ pub struct Sockets {
     core: Arc<Core>,
     bus: Bus,
     ws: WsLimits,
-    /// The threads live sockets run on.
-    threads: SocketThreads,
+    /// The threads live sockets run on (the server keeps them until the database is
+    /// closed: the store's tasks run on the first).
+    threads: Arc<SocketThreads>,
 }
 
 impl Sockets {
     /// Sockets served with `threads`, and their heartbeat (until they are dropped).
-    pub fn start(core: Arc<Core>, bus: Bus, ws: WsLimits, threads: SocketThreads) -> Arc<Sockets> {
+    pub fn start(
+        core: Arc<Core>,
+        bus: Bus,
+        ws: WsLimits,
+        threads: Arc<SocketThreads>,
+    ) -> Arc<Sockets> {
         let sockets = Arc::new(Sockets {
             core,
             bus,

@@ -172,11 +172,17 @@ impl<'j> Batch<'j> {
                 receipts,
             } => (ids, stale, receipts),
         };
-        self.fresh.extend(stale);
+        // A stale chat's jobs are all planned anew on the chat read again: what was decided
+        // for them (a refusal, say) was decided on a state that was already behind.
+        let stale: HashSet<i64> = stale.into_iter().collect();
+        self.fresh.extend(stale.iter().copied());
         let now = planned.plan.now;
         let mut copies = Vec::new();
         for (i, decision) in planned.decisions {
             let job = &self.jobs[i];
+            if stale.contains(&job.chat_id) {
+                continue;
+            }
             self.outcomes[i] = match decision {
                 Decision::Insert { n, took } => {
                     let (Some(Some(id)), Some(send)) = (ids.get(n), job.send()) else {
@@ -224,6 +230,13 @@ impl<'j> Batch<'j> {
                 Some(Ok(Done::Marked(_))) | None => None,
             };
         }
+    }
+
+    /// The outcomes decided so far, in job order (`None`: not yet), for a driver whose
+    /// journal failed in the middle of the rounds: what earlier rounds committed stays
+    /// committed, and only the rest is to be tried again.
+    pub(crate) fn decided(self) -> Vec<Option<Result<Done>>> {
+        self.outcomes
     }
 
     /// Each job's outcome, in order.
@@ -541,6 +554,76 @@ mod tests {
         assert_eq!(seq(&out[1]), Ok((13, true)));
         let out = db.run(&[read(1, CUSTOMER, 20)], &Tuning::DEFAULT);
         assert!(matches!(out[0], Err(Error::Invalid(_))), "{:?}", out[0]);
+    }
+
+    /// A journal that fails after a round committed (a connection lost, say) leaves that
+    /// round's outcomes decided, so that only the rest is tried again (and nothing is
+    /// stored twice).
+    #[test]
+    fn a_round_committed_before_a_failure_keeps_its_outcomes() {
+        let tuning = Tuning::DEFAULT;
+        let mut db = Memory::with(&[
+            chat(1, 0, ChatStatus::Pending),
+            chat(2, 0, ChatStatus::Pending),
+        ]);
+        db.run(&[send(1, CUSTOMER, None), send(2, CUSTOMER, None)], &tuning);
+        // Chat 2 changed behind the writer's back: the first round stores chat 1's message
+        // alone, and the second, which would store chat 2's, fails.
+        db.chats.get_mut(&2).expect("chat 2").last_seq = 5;
+        let jobs = [send(1, CUSTOMER, None), send(2, CUSTOMER, None)];
+        let mut batch = Batch::new(&jobs, &tuning);
+        let mut executions = 0;
+        let decided = loop {
+            match batch.next() {
+                Step::Read(read) => {
+                    let chats = db.chats(&read);
+                    batch.read(chats, 5000);
+                }
+                Step::LookUp(keys) => {
+                    let found = db.stored(&keys);
+                    batch.found(found);
+                }
+                Step::Execute(plan) => {
+                    executions += 1;
+                    if executions == 2 {
+                        break batch.decided();
+                    }
+                    let executed = db.execute(plan, &jobs);
+                    batch.executed(executed);
+                }
+                Step::Done => panic!("the second round should have failed"),
+            }
+        };
+        assert!(
+            matches!(&decided[0], Some(Ok(Done::Sent(s))) if s.message.seq == 2),
+            "chat 1's message, committed: {:?}",
+            decided[0]
+        );
+        assert!(decided[1].is_none(), "chat 2's, still to store");
+    }
+
+    /// What a round decided for a chat that turned out stale (a refusal on the state it
+    /// read) is decided again on the chat read afresh.
+    #[test]
+    fn a_stale_chats_jobs_are_all_decided_again() {
+        let tuning = Tuning::DEFAULT;
+        let mut db = Memory::with(&[chat(1, 2, ChatStatus::Chatting)]);
+        // Read fresh at seq 2; before the plan is carried out another node stores seq 3.
+        let mut once = true;
+        db.meanwhile = Some(Box::new(move |chats| {
+            if std::mem::take(&mut once)
+                && let Some(c) = chats.get_mut(&1)
+            {
+                c.last_seq = 3;
+            }
+        }));
+        let out = db.run(&[read(1, CUSTOMER, 3), send(1, CUSTOMER, None)], &tuning);
+        assert_eq!(
+            seq(&out[0]),
+            Err("marked 3".into()),
+            "the read of seq 3, refused on the stale state, is valid on the fresh one"
+        );
+        assert_eq!(seq(&out[1]), Ok((4, true)));
     }
 
     #[test]

@@ -63,6 +63,39 @@ fn answer(
     });
 }
 
+/// A batch whose journal failed in the middle of its rounds: the error, and the outcomes
+/// of the rounds committed before it (`None` for the jobs still to store).
+#[derive(Debug)]
+pub(crate) struct Partial<E> {
+    pub error: E,
+    pub decided: Vec<Option<Result<Done>>>,
+}
+
+/// Answers the jobs of a batch that failed part way whose outcomes were decided (their
+/// rounds committed), in order; returns the others, to be stored one by one.
+fn answer_decided(
+    live: &dyn Live,
+    jobs: Vec<Job>,
+    replies: Vec<oneshot::Sender<Result<Done>>>,
+    decided: Vec<Option<Result<Done>>>,
+) -> Vec<(Job, oneshot::Sender<Result<Done>>)> {
+    let (mut done, mut rest) = ((Vec::new(), Vec::new(), Vec::new()), Vec::new());
+    for ((job, reply), outcome) in jobs.into_iter().zip(replies).zip(decided) {
+        match outcome {
+            Some(outcome) => {
+                done.0.push(job);
+                done.1.push(reply);
+                done.2.push(outcome);
+            }
+            None => rest.push((job, reply)),
+        }
+    }
+    if !done.0.is_empty() {
+        answer(live, &done.0, done.1, done.2);
+    }
+    rest
+}
+
 /// What a driver needs besides its journal: where to announce, the time, the knobs.
 #[derive(Debug, Clone)]
 struct Context {

@@ -258,10 +258,14 @@ impl Journal {
     async fn store(&mut self, jobs: &[Job]) -> Vec<Result<Done>> {
         let cx = context();
         match self {
-            Journal::Sqlite(j) => sqlite::store(j, jobs, &cx).expect("the batch commits"),
-            Journal::Postgres(j) => postgres::store_jobs(j, jobs, &cx)
-                .await
-                .expect("the batch commits"),
+            Journal::Sqlite(j) => match sqlite::store(j, jobs, &cx) {
+                Ok(outcomes) => outcomes,
+                Err(partial) => panic!("the batch failed: {}", partial.error),
+            },
+            Journal::Postgres(j) => match postgres::store_jobs(j, jobs, &cx).await {
+                Ok(outcomes) => outcomes,
+                Err(partial) => panic!("the batch failed: {}", partial.error),
+            },
         }
     }
 }

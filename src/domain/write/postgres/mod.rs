@@ -19,7 +19,7 @@ use self::journal::Journal;
 use super::batch::{Batch, Step};
 use super::plan::{ChatState, Done, Job};
 use super::tuning::Tuning;
-use super::{Context, Queued, Queues, answer, split};
+use super::{Context, Partial, Queued, Queues, answer, answer_decided, split};
 use crate::domain::{Error, Result};
 use crate::store::Store;
 
@@ -237,13 +237,14 @@ async fn store(
     (writer, n, ids)
 }
 
-/// Runs a batch through the journal: the rounds of [`Batch`]. Returns an outcome per job,
-/// or the error that failed a round (nothing of that round is kept).
+/// Runs a batch through the journal: the rounds of [`Batch`]. Returns an outcome per job;
+/// or the error that failed a round (nothing of that round is kept) with the outcomes of
+/// the rounds committed before it.
 pub(super) async fn store_jobs(
     journal: &mut Journal,
     jobs: &[Job],
     cx: &Context,
-) -> std::result::Result<Vec<Result<Done>>, sqlx::Error> {
+) -> std::result::Result<Vec<Result<Done>>, Partial<sqlx::Error>> {
     let mut batch = Batch::new(jobs, &cx.tuning);
     loop {
         let step = match batch.next() {
@@ -266,32 +267,34 @@ pub(super) async fn store_jobs(
             },
             Step::Done => return Ok(batch.finish()),
         };
-        if let Err(e) = step {
+        if let Err(error) = step {
             journal.abandon();
-            return Err(e);
+            return Err(Partial {
+                error,
+                decided: batch.decided(),
+            });
         }
     }
 }
 
-/// Stores a batch, then announces and answers it; a batch that fails as a whole is tried
-/// again job by job.
+/// Stores a batch, then announces and answers it; the jobs of a batch that fails are tried
+/// again one by one (those of its rounds that committed are answered as they are).
 async fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued>) {
     let (jobs, replies) = split(batch);
-    match store_jobs(journal, &jobs, cx).await {
-        Ok(outcomes) => answer(&*cx.live, &jobs, replies, outcomes),
-        Err(e) => {
-            tracing::debug!(error = %e, jobs = jobs.len(), "a batch failed; storing its jobs one by one");
-            for (job, reply) in jobs.into_iter().zip(replies) {
-                let one = std::slice::from_ref(&job);
-                let outcome = match store_jobs(journal, one, cx).await {
-                    Ok(mut outcomes) => outcomes
-                        .pop()
-                        .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
-                    Err(e) => Err(failed(e)),
-                };
-                answer(&*cx.live, one, vec![reply], vec![outcome]);
-            }
-        }
+    let Partial { error, decided } = match store_jobs(journal, &jobs, cx).await {
+        Ok(outcomes) => return answer(&*cx.live, &jobs, replies, outcomes),
+        Err(partial) => partial,
+    };
+    tracing::debug!(error = %error, jobs = jobs.len(), "a batch failed; storing its jobs one by one");
+    for (job, reply) in answer_decided(&*cx.live, jobs, replies, decided) {
+        let one = std::slice::from_ref(&job);
+        let outcome = match store_jobs(journal, one, cx).await {
+            Ok(mut outcomes) => outcomes
+                .pop()
+                .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
+            Err(partial) => Err(failed(partial.error)),
+        };
+        answer(&*cx.live, one, vec![reply], vec![outcome]);
     }
 }
 

@@ -85,6 +85,16 @@ impl Journal {
         Ok(())
     }
 
+    /// Ends a round that only read (the batch's last look-up): nothing was written, and
+    /// what it read stays known. A no-op without one.
+    pub(crate) fn end_read(&mut self) {
+        if self.in_tx {
+            self.in_tx = false;
+            // Fails only when no transaction is open, which is what it is there to ensure.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
     /// Gives up a round begun and not carried out (the caller stopped on an error of its
     /// own); a no-op otherwise.
     pub(crate) fn abandon(&mut self) {

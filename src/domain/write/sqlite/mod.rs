@@ -21,7 +21,7 @@ use self::journal::Journal;
 use super::batch::{Batch, Step};
 use super::plan::{Done, Job};
 use super::tuning::Tuning;
-use super::{Context, Queued, Queues, answer, split};
+use super::{Context, Partial, Queued, Queues, answer, answer_decided, split};
 use crate::domain::{Error, Result};
 
 /// The writer's connection and the checkpointer's.
@@ -180,13 +180,13 @@ impl Shared {
 }
 
 /// Runs a batch through the journal: the rounds of [`Batch`], each in one transaction.
-/// Returns an outcome per job, or the error that failed the round under way (nothing of
-/// it is kept).
+/// Returns an outcome per job; or the error that failed a round (nothing of that round is
+/// kept) with the outcomes of the rounds committed before it.
 pub(super) fn store(
     journal: &mut Journal,
     jobs: &[Job],
     cx: &Context,
-) -> rusqlite::Result<Vec<Result<Done>>> {
+) -> Result<Vec<Result<Done>>, Partial<rusqlite::Error>> {
     let mut batch = Batch::new(jobs, &cx.tuning);
     let stored = (|| loop {
         match batch.next() {
@@ -205,11 +205,20 @@ pub(super) fn store(
             Step::Done => return Ok(()),
         }
     })();
-    if let Err(e) = stored {
-        journal.abandon();
-        return Err(e);
+    match stored {
+        Ok(()) => {
+            // A batch that ends on a look-up (its last round) leaves a read open.
+            journal.end_read();
+            Ok(batch.finish())
+        }
+        Err(error) => {
+            journal.abandon();
+            Err(Partial {
+                error,
+                decided: batch.decided(),
+            })
+        }
     }
-    Ok(batch.finish())
 }
 
 /// Stores as [`store`] does, but fails at once where another process holds the file (the
@@ -221,7 +230,7 @@ fn store_without_waiting(
     cx: &Context,
 ) -> rusqlite::Result<Vec<Result<Done>>> {
     journal.busy_wait(Duration::ZERO)?;
-    let stored = store(journal, jobs, cx);
+    let stored = store(journal, jobs, cx).map_err(|partial| partial.error);
     // Setting a timeout on an open connection cannot fail; and a commit that went through
     // must not be reported as failed, or it would be stored twice.
     let _ = journal.busy_wait(cx.tuning.busy_wait);
@@ -250,24 +259,27 @@ fn run(shared: &Shared, mut queues: Queues, runtime: tokio::runtime::Handle) {
 }
 
 /// Stores a batch (the caller holds the file's writer lock), then announces and answers
-/// it; a batch that fails as a whole is tried again job by job.
+/// it; the jobs of a batch that fails are tried again one by one (those of its rounds that
+/// committed are answered as they are).
 fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued>) {
     let (jobs, replies) = split(batch);
-    match store(journal, &jobs, cx) {
-        Ok(outcomes) => answer(&*cx.live, &jobs, replies, outcomes),
-        Err(e) => {
-            tracing::debug!(error = %e, jobs = jobs.len(), "a batch failed; retrying its jobs one by one");
-            for (job, reply) in jobs.into_iter().zip(replies) {
-                let one = std::slice::from_ref(&job);
-                let outcome = match store(journal, one, cx) {
-                    Ok(mut outcomes) => outcomes
-                        .pop()
-                        .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
-                    Err(e) => Err(Error::Internal(format!("cannot store the message: {e}"))),
-                };
-                answer(&*cx.live, one, vec![reply], vec![outcome]);
-            }
-        }
+    let Partial { error, decided } = match store(journal, &jobs, cx) {
+        Ok(outcomes) => return answer(&*cx.live, &jobs, replies, outcomes),
+        Err(partial) => partial,
+    };
+    tracing::debug!(error = %error, jobs = jobs.len(), "a batch failed; storing its jobs one by one");
+    for (job, reply) in answer_decided(&*cx.live, jobs, replies, decided) {
+        let one = std::slice::from_ref(&job);
+        let outcome = match store(journal, one, cx) {
+            Ok(mut outcomes) => outcomes
+                .pop()
+                .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
+            Err(partial) => Err(Error::Internal(format!(
+                "cannot store the message: {}",
+                partial.error
+            ))),
+        };
+        answer(&*cx.live, one, vec![reply], vec![outcome]);
     }
 }
 
