@@ -1,7 +1,7 @@
 //! The ceiling: the cheapest broadcast server the load generator can drive. A bare
 //! tokio-tungstenite server with no persistence, no JSON, no auth: every text frame that a
 //! socket of `/room/N` sends goes, as the same bytes, to every socket of room N (the sender
-//! too). Its CPU per delivery is the floor souq is compared against in BENCHMARKS.md.
+//! too). Its CPU per delivery is the floor souq is compared against in docs/benchmarks.md.
 //!
 //! It is built the way souq's live path first was (a reader and a writer task per socket,
 //! the writer behind a bounded queue, frames shared rather than copied, queued frames

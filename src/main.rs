@@ -7,7 +7,7 @@ use souq::domain::{Core, NewOrganisation};
 use souq::{Config, Server};
 
 // mimalloc rather than the system's: sockets allocate and free small frames all the time,
-// and with it an idle socket costs about 3.7 KiB of RSS instead of 5.8 (BENCHMARKS.md).
+// and with it an idle socket costs about 3.7 KiB of RSS instead of 5.8 (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

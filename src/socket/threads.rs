@@ -3,7 +3,7 @@
 //!
 //! A message wakes every socket of its chat. On tokio's shared runtime those tasks land on
 //! either core, and each wake of an idle core is a futex and a context switch; at low load
-//! a third of souq's samples were in switching threads (BENCHMARKS.md). A person's devices
+//! a third of souq's samples were in switching threads (the benchmarks' history). A person's devices
 //! are in the same chats, so keeping them on one thread keeps the wake-ups of a send by one
 //! of them on one thread (the sender's own, where an idle SQLite writer at low load lets
 //! it commit there), while different people still spread over the cores. HTTP and the

@@ -1,6 +1,6 @@
 //! Every number the message path is tuned by, in one place, each with the reason it has
 //! its value. The figures come from the benchmarks (docs/benchmarks.md, and the history
-//! of BENCHMARKS.md in git); change a number only with a measurement beside it.
+//! of BENCHMARKS.md, in git); change a number only with a measurement beside it.
 
 use std::time::Duration;
 

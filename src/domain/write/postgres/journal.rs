@@ -89,32 +89,35 @@ SELECT id, $3, $9, $10, $11, $12, $13, $14, $15 FROM moved
 RETURNING id, chat_id, seq";
 
 /// Moves members' cursors forward ($1-$5, $7: chat, member kind and id, received, read,
-/// and whether they mark the customer's messages) at $6: their receipt rows (cursors only
-/// go forward: what another statement stored meanwhile stays if it is further), and the
-/// received and read times of the messages they now have. Returns each member's cursors
-/// `saved` (after) and `old` (before).
+/// and whether they mark the customer's messages) at $6, each at most up to its chat's
+/// newest message (the plan has checked it; this only makes sure): their receipt rows
+/// (cursors only go forward: what another statement stored meanwhile stays if it is
+/// further), and the received and read times of the messages they now have. Returns each
+/// member's cursors `saved` (after) and `old` (before).
 ///
 /// Every join is an index lookup per row: a prepared statement's plan cannot know how many
-/// marks a batch holds, and a join of two batch-sized lists can become quadratic. Each
-/// member's receipt is read in a lateral subquery with a `LIMIT`, which the planner cannot
-/// turn into a join: a plain join made it hash the whole `receipts` table (dead rows and
-/// all, as every mark rewrites a row) for each batch, which nearly doubled PostgreSQL's CPU
-/// at 10 msg/s with receipts.
-/// The messages to mark start above the old cursors; a message gets a time only if it has
-/// none, so two statements that overlap mark it once.
+/// marks a batch holds, and a join of two batch-sized lists can become quadratic. The
+/// `= ANY($1)` conditions keep chats and receipts to the batch's chats, as in
+/// [`STORE_BATCH`]. (The join with `chats` also steers the plan: without it, on a new
+/// database whose statistics still say `messages` is empty, PostgreSQL hashed the whole
+/// table for every batch of marks.) The messages to mark start above the old cursors; a
+/// message gets a time only if it has none, so two statements that overlap mark it once.
 const MARK_BATCH: &str = "\
 WITH m (chat_id, member_kind, member_id, received, read, customers) AS (
     SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
                          $7::bool[])
 ), want AS (
-    SELECT m.*, COALESCE(r.received_seq, 0) AS old_received,
+    SELECT g.*, COALESCE(r.received_seq, 0) AS old_received,
            COALESCE(r.read_seq, 0) AS old_read
-    FROM m
-    LEFT JOIN LATERAL (
-        SELECT received_seq, read_seq FROM receipts
-        WHERE chat_id = m.chat_id AND member_kind = m.member_kind AND member_id = m.member_id
-        LIMIT 1
-    ) r ON true
+    FROM (
+        SELECT m.chat_id, m.member_kind, m.member_id, bool_and(m.customers) AS customers,
+               max(m.received) AS received, max(m.read) AS read
+        FROM m JOIN chats c ON c.id = m.chat_id
+        WHERE c.id = ANY($1) AND m.received <= c.last_seq AND m.read <= c.last_seq
+        GROUP BY m.chat_id, m.member_kind, m.member_id
+    ) g
+    LEFT JOIN receipts r ON r.chat_id = ANY($1) AND r.chat_id = g.chat_id
+        AND r.member_kind = g.member_kind AND r.member_id = g.member_id
 ), saved AS (
     INSERT INTO receipts AS r
         (chat_id, member_kind, member_id, received_seq, read_seq, received_at, read_at)
