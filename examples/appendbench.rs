@@ -134,6 +134,7 @@ async fn run() -> Result<(), String> {
             "correct horse",
             &format!("bench-{tag}"),
             "live_chat",
+            std::net::Ipv4Addr::LOCALHOST.into(),
         )
         .await
         .map_err(e)?;

@@ -93,9 +93,59 @@ pub struct Config {
     #[arg(long, env = "SOUQ_WS_IDLE_TIMEOUT", default_value_t = 60)]
     pub ws_idle_timeout: u64,
 
+    /// Longest a send waits for its commit, and a request for a database connection, in
+    /// seconds: past it the client is answered `unavailable` (503) rather than kept
+    /// waiting out a database outage.
+    #[arg(long, env = "SOUQ_WRITE_TIMEOUT", default_value_t = 5)]
+    pub write_timeout: u64,
+
+    /// Longest a client may take to send a request's body, in seconds; slower ones get 408.
+    #[arg(long, env = "SOUQ_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
+
+    /// Most connections open at once, sockets included; past it new ones get 503. Unset:
+    /// the process's open-files limit less 64 (for the database, Redis and files).
+    #[arg(long, env = "SOUQ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Read the client's address from the last entry of `X-Forwarded-For` (the one your
+    /// reverse proxy appends) rather than from the connection. Only behind a proxy that
+    /// sets it: otherwise any client can claim any address.
+    #[arg(long, env = "SOUQ_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// New widget visitors one client address may make per minute (0: no limit).
+    #[arg(long, env = "SOUQ_VISITORS_PER_MINUTE", default_value_t = 20)]
+    pub visitors_per_minute: u32,
+
+    /// New widget visitors one widget may get per minute from all addresses (0: no limit).
+    #[arg(long, env = "SOUQ_VISITORS_PER_MINUTE_PER_KEY", default_value_t = 600)]
+    pub visitors_per_minute_per_key: u32,
+
+    /// Failed sign-ins one client address may make per minute (0: no limit); past it,
+    /// every sign-in from there gets 429 until the minute has refilled.
+    #[arg(long, env = "SOUQ_FAILED_SIGN_INS_PER_MINUTE", default_value_t = 10)]
+    pub failed_sign_ins_per_minute: u32,
+
+    /// How log lines are written: `text` for people, `json` for one JSON object a line.
+    #[arg(long, env = "SOUQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// On shutdown, how long open requests get to finish, in seconds.
     #[arg(long, env = "SOUQ_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
+
+    /// On shutdown, how long to go on serving first while /readyz answers 503, in seconds,
+    /// so that a load balancer sends new clients elsewhere before the node stops.
+    #[arg(long, env = "SOUQ_SHUTDOWN_DELAY", default_value_t = 0)]
+    pub shutdown_delay: u64,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Most socket threads a node runs, set or not.
@@ -129,7 +179,16 @@ impl Config {
             socket_threads: None,
             ws_ping: 20,
             ws_idle_timeout: 60,
+            write_timeout: 5,
+            body_timeout: 30,
+            max_connections: None,
+            trust_forwarded_for: false,
+            visitors_per_minute: 20,
+            visitors_per_minute_per_key: 600,
+            failed_sign_ins_per_minute: 10,
+            log_format: LogFormat::Text,
             shutdown_grace: 10,
+            shutdown_delay: 0,
         }
     }
 
@@ -191,6 +250,17 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("max-body-bytes must be at least 1024".into()));
+        }
+        if self.write_timeout == 0 {
+            return Err(ConfigError(
+                "write-timeout must be at least 1 second".into(),
+            ));
+        }
+        if self.body_timeout == 0 {
+            return Err(ConfigError("body-timeout must be at least 1 second".into()));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError("max-connections must be at least 1".into()));
         }
         if self.max_text_chars == 0 {
             return Err(ConfigError("max-text-chars must be at least 1".into()));
@@ -257,6 +327,22 @@ impl Config {
             access_token_ttl_s: self.access_token_ttl,
             refresh_token_ttl_s: self.refresh_token_ttl,
             session_ttl_s: self.session_ttl,
+            visitors_per_minute: self.visitors_per_minute,
+            visitors_per_minute_per_key: self.visitors_per_minute_per_key,
+            failed_sign_ins_per_minute: self.failed_sign_ins_per_minute,
+            write_timeout: Duration::from_secs(self.write_timeout),
+        }
+    }
+
+    /// What the HTTP edge allows a client.
+    pub fn edge(&self) -> crate::http::Edge {
+        crate::http::Edge {
+            max_body_bytes: self.max_body_bytes,
+            body_timeout: Duration::from_secs(self.body_timeout),
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(crate::http::default_max_connections),
+            trust_forwarded_for: self.trust_forwarded_for,
         }
     }
 
@@ -281,6 +367,10 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay)
     }
 }
 

@@ -21,6 +21,7 @@
 //! - [`socket`]: the native live API, `/v1/ws`: upgrade, each socket's task and session.
 //! - `api`: the native REST API, `/v1/...`.
 //! - `compat`: the three seed APIs on the wire (Chatwhizz, hojre, iqstore).
+//! - `ops`: `/healthz` and `/readyz`, for those who run the node.
 //! - `router`: which API answers a path.
 //! - [`config`]: one typed configuration from flags and environment, with defaults.
 //!
@@ -36,6 +37,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod hub;
+mod ops;
 mod router;
 pub mod socket;
 pub mod store;
@@ -77,6 +79,7 @@ async fn core(config: &Config, clock: Clock) -> Result<(domain::Core, bus::Bus),
         &config.database_url,
         config.db_max_connections,
         config.postgres_writers(),
+        config.limits().write_timeout,
     )
     .await?;
     let hub = Arc::new(hub::Hub::new());
@@ -113,6 +116,8 @@ pub struct Server {
     /// first of them.
     threads: Arc<socket::SocketThreads>,
     grace: Duration,
+    delay: Duration,
+    max_connections: usize,
 }
 
 impl Server {
@@ -143,9 +148,14 @@ impl Server {
         );
         let router = Arc::new(router::Router::new(
             core.clone(),
-            bus.hub().clone(),
+            bus.clone(),
             sockets,
-            config.max_body_bytes,
+            config.edge(),
+        ));
+        tokio::spawn(bus::reconcile(
+            Arc::downgrade(&core),
+            bus.hub().clone(),
+            bus::RECONCILE_EVERY,
         ));
         if let Some(every) = bus.sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
@@ -163,6 +173,8 @@ impl Server {
             router,
             threads,
             grace: config.shutdown_grace(),
+            delay: config.shutdown_delay(),
+            max_connections: config.edge().max_connections,
         })
     }
 
@@ -181,9 +193,11 @@ impl Server {
         self.bus.hub().clone()
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, asks every socket to close
-    /// (1001) and every connection to finish its request, waits for them (within the
-    /// grace period), and closes the database.
+    /// Serves until `shutdown` resolves, and on for the shutdown delay while `/readyz`
+    /// says it is draining; then stops accepting, answers every waiting long-poll, lets
+    /// every socket answer its sends in flight and close (1001) and every connection
+    /// finish its request, waits for them (within the grace period), and closes the
+    /// database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
@@ -192,10 +206,17 @@ impl Server {
             router,
             threads,
             grace,
+            delay,
+            max_connections,
         } = self;
-        let open = http::serve(listener, router.clone(), shutdown).await;
-        // Sockets get a close (1001) so that their clients reconnect elsewhere.
         let hub = bus.hub().clone();
+        let draining = async {
+            shutdown.await;
+            hub.drain();
+            tokio::time::sleep(delay).await;
+        };
+        let open = http::serve(listener, router.clone(), max_connections, draining).await;
+        // Sockets get a close (1001) so that their clients reconnect elsewhere.
         hub.shutdown();
         let drained = async {
             open.closed().await;

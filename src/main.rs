@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use souq::config::LogFormat;
 use souq::domain::{Core, NewOrganisation};
 use souq::{Config, Server};
 
@@ -59,13 +60,21 @@ enum OrgCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "souq=info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let format = match &cli.command {
+        None => cli.config.log_format,
+        Some(Command::Serve(c) | Command::Migrate(c)) => c.log_format,
+        Some(Command::Org(OrgCommand::Create { config, .. })) => config.log_format,
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "souq=info".into()),
+    );
+    match format {
+        LogFormat::Text => logs.init(),
+        // One object a line: time, level, message and fields flattened beside them.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let result = match cli.command {
         None => serve(cli.config).await,
         Some(Command::Serve(config)) => serve(config).await,

@@ -1,5 +1,5 @@
-//! Which API answers a request: the socket at its path, then each seed API by its prefix,
-//! and the native API for the rest. An API is a module of its own that plugs in here as a
+//! Which API answers a request: the socket at its path, the node's health and readiness,
+//! then each seed API by its prefix, and the native API for the rest. An API is a module of its own that plugs in here as a
 //! [`Surface`]; the HTTP transport below knows none of them.
 
 use std::net::SocketAddr;
@@ -9,31 +9,34 @@ use hyper::Request;
 use hyper::body::Incoming;
 
 use crate::api::Api;
+use crate::bus::Bus;
 use crate::compat::{chatwhizz::Chatwhizz, hojre::Hojre, iqstore::Iqstore};
 use crate::domain::Core;
-use crate::http::{ApiError, HttpResponse, Req, Service, Surface};
-use crate::hub::Hub;
+use crate::http::{
+    ApiError, Edge, HttpResponse, Req, RequestId, RequestIds, Service, Surface, client_address,
+};
+use crate::ops::Ops;
 use crate::socket::{self, Sockets};
 
 /// The route table of a server.
 #[derive(Debug)]
 pub(crate) struct Router {
     sockets: Arc<Sockets>,
+    /// `/healthz` and `/readyz`.
+    ops: Ops,
     /// APIs by path prefix; the first that matches answers.
     mounted: Vec<(&'static str, Box<dyn Surface>)>,
     /// Answers every path no prefix claims.
     native: Api,
-    /// Largest request body read, in bytes.
-    max_body_bytes: usize,
+    /// What a client may send.
+    edge: Edge,
+    /// Names each request that does not bring its own id.
+    ids: RequestIds,
 }
 
 impl Router {
-    pub(crate) fn new(
-        core: Arc<Core>,
-        hub: Arc<Hub>,
-        sockets: Arc<Sockets>,
-        max_body_bytes: usize,
-    ) -> Router {
+    pub(crate) fn new(core: Arc<Core>, bus: Bus, sockets: Arc<Sockets>, edge: Edge) -> Router {
+        let hub = bus.hub().clone();
         let mounted: Vec<(&'static str, Box<dyn Surface>)> = vec![
             ("/admin/", Box::new(Chatwhizz::new(core.clone()))),
             ("/web/", Box::new(Hojre::new(core.clone()))),
@@ -44,9 +47,11 @@ impl Router {
         ];
         Router {
             sockets,
+            ops: Ops::new(core.clone(), bus),
             mounted,
             native: Api::new(core, hub),
-            max_body_bytes,
+            edge,
+            ids: RequestIds::default(),
         }
     }
 
@@ -59,21 +64,36 @@ impl Router {
 }
 
 impl Service for Router {
-    async fn call(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    async fn call(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let response = if path == socket::PATH {
+        let id = RequestId::of(&req, &self.ids);
+        req.extensions_mut().insert(id.clone());
+        let started = std::time::Instant::now();
+        let mut response = if path == socket::PATH {
             socket::upgrade(self.sockets.clone(), req)
                 .await
                 .unwrap_or_else(ApiError::into_response)
+        } else if Ops::serves(&path) {
+            self.ops.handle(&method, &path).await
         } else {
             let surface = self.surface(&path);
-            match Req::read(req, self.max_body_bytes).await {
+            let client = client_address(req.headers(), peer, self.edge.trust_forwarded_for);
+            match Req::read(req, client, &self.edge).await {
                 Ok(req) => surface.handle(req).await,
                 Err(e) => surface.refuse(e),
             }
         };
-        tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
+        tracing::info!(
+            request_id = %id,
+            %peer,
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+        id.answer(&mut response);
         response
     }
 }

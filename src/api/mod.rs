@@ -15,7 +15,7 @@ use crate::domain::{
     AssignmentPatch, Core, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain,
     NewInbox, NewMessage, NewOperator, OperatorPatch, Presence, Principal,
 };
-use crate::http::{ApiError, HttpResponse, Req, Surface};
+use crate::http::{ApiError, HttpResponse, Req, Surface, json_response, parse_id};
 use crate::hub::Hub;
 
 /// The native REST API, as the router mounts it.
@@ -79,42 +79,63 @@ enum Route {
 }
 
 #[derive(Debug)]
-struct Routes(matchit::Router<Route>);
+/// Each path's route, and the methods it answers (the `Allow` of a 405).
+struct Routes(matchit::Router<(Route, &'static str)>);
 
 impl Routes {
     fn new() -> Self {
         let table = [
-            ("/v1/health", Route::Health),
-            ("/widget.js", Route::WidgetJs),
-            ("/v1/widget/{key}/visitors", Route::WidgetVisitors),
-            ("/v1/auth/token", Route::AuthToken),
-            ("/v1/auth/refresh", Route::AuthRefresh),
-            ("/v1/me", Route::Me),
-            ("/v1/me/presence", Route::MePresence),
-            ("/v1/operators", Route::Operators),
-            ("/v1/operators/{id}", Route::Operator),
-            ("/v1/operators/{id}/sessions", Route::OperatorSessions),
-            ("/v1/domains", Route::Domains),
-            ("/v1/domains/{id}", Route::Domain),
-            ("/v1/inboxes", Route::Inboxes),
-            ("/v1/inboxes/{id}", Route::Inbox),
-            ("/v1/inboxes/{id}/broadcasts", Route::InboxBroadcasts),
-            ("/v1/assignments", Route::Assignments),
-            ("/v1/assignments/{id}", Route::Assignment),
-            ("/v1/customers", Route::Customers),
-            ("/v1/customers/{id}", Route::Customer),
-            ("/v1/customers/{id}/sessions", Route::CustomerSessions),
-            ("/v1/chats", Route::Chats),
-            ("/v1/chats/{id}", Route::Chat),
-            ("/v1/chats/{id}/take", Route::ChatTake),
-            ("/v1/chats/{id}/finish", Route::ChatFinish),
-            ("/v1/chats/{id}/messages", Route::ChatMessages),
-            ("/v1/chats/{id}/receipts", Route::ChatReceipts),
+            ("/v1/health", Route::Health, "GET"),
+            ("/widget.js", Route::WidgetJs, "GET"),
+            (
+                "/v1/widget/{key}/visitors",
+                Route::WidgetVisitors,
+                "POST, OPTIONS",
+            ),
+            ("/v1/auth/token", Route::AuthToken, "POST"),
+            ("/v1/auth/refresh", Route::AuthRefresh, "POST"),
+            ("/v1/me", Route::Me, "GET"),
+            ("/v1/me/presence", Route::MePresence, "PUT"),
+            ("/v1/operators", Route::Operators, "GET, POST"),
+            ("/v1/operators/{id}", Route::Operator, "GET, PATCH"),
+            (
+                "/v1/operators/{id}/sessions",
+                Route::OperatorSessions,
+                "POST",
+            ),
+            ("/v1/domains", Route::Domains, "GET, POST"),
+            ("/v1/domains/{id}", Route::Domain, "GET, PATCH"),
+            ("/v1/inboxes", Route::Inboxes, "GET, POST"),
+            ("/v1/inboxes/{id}", Route::Inbox, "GET"),
+            (
+                "/v1/inboxes/{id}/broadcasts",
+                Route::InboxBroadcasts,
+                "POST",
+            ),
+            ("/v1/assignments", Route::Assignments, "GET, POST"),
+            (
+                "/v1/assignments/{id}",
+                Route::Assignment,
+                "GET, PATCH, DELETE",
+            ),
+            ("/v1/customers", Route::Customers, "POST"),
+            ("/v1/customers/{id}", Route::Customer, "GET"),
+            (
+                "/v1/customers/{id}/sessions",
+                Route::CustomerSessions,
+                "POST",
+            ),
+            ("/v1/chats", Route::Chats, "GET, POST"),
+            ("/v1/chats/{id}", Route::Chat, "GET"),
+            ("/v1/chats/{id}/take", Route::ChatTake, "POST"),
+            ("/v1/chats/{id}/finish", Route::ChatFinish, "POST"),
+            ("/v1/chats/{id}/messages", Route::ChatMessages, "GET, POST"),
+            ("/v1/chats/{id}/receipts", Route::ChatReceipts, "POST"),
         ];
         let mut router = matchit::Router::new();
-        for (path, route) in table {
+        for (path, route, allow) in table {
             // The table above is fixed; a clash would fail every test at the first request.
-            if let Err(e) = router.insert(path, route) {
+            if let Err(e) = router.insert(path, (route, allow)) {
                 panic!("route table is inconsistent at {path}: {e}");
             }
         }
@@ -125,15 +146,7 @@ impl Routes {
 type Reply = Result<HttpResponse, ApiError>;
 
 fn reply(status: StatusCode, body: &impl Serialize) -> Reply {
-    let bytes = serde_json::to_vec(body)
-        .map_err(|e| ApiError::from(crate::domain::Error::Internal(e.to_string())))?;
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
+    Ok(json_response(status, body))
 }
 
 fn ok(body: &impl Serialize) -> Reply {
@@ -166,8 +179,7 @@ fn items<T: Serialize>(items: Vec<T>) -> Reply {
 fn path_id(params: &matchit::Params) -> Result<i64, ApiError> {
     params
         .get("id")
-        .and_then(|v| v.parse::<i64>().ok())
-        .filter(|id| *id > 0)
+        .and_then(parse_id)
         .ok_or_else(ApiError::not_found)
 }
 
@@ -257,7 +269,10 @@ struct Mark {
 async fn dispatch(app: &Api, req: Req) -> Reply {
     let path = req.path.clone();
     let matched = app.routes.0.at(&path).map_err(|_| ApiError::not_found())?;
-    let route = *matched.value;
+    let (route, allow) = *matched.value;
+    if !allow.split(", ").any(|m| m == req.method.as_str()) {
+        return Err(ApiError::method_not_allowed(allow));
+    }
     let params = matched.params;
     let core = &app.core;
     use Method as M;
@@ -269,7 +284,7 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
         (R::AuthToken, &M::POST) => {
             let b: SignIn = req.json()?;
             return ok(&core
-                .sign_in(&b.email, &b.password, &b.organisation, &b.addon)
+                .sign_in(&b.email, &b.password, &b.organisation, &b.addon, req.client)
                 .await?);
         }
         (R::AuthRefresh, &M::POST) => {
@@ -299,14 +314,14 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
             } else {
                 req.json()?
             };
-            let result = core.visitor(key, b.token.as_deref()).await;
+            let result = core.visitor(key, b.token.as_deref(), req.client).await;
             return match result {
                 Ok(v) => Ok(cors(reply(StatusCode::OK, &v)?)),
                 Err(e) => Ok(cors(ApiError::from(e).into_response())),
             };
         }
         (R::Health | R::AuthToken | R::AuthRefresh | R::WidgetJs | R::WidgetVisitors, _) => {
-            return Err(ApiError::method_not_allowed());
+            return Err(ApiError::method_not_allowed(allow));
         }
         _ => {}
     }
@@ -469,7 +484,7 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
             ok(&core.mark(&who, id, b.received, b.read).await?)
         }
 
-        _ => Err(ApiError::method_not_allowed()),
+        _ => Err(ApiError::method_not_allowed(allow)),
     }
 }
 
@@ -501,7 +516,8 @@ async fn long_poll(
     // Subscribe before reading, so that a commit between the read and the wait still wakes us.
     let mut woken = hub.waiter(chat_id);
     let page = app.core.messages(who, chat_id, q).await?;
-    if !page.items.is_empty() || wait == 0 {
+    // A stopping server answers (with what there is) rather than hold up its stop.
+    if !page.items.is_empty() || wait == 0 || hub.is_stopping() {
         return Ok(page);
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(wait), woken.changed()).await;

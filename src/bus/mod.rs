@@ -10,16 +10,18 @@
 mod redis;
 mod resp;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use self::redis::RedisBus;
 pub use self::redis::RedisConfig;
 
 use crate::clock::Clock;
-use crate::domain::Live;
 use crate::domain::events::{Event, Person};
+use crate::domain::{Core, Live};
 use crate::hub::{Envelope, Hub, Wakes};
 
 /// The bus of this node: its own hub always, and with Redis the other nodes too.
@@ -69,6 +71,19 @@ impl Bus {
         wakes.wake_all();
     }
 
+    /// Whether the nodes' shared channel answers: `None` without Redis, else whether Redis
+    /// answered a PING.
+    pub async fn redis_answers(&self) -> Option<bool> {
+        let redis = self.redis.as_ref()?;
+        Some(match redis.ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis does not answer");
+                false
+            }
+        })
+    }
+
     /// An operator's first socket on this node opened.
     pub async fn operator_connected(&self, operator_id: i64) {
         if let Some(redis) = &self.redis
@@ -110,6 +125,55 @@ impl Bus {
     /// How often to sweep for operators of dead nodes, if there are other nodes at all.
     pub fn sweep_every(&self) -> Option<std::time::Duration> {
         self.redis.as_ref().map(|r| r.sweep_every())
+    }
+}
+
+/// How often a node compares the chats that moved lately with what it has seen announced
+/// (2 s): a message committed but never announced here reaches this node's sockets within
+/// two rounds of its commit (see [`reconcile`]).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// Committed means delivered. Every [`RECONCILE_EVERY`], reads the chats active lately
+/// and their newest seq; a chat this node follows whose newest commit has not been
+/// announced here a round later (its node died between the commit and the publish, or the
+/// bus lost it) has its sockets catch up from the database and its long-polls read again.
+/// Waiting a round keeps announcements still on their way from counting. Ends when the
+/// core is gone.
+pub async fn reconcile(core: std::sync::Weak<Core>, hub: Arc<Hub>, every: Duration) {
+    // Chats found behind last round, and the seq they were behind at.
+    let mut behind_before: HashMap<i64, i64> = HashMap::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(core) = core.upgrade() else { return };
+        // Two rounds, and the activity time's step (it follows messages to within 1 s).
+        let window = 2 * every + Duration::from_secs(2);
+        let since = core.now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let latest = match core.chats_active_since(since).await {
+            Ok(latest) => latest,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the chats active lately");
+                continue;
+            }
+        };
+        drop(core);
+        let mut behind_now = HashMap::new();
+        for (chat_id, seq) in hub.behind(&latest) {
+            match behind_before.get(&chat_id) {
+                Some(&then) if hub.seen(chat_id).is_none_or(|seen| seen < then) => {
+                    tracing::info!(
+                        chat_id,
+                        seq,
+                        "catching up a chat whose messages were not announced here"
+                    );
+                    hub.catch_up_chat(chat_id, seq);
+                }
+                _ => {
+                    behind_now.insert(chat_id, seq);
+                }
+            }
+        }
+        behind_before = behind_now;
+        hub.forget_unfollowed();
     }
 }
 

@@ -353,6 +353,12 @@ impl RedisBus {
         self.clock.now_ms() + self.config.presence_ttl.as_millis() as i64
     }
 
+    /// Whether Redis answers a PING.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    }
+
     /// Records that this node holds a socket of the operator.
     pub async fn operator_here(&self, operator_id: i64) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();

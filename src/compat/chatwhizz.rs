@@ -16,8 +16,8 @@ use serde_json::{Map, Value, json};
 use crate::domain::{
     AssignmentPatch, DomainPatch, Error, NewAssignment, NewDomain, NewOperator, Presence, Principal,
 };
-use crate::http::parse_query;
 use crate::http::{ApiError, HttpResponse, Req, Surface};
+use crate::http::{parse_id, parse_query};
 
 /// The Chatwhizz admin API, as the router mounts it.
 #[derive(Debug)]
@@ -139,7 +139,7 @@ impl Fields {
         let bad = || ApiError::invalid(format!("{name} must be an operator id"));
         match self.0.get(name) {
             Some(Value::Number(n)) => n.as_i64().ok_or_else(bad),
-            Some(Value::String(s)) => s.trim().parse().map_err(|_| bad()),
+            Some(Value::String(s)) => parse_id(s).ok_or_else(bad),
             None | Some(Value::Null) => Err(ApiError::invalid(format!("{name} is required"))),
             Some(_) => Err(bad()),
         }
@@ -187,10 +187,7 @@ async fn principal(app: &Chatwhizz, req: &Req) -> Result<Principal, ApiError> {
 }
 
 fn id_segment(s: &str) -> Result<i64, ApiError> {
-    s.parse()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| Error::NotFound("operator").into())
+    parse_id(s).ok_or_else(|| Error::NotFound("operator").into())
 }
 
 /// Answers one `/admin/...` request, errors included, in the Chatwhizz envelope.
@@ -214,6 +211,7 @@ async fn route(app: &Chatwhizz, req: &Req) -> Reply {
                     &f.required("password")?,
                     &f.required("organisation_domain")?,
                     &f.required("addon_unique_name")?,
+                    req.client,
                 )
                 .await?;
             ok(tokens(t))

@@ -19,8 +19,8 @@ use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::domain::{Error, NewMessage, Numbered, Principal, Said};
-use crate::http::parse_query;
 use crate::http::{ApiError, HttpResponse, Req, Surface};
+use crate::http::{parse_id, parse_query};
 
 /// The hojre customer API, as the router mounts it.
 #[derive(Debug)]
@@ -226,7 +226,7 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
                 })
         }
         (&Method::GET, "/web/main-chats") => {
-            let Some(id) = get(&params, "id").and_then(|v| v.parse::<i64>().ok()) else {
+            let Some(id) = get(&params, "id").and_then(parse_id) else {
                 return error("there is no chat for u");
             };
             match core
@@ -303,7 +303,7 @@ async fn store_chat(
     open: bool,
 ) -> Result<i64, Error> {
     let store = get(params, "storeId")
-        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(parse_id)
         .ok_or_else(|| Error::Invalid("storeId is required".into()))?;
     if open {
         return Ok(app.core.open_chat(who, store).await?.0.id);

@@ -181,9 +181,29 @@ impl Core {
         Ok(org.id)
     }
 
-    /// Signs an organisation in for one addon. Wrong email, password, subdomain or addon
-    /// all fail alike with `Unauthorized`, so that none of them can be probed.
+    /// Signs an organisation in for one addon, from the client at `client`. Wrong email,
+    /// password, subdomain or addon all fail alike with `Unauthorized`, so that none of
+    /// them can be probed; a client past its failed sign-ins is refused with
+    /// `RateLimited`, whatever it sends, until it may try again.
     pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        subdomain: &str,
+        addon: &str,
+        client: std::net::IpAddr,
+    ) -> Result<AdminTokens> {
+        let failures = &self.throttles.failed_sign_ins;
+        failures.check(&client, self.now_ms())?;
+        let signed_in = self.check_sign_in(email, password, subdomain, addon).await;
+        if let Err(Error::Unauthorized(_)) = signed_in {
+            // Counted, not refused: this try was answered already.
+            let _ = failures.take(client, self.now_ms());
+        }
+        signed_in
+    }
+
+    async fn check_sign_in(
         &self,
         email: &str,
         password: &str,

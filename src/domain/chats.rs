@@ -118,13 +118,31 @@ impl Counted {
 fn parse_cursor(cursor: &str) -> Result<(i64, i64)> {
     let bad = || Error::Invalid("before is not a cursor given by this API".into());
     let (at, id) = cursor.split_once('.').ok_or_else(bad)?;
-    Ok((
-        at.parse().map_err(|_| bad())?,
-        id.parse().map_err(|_| bad())?,
-    ))
+    // Digits only, as the API writes them: no sign, no space.
+    let number = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<i64>().ok())
+            .flatten()
+            .ok_or_else(bad)
+    };
+    Ok((number(at)?, number(id)?))
 }
 
 impl Core {
+    /// Every chat (of every organisation) whose activity time is `since_ms` or later, with
+    /// its newest seq: what a node compares with the messages it has seen announced.
+    pub async fn chats_active_since(&self, since_ms: i64) -> Result<Vec<(i64, i64)>> {
+        Ok(chat::Entity::find()
+            .select_only()
+            .column(chat::Column::Id)
+            .column(chat::Column::LastSeq)
+            .filter(chat::Column::LastActivityAt.gte(since_ms))
+            .into_tuple::<(i64, i64)>()
+            .all(self.store().db())
+            .await?)
+    }
+
     /// The chat `id` if the caller may see it: its customer, an operator assigned to its
     /// inbox (or an admin of its domain), the organisation's admin.
     pub(super) async fn visible_chat(&self, who: &Principal, id: i64) -> Result<chat::Model> {

@@ -14,6 +14,7 @@ pub mod events;
 mod messages;
 mod storefront;
 mod support;
+mod throttle;
 mod widget;
 mod write;
 
@@ -87,6 +88,12 @@ pub enum Error {
     /// The request conflicts with the current state (a taken email, a finished chat).
     #[error("{0}")]
     Conflict(String),
+    /// The database did not answer in time; nothing is known to be stored.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// Too many tries from one client (or for one widget); try again in this many seconds.
+    #[error("too many requests; try again in {0} s")]
+    RateLimited(u64),
     #[error("database error")]
     Store(#[from] DbErr),
     #[error("internal error: {0}")]
@@ -106,6 +113,14 @@ pub struct Limits {
     pub refresh_token_ttl_s: i64,
     /// Lifetime of an operator or customer session, in seconds.
     pub session_ttl_s: i64,
+    /// Widget visitors one client address may make per minute (0: no limit).
+    pub visitors_per_minute: u32,
+    /// Widget visitors one widget may get per minute, from all addresses (0: no limit).
+    pub visitors_per_minute_per_key: u32,
+    /// Failed sign-ins one client address may make per minute (0: no limit).
+    pub failed_sign_ins_per_minute: u32,
+    /// Longest a send or mark waits for its commit before it is answered `Unavailable`.
+    pub write_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +130,10 @@ impl Default for Limits {
             access_token_ttl_s: 3600,
             refresh_token_ttl_s: 30 * 24 * 3600,
             session_ttl_s: 30 * 24 * 3600,
+            visitors_per_minute: 20,
+            visitors_per_minute_per_key: 600,
+            failed_sign_ins_per_minute: 10,
+            write_timeout: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -128,6 +147,7 @@ pub struct Core {
     clock: Clock,
     /// Where every message and receipt is stored: concurrent sends share a commit.
     writer: write::Writer,
+    throttles: throttle::Throttles,
 }
 
 impl Core {
@@ -139,10 +159,14 @@ impl Core {
             store.clone(),
             live.clone(),
             clock.clone(),
-            write::tuning::Tuning::DEFAULT,
+            write::tuning::Tuning {
+                answer_within: limits.write_timeout,
+                ..write::tuning::Tuning::DEFAULT
+            },
         )?;
         Ok(Core {
             store,
+            throttles: throttle::Throttles::new(&limits),
             limits,
             live,
             clock,

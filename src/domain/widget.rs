@@ -18,9 +18,15 @@ pub struct Visitor {
 impl Core {
     /// A visitor of the domain whose widget key this is: the one a still valid `token`
     /// belongs to, or a new anonymous customer. Either way with an open chat with the
-    /// domain's inbox. Fails with `NotFound` for an unknown key and `Conflict` for an
-    /// inactive domain.
-    pub async fn visitor(&self, widget_key: &str, token: Option<&str>) -> Result<Visitor> {
+    /// domain's inbox. Fails with `NotFound` for an unknown key, `Conflict` for an
+    /// inactive domain, and `RateLimited` when the client at `client` (or the widget, from
+    /// all clients) has made too many new visitors lately.
+    pub async fn visitor(
+        &self,
+        widget_key: &str,
+        token: Option<&str>,
+        client: std::net::IpAddr,
+    ) -> Result<Visitor> {
         let domain = domain::Entity::find()
             .filter(domain::Column::WidgetKey.eq(widget_key))
             .one(self.store().db())
@@ -48,6 +54,12 @@ impl Core {
         let (customer_id, token) = match known {
             Some(k) => k,
             None => {
+                let (now, throttles) = (self.now_ms(), &self.throttles);
+                throttles.visitors_by_key.check(&domain.widget_key, now)?;
+                throttles.visitors_by_address.take(client, now)?;
+                throttles
+                    .visitors_by_key
+                    .take(domain.widget_key.clone(), now)?;
                 let admin = Principal::Admin {
                     org_id: domain.org_id,
                     addon_id: domain.addon_id,

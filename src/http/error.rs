@@ -1,11 +1,8 @@
 //! The one error shape of the native API: `{"error": {"code": "...", "message": "..."}}`.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode, header};
+use hyper::{StatusCode, header};
 
-use super::HttpResponse;
-use sea_orm::DbErr;
+use super::{HttpResponse, json_response};
 
 use crate::domain::Error;
 
@@ -15,6 +12,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The methods the resource answers, for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+    /// Seconds to wait, for the `Retry-After` header of a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +24,8 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
+            retry_after: None,
         }
     }
 
@@ -30,12 +33,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
 
-    pub fn method_not_allowed() -> Self {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this resource does not accept this method",
-        )
+    /// A 405, naming the methods the resource answers (`"GET, POST"`).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this resource answers {allow}"),
+            )
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -46,12 +53,17 @@ impl ApiError {
         let body = serde_json::json!({
             "error": { "code": self.code, "message": self.message }
         });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = self.status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
+        let mut response = json_response(self.status, &body);
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -70,9 +82,16 @@ impl From<Error> for ApiError {
             Error::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             Error::Invalid(m) => ApiError::invalid(m),
             Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            Error::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            Error::RateLimited(seconds) => ApiError {
+                retry_after: Some(seconds),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            },
             Error::Store(ref cause) => {
                 tracing::error!(error = %cause, "database error");
-                if matches!(cause, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) {
+                if crate::store::is_away(cause) {
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",

@@ -3,6 +3,7 @@
 //! plug into the router as [`Surface`]s.
 
 mod error;
+mod refusal;
 mod request;
 
 use std::future::Future;
@@ -22,9 +23,61 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use error::ApiError;
-pub use request::{Req, parse_query};
+pub use refusal::Answering;
+pub use request::{Req, RequestId, RequestIds, client_address, parse_id, parse_query};
 
 pub type HttpResponse = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json_response(status: hyper::StatusCode, body: &impl serde::Serialize) -> HttpResponse {
+    let (status, bytes) = match serde_json::to_vec(body) {
+        Ok(bytes) => (status, Bytes::from(bytes)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a response");
+            (
+                hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(br#"{"error":{"code":"internal","message":"internal error"}}"#),
+            )
+        }
+    };
+    let mut response = Response::new(Full::new(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// What the HTTP edge allows a client.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// Largest request body read; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Longest a body may take to arrive; slower ones get 408.
+    pub body_timeout: Duration,
+    /// Most connections open at once (upgraded sockets included); past it, 503.
+    pub max_connections: usize,
+    /// Whether the client's address is the last entry of `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
+}
+
+/// The open-files limit of the process less 64 (kept for the database, Redis and files),
+/// at least 64; 10,000 where the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        });
+    soft.map_or(10_000, |n| n.saturating_sub(64).max(64))
+}
+
+/// A connection's place among the `max_connections`: held by the connection, and by the
+/// socket it upgrades to (the request carries it in its extensions), until both are gone.
+#[derive(Debug, Clone)]
+pub struct Slot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// What answers the requests of a connection: the router.
 pub trait Service: Send + Sync + 'static {
@@ -64,15 +117,18 @@ impl Open {
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and asks every open
-/// connection to finish its current request and close; returns those still open.
+/// connection to finish its current request and close; returns those still open. Past
+/// `max_connections` open at once, a new connection is answered 503 and closed.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Open {
     // Each connection task holds a receiver: `send` tells them all to wind down, and
     // `closed` resolves once the last one has dropped its receiver.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -86,8 +142,13 @@ pub async fn serve<S: Service>(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse_full(stream));
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(service.clone(), stream, peer, stop_rx.clone()));
+                let slot = Slot(Arc::new(slot));
+                tokio::spawn(connection(service.clone(), stream, peer, slot, stop_rx.clone()));
             }
             () = &mut shutdown => break,
         }
@@ -98,20 +159,52 @@ pub async fn serve<S: Service>(
     Open { stop: stop_tx }
 }
 
+/// Answers a connection past the limit with 503 and closes it. Its request's head is read
+/// first (for a second at most): a client answered before it has asked takes the answer
+/// for a broken connection.
+async fn refuse_full(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    const BODY: &str =
+        r#"{"error":{"code":"unavailable","message":"too many connections; try again"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
 async fn connection<S: Service>(
     service: Arc<S>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let service = service.clone();
+        req.extensions_mut().insert(slot.clone());
         async move { Ok::<_, std::convert::Infallible>(service.call(req, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Answering::new(stream)), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

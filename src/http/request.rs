@@ -7,7 +7,9 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use std::net::{IpAddr, SocketAddr};
+
+use super::{ApiError, Edge};
 
 #[derive(Debug)]
 pub struct Req {
@@ -16,6 +18,27 @@ pub struct Req {
     pub headers: HeaderMap,
     query: Vec<(String, String)>,
     pub body: Bytes,
+    /// The client's address (see [`client_address`]).
+    pub client: IpAddr,
+}
+
+/// The client's address: the connection's peer, or behind a trusted reverse proxy the
+/// last entry of `X-Forwarded-For` (the one the proxy appended; earlier ones are the
+/// client's word).
+pub fn client_address(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> IpAddr {
+    let forwarded = || {
+        let list = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()?
+            .to_str()
+            .ok()?;
+        list.rsplit(',').next()?.trim().parse().ok()
+    };
+    match trust_forwarded_for {
+        true => forwarded().unwrap_or(peer.ip()),
+        false => peer.ip(),
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -27,8 +50,14 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 impl Req {
-    /// Reads the whole body, refusing more than `limit` bytes.
-    pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Req, ApiError> {
+    /// Reads the whole body, refusing more than `edge.max_body_bytes` and one that takes
+    /// longer than `edge.body_timeout` to arrive.
+    pub async fn read(
+        req: Request<Incoming>,
+        client: IpAddr,
+        edge: &Edge,
+    ) -> Result<Req, ApiError> {
+        let limit = edge.max_body_bytes;
         let (parts, body) = req.into_parts();
         let declared = parts
             .headers
@@ -38,9 +67,18 @@ impl Req {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large(limit));
         }
-        let body = Limited::new(body, limit)
-            .collect()
+        let body = tokio::time::timeout(edge.body_timeout, Limited::new(body, limit).collect())
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the body did not arrive within {} s",
+                        edge.body_timeout.as_secs()
+                    ),
+                )
+            })?
             .map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
@@ -61,28 +99,42 @@ impl Req {
             query: parts.uri.query().map(parse_query).unwrap_or_default(),
             headers: parts.headers,
             body,
+            client,
         })
     }
 
-    /// The body as `T`. Malformed JSON is a 400; well-formed JSON of the wrong shape
-    /// (missing, unknown or mistyped fields) a 422 naming the problem.
+    /// The body, a JSON object, as `T`. Malformed JSON is a 400; well-formed JSON of the
+    /// wrong shape (not an object; missing, unknown or mistyped fields) a 422 naming the
+    /// problem.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        if self.body.is_empty() {
-            return Err(ApiError::new(
+        let malformed = |e: serde_json::Error| {
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_json",
-                "expected a JSON body",
-            ));
+                format!("malformed JSON: {e}"),
+            )
+        };
+        match self.body.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    "expected a JSON body",
+                ));
+            }
+            // serde reads a struct from an array too (`[null, null]` would fill its
+            // fields in order): every body of these APIs is an object.
+            Some(b'{') => {}
+            Some(_) => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&self.body).map_err(malformed)?;
+                return Err(ApiError::invalid("the body must be a JSON object"));
+            }
         }
         serde_json::from_slice(&self.body).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::invalid(e.to_string()),
-                Category::Syntax | Category::Eof | Category::Io => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_json",
-                    format!("malformed JSON: {e}"),
-                ),
+                Category::Syntax | Category::Eof | Category::Io => malformed(e),
             }
         })
     }
@@ -92,22 +144,23 @@ impl Req {
         self.query.iter()
     }
 
-    /// A query parameter as given (last one wins); an empty value counts as absent.
+    /// A query parameter as given (last one wins). An empty value (`status=`) is given as
+    /// empty, for the caller to refuse: it is not the same as leaving the parameter out.
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
 
-    /// A query parameter parsed as a number; a value that is not one is a 422.
+    /// A query parameter parsed as a number, written as digits only; anything else (an
+    /// empty value, a sign, a space) is a 422.
     pub fn query_num<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         let invalid = || ApiError::invalid(format!("{name} must be a non-negative integer"));
         match self.query(name) {
             None => Ok(None),
-            Some(v) if v.starts_with('-') || v.starts_with('+') => Err(invalid()),
+            Some(v) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) => Err(invalid()),
             Some(v) => v.parse().map(Some).map_err(|_| invalid()),
         }
     }
@@ -123,6 +176,65 @@ impl Req {
     }
 }
 
+/// An id as every API writes it: a positive integer in digits, without a sign or leading
+/// zeros (`+1` and `01` name nothing, rather than chat 1).
+pub fn parse_id(text: &str) -> Option<i64> {
+    let canonical = text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    text.parse().ok().filter(|id| canonical && *id > 0)
+}
+
+/// Where request ids come from: a random start per process, then counting.
+#[derive(Debug)]
+pub struct RequestIds {
+    start: u32,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds {
+            start: rand::random(),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+}
+
+/// A request's id, in its log line and its `X-Request-Id` header: the client's own (or its
+/// proxy's) when it sends one of at most 64 visible characters, else one made here. A
+/// socket keeps the id of its upgrade.
+#[derive(Debug, Clone)]
+pub struct RequestId(header::HeaderValue);
+
+impl RequestId {
+    pub fn of<B>(req: &Request<B>, ids: &RequestIds) -> RequestId {
+        if let Some(given) = req.headers().get("x-request-id")
+            && (1..=64).contains(&given.len())
+            && given.as_bytes().iter().all(u8::is_ascii_graphic)
+        {
+            return RequestId(given.clone());
+        }
+        let n = ids.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let made = format!("{:08x}{n:08x}", ids.start);
+        RequestId(
+            header::HeaderValue::from_str(&made).unwrap_or(header::HeaderValue::from_static("-")),
+        )
+    }
+
+    /// Sets the response's `X-Request-Id`.
+    pub fn answer<B>(&self, response: &mut hyper::Response<B>) {
+        response
+            .headers_mut()
+            .insert("x-request-id", self.0.clone());
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Visible ASCII only, checked or made so.
+        f.write_str(self.0.to_str().unwrap_or("-"))
+    }
+}
+
 /// Decodes `a=1&b=x%20y` into pairs (`+` is a space; bytes that are not UTF-8 become
 /// U+FFFD).
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
@@ -133,7 +245,27 @@ pub fn parse_query(query: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_query;
+    use super::{parse_id, parse_query};
+
+    #[test]
+    fn ids_are_positive_integers_written_one_way() {
+        assert_eq!(parse_id("1"), Some(1));
+        assert_eq!(parse_id("9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            "",
+            "0",
+            "01",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1.0",
+            "0x1",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn query_strings_are_decoded() {

@@ -5,7 +5,7 @@
 mod frame;
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -84,6 +84,10 @@ pub enum CloseReason {
     Unavailable,
     /// The token the socket signed in with has expired.
     Expired,
+    /// The client broke the WebSocket protocol (an unmasked frame, a reserved opcode).
+    Protocol,
+    /// The client sent a text frame that is not UTF-8.
+    NotUtf8,
 }
 
 impl CloseReason {
@@ -95,6 +99,8 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Unavailable => 1011,
             CloseReason::Expired => 4001,
+            CloseReason::Protocol => 1002,
+            CloseReason::NotUtf8 => 1007,
         }
     }
 
@@ -106,6 +112,8 @@ impl CloseReason {
             CloseReason::TooBig => "frame too big",
             CloseReason::Unavailable => "server error: reconnect and resume from your last seq",
             CloseReason::Expired => "session expired: sign in again",
+            CloseReason::Protocol => "protocol error",
+            CloseReason::NotUtf8 => "text frames must be UTF-8",
         }
     }
 }
@@ -191,6 +199,22 @@ impl Session {
         }
     }
 
+    /// Queues `out` ahead of everything queued: the ready frame, which comes first
+    /// whatever reached the session while it was starting.
+    pub fn push_first(&self, out: Outbound) {
+        let waker = {
+            let mut mailbox = lock(&self.mailbox);
+            if mailbox.closing.is_some() {
+                return;
+            }
+            mailbox.queue.push_front(out);
+            mailbox.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// [`Session::push`], leaving the waking to the caller: the waker, if the task was
     /// waiting for mail (and no push since has taken it).
     fn push_quietly(&self, out: Outbound) -> Option<Waker> {
@@ -262,7 +286,13 @@ pub struct Hub {
     people: DashMap<Person, Vec<Arc<Session>>>,
     /// Long-poll waiters per chat, woken with the newest seq.
     waiters: DashMap<i64, watch::Sender<i64>>,
+    /// The newest seq announced here per chat this node follows (see [`Hub::behind`]).
+    seen: DashMap<i64, i64>,
     next_id: AtomicU64,
+    /// Set once the server is told to stop: it says it is not ready for new clients.
+    draining: AtomicBool,
+    /// Set once the server stops: long-polls no longer wait.
+    stopping: AtomicBool,
     /// Where to report interest changes, when a shared bus listens.
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
 }
@@ -408,9 +438,56 @@ impl Hub {
                 }
             }
         }
-        if let (Route::Room(chat_id), Some(seq)) = (&env.route, env.seq) {
-            self.wake_waiters(*chat_id, seq);
+        match (&env.route, env.seq) {
+            (Route::Room(chat_id), Some(seq)) => {
+                self.saw(*chat_id, seq);
+                self.wake_waiters(*chat_id, seq);
+            }
+            (Route::JoinRoom { chat_id, .. }, Some(seq)) => self.saw(*chat_id, seq),
+            _ => {}
         }
+    }
+
+    fn saw(&self, chat_id: i64, seq: i64) {
+        self.seen
+            .entry(chat_id)
+            .and_modify(|s| *s = (*s).max(seq))
+            .or_insert(seq);
+    }
+
+    /// The newest seq of a chat announced here, if any.
+    pub fn seen(&self, chat_id: i64) -> Option<i64> {
+        self.seen.get(&chat_id).map(|s| *s)
+    }
+
+    /// Of `latest` (chats and their newest committed seq, read from the database), those
+    /// this node follows (a socket in the room, or a long-poll) whose newest message
+    /// announced here is older: an announcement that never came (its node died between
+    /// the commit and the publish, or the bus lost it), or one still on its way.
+    pub fn behind(&self, latest: &[(i64, i64)]) -> Vec<(i64, i64)> {
+        latest
+            .iter()
+            .filter(|(chat_id, seq)| {
+                (self.rooms.contains_key(chat_id) || self.waiters.contains_key(chat_id))
+                    && self.seen(*chat_id).is_none_or(|seen| seen < *seq)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Has every socket of a chat catch up from the database (and its long-polls read
+    /// again): its messages up to `seq` were committed but not announced here.
+    pub fn catch_up_chat(&self, chat_id: i64, seq: i64) {
+        self.saw(chat_id, seq);
+        self.resync_room(chat_id);
+        self.wake_waiters(chat_id, 0);
+    }
+
+    /// Forgets what was seen of chats this node no longer follows.
+    pub fn forget_unfollowed(&self) {
+        self.seen.retain(|chat_id, _| {
+            self.rooms.contains_key(chat_id) || self.waiters.contains_key(chat_id)
+        });
     }
 
     fn to_room(&self, chat_id: i64, env: &Arc<Envelope>, wakes: &mut Wakes) {
@@ -516,13 +593,37 @@ impl Hub {
         }
     }
 
-    /// Asks every socket to close with 1001 so that clients reconnect elsewhere.
+    /// The server was told to stop: from now on it says it is not ready (`/readyz`), while
+    /// it still serves until [`Hub::shutdown`].
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the server was told to stop.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Asks every socket to close with 1001 (once its sends in flight are answered) so
+    /// that clients reconnect elsewhere, and answers every long-poll now.
     pub fn shutdown(&self) {
+        self.drain();
+        self.stopping.store(true, Ordering::SeqCst);
         for entry in self.people.iter() {
             for session in entry.value() {
                 session.close(CloseReason::Shutdown);
             }
         }
+        for waiter in self.waiters.iter() {
+            waiter.send_modify(|_| {});
+        }
+    }
+
+    /// Whether the server is stopping: a long-poll answers at once rather than wait.
+    /// Read after taking a [`Hub::waiter`], it misses no stop: one that came before is
+    /// seen here, one after wakes the waiter.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Whether this node has sockets (or long-poll waiters) that care about `topic`.

@@ -159,10 +159,13 @@ impl<H: History> Delivery<'_, H> {
                 last_seq: c.last_seq,
             })
             .collect();
-        self.session.push(Outbound::direct(encode(&Reply::Ready {
-            session_id: self.session.id,
-            chats: &ready,
-        })));
+        // First, ahead of whatever reached the session through its person while the
+        // chats were read (an operator's own presence, a chat opened meanwhile).
+        self.session
+            .push_first(Outbound::direct(encode(&Reply::Ready {
+                session_id: self.session.id,
+                chats: &ready,
+            })));
         // Anything committed between reading the chats and joining their rooms, and
         // whatever a reconnecting client asked for, is caught up from the history first.
         let mut catch_up: Vec<(i64, i64, bool)> =

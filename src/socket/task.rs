@@ -14,7 +14,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error, Message as WsMessage, Utf8Bytes};
 
 use super::Sockets;
 use super::frames::{
@@ -25,6 +25,7 @@ use super::session::{Cursors, Delivery, Reads, Sink};
 use super::upgrade::person_of;
 use crate::domain::events::{Event, Person};
 use crate::domain::{Core, NewMessage, OperatorPatch, Principal};
+use crate::http::{RequestId, parse_id};
 use crate::hub::{CloseReason, Outbound, Replay, Session};
 
 impl Sink for Socket {
@@ -42,6 +43,7 @@ pub(super) async fn run(
     expires_at: i64,
     mut socket: Socket,
     resume: Vec<(i64, i64)>,
+    request_id: Option<RequestId>,
 ) {
     let Some(person) = person_of(&who) else {
         return;
@@ -50,6 +52,14 @@ pub(super) async fn run(
     // Register first, then read the chats: a chat opened in between reaches this session
     // through its person (and is then caught up), rather than being missed.
     let session = hub.connect(person, app.ws.queue);
+    // Logged before the first wait, so that the id is not kept for the socket's life.
+    tracing::info!(
+        socket = session.id,
+        request_id = %request_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+        person = person.kind(),
+        id = person.id(),
+        "socket open"
+    );
     let mut delivery = Delivery {
         history: Reads {
             core: &app.core,
@@ -69,6 +79,7 @@ pub(super) async fn run(
         Box::pin(operator_connected(&app, id)).await;
     }
     let reason = serve(&app, &who, expires_at, &mut delivery, &mut socket).await;
+    tracing::info!(socket = session.id, code = reason.code(), "socket closed");
     Box::pin(io::close(&mut socket, reason)).await;
     if hub.disconnect(&session)
         && let Person::Operator(id) = person
@@ -118,6 +129,10 @@ async fn serve(
     let mut mail: VecDeque<Outbound> = VecDeque::new();
     let mut frame = None;
     let mut unflushed = false;
+    // Set while MAX_PIPELINED answers wait, until CROWDED_AFTER has passed (then
+    // `crowded`): boxed, as an idle socket has none.
+    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut crowded = false;
     loop {
         let ready = std::future::poll_fn(|cx| {
             // Sends commit in order, so waiting on the oldest loses nothing.
@@ -139,16 +154,39 @@ async fn serve(
                 Poll::Ready(Err(reason)) => Some(reason),
                 Poll::Ready(Ok(())) | Poll::Pending => None,
             };
-            // Past this many unanswered sends (or marks) the client is not read.
-            if pending.len() < MAX_PIPELINED
-                && marks.len() < MAX_PIPELINED
+            // Past MAX_PIPELINED waiting sends (or marks) the client is not read: it
+            // sends faster than they commit. If they are still that many a moment later,
+            // the database is slow or away: the client is read on (receipts and typing go
+            // on), and its sends past MAX_PIPELINED are refused at once, up to
+            // MAX_UNANSWERED answers held. Nothing is read once the session is closing.
+            let full = pending.len() >= MAX_PIPELINED || marks.len() >= MAX_PIPELINED;
+            if !full {
+                stalled = None;
+                crowded = false;
+            } else if !crowded {
+                let timer =
+                    stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(CROWDED_AFTER)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    crowded = true;
+                    stalled = None;
+                }
+            }
+            if closing.is_none()
+                && (!full || crowded)
+                && pending.len() < MAX_UNANSWERED
+                && marks.len() < MAX_UNANSWERED
                 && let Poll::Ready(next) = socket.poll_next_unpin(cx)
             {
                 frame = Some(next);
             }
+            // A server that stops answers the sends in flight before it closes: each of
+            // them was committed or refused, and the client is told which.
+            let answered = pending.is_empty() && marks.is_empty();
             if !replies.is_empty() || !mail.is_empty() || frame.is_some() {
                 Poll::Ready(Ready::Work)
-            } else if let Some(reason) = closing {
+            } else if let Some(reason) = closing
+                && (answered || reason != CloseReason::Shutdown)
+            {
                 Poll::Ready(Ready::Close(reason))
             } else if unflushed {
                 Poll::Ready(Ready::Flush)
@@ -199,9 +237,14 @@ async fn serve(
         }
         let Some(next) = frame.take() else { continue };
         let text = match next {
-            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+            Some(Err(Error::Capacity(_))) => {
                 return CloseReason::TooBig;
             }
+            // A client that breaks the protocol is told so (1002, 1007), not told to
+            // reconnect as after a server's stop, which a buggy client would do forever.
+            Some(Err(Error::Protocol(_))) => return CloseReason::Protocol,
+            Some(Err(Error::Utf8(_))) => return CloseReason::NotUtf8,
+            // The client closed or went away: there is no one left to tell anything.
             None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return CloseReason::Shutdown,
             Some(Ok(msg)) => {
                 last_seen = Instant::now();
@@ -243,7 +286,11 @@ async fn serve(
         };
         // Boxed, as are the task's other rare or large steps: a task's future is as big
         // as its biggest step, and every idle socket would carry that size.
-        match Box::pin(handle(app, who, session, frame, &mut last_typing)).await {
+        let refuse = Crowded {
+            sends: crowded && pending.len() >= MAX_PIPELINED,
+            marks: crowded && marks.len() >= MAX_PIPELINED,
+        };
+        match Box::pin(handle(app, who, session, frame, refuse, &mut last_typing)).await {
             Some(Answer::InOrder(reply)) => pending.push_back(reply),
             Some(Answer::AnyTime(reply)) => marks.push(reply),
             None => {}
@@ -251,9 +298,36 @@ async fn serve(
     }
 }
 
-/// Most sends (and, apart, marks) of one socket waiting for their commit; past this the
-/// socket is not read.
+/// Most sends (and, apart, marks) of one socket waiting for their commit; past this a
+/// send (or mark) is refused at once with `unavailable`, in its turn among the answers.
 const MAX_PIPELINED: usize = 32;
+
+/// How long a socket's MAX_PIPELINED sends may wait before it is read on and its next
+/// sends are refused (1 s): a commit takes milliseconds, unless the database is away.
+const CROWDED_AFTER: Duration = Duration::from_secs(1);
+
+/// Most answers a socket holds unsent (waiting commits and refusals in line behind them);
+/// past this the socket is not read until some go. The frame rate limit keeps a client
+/// well under it, unless raised.
+const MAX_UNANSWERED: usize = 4 * MAX_PIPELINED;
+
+/// Whether the socket refuses its next sends, or marks, at once (see [`CROWDED_AFTER`]).
+#[derive(Clone, Copy)]
+struct Crowded {
+    sends: bool,
+    marks: bool,
+}
+
+/// The answer to a send or mark refused because too many of the socket's wait.
+fn crowded_reply<'a>(id: Option<&str>) -> PendingReply<'a> {
+    let reply = error_frame(
+        id,
+        "unavailable",
+        "32 of your frames wait for the database already: this one is not stored; \
+         send it again once they are answered",
+    );
+    Box::pin(std::future::ready(Some(reply)))
+}
 
 /// The answer to a send or a mark, ready once its commit is (a mark that worked has none).
 type PendingReply<'a> = Pin<Box<dyn Future<Output = Option<Utf8Bytes>> + Send + 'a>>;
@@ -303,10 +377,17 @@ async fn handle<'a>(
     who: &'a Principal,
     session: &Arc<Session>,
     frame: ClientFrame,
+    crowded: Crowded,
     last_typing: &mut HashMap<i64, Instant>,
 ) -> Option<Answer<'a>> {
     let core = &app.core;
     match frame {
+        ClientFrame::Send { id, .. } if crowded.sends => {
+            return Some(Answer::InOrder(crowded_reply(id.as_deref())));
+        }
+        ClientFrame::Received { id, .. } | ClientFrame::Read { id, .. } if crowded.marks => {
+            return Some(Answer::AnyTime(crowded_reply(id.as_deref())));
+        }
         ClientFrame::Send {
             id,
             chat_id,
@@ -379,8 +460,8 @@ async fn handle<'a>(
         ClientFrame::Resume { id, chats } => {
             let mut list = Vec::new();
             for (chat, seq) in chats {
-                match chat.parse::<i64>() {
-                    Ok(c) if c > 0 && seq >= 0 => list.push((c, seq, true)),
+                match parse_id(&chat) {
+                    Some(c) if seq >= 0 => list.push((c, seq, true)),
                     _ => {
                         session.push(Outbound::direct(error_frame(
                             id.as_deref(),

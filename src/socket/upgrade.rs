@@ -15,7 +15,7 @@ use super::threads::Conn;
 use super::{Sockets, task};
 use crate::domain::events::Person;
 use crate::domain::{Error, Principal};
-use crate::http::{ApiError, HttpResponse, parse_query};
+use crate::http::{Answering, ApiError, HttpResponse, RequestId, Slot, parse_id, parse_query};
 
 /// The token of a socket: `Authorization: Bearer`, the `souq_token` cookie, or the `token`
 /// query parameter (browsers cannot set headers on a WebSocket).
@@ -58,8 +58,12 @@ fn resume_cursors(req: &Request<Incoming>) -> Result<Vec<(i64, i64)>, ApiError> 
         .filter(|s| !s.is_empty())
         .map(|pair| {
             let (chat, seq) = pair.split_once(':').unwrap_or((pair, ""));
-            match (chat.parse::<i64>(), seq.parse::<i64>()) {
-                (Ok(c), Ok(s)) if c > 0 && s >= 0 => Ok((c, s)),
+            let seq = seq
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| seq.parse::<i64>());
+            match (parse_id(chat), seq) {
+                (Some(c), Some(Ok(s))) => Ok((c, s)),
                 _ => Err(ApiError::invalid(
                     "resume must look like 12:5,13:0 (chat:seq)",
                 )),
@@ -69,7 +73,10 @@ fn resume_cursors(req: &Request<Incoming>) -> Result<Vec<(i64, i64)>, ApiError> 
 }
 
 /// Answers the upgrade request: 101 and a session, or an HTTP error before any upgrade.
-pub async fn upgrade(app: Arc<Sockets>, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn upgrade(
+    app: Arc<Sockets>,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
     let is_upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -93,6 +100,9 @@ pub async fn upgrade(app: Arc<Sockets>, req: Request<Incoming>) -> Result<HttpRe
 
     let accept = derive_accept_key(key.as_bytes());
     let home = person_of(&who).and_then(|p| app.threads.of(p)).cloned();
+    // The socket keeps its connection's place among the node's connections.
+    let slot = req.extensions_mut().remove::<Slot>();
+    let request_id = req.extensions_mut().remove::<RequestId>();
     // Only the upgrade is kept, not the request: the task lives as long as the socket.
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -101,12 +111,21 @@ pub async fn upgrade(app: Arc<Sockets>, req: Request<Incoming>) -> Result<HttpRe
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
         };
         // Always a TCP stream: `serve` hands hyper nothing else.
-        let Ok(parts) = upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<Answering>>() else {
             return tracing::error!("an upgraded connection that is not a TCP stream");
         };
-        let (early, tcp) = (parts.read_buf, parts.io.into_inner());
+        let (early, tcp) = (parts.read_buf, parts.io.into_inner().into_inner());
         let Some(home) = home else {
-            return serve_socket(app, who, expires_at, Conn::new(early, tcp), resume).await;
+            return serve_socket(
+                app,
+                who,
+                expires_at,
+                Conn::new(early, tcp),
+                resume,
+                slot,
+                request_id,
+            )
+            .await;
         };
         // The stream leaves this runtime's reactor for its thread's, where it is registered
         // again; epoll reports at once whatever arrived in between.
@@ -118,7 +137,10 @@ pub async fn upgrade(app: Arc<Sockets>, req: Request<Incoming>) -> Result<HttpRe
         };
         home.spawn(async move {
             match tokio::net::TcpStream::from_std(tcp) {
-                Ok(tcp) => serve_socket(app, who, expires_at, Conn::new(early, tcp), resume).await,
+                Ok(tcp) => {
+                    let conn = Conn::new(early, tcp);
+                    serve_socket(app, who, expires_at, conn, resume, slot, request_id).await;
+                }
                 Err(e) => moved(e),
             }
         });
@@ -147,6 +169,8 @@ async fn serve_socket(
     expires_at: i64,
     conn: Conn,
     resume: Vec<(i64, i64)>,
+    slot: Option<Slot>,
+    request_id: Option<RequestId>,
 ) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(app.ws.max_frame_bytes))
@@ -156,7 +180,8 @@ async fn serve_socket(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
     let socket = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
-    task::run(app, who, expires_at, socket, resume).await;
+    task::run(app, who, expires_at, socket, resume, request_id).await;
+    drop(slot);
 }
 
 pub(super) fn person_of(who: &Principal) -> Option<Person> {

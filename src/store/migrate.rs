@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         Some(DbBackend::Postgres),
         include_str!("../../schema/migrations/0005_messages_room_for_receipts.sql"),
     ),
+    (
+        6,
+        None,
+        include_str!("../../schema/migrations/0006_chats_by_activity.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -29,6 +29,41 @@ pub enum StoreError {
 /// connection of the pool for itself, so the pool holds this many more than it is asked for.
 pub const POSTGRES_WRITERS: u32 = 2;
 
+/// Whether a database error is the database being away (no connection could be had, or
+/// it broke, or the server is shutting down or refusing connections) rather than a fault
+/// of the statement: what the APIs answer 503 `unavailable`, to try again.
+pub fn is_away(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            sqlx_away(e)
+        }
+        _ => false,
+    }
+}
+
+/// [`is_away`] for a driver's error: the connection's own failures, and PostgreSQL's
+/// classes 08 (connection exception), 53 (insufficient resources) and 57 (operator
+/// intervention: shutting down, terminated, cannot connect now), and 55000 (a database
+/// that accepts no connections).
+pub fn sqlx_away(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::Tls(_) | E::Protocol(_) => true,
+        E::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "55000"
+        }),
+        _ => false,
+    }
+}
+
+/// How long a request waits for a connection by default (10 s).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The database handle shared by every request. Clones share the pool and the writer lock.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -57,14 +92,17 @@ impl Store {
     /// Fails when the url names another database kind, the database cannot be reached,
     /// or a migration fails (nothing of that migration is kept).
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        Store::open_with_writers(url, max_connections, POSTGRES_WRITERS).await
+        Store::open_with_writers(url, max_connections, POSTGRES_WRITERS, ACQUIRE_TIMEOUT).await
     }
 
-    /// [`Store::open`] with `writers` message writers (at least one) on PostgreSQL.
+    /// [`Store::open`] with `writers` message writers (at least one) on PostgreSQL, and
+    /// requests that wait at most `acquire_timeout` for a connection (then fail with
+    /// `ConnectionAcquire`, which the APIs answer 503).
     pub async fn open_with_writers(
         url: &str,
         max_connections: u32,
         writers: u32,
+        acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let is_sqlite = url.starts_with("sqlite:");
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -75,7 +113,7 @@ impl Store {
         options
             .max_connections(max_connections + held)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(|o| {
                 // WAL lets readers run beside the writer; NORMAL sync in WAL mode loses

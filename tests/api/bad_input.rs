@@ -227,3 +227,128 @@ async fn admin_tokens_cannot_send_or_open_chats() {
         .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test]
+async fn ids_with_a_sign_or_leading_zeros_name_nothing() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let id = desk.chat_id;
+    app.get(&format!("/v1/chats/{id}"), &desk.customer)
+        .await
+        .expect(200);
+    for path in [
+        format!("/v1/chats/0{id}"),
+        format!("/v1/chats/+{id}"),
+        format!("/v1/chats/%2B{id}"),
+        format!("/v1/chats/00{id}/messages"),
+    ] {
+        let r = app.get(&path, &desk.customer).await;
+        assert_eq!((r.status.as_u16(), r.code()), (404, "not_found"), "{path}");
+    }
+    // Query numbers are digits too: a sign or an empty value is refused, not read as 0.
+    for query in ["after=%2B1", "after=", "limit=", "wait=&after=0"] {
+        let r = app
+            .get(&format!("/v1/chats/{id}/messages?{query}"), &desk.customer)
+            .await;
+        assert_eq!((r.status.as_u16(), r.code()), (422, "invalid"), "{query}");
+    }
+}
+
+#[tokio::test]
+async fn an_empty_filter_is_refused_rather_than_ignored() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    for query in ["status=", "before="] {
+        let r = app.get(&format!("/v1/chats?{query}"), &desk.operator).await;
+        assert_eq!((r.status.as_u16(), r.code()), (422, "invalid"), "{query}");
+    }
+    let r = app.get("/v1/chats?status=pending", &desk.operator).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_json_array_is_not_an_object_body() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let domain = app
+        .get(&format!("/v1/domains/{}", desk.domain_id), &admin)
+        .await
+        .expect(200);
+    let key = domain["widget_key"]
+        .as_str()
+        .expect("a widget key")
+        .to_owned();
+    let (customers, chats) = (app.count("customers").await, app.count("chats").await);
+    // serde would fill a struct's fields from an array, in order: `[null]` once made a
+    // visitor with no token, and so a new customer and chat.
+    for body in [
+        &b"[null,null]"[..],
+        b"[null]",
+        b"[]",
+        b"\"x\"",
+        b"7",
+        b"null",
+    ] {
+        let r = app
+            .raw(
+                Method::POST,
+                &format!("/v1/widget/{key}/visitors"),
+                None,
+                Some(body.to_vec()),
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, "invalid"),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        let r = app
+            .raw(
+                Method::POST,
+                "/v1/chats",
+                Some(&desk.customer),
+                Some(body.to_vec()),
+            )
+            .await;
+        assert_eq!((r.status.as_u16(), r.code()), (422, "invalid"));
+    }
+    assert_eq!(
+        app.count("customers").await,
+        customers,
+        "no visitor was made"
+    );
+    assert_eq!(app.count("chats").await, chats, "no chat was opened");
+}
+
+#[tokio::test]
+async fn a_405_says_which_methods_the_resource_answers() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    for (method, path, allow) in [
+        (Method::DELETE, "/v1/chats".to_owned(), "GET, POST"),
+        (Method::PUT, format!("/v1/chats/{}", desk.chat_id), "GET"),
+        (Method::GET, "/v1/auth/token".to_owned(), "POST"),
+        (Method::POST, "/healthz".to_owned(), "GET"),
+    ] {
+        let r = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .bearer_auth(&desk.customer)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let body: serde_json::Value = r.json().await.expect("a JSON body");
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+    }
+}

@@ -302,6 +302,22 @@ impl Cluster {
         let _ = self.nodes[i].child.wait();
     }
 
+    /// Lets the nodes' Redis user log in (`on`) or not (`off`).
+    async fn redis_user(&self, on: bool) {
+        let client = redis::Client::open(self.redis_admin.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.user)
+            .arg(if on { "on" } else { "off" })
+            .query_async(&mut conn)
+            .await
+            .expect("acl setuser");
+    }
+
     /// Cuts every Redis connection of this cluster's nodes.
     async fn cut_redis(&self) -> i64 {
         let client = redis::Client::open(self.redis_admin.as_str()).expect("redis url");
@@ -555,6 +571,57 @@ async fn an_operator_of_a_dead_node_goes_offline_soon_after() {
         .await
         .expect(200);
     assert_eq!(me["operator"]["presence"], "offline");
+}
+
+#[tokio::test]
+async fn readyz_says_so_while_redis_refuses_the_node_and_recovers_with_it() {
+    let Some(cluster) = Cluster::start(1).await else {
+        return;
+    };
+    let node = cluster.node(0);
+    let readyz = || async {
+        let r = node
+            .client
+            .get(format!("{}/readyz", node.base))
+            .send()
+            .await
+            .expect("answered");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.expect("JSON"))
+    };
+    assert_eq!(
+        readyz().await,
+        (
+            200,
+            json!({"status": "ready", "database": "ok", "redis": "ok"})
+        )
+    );
+    // Redis turns the node's user away, and cuts its connections.
+    cluster.redis_user(false).await;
+    cluster.cut_redis().await;
+    let mut seen = None;
+    for _ in 0..400 {
+        let (status, body) = readyz().await;
+        if status == 503 {
+            seen = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        seen.expect("readyz said 503"),
+        json!({"status": "unavailable", "database": "ok", "redis": "unavailable"})
+    );
+    cluster.redis_user(true).await;
+    let mut back = false;
+    for _ in 0..400 {
+        if readyz().await.0 == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(back, "readyz never came back after Redis did");
 }
 
 #[tokio::test]

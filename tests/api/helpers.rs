@@ -27,6 +27,8 @@ pub struct TestApp {
     pub clock: Clock,
     /// The server's live sockets and waiters (not for a node of a cluster test).
     pub hub: Option<Arc<Hub>>,
+    /// The server's database (empty for a node of a cluster test).
+    pub database_url: String,
     stop: Option<oneshot::Sender<()>>,
     temp_files: Vec<PathBuf>,
 }
@@ -39,6 +41,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             clock: Clock::system(),
             hub: None,
+            database_url: String::new(),
             stop: None,
             temp_files: Vec::new(),
         }
@@ -172,14 +175,13 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let (database_url, temp_files) = fresh_database().await;
-    let mut config = Config::with_database(database_url);
+    let mut config = Config::with_database(database_url.clone());
     config.bind = "127.0.0.1:0".parse().expect("address");
     tweak(&mut config);
     let clock = Clock::adjustable();
     let server = Server::build_with(&config, clock.clone())
         .await
         .expect("server starts");
-    let hub = server.hub();
     for (email, subdomain) in [("owner@acme.test", "acme"), ("owner@globex.test", "globex")] {
         server
             .core()
@@ -192,25 +194,172 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
             .await
             .expect("organisation created");
     }
-    let addr = server.local_addr().expect("bound");
-    let (stop, stopped) = oneshot::channel();
-    tokio::spawn(server.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        clock,
-        hub: Some(hub),
-        stop: Some(stop),
-        temp_files,
+    TestApp::serving(server, clock, database_url, temp_files)
+}
+
+impl TestApp {
+    /// Runs `server` until the test app is dropped (or stopped).
+    fn serving(
+        server: Server,
+        clock: Clock,
+        database_url: String,
+        temp_files: Vec<PathBuf>,
+    ) -> TestApp {
+        let hub = server.hub();
+        let addr = server.local_addr().expect("bound");
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(server.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            clock,
+            hub: Some(hub),
+            database_url,
+            stop: Some(stop),
+            temp_files,
+        }
     }
 }
 
 impl TestApp {
+    /// `SELECT COUNT(*) FROM {rows}` (a table, and a filter if need be), read from the
+    /// database itself: the server may have stopped.
+    pub async fn count(&self, rows: &str) -> i64 {
+        let db = Database::connect(self.database_url.as_str())
+            .await
+            .expect("the test's database");
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {rows}"),
+            ))
+            .await
+            .expect("counted")
+            .expect("a row");
+        let n: i64 = row.try_get("", "n").expect("a count");
+        let _ = db.close().await;
+        n
+    }
+
+    /// A second server on this one's database, sharing no bus with it (no Redis): what it
+    /// commits, this one hears of only from the database, as from a node that died
+    /// between a commit and its announcement.
+    pub async fn node_beside(&self) -> TestApp {
+        let mut config = Config::with_database(self.database_url.clone());
+        config.bind = "127.0.0.1:0".parse().expect("address");
+        let server = Server::build_with(&config, self.clock.clone())
+            .await
+            .expect("the second server starts");
+        TestApp::serving(
+            server,
+            self.clock.clone(),
+            self.database_url.clone(),
+            Vec::new(),
+        )
+    }
+
+    /// Holds the server's writes to a chat until [`Outage::end`] (they wait, then go on):
+    /// on PostgreSQL a transaction of the test locks the chat's row, on SQLite it holds
+    /// the file's write lock.
+    pub async fn hold_writes(&self, chat_id: i64) -> Outage {
+        let mut options = sea_orm::ConnectOptions::new(self.database_url.clone());
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .sqlx_logging(false);
+        let holder = Database::connect(options).await.expect("the database");
+        let postgres = self.database_url.starts_with("postgres");
+        let lock = if postgres {
+            format!("SELECT id FROM chats WHERE id = {chat_id} FOR UPDATE")
+        } else {
+            "SELECT 1".to_owned()
+        };
+        let begin = if postgres { "BEGIN" } else { "BEGIN EXCLUSIVE" };
+        for sql in [begin, lock.as_str()] {
+            holder.execute_unprepared(sql).await.expect("the lock");
+        }
+        Outage::Sqlite { holder }
+    }
+
+    /// Takes the server's database away until [`Outage::end`]: on PostgreSQL it refuses
+    /// connections to the test's database and ends those open; on SQLite another
+    /// connection holds the file's write lock.
+    pub async fn database_outage(&self) -> Outage {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(base) if base.starts_with("postgres") => {
+                let admin = Database::connect(base.as_str()).await.expect("PostgreSQL");
+                let name = self
+                    .database_url
+                    .rsplit('/')
+                    .next()
+                    .expect("a name")
+                    .to_owned();
+                for sql in [
+                    format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"),
+                    format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                    ),
+                ] {
+                    admin
+                        .execute_unprepared(&sql)
+                        .await
+                        .expect("the outage begins");
+                }
+                Outage::Postgres { admin, name }
+            }
+            _ => {
+                let mut options = sea_orm::ConnectOptions::new(self.database_url.clone());
+                options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .sqlx_logging(false);
+                let holder = Database::connect(options).await.expect("the SQLite file");
+                holder
+                    .execute_unprepared("BEGIN EXCLUSIVE")
+                    .await
+                    .expect("the write lock");
+                Outage::Sqlite { holder }
+            }
+        }
+    }
+
     /// The server's hub (a test's own server).
     pub fn hub(&self) -> &Hub {
         self.hub.as_deref().expect("the test's own server")
+    }
+}
+
+/// A database taken away from a test's server (see [`TestApp::database_outage`]).
+pub enum Outage {
+    Postgres {
+        admin: sea_orm::DatabaseConnection,
+        name: String,
+    },
+    /// A connection of the test's holding a lock in an open transaction.
+    Sqlite { holder: sea_orm::DatabaseConnection },
+}
+
+impl Outage {
+    /// Gives the database back.
+    pub async fn end(self) {
+        match self {
+            Outage::Postgres { admin, name } => {
+                admin
+                    .execute_unprepared(&format!(
+                        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+                    ))
+                    .await
+                    .expect("the outage ends");
+                let _ = admin.close().await;
+            }
+            Outage::Sqlite { holder } => {
+                holder.execute_unprepared("COMMIT").await.expect("unlocked");
+                let _ = holder.close().await;
+            }
+        }
     }
 }
 
@@ -487,6 +636,22 @@ impl TestApp {
     /// Opens a socket whose first client frame leaves in the same write as the upgrade
     /// request, before the 101 comes back, as an eager client may send it.
     pub async fn ws_with_first_frame(&self, token: &str, frame: Value) -> Ws {
+        // One masked text frame, as a client must send it.
+        let payload = frame.to_string().into_bytes();
+        let (tcp, early) = self.raw_ws(token, &client_frame(0x1, &payload)).await;
+        let stream = tokio_tungstenite::WebSocketStream::from_partially_read(
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+            early,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        Ws { stream }
+    }
+
+    /// Upgrades a bare TCP connection to a socket by hand, writing `after` right behind
+    /// the request; returns the connection and what the server sent past its 101.
+    pub async fn raw_ws(&self, token: &str, after: &[u8]) -> (tokio::net::TcpStream, Vec<u8>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.base.trim_start_matches("http://");
         let mut tcp = tokio::net::TcpStream::connect(addr)
@@ -499,13 +664,7 @@ impl TestApp {
              Authorization: Bearer {token}\r\n\r\n"
         )
         .into_bytes();
-        // One masked text frame, as a client must send it.
-        let payload = frame.to_string().into_bytes();
-        assert!(payload.len() < 126, "a short frame");
-        let mask = [0x5a, 0x17, 0xc3, 0x08];
-        bytes.extend([0x81, 0x80 | payload.len() as u8]);
-        bytes.extend(mask);
-        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        bytes.extend_from_slice(after);
         tcp.write_all(&bytes).await.expect("written");
         let mut head = Vec::new();
         let end = loop {
@@ -519,14 +678,53 @@ impl TestApp {
         };
         let status = String::from_utf8_lossy(&head[..end]).into_owned();
         assert!(status.starts_with("HTTP/1.1 101"), "{status}");
-        let stream = tokio_tungstenite::WebSocketStream::from_partially_read(
-            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-            head[end..].to_vec(),
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
-        Ws { stream }
+        (tcp, head[end..].to_vec())
+    }
+}
+
+/// One short client frame (final, masked) of `opcode` carrying `payload`.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "a short frame");
+    let mask = [0x5a, 0x17, 0xc3, 0x08];
+    let mut bytes = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    bytes.extend(mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    bytes
+}
+
+/// Reads server frames from a hand-made socket (`early` first) until a close frame;
+/// returns its code, or None if the connection ended without one.
+pub async fn close_code_of(tcp: &mut tokio::net::TcpStream, early: Vec<u8>) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = early;
+    loop {
+        // A server frame: FIN+opcode, unmasked length (7 bits, or 16 after 126), payload.
+        if buf.len() >= 2 {
+            let (len, start) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                126 => (usize::MAX, 0),
+                n => (n as usize, 2),
+            };
+            if len != usize::MAX && buf.len() >= start + len {
+                let opcode = buf[0] & 0x0f;
+                let payload = buf[start..start + len].to_vec();
+                buf.drain(..start + len);
+                if opcode == 0x8 {
+                    return (payload.len() >= 2)
+                        .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                }
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(FRAME_WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("a frame within the wait")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -614,21 +812,30 @@ impl Ws {
 
     /// Reads until the server closes; returns the close code and reason.
     pub async fn closed(&mut self) -> (u16, String) {
+        let (_, code, reason) = self.frames_until_closed().await;
+        (code, reason)
+    }
+
+    /// Reads until the server closes; returns the text frames read on the way, and the
+    /// close code and reason.
+    pub async fn frames_until_closed(&mut self) -> (Vec<Value>, u16, String) {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
+        let mut frames = Vec::new();
         loop {
             let next = tokio::time::timeout(FRAME_WAIT, self.stream.next())
                 .await
                 .expect("closed within the wait");
             match next {
                 Some(Ok(Message::Close(Some(frame)))) => {
-                    return (u16::from(frame.code), frame.reason.to_string());
+                    return (frames, u16::from(frame.code), frame.reason.to_string());
                 }
-                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
-                Some(Err(e)) => return (1006, e.to_string()),
+                Some(Ok(Message::Close(None))) | None => return (frames, 1005, String::new()),
+                Some(Err(e)) => return (frames, 1006, e.to_string()),
                 Some(Ok(Message::Text(text))) => {
                     let frame: Value = serde_json::from_str(&text).expect("frame is JSON");
                     crate::openapi::check_server_frame(&frame);
+                    frames.push(frame);
                 }
                 Some(Ok(_)) => continue,
             }

@@ -720,6 +720,130 @@ async fn shutdown_tells_sockets_to_reconnect_with_1001() {
     assert_eq!(code, 1001, "{reason}");
 }
 
+/// The desk's customer and operator, each on a socket that has caught up.
+async fn both_sides(app: &TestApp, desk: &Desk) -> (crate::helpers::Ws, crate::helpers::Ws) {
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    (customer, operator)
+}
+
+/// Send `i` into the desk's chat: id `s{i}`, local_id `l{i}`, text `m{i}`.
+fn numbered_send(desk: &Desk, i: usize) -> Value {
+    json!({"type": "send", "id": format!("s{i}"), "chat_id": desk.chat_id,
+        "local_id": format!("l{i}"), "text": format!("m{i}")})
+}
+
+#[tokio::test]
+async fn a_stopping_server_answers_every_send_it_took_before_closing_with_1001() {
+    let (mut app, desk) = desk_app_with(|c| {
+        c.write_timeout = 30;
+        c.shutdown_grace = 30;
+    })
+    .await;
+    let (mut customer, mut operator) = both_sides(&app, &desk).await;
+    let send = |i: usize| numbered_send(&desk, i);
+    customer.send(send(0)).await;
+    customer.next_of("ack").await;
+    // Ten sends wait on their commit (the chat's writes are held) when the stop comes.
+    let hold = app.hold_writes(desk.chat_id).await;
+    for i in 1..=10 {
+        customer.send(send(i)).await;
+    }
+    // Frames are taken in order: once the typing behind them is heard, the sends are in.
+    customer
+        .send(json!({"type": "typing", "chat_id": desk.chat_id, "typing": true}))
+        .await;
+    operator.next_of("typing").await;
+    app.stop();
+    crate::helpers::until("the server stopping", || app.hub().is_stopping()).await;
+    hold.end().await;
+    let (frames, code, reason) = customer.frames_until_closed().await;
+    assert_eq!(code, 1001, "{reason}");
+    let acks: Vec<_> = frames
+        .iter()
+        .filter(|f| f["type"] == "ack")
+        .map(|f| f["id"].clone())
+        .collect();
+    let expected: Vec<_> = (1..=10).map(|i| json!(format!("s{i}"))).collect();
+    assert_eq!(
+        acks, expected,
+        "every send taken is answered before the close"
+    );
+    let chat = desk.chat_id;
+    assert_eq!(
+        app.count(&format!("messages WHERE chat_id = {chat}")).await,
+        11
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_long_poll_is_answered_when_the_server_stops() {
+    let (mut app, desk) = desk_app_with(|c| c.shutdown_grace = 60).await;
+    let poll = {
+        let client = app.client.clone();
+        let url = format!(
+            "{}/v1/chats/{}/messages?after=0&wait=30",
+            app.base, desk.chat_id
+        );
+        let token = desk.operator.clone();
+        tokio::spawn(async move {
+            let r = client.get(url).bearer_auth(token).send().await?;
+            let status = r.status().as_u16();
+            Ok::<_, reqwest::Error>((status, r.json::<Value>().await?))
+        })
+    };
+    crate::helpers::until("the poll waiting", || app.hub().waiting(desk.chat_id) == 1).await;
+    app.stop();
+    // Answered at the stop, not cut, and well before its 30 s wait or the 60 s grace.
+    let (status, page) = tokio::time::timeout(std::time::Duration::from_secs(5), poll)
+        .await
+        .expect("the poll answered at the stop")
+        .expect("task")
+        .expect("a whole response");
+    assert_eq!(status, 200);
+    assert_eq!(page["items"], json!([]));
+}
+
+#[tokio::test]
+async fn ready_is_the_first_frame_an_operator_gets() {
+    let (app, desk) = desk_app().await;
+    // Several times, each socket the operator's first (their presence goes online with
+    // it, in the rooms of their chats, this socket's among them).
+    for _ in 0..5 {
+        let mut ws = app.ws(&desk.operator, "").await;
+        let first = ws.recv().await.expect("a frame");
+        assert_eq!(first["type"], "ready", "{first}");
+        drop(ws);
+        crate::helpers::until("the operator offline", || {
+            !app.hub()
+                .is_connected(souq::domain::events::Person::Operator(desk.operator_id))
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_breaks_the_protocol_is_told_so_not_to_reconnect() {
+    use crate::helpers::{client_frame, close_code_of};
+    let (app, desk) = desk_app().await;
+    // A frame that is not masked (every client frame must be).
+    let unmasked = [0x81, 0x02, b'h', b'i'];
+    // Opcode 0x3 is reserved.
+    let reserved = client_frame(0x3, b"hi");
+    // Text that is not UTF-8.
+    let not_utf8 = client_frame(0x1, &[0xff, 0xfe, 0xfd]);
+    for (what, bytes, code) in [
+        ("unmasked", unmasked.to_vec(), 1002),
+        ("reserved opcode", reserved, 1002),
+        ("not UTF-8", not_utf8, 1007),
+    ] {
+        let (mut tcp, early) = app.raw_ws(&desk.customer, &bytes).await;
+        assert_eq!(close_code_of(&mut tcp, early).await, Some(code), "{what}");
+    }
+}
+
 #[tokio::test]
 async fn an_operator_who_loses_an_inbox_stops_hearing_its_chats_and_one_who_gains_one_starts() {
     let app = spawn_app().await;
@@ -793,4 +917,115 @@ async fn an_operator_who_loses_an_inbox_stops_hearing_its_chats_and_one_who_gain
             }
         }
     }
+}
+
+#[tokio::test]
+async fn while_the_database_is_away_sends_are_refused_in_time_and_the_socket_reads_on() {
+    let (app, desk) = desk_app_with(|c| c.write_timeout = 1).await;
+    let (mut customer, mut operator) = both_sides(&app, &desk).await;
+    let send = |i: usize| numbered_send(&desk, i);
+    customer.send(send(0)).await;
+    assert_eq!(customer.next_of("ack").await["seq"], 1);
+
+    let outage = app.database_outage().await;
+    let started = std::time::Instant::now();
+    for i in 1..=40 {
+        customer.send(send(i)).await;
+    }
+    customer
+        .send(json!({"type": "typing", "chat_id": desk.chat_id, "typing": true}))
+        .await;
+    // Read on while 32 sends wait: the typing behind them still reaches the desk.
+    assert_eq!(operator.next_of("typing").await["typing"], true);
+    // Every send is answered, in order, and none is acknowledged.
+    let mut answers = Vec::new();
+    while answers.len() < 40 {
+        let f = customer.recv().await.expect("open");
+        if f["type"] == "ack" || f["type"] == "error" {
+            answers.push((f["id"].clone(), f["type"].clone(), f["code"].clone()));
+        }
+    }
+    let expected: Vec<_> = (1..=40)
+        .map(|i| (json!(format!("s{i}")), json!("error"), json!("unavailable")))
+        .collect();
+    assert_eq!(answers, expected);
+    // A bound of seconds, not the outage's length (the outage is still on).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // REST is answered in time too.
+    let r = app
+        .send(&desk.customer, desk.chat_id, "over rest", Some("r1"))
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (503, "unavailable"));
+
+    outage.end().await;
+    // Back without a restart: the same sends again are stored once each.
+    let mut acked = None;
+    for _ in 0..100 {
+        customer.send(send(1)).await;
+        let f = loop {
+            let f = customer.recv().await.expect("open");
+            if f["type"] == "ack" || f["type"] == "error" {
+                break f;
+            }
+        };
+        if f["type"] == "ack" {
+            acked = Some(f);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    acked.expect("sends are acknowledged once the database is back");
+    for i in 2..=40 {
+        customer.send(send(i)).await;
+        assert_eq!(customer.next_of("ack").await["id"], format!("s{i}"));
+    }
+    let chat = desk.chat_id;
+    let stored = format!("messages WHERE chat_id = {chat} AND local_id LIKE 'l%'");
+    assert_eq!(app.count(&stored).await, 41, "l0 to l40, once each");
+}
+
+#[tokio::test]
+async fn a_message_committed_but_never_announced_here_still_reaches_every_socket_and_poll() {
+    let (app, desk) = desk_app().await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let poll = {
+        let (client, token) = (app.client.clone(), desk.customer.clone());
+        let url = format!(
+            "{}/v1/chats/{}/messages?after=0&wait=30",
+            app.base, desk.chat_id
+        );
+        tokio::spawn(async move {
+            let r = client.get(url).bearer_auth(token).send().await?;
+            r.json::<Value>().await
+        })
+    };
+    crate::helpers::until("the poll waiting", || app.hub().waiting(desk.chat_id) == 1).await;
+    // Committed through another server that announces nothing to this one.
+    let other = app.node_beside().await;
+    other
+        .send(&desk.operator, desk.chat_id, "from the other node", None)
+        .await
+        .expect(201);
+    // Within a few seconds (two rounds of 2 s), from the database.
+    let m = customer.next_of("message").await;
+    assert_eq!(m["message"]["text"], "from the other node");
+    let page = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("the poll answered")
+        .expect("task")
+        .expect("a page");
+    assert_eq!(page["items"][0]["text"], "from the other node");
+    // Once, not again at the next rounds.
+    other
+        .send(&desk.operator, desk.chat_id, "and another", None)
+        .await
+        .expect(201);
+    let m = customer.next_of("message").await;
+    assert_eq!(m["message"]["text"], "and another");
+    assert_eq!(m["message"]["seq"], 2);
 }

@@ -13,6 +13,7 @@ mod chats;
 mod chatwhizz;
 mod cli;
 mod cluster;
+mod edge;
 mod isolation;
 mod live;
 mod messages;

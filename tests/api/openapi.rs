@@ -27,6 +27,7 @@ const KNOWN: &[&str] = &[
     "maximum",
     "minLength",
     "maxLength",
+    "pattern",
     "description",
     "format",
     "examples",

@@ -23,6 +23,7 @@ pub(crate) mod tuning;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures_util::future::Either;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -108,6 +109,8 @@ struct Context {
 #[derive(Debug)]
 pub(super) struct Writer {
     intake: Arc<Intake>,
+    /// [`Tuning::answer_within`].
+    within: Duration,
 }
 
 /// The writers' queue, and the marks held back from it.
@@ -296,7 +299,10 @@ impl Writer {
             holding,
             tuning.mark_delay,
         ));
-        Ok(Writer { intake })
+        Ok(Writer {
+            intake,
+            within: tuning.answer_within,
+        })
     }
 
     /// Queues a send and returns what answers after its commit. Sends queued one after
@@ -307,8 +313,11 @@ impl Writer {
         send: Draft,
     ) -> Result<impl Future<Output = Result<Sent>> + use<>> {
         let done = self.queue(chat_id, Work::Send(send)).await?;
+        // Counted from now, not from the answer's first poll: a socket polls only its
+        // oldest send's answer until that one is ready.
+        let deadline = tokio::time::Instant::now() + self.within;
         Ok(async move {
-            match done.await? {
+            match in_time(deadline, done).await? {
                 Done::Sent(sent) => Ok(sent),
                 Done::Marked(_) => Err(Error::Internal("a send was answered as a mark".into())),
             }
@@ -349,8 +358,9 @@ impl Writer {
         } else {
             Either::Right(self.queue(chat_id, Work::Mark(mark)).await?)
         };
+        let deadline = tokio::time::Instant::now() + self.within;
         Ok(async move {
-            match done.await? {
+            match in_time(deadline, done).await? {
                 Done::Marked(marked) => Ok(marked),
                 Done::Sent(_) => Err(Error::Internal("a mark was answered as a send".into())),
             }
@@ -370,7 +380,10 @@ impl Writer {
         let lane = &self.intake.lane;
         // A place in the queue first, so that a caller who gives up while the queue is
         // full leaves nothing counted as queued.
-        let place = lane.jobs.reserve().await.map_err(|_| stopped())?;
+        let place = in_time(tokio::time::Instant::now() + self.within, async {
+            lane.jobs.reserve().await.map_err(|_| stopped())
+        })
+        .await?;
         let queued = match &lane.now {
             Some(writer) => writer.now_or_queue(job),
             None => Some(job),
@@ -380,6 +393,21 @@ impl Writer {
         }
         Ok(async move { answer.await.map_err(|_| stopped())? })
     }
+}
+
+/// `work`'s outcome, or `Unavailable` once `deadline` has passed without one. The job may
+/// still be stored after that (its batch waits on the database); a send is safe to send
+/// again with its `local_id`.
+async fn in_time<T>(
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(Error::Unavailable(
+            "the database did not answer in time: this is not known to be stored; \
+             send it again with the same local_id",
+        )))
 }
 
 fn stopped() -> Error {

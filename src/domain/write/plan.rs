@@ -459,6 +459,7 @@ pub(super) fn same_error(e: &Error) -> Error {
         Error::NotFound(what) => Error::NotFound(what),
         Error::Conflict(why) => Error::Conflict(why.clone()),
         Error::Invalid(why) => Error::Invalid(why.clone()),
+        Error::Unavailable(why) => Error::Unavailable(why),
         other => Error::Internal(other.to_string()),
     }
 }

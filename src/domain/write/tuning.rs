@@ -26,6 +26,13 @@ pub(crate) struct Tuning {
     /// of the table); a busy chat would otherwise do that for every message.
     pub activity_step_ms: i64,
 
+    /// Longest a send or mark waits for its commit (and for room in the queue) before its
+    /// caller is answered `Unavailable` (5 s; `--write-timeout`). While the database is
+    /// away a commit can wait for it for as long as the outage lasts; a client should hear
+    /// within a bound that its send is not known to be stored, and send it again with the
+    /// same `local_id` (which never stores it twice).
+    pub answer_within: Duration,
+
     /// Most chats a writer remembers (100,000); past this it forgets them all and reads
     /// them again as they come. A chat row is about 100 bytes here.
     pub cached_chats: usize,
@@ -121,6 +128,7 @@ impl Tuning {
         max_batch: 256,
         mark_delay: Duration::from_millis(20),
         activity_step_ms: 1000,
+        answer_within: Duration::from_secs(5),
         cached_chats: 100_000,
         max_rounds: 8,
         locked_from: 3,

@@ -302,21 +302,11 @@ async fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued
 /// broke is the database being away.
 fn failed(e: sqlx::Error) -> Error {
     use sea_orm::{DbErr, RuntimeErr};
+    let away = crate::store::sqlx_away(&e);
     let cause = RuntimeErr::SqlxError(Arc::new(e));
-    match &cause {
-        RuntimeErr::SqlxError(e)
-            if matches!(
-                **e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-            ) =>
-        {
-            Error::Store(DbErr::Conn(cause))
-        }
-        _ => Error::Store(DbErr::Exec(cause)),
+    match away {
+        true => Error::Store(DbErr::Conn(cause)),
+        false => Error::Store(DbErr::Exec(cause)),
     }
 }
 

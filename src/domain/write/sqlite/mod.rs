@@ -274,12 +274,20 @@ fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued>) {
             Ok(mut outcomes) => outcomes
                 .pop()
                 .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
-            Err(partial) => Err(Error::Internal(format!(
-                "cannot store the message: {}",
-                partial.error
-            ))),
+            Err(partial) => Err(failed(partial.error)),
         };
         answer(&*cx.live, one, vec![reply], vec![outcome]);
+    }
+}
+
+/// A SQLite failure as the core reports it: the file held by another process past the
+/// busy wait is the database being away for now; anything else is a fault.
+fn failed(e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            Error::Unavailable("the database is busy: this is not stored; send it again")
+        }
+        _ => Error::Internal(format!("cannot store the message: {e}")),
     }
 }
 
