@@ -92,15 +92,20 @@ async fn core(config: &Config, clock: Clock) -> Result<(domain::Core, bus::Bus),
 }
 
 /// Sets offline the operators whose nodes all died (with Redis, every node sweeps; the
-/// conditional update in the core makes one of them announce it).
+/// conditional update in the core makes one of them announce it), and online again those
+/// connected here whom a node took for gone while Redis was away. Sweeps every `every`,
+/// and at once when Redis comes back.
 async fn sweep_presence(core: std::sync::Weak<domain::Core>, bus: bus::Bus, every: Duration) {
     loop {
-        tokio::time::sleep(every).await;
+        bus.next_sweep(every).await;
         let Some(core) = core.upgrade() else { return };
         for operator_id in bus.expired_operators().await {
             if let Err(e) = core.operator_disconnected(operator_id).await {
                 tracing::warn!(error = %e, operator_id, "cannot set an operator offline");
             }
+        }
+        if let Err(e) = core.operators_connected(&bus.hub().local_operators()).await {
+            tracing::warn!(error = %e, "cannot set this node's operators online");
         }
     }
 }

@@ -122,6 +122,15 @@ impl Bus {
         }
     }
 
+    /// Resolves after `every`, or sooner when Redis comes back after an outage (without
+    /// Redis, after `every`).
+    pub async fn next_sweep(&self, every: Duration) {
+        match &self.redis {
+            Some(redis) => redis.next_sweep(every).await,
+            None => tokio::time::sleep(every).await,
+        }
+    }
+
     /// How often to sweep for operators of dead nodes, if there are other nodes at all.
     pub fn sweep_every(&self) -> Option<std::time::Duration> {
         self.redis.as_ref().map(|r| r.sweep_every())

@@ -165,6 +165,15 @@ pub struct RedisBus {
     /// Chats with events dropped on a full queue: the publisher tells the other nodes to
     /// catch these chats up from the database once the queue has room.
     dropped: Mutex<HashSet<i64>>,
+    /// Bumped each time the subscriber reconnects after losing Redis (which may have
+    /// restarted, its presence claims gone): the refresher claims again at once, and the
+    /// presence sweep repairs what was decided meanwhile.
+    returned: tokio::sync::watch::Sender<u64>,
+    /// Until then (clock ms) presence claims may be missing, Redis having just come
+    /// back: an operator's last socket here closing is not taken for their last anywhere.
+    unsure_until: std::sync::atomic::AtomicI64,
+    /// Operators whose going offline was put off while claims were unsure.
+    deferred: Mutex<HashSet<i64>>,
 }
 
 impl RedisBus {
@@ -194,6 +203,9 @@ impl RedisBus {
             wanted: DashSet::new(),
             seen: Mutex::new((VecDeque::new(), HashSet::new())),
             dropped: Mutex::new(HashSet::new()),
+            returned: tokio::sync::watch::Sender::new(0),
+            unsure_until: std::sync::atomic::AtomicI64::new(0),
+            deferred: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
         tokio::spawn(publisher(Arc::downgrade(&bus), dialer.clone(), out_rx));
@@ -370,13 +382,45 @@ impl RedisBus {
     }
 
     /// Records that this node no longer holds a socket of the operator; true when no
-    /// node does.
+    /// node does. Just after Redis came back the other nodes' claims may not be there
+    /// yet: then it says no, and the sweep decides once they are (see `deferred`).
     pub async fn operator_gone(&self, operator_id: i64) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let _: () = conn
             .zrem(self.presence_key(operator_id), &self.node)
             .await?;
+        if self.claims_unsure() {
+            self.deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(operator_id);
+            return Ok(false);
+        }
         Ok(!self.operator_elsewhere(operator_id).await?)
+    }
+
+    fn claims_unsure(&self) -> bool {
+        self.clock.now_ms() < self.unsure_until.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The subscriber is back on Redis after losing it: claims may be gone until every
+    /// node has claimed again (within a refresh, plus a second for reconnecting).
+    fn redis_returned(&self) {
+        let unsure = self.sweep_every() + Duration::from_secs(1);
+        self.unsure_until.store(
+            self.clock.now_ms() + unsure.as_millis() as i64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        self.returned.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves after `every`, or sooner when Redis comes back.
+    pub async fn next_sweep(&self, every: Duration) {
+        let mut returned = self.returned.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = returned.changed() => {}
+        }
     }
 
     /// Whether any node's unexpired claim says it holds a socket of the operator.
@@ -388,12 +432,28 @@ impl RedisBus {
         Ok(left > 0)
     }
 
-    /// Operators whose every node claim has expired (their nodes died): they are
-    /// taken off the index and returned, to be set offline.
+    /// Operators whose every node claim has expired (their nodes died), or whose going
+    /// offline was put off and who hold no socket anywhere now: they are taken off the
+    /// index and returned, to be set offline.
     pub async fn expired_operators(&self) -> redis::RedisResult<Vec<i64>> {
         let mut conn = self.conn.clone();
         let ids: Vec<i64> = conn.smembers(self.presence_index()).await?;
         let mut gone = Vec::new();
+        if !self.claims_unsure() {
+            let deferred: Vec<i64> = self
+                .deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .collect();
+            for id in deferred {
+                if !self.hub.is_connected(Person::Operator(id))
+                    && !self.operator_elsewhere(id).await?
+                {
+                    gone.push(id);
+                }
+            }
+        }
         for id in ids {
             let key = self.presence_key(id);
             let _: () = conn.zrembyscore(&key, "-inf", self.clock.now_ms()).await?;
@@ -718,6 +778,7 @@ async fn subscriber(
         let mut confirming = Confirming::default();
         if !first {
             tracing::info!("redis subscriber reconnected; catching sockets up");
+            strong.redis_returned();
             if wanted.is_empty() {
                 strong.hub.resync();
             }
@@ -829,11 +890,15 @@ fn take_replies(
 /// Refreshes this node's presence claims for the operators connected here.
 async fn refresher(bus: std::sync::Weak<RedisBus>) {
     loop {
-        let period = match bus.upgrade() {
-            Some(b) => b.config.presence_ttl / 3,
+        let (period, mut returned) = match bus.upgrade() {
+            Some(b) => (b.config.presence_ttl / 3, b.returned.subscribe()),
             None => return,
         };
-        tokio::time::sleep(period).await;
+        // On time, or at once when Redis comes back (it may have lost every claim).
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = returned.changed() => {}
+        }
         let Some(bus) = bus.upgrade() else { return };
         for operator_id in bus.hub.local_operators() {
             if let Err(e) = bus.operator_here(operator_id).await {

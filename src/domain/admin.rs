@@ -705,6 +705,26 @@ impl Core {
             .await
     }
 
+    /// Of `operator_ids` (operators with a socket on this node), those the database says
+    /// are offline become online: a decision made while presence across nodes was
+    /// unsure (Redis had just come back) is put right.
+    pub async fn operators_connected(&self, operator_ids: &[i64]) -> Result<()> {
+        for chunk in operator_ids.chunks(500) {
+            let offline: Vec<i64> = operator::Entity::find()
+                .select_only()
+                .column(operator::Column::Id)
+                .filter(operator::Column::Id.is_in(chunk.iter().copied()))
+                .filter(operator::Column::Presence.eq(Presence::Offline.code()))
+                .into_tuple()
+                .all(self.store().db())
+                .await?;
+            for operator_id in offline {
+                self.operator_connected(operator_id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The operator's last socket closed: they are offline, unless a socket of theirs
     /// opened meanwhile, on this node or (with Redis) on another.
     pub async fn operator_disconnected(&self, operator_id: i64) -> Result<()> {

@@ -77,6 +77,101 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// Whether a Redis answers a PING within 10 s.
+async fn answers(client: &redis::Client) -> bool {
+    for _ in 0..400 {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            && redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// A plain redis-server of one test's own, which the test can restart (empty, as a Redis
+/// without persistence comes back). Stopped when dropped.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = free_port();
+        OwnRedis {
+            child: OwnRedis::spawn(port).await,
+            port,
+        }
+    }
+
+    async fn spawn(port: u16) -> Child {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) starts");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+        if !answers(&client).await {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server never answered on port {port}");
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it and starts a new one on the same port, with nothing in it.
+    async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = OwnRedis::spawn(self.port).await;
+    }
+
+    /// How many connections are subscribed to `channel`.
+    async fn subscribers(&self, channel: &str) -> i64 {
+        let client = redis::Client::open(self.url()).expect("url");
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return 0;
+        };
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        counts.first().map_or(0, |(_, n)| *n)
+    }
+
+    /// How many nodes claim the operator, as Redis says now.
+    async fn claims(&self, prefix: &str, operator_id: i64) -> i64 {
+        let client = redis::Client::open(self.url()).expect("url");
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return 0;
+        };
+        redis::cmd("ZCARD")
+            .arg(format!("{prefix}:presence:{operator_id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0)
+    }
+}
+
 /// A redis-server of one test's own that speaks only TLS, with a certificate authority
 /// and a certificate for 127.0.0.1 and localhost made here. Stopped when dropped.
 struct TlsRedis {
@@ -144,20 +239,13 @@ impl TlsRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (Debian's redis-server package) starts");
+        // Dropped (and so stopped) if it never answers.
         let redis = TlsRedis { child, dir, port };
-        let client = redis.client();
-        for _ in 0..200 {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server never answered over TLS on port {port}");
+        assert!(
+            answers(&redis.client()).await,
+            "redis-server never answered over TLS on port {port}"
+        );
+        redis
     }
 
     fn url(&self) -> String {
@@ -185,11 +273,17 @@ impl TlsRedis {
 
 impl Cluster {
     async fn start(n: usize) -> Option<Cluster> {
-        Cluster::start_with(n, None).await
+        Cluster::start_with(n, None, 3).await
     }
 
-    /// `n` nodes, on the shared Redis (under a user of their own), or on `tls` alone.
-    async fn start_with(n: usize, tls: Option<&TlsRedis>) -> Option<Cluster> {
+    /// `n` nodes, on the shared Redis (under a user of their own), or on a Redis of the
+    /// test's own: its URL, and the CA file to trust for TLS; each node's presence claims
+    /// last `presence_ttl` seconds.
+    async fn start_with(
+        n: usize,
+        own: Option<(String, Option<std::path::PathBuf>)>,
+        presence_ttl: u64,
+    ) -> Option<Cluster> {
         let redis_admin = services()?;
         let (database_url, _) = fresh_database().await;
         let prefix = unique_name("souq_t");
@@ -220,8 +314,8 @@ impl Cluster {
             .rsplit_once('@')
             .map_or(rest, |(_, h)| h)
             .trim_end_matches('/');
-        let node_redis = match tls {
-            Some(tls) => tls.url(),
+        let node_redis = match &own {
+            Some((url, _)) => url.clone(),
             None => format!("redis://{user}:{password}@{host}"),
         };
 
@@ -254,15 +348,15 @@ impl Cluster {
         for _ in 0..n {
             let port = free_port();
             let mut node = Command::new(env!("CARGO_BIN_EXE_souq"));
-            if let Some(tls) = tls {
-                node.env("SOUQ_REDIS_CA_FILE", tls.ca_file());
+            if let Some((_, Some(ca))) = &own {
+                node.env("SOUQ_REDIS_CA_FILE", ca);
             }
             let child = node
                 .env("DATABASE_URL", &database_url)
                 .env("REDIS_URL", &node_redis)
                 .env("SOUQ_REDIS_PREFIX", &prefix)
                 .env("SOUQ_BIND", format!("127.0.0.1:{port}"))
-                .env("SOUQ_PRESENCE_TTL", "3")
+                .env("SOUQ_PRESENCE_TTL", presence_ttl.to_string())
                 .env("SOUQ_DB_MAX_CONNECTIONS", "8")
                 .env("RUST_LOG", "souq=warn")
                 .stdout(Stdio::null())
@@ -684,12 +778,101 @@ async fn a_long_poll_on_one_node_wakes_on_a_send_through_another() {
 /// test's own that the nodes are told to trust), messages, receipts and presence cross
 /// nodes as they do in the clear.
 #[tokio::test]
+async fn presence_holds_through_a_redis_restart_while_an_operator_keeps_a_socket_open() {
+    if services().is_none() {
+        return;
+    }
+    let mut redis = OwnRedis::start().await;
+    // Claims of 30 s, refreshed every 10: a lost claim would stay lost that long.
+    let Some(cluster) = Cluster::start_with(2, Some((redis.url(), None)), 30).await else {
+        return;
+    };
+    let admin = cluster.node(0).admin().await;
+    let desk = cluster.node(0).desk(&admin).await;
+    let mut customer = cluster.node(0).ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    // The operator on two devices, one on each node.
+    let mut laptop = cluster.node(0).ws(&desk.operator, "").await;
+    laptop.next_of("resumed").await;
+    assert_eq!(customer.next_of("presence").await["presence"], "online");
+    let mut phone = cluster.node(1).ws(&desk.operator, "").await;
+    phone.next_of("resumed").await;
+    let prefix = cluster.user.clone();
+    until_async("both claims", || async {
+        redis.claims(&prefix, desk.operator_id).await == 2
+    })
+    .await;
+    // Redis restarts empty: every claim is gone. Both nodes are back on it (subscribed
+    // again, and node A answering), and the laptop closes.
+    redis.restart().await;
+    let channel = format!("{prefix}:person:o:{}", desk.operator_id);
+    until_async("both nodes subscribed again", || async {
+        redis.subscribers(&channel).await == 2
+    })
+    .await;
+    until_async("node A back on Redis", || async {
+        let r = cluster
+            .node(0)
+            .client
+            .get(format!("{}/readyz", cluster.node(0).base))
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    drop(laptop);
+    // Node B claims again as soon as it is back on Redis.
+    until_async("node B's claim again", || async {
+        redis.claims(&prefix, desk.operator_id).await >= 1
+    })
+    .await;
+    // Then a message through node A: the customer's frames up to it hold no "offline".
+    let r = cluster
+        .node(0)
+        .send(&desk.customer, desk.chat_id, "still there?", None)
+        .await;
+    assert_eq!(r.status, 201);
+    loop {
+        let f = customer.recv().await.expect("open");
+        assert!(
+            !(f["type"] == "presence" && f["presence"] == "offline"),
+            "announced offline while the phone is connected: {f}"
+        );
+        if f["type"] == "message" {
+            break;
+        }
+    }
+    // And the database says online, on either node.
+    until_async("online in the database", || async {
+        let me = cluster.node(1).get("/v1/me", &desk.operator).await;
+        me.body["operator"]["presence"] == "online"
+    })
+    .await;
+    phone.next_of("message").await;
+}
+
+/// Waits until the async `ready` holds, checking every few milliseconds, for up to 10 s.
+async fn until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut ready: impl FnMut() -> F,
+) {
+    for _ in 0..400 {
+        if ready().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} never happened");
+}
+
+#[tokio::test]
 async fn nodes_talk_through_a_redis_that_speaks_only_tls() {
     if services().is_none() {
         return;
     }
     let tls = TlsRedis::start().await;
-    let Some(cluster) = Cluster::start_with(2, Some(&tls)).await else {
+    let Some(cluster) = Cluster::start_with(2, Some((tls.url(), Some(tls.ca_file()))), 3).await
+    else {
         return;
     };
     let (a, b) = (cluster.node(0), cluster.node(1));
