@@ -113,6 +113,7 @@ async fn run() -> Result<(), String> {
             Limits::default(),
             Arc::new(Bus::new(Arc::new(Hub::new()))),
             souq::Clock::system(),
+            Arc::default(),
         )
         .map_err(|e| e.to_string())?,
     );

@@ -3,6 +3,7 @@
 //! The crate map, from the bottom up: each module imports only those above it in this
 //! list (`grep -rn "^use crate" src` shows it), and calls go the same way.
 //!
+//! - [`metrics`]: what a server counts, for `/metrics`.
 //! - [`clock`]: the time every rule reads (the system's; moved on by hand in tests).
 //! - [`wake`]: wakes held back until a batch of work is done.
 //! - [`store`]: the database: SQLite or PostgreSQL, migrations (`schema/migrations`),
@@ -21,7 +22,7 @@
 //! - [`socket`]: the native live API, `/v1/ws`: upgrade, each socket's task and session.
 //! - `api`: the native REST API, `/v1/...`.
 //! - `compat`: the three seed APIs on the wire (Chatwhizz, hojre, iqstore).
-//! - `ops`: `/healthz` and `/readyz`, for those who run the node.
+//! - `ops`: `/healthz`, `/readyz` and `/metrics`, for those who run the node.
 //! - `router`: which API answers a path.
 //! - [`config`]: one typed configuration from flags and environment, with defaults.
 //!
@@ -37,6 +38,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 mod ops;
 mod router;
 pub mod socket;
@@ -82,12 +84,19 @@ async fn core(config: &Config, clock: Clock) -> Result<(domain::Core, bus::Bus),
         config.limits().write_timeout,
     )
     .await?;
-    let hub = Arc::new(hub::Hub::new());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let hub = Arc::new(hub::Hub::with_metrics(metrics.clone()));
     let bus = match config.redis() {
         Some(redis) => bus::Bus::with_redis(hub, redis, clock.clone()).await?,
         None => bus::Bus::new(hub),
     };
-    let core = domain::Core::new(store, config.limits(), Arc::new(bus.clone()), clock)?;
+    let core = domain::Core::new(
+        store,
+        config.limits(),
+        Arc::new(bus.clone()),
+        clock,
+        metrics,
+    )?;
     Ok((core, bus))
 }
 

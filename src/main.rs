@@ -128,6 +128,7 @@ async fn open_core(config: &Config) -> Result<Core, String> {
         config.limits(),
         std::sync::Arc::new(bus),
         souq::Clock::system(),
+        std::sync::Arc::default(),
     )
     .map_err(|e| format!("cannot start the message writer: {e}"))
 }

@@ -1,11 +1,14 @@
 //! The node as those who run it see it: `GET /healthz` answers while the process lives;
 //! `GET /readyz` says whether it can serve (the database answers, Redis too where it is
-//! configured, and it is not stopping), for a load balancer to send traffic by.
+//! configured, and it is not stopping), for a load balancer to send traffic by;
+//! `GET /metrics` gives its counts (see [`crate::metrics`]) to Prometheus.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::{Method, StatusCode};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, StatusCode, header};
 use serde_json::json;
 
 use crate::bus::Bus;
@@ -28,7 +31,7 @@ impl Ops {
 
     /// Whether `path` is one of these endpoints.
     pub(crate) fn serves(path: &str) -> bool {
-        matches!(path, "/healthz" | "/readyz")
+        matches!(path, "/healthz" | "/readyz" | "/metrics")
     }
 
     pub(crate) async fn handle(&self, method: &Method, path: &str) -> HttpResponse {
@@ -37,8 +40,22 @@ impl Ops {
         }
         match path {
             "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+            "/metrics" => self.metrics(),
             _ => self.ready().await,
         }
+    }
+
+    fn metrics(&self) -> HttpResponse {
+        let metrics = self.core.metrics();
+        metrics.bus_queued.set(self.bus.queued() as i64);
+        let mut response = HttpResponse::new(Full::new(Bytes::from(metrics.encode())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        response
     }
 
     async fn ready(&self) -> HttpResponse {

@@ -15,6 +15,7 @@ use crate::domain::Core;
 use crate::http::{
     ApiError, Edge, HttpResponse, Req, RequestId, RequestIds, Service, Surface, client_address,
 };
+use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::socket::{self, Sockets};
 
@@ -22,7 +23,7 @@ use crate::socket::{self, Sockets};
 #[derive(Debug)]
 pub(crate) struct Router {
     sockets: Arc<Sockets>,
-    /// `/healthz` and `/readyz`.
+    /// `/healthz`, `/readyz` and `/metrics`.
     ops: Ops,
     /// APIs by path prefix; the first that matches answers.
     mounted: Vec<(&'static str, Box<dyn Surface>)>,
@@ -32,11 +33,14 @@ pub(crate) struct Router {
     edge: Edge,
     /// Names each request that does not bring its own id.
     ids: RequestIds,
+    /// Counts the responses.
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
     pub(crate) fn new(core: Arc<Core>, bus: Bus, sockets: Arc<Sockets>, edge: Edge) -> Router {
         let hub = bus.hub().clone();
+        let metrics = core.metrics().clone();
         let mounted: Vec<(&'static str, Box<dyn Surface>)> = vec![
             ("/admin/", Box::new(Chatwhizz::new(core.clone()))),
             ("/web/", Box::new(Hojre::new(core.clone()))),
@@ -52,6 +56,7 @@ impl Router {
             native: Api::new(core, hub),
             edge,
             ids: RequestIds::default(),
+            metrics,
         }
     }
 
@@ -94,6 +99,17 @@ impl Service for Router {
             "request"
         );
         id.answer(&mut response);
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .responses
+            .get_or_create(&Metrics::label("class", class))
+            .inc();
         response
     }
 }

@@ -131,6 +131,11 @@ impl Bus {
         }
     }
 
+    /// Events waiting to be published to the other nodes (none without Redis).
+    pub fn queued(&self) -> usize {
+        self.redis.as_ref().map_or(0, |r| r.queued())
+    }
+
     /// How often to sweep for operators of dead nodes, if there are other nodes at all.
     pub fn sweep_every(&self) -> Option<std::time::Duration> {
         self.redis.as_ref().map(|r| r.sweep_every())

@@ -257,10 +257,23 @@ impl RedisBus {
                 payload: payload.clone(),
                 chat,
             };
-            if let Err(mpsc::error::TrySendError::Full(p)) = self.outgoing.try_send(publish) {
-                self.note_dropped(p.chat);
-            }
+            let metrics = self.hub.metrics();
+            match self.outgoing.try_send(publish) {
+                Ok(()) => {
+                    metrics.bus_published.inc();
+                }
+                Err(mpsc::error::TrySendError::Full(p)) => {
+                    metrics.bus_dropped.inc();
+                    self.note_dropped(p.chat);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            };
         }
+    }
+
+    /// Events queued for Redis, not yet written.
+    pub fn queued(&self) -> usize {
+        self.outgoing.max_capacity() - self.outgoing.capacity()
     }
 
     /// A header line, then the frame.

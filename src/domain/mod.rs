@@ -24,6 +24,7 @@ use sea_orm::DbErr;
 
 pub use self::events::Live;
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub use admin::{
@@ -148,13 +149,21 @@ pub struct Core {
     /// Where every message and receipt is stored: concurrent sends share a commit.
     writer: write::Writer,
     throttles: throttle::Throttles,
+    /// What this server counts (`GET /metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Core {
     /// Must be called within a tokio runtime: it starts the message writer. Fails when the
     /// writer cannot open its own connection to a SQLite file (or the database is an
     /// in-memory SQLite one, which a second connection cannot share).
-    pub fn new(store: Store, limits: Limits, live: Arc<dyn Live>, clock: Clock) -> Result<Self> {
+    pub fn new(
+        store: Store,
+        limits: Limits,
+        live: Arc<dyn Live>,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
         let writer = write::Writer::start(
             store.clone(),
             live.clone(),
@@ -163,9 +172,11 @@ impl Core {
                 answer_within: limits.write_timeout,
                 ..write::tuning::Tuning::DEFAULT
             },
+            metrics.clone(),
         )?;
         Ok(Core {
             store,
+            metrics,
             throttles: throttle::Throttles::new(&limits),
             limits,
             live,
@@ -177,6 +188,10 @@ impl Core {
     /// Announces events that need no commit of their own (typing), or one just made.
     pub fn announce(&self, event: Event) {
         self.live.announce(std::slice::from_ref(&event));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {

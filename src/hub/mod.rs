@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use self::frame::{Envelope, Route, encode};
 use crate::domain::events::Person;
+use crate::metrics::Metrics;
 
 /// What a node can be subscribed to on a shared bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,20 @@ impl CloseReason {
             CloseReason::Expired => 4001,
             CloseReason::Protocol => 1002,
             CloseReason::NotUtf8 => 1007,
+        }
+    }
+
+    /// The reason as a metric's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Timeout => "timeout",
+            CloseReason::TooBig => "too_big",
+            CloseReason::Unavailable => "unavailable",
+            CloseReason::Expired => "expired",
+            CloseReason::Protocol => "protocol",
+            CloseReason::NotUtf8 => "not_utf8",
         }
     }
 
@@ -295,11 +310,25 @@ pub struct Hub {
     stopping: AtomicBool,
     /// Where to report interest changes, when a shared bus listens.
     interest: OnceLock<mpsc::UnboundedSender<Interest>>,
+    /// The server's counts: open sockets, deliveries.
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
     pub fn new() -> Self {
         Hub::default()
+    }
+
+    /// A hub that counts into the server's `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Hub {
+            metrics,
+            ..Hub::default()
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Registers a socket of `person` whose mailbox holds up to `capacity` frames.
@@ -314,6 +343,7 @@ impl Hub {
         if add_to(&self.people, person, &session) {
             self.report(Interest::Join(Topic::Person(person)));
         }
+        self.metrics.sockets_open.inc();
         session
     }
 
@@ -361,6 +391,9 @@ impl Hub {
     pub fn disconnect(&self, session: &Arc<Session>) -> bool {
         {
             let mut chats = lock(&session.chats);
+            if !chats.gone {
+                self.metrics.sockets_open.dec();
+            }
             chats.gone = true;
             for chat_id in std::mem::take(&mut chats.ids) {
                 self.leave_room(session, chat_id);
@@ -433,6 +466,7 @@ impl Hub {
                     for member in members {
                         if reached.insert(member.id) {
                             member.push(Outbound::Event(env.clone()));
+                            self.metrics.deliveries.inc();
                         }
                     }
                 }
@@ -501,6 +535,7 @@ impl Hub {
                 .0
                 .extend(member.push_quietly(Outbound::Event(env.clone())));
         }
+        self.metrics.deliveries.inc_by(members.len() as u64);
     }
 
     /// A receiver that changes when a message is committed in `chat_id`.

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Error, Message as WsMessage, Utf8Bytes};
 
 use super::Sockets;
 use super::frames::{
-    ClientFrame, RateLimit, domain_error_frame, error_frame, frame_id, send_reply,
+    ClientFrame, RateLimit, domain_error_frame, error_frame, frame_id, refused, send_reply,
 };
 use super::io::{self, Socket};
 use super::session::{Cursors, Delivery, Reads, Sink};
@@ -27,6 +27,7 @@ use crate::domain::events::{Event, Person};
 use crate::domain::{Core, NewMessage, OperatorPatch, Principal};
 use crate::http::{RequestId, parse_id};
 use crate::hub::{CloseReason, Outbound, Replay, Session};
+use crate::metrics::Metrics;
 
 impl Sink for Socket {
     fn put(&mut self, frame: Utf8Bytes) -> impl Future<Output = bool> + Send {
@@ -80,6 +81,11 @@ pub(super) async fn run(
     }
     let reason = serve(&app, &who, expires_at, &mut delivery, &mut socket).await;
     tracing::info!(socket = session.id, code = reason.code(), "socket closed");
+    app.core
+        .metrics()
+        .socket_closes
+        .get_or_create(&Metrics::label("reason", reason.label()))
+        .inc();
     Box::pin(io::close(&mut socket, reason)).await;
     if hub.disconnect(&session)
         && let Person::Operator(id) = person
@@ -264,6 +270,7 @@ async fn serve(
             }
         };
         if !limit.allow() {
+            app.core.metrics().rate_limited_frames.inc();
             let id = frame_id(&text);
             session.push(Outbound::direct(error_frame(
                 id.as_deref(),
@@ -383,6 +390,7 @@ async fn handle<'a>(
     let core = &app.core;
     match frame {
         ClientFrame::Send { id, .. } if crowded.sends => {
+            refused(core.metrics(), "unavailable");
             return Some(Answer::InOrder(crowded_reply(id.as_deref())));
         }
         ClientFrame::Received { id, .. } | ClientFrame::Read { id, .. } if crowded.marks => {
@@ -411,13 +419,13 @@ async fn handle<'a>(
                         Ok(commit) => commit.await,
                         Err(e) => Err(e),
                     };
-                    Some(send_reply(id.as_deref(), chat_id, sent))
+                    Some(send_reply(id.as_deref(), chat_id, sent, core.metrics()))
                 })));
             }
             // Boxed, as the other steps that read the database: `handle` is moved whole
             // into its box for every frame, so its size is what a followed send pays.
             let sent = Box::pin(core.send(who, chat_id, new)).await;
-            let reply = send_reply(id.as_deref(), chat_id, sent);
+            let reply = send_reply(id.as_deref(), chat_id, sent, core.metrics());
             return Some(Answer::InOrder(Box::pin(std::future::ready(Some(reply)))));
         }
         ClientFrame::Received { id, chat_id, seq } => {

@@ -323,3 +323,76 @@ async fn requests_http_cannot_read_get_the_json_error_shape_too() {
     // The server goes on serving.
     assert_eq!(get_json(&app, "/healthz").await.0, 200);
 }
+
+/// The value of one sample of `/metrics` (`name` with its labels, as written).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_sockets_sends_acks_refusals_and_deliveries() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    for (i, text) in ["one", "two", "", "three"].into_iter().enumerate() {
+        customer
+            .send(
+                json!({"type": "send", "id": format!("s{i}"), "chat_id": desk.chat_id,
+                "local_id": format!("l{i}"), "text": text}),
+            )
+            .await;
+    }
+    for _ in 0..3 {
+        operator.next_of("message").await;
+    }
+    let r = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/openmetrics-text")
+    );
+    let text = r.text().await.expect("text");
+    assert_eq!(sample(&text, "souq_sockets_open"), 2.0);
+    assert_eq!(sample(&text, "souq_sends_total"), 3.0);
+    assert_eq!(sample(&text, "souq_acks_total"), 3.0);
+    assert_eq!(sample(&text, r#"souq_refusals_total{code="invalid"}"#), 1.0);
+    // Each message reached both sockets of the room.
+    assert!(sample(&text, "souq_deliveries_total") >= 6.0, "{text}");
+    assert!(sample(&text, "souq_batch_jobs_count") >= 1.0, "{text}");
+    assert!(
+        sample(&text, r#"souq_http_responses_total{class="2xx"}"#) >= 1.0,
+        "{text}"
+    );
+    drop(customer);
+    let mut gone = false;
+    for _ in 0..400 {
+        let text = app
+            .client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .expect("answered")
+            .text()
+            .await
+            .expect("text");
+        if sample(&text, "souq_sockets_open") == 1.0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(gone, "the closed socket was still counted");
+}

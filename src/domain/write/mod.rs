@@ -32,6 +32,7 @@ pub(crate) use self::plan::{Done, Draft, Job, Mark, Marked, Payload, Sent, Work}
 use self::tuning::Tuning;
 use super::{Error, Live, Result};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// A job and where its outcome goes.
@@ -49,14 +50,19 @@ fn split(queued: Vec<Queued>) -> (Vec<Job>, Vec<oneshot::Sender<Result<Done>>>) 
 /// Announces what a stored batch did, in order, then answers each caller; the sockets the
 /// batch reaches are woken once all that is done (see [`crate::wake`]).
 fn answer(
-    live: &dyn Live,
+    cx: &Context,
     jobs: &[Job],
     replies: Vec<oneshot::Sender<Result<Done>>>,
     outcomes: Vec<Result<Done>>,
 ) {
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Done::Sent(sent)) if sent.new))
+        .count();
+    cx.metrics.sends.inc_by(stored as u64);
     crate::wake::holding_wakes(|| {
         // Events before answers: a sender's device gets its message, then the ack.
-        live.announce(&batch::events(jobs, &outcomes));
+        cx.live.announce(&batch::events(jobs, &outcomes));
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that went away still had its job done, as with any lost answer.
             let _ = reply.send(outcome);
@@ -75,7 +81,7 @@ pub(crate) struct Partial<E> {
 /// Answers the jobs of a batch that failed part way whose outcomes were decided (their
 /// rounds committed), in order; returns the others, to be stored one by one.
 fn answer_decided(
-    live: &dyn Live,
+    cx: &Context,
     jobs: Vec<Job>,
     replies: Vec<oneshot::Sender<Result<Done>>>,
     decided: Vec<Option<Result<Done>>>,
@@ -92,7 +98,7 @@ fn answer_decided(
         }
     }
     if !done.0.is_empty() {
-        answer(live, &done.0, done.1, done.2);
+        answer(cx, &done.0, done.1, done.2);
     }
     rest
 }
@@ -103,6 +109,21 @@ struct Context {
     live: Arc<dyn Live>,
     clock: Clock,
     tuning: Arc<Tuning>,
+    metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// Counts a batch the driver took at `started`: its size and time, or its failure.
+    fn counted(&self, jobs: usize, started: std::time::Instant, failed: bool) {
+        if failed {
+            self.metrics.batch_failures.inc();
+        } else {
+            self.metrics.batch_jobs.observe(jobs as f64);
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// The handle of the writer; its driver ends when the handle is dropped.
@@ -266,6 +287,7 @@ impl Writer {
         live: Arc<dyn Live>,
         clock: Clock,
         tuning: Tuning,
+        metrics: Arc<Metrics>,
     ) -> Result<Writer> {
         let tuning = Arc::new(tuning);
         let (mut lane, queues) = lane(&tuning);
@@ -273,6 +295,7 @@ impl Writer {
             live,
             clock,
             tuning: tuning.clone(),
+            metrics,
         };
         if let Some(writers) = postgres::writers(&store, &cx) {
             tokio::spawn(postgres::run(writers, cx, queues, lane.backlog.clone()));

@@ -35,6 +35,7 @@ fn context() -> Context {
         live: Arc::new(Silent),
         clock: Clock::system(),
         tuning: Arc::new(Tuning::DEFAULT),
+        metrics: Arc::default(),
     }
 }
 
@@ -639,6 +640,7 @@ fn writer(store: &Store) -> Writer {
         Arc::new(Silent),
         Clock::system(),
         Tuning::DEFAULT,
+        Arc::default(),
     )
     .expect("the writer starts")
 }

@@ -281,12 +281,15 @@ pub(super) async fn store_jobs(
 /// again one by one (those of its rounds that committed are answered as they are).
 async fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued>) {
     let (jobs, replies) = split(batch);
-    let Partial { error, decided } = match store_jobs(journal, &jobs, cx).await {
-        Ok(outcomes) => return answer(&*cx.live, &jobs, replies, outcomes),
+    let started = std::time::Instant::now();
+    let stored = store_jobs(journal, &jobs, cx).await;
+    cx.counted(jobs.len(), started, stored.is_err());
+    let Partial { error, decided } = match stored {
+        Ok(outcomes) => return answer(cx, &jobs, replies, outcomes),
         Err(partial) => partial,
     };
     tracing::debug!(error = %error, jobs = jobs.len(), "a batch failed; storing its jobs one by one");
-    for (job, reply) in answer_decided(&*cx.live, jobs, replies, decided) {
+    for (job, reply) in answer_decided(cx, jobs, replies, decided) {
         let one = std::slice::from_ref(&job);
         let outcome = match store_jobs(journal, one, cx).await {
             Ok(mut outcomes) => outcomes
@@ -294,7 +297,7 @@ async fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued
                 .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
             Err(partial) => Err(failed(partial.error)),
         };
-        answer(&*cx.live, one, vec![reply], vec![outcome]);
+        answer(cx, one, vec![reply], vec![outcome]);
     }
 }
 

@@ -154,8 +154,10 @@ impl Shared {
             && let Ok(_file) = self.lock.try_lock()
         {
             let jobs = std::slice::from_ref(&queued.job);
+            let started = std::time::Instant::now();
             if let Ok(outcomes) = store_without_waiting(&mut journal, jobs, &self.cx) {
-                answer(&*self.cx.live, jobs, vec![queued.reply], outcomes);
+                self.cx.counted(1, started, false);
+                answer(&self.cx, jobs, vec![queued.reply], outcomes);
                 return None;
             }
         }
@@ -263,12 +265,15 @@ fn run(shared: &Shared, mut queues: Queues, runtime: tokio::runtime::Handle) {
 /// committed are answered as they are).
 fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued>) {
     let (jobs, replies) = split(batch);
-    let Partial { error, decided } = match store(journal, &jobs, cx) {
-        Ok(outcomes) => return answer(&*cx.live, &jobs, replies, outcomes),
+    let started = std::time::Instant::now();
+    let stored = store(journal, &jobs, cx);
+    cx.counted(jobs.len(), started, stored.is_err());
+    let Partial { error, decided } = match stored {
+        Ok(outcomes) => return answer(cx, &jobs, replies, outcomes),
         Err(partial) => partial,
     };
     tracing::debug!(error = %error, jobs = jobs.len(), "a batch failed; storing its jobs one by one");
-    for (job, reply) in answer_decided(&*cx.live, jobs, replies, decided) {
+    for (job, reply) in answer_decided(cx, jobs, replies, decided) {
         let one = std::slice::from_ref(&job);
         let outcome = match store(journal, one, cx) {
             Ok(mut outcomes) => outcomes
@@ -276,7 +281,7 @@ fn store_and_answer(journal: &mut Journal, cx: &Context, batch: Vec<Queued>) {
                 .unwrap_or_else(|| Err(Error::Internal("a job got no outcome".into()))),
             Err(partial) => Err(failed(partial.error)),
         };
-        answer(&*cx.live, one, vec![reply], vec![outcome]);
+        answer(cx, one, vec![reply], vec![outcome]);
     }
 }
 
