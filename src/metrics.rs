@@ -21,9 +21,9 @@ pub struct Metrics {
     pub sends: Counter,
     /// Frames handed to sockets (a message to a room of five is five).
     pub deliveries: Counter,
-    /// Sends answered with an ack.
+    /// Sends answered with an ack (a repeated `local_id` too), counted a batch at a time.
     pub acks: Counter,
-    /// Sends answered with an error, by its code.
+    /// Sends answered with an error, by its code (`invalid`, `unavailable`...).
     pub refusals: Family<Label, Counter>,
     /// Jobs (sends and marks) per stored batch.
     pub batch_jobs: Histogram,
@@ -151,6 +151,13 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts `n` sends refused with `code`.
+    pub fn refused(&self, code: &'static str, n: u64) {
+        self.refusals
+            .get_or_create(&Metrics::label("code", code))
+            .inc_by(n);
     }
 
     /// One label's set: `("code", "unavailable")`.

@@ -147,29 +147,44 @@ impl Bus {
 /// two rounds of its commit (see [`reconcile`]).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
-/// Committed means delivered. Every [`RECONCILE_EVERY`], reads the chats active lately
-/// and their newest seq; a chat this node follows whose newest commit has not been
-/// announced here a round later (its node died between the commit and the publish, or the
-/// bus lost it) has its sockets catch up from the database and its long-polls read again.
-/// Waiting a round keeps announcements still on their way from counting. Ends when the
-/// core is gone.
+/// Committed means delivered, and access changes reach every node. Every
+/// [`RECONCILE_EVERY`], reads the chats active lately and their newest seq; a chat this
+/// node follows whose newest commit has not been announced here a round later (its node
+/// died between the commit and the publish, or the bus lost it) has its sockets catch up
+/// from the database and its long-polls read again. Waiting a round keeps announcements
+/// still on their way from counting. It also reads the operators whose access changed
+/// lately, and has their sockets here re-read which chats they may follow (which the
+/// announcement of the change would have done, if it came). Ends when the core is gone.
 pub async fn reconcile(core: std::sync::Weak<Core>, hub: Arc<Hub>, every: Duration) {
     // Chats found behind last round, and the seq they were behind at.
     let mut behind_before: HashMap<i64, i64> = HashMap::new();
+    // Operators whose sockets were re-checked for an access change, and its time.
+    let mut rechecked: HashMap<i64, i64> = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         let Some(core) = core.upgrade() else { return };
         // Two rounds, and the activity time's step (it follows messages to within 1 s).
         let window = 2 * every + Duration::from_secs(2);
         let since = core.now_ms() - i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        let latest = match core.chats_active_since(since).await {
-            Ok(latest) => latest,
+        let (latest, changed) = match tokio::try_join!(
+            core.chats_active_since(since),
+            core.access_changed_since(since)
+        ) {
+            Ok(read) => read,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the chats active lately");
+                tracing::warn!(error = %e, "cannot read the chats and access changed lately");
                 continue;
             }
         };
         drop(core);
+        // An access change whose announcement never came: re-read what each of the
+        // operator's sockets here may follow (once per change).
+        rechecked.retain(|_, at| *at >= since);
+        for (operator_id, at) in changed {
+            if rechecked.insert(operator_id, at) != Some(at) {
+                hub.recheck(Person::Operator(operator_id));
+            }
+        }
         let mut behind_now = HashMap::new();
         for (chat_id, seq) in hub.behind(&latest) {
             match behind_before.get(&chat_id) {

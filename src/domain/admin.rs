@@ -600,8 +600,7 @@ impl Core {
         .insert(&*tx)
         .await
         .map_err(|e| conflict_on_unique(e, "this operator is already assigned to this inbox"))?;
-        tx.commit().await?;
-        self.access_changed(operator.id);
+        self.commit_access_change(tx, operator.id).await?;
         Ok(model.into())
     }
 
@@ -670,8 +669,7 @@ impl Core {
             model.receiving = Set(v);
         }
         let updated = model.update(&*tx).await?;
-        tx.commit().await?;
-        self.access_changed(updated.operator_id);
+        self.commit_access_change(tx, updated.operator_id).await?;
         Ok(updated.into())
     }
 
@@ -686,16 +684,44 @@ impl Core {
             return Err(Error::NotFound("assignment"));
         };
         assignment::Entity::delete_by_id(row.id).exec(&*tx).await?;
-        tx.commit().await?;
-        self.access_changed(row.operator_id);
+        self.commit_access_change(tx, row.operator_id).await?;
         Ok(())
     }
 
-    /// Tells the operator's live sockets to re-read which chats they may follow.
-    pub(super) fn access_changed(&self, operator_id: i64) {
+    /// Commits `tx`, which changed what the operator may see, with the operator's access
+    /// time stamped in it, then tells the operator's live sockets to re-read which chats
+    /// they may follow. Every node also re-checks the sockets of operators stamped lately
+    /// (see `bus::reconcile`), so the change reaches them even if the telling is lost.
+    pub(super) async fn commit_access_change(
+        &self,
+        tx: crate::store::WriteTx,
+        operator_id: i64,
+    ) -> Result<()> {
+        operator::Entity::update_many()
+            .col_expr(
+                operator::Column::AccessChangedAt,
+                sea_orm::sea_query::Expr::value(self.now_ms()),
+            )
+            .filter(operator::Column::Id.eq(operator_id))
+            .exec(&*tx)
+            .await?;
+        tx.commit().await?;
         self.announce(super::events::Event::AccessChanged(
             super::events::Person::Operator(operator_id),
         ));
+        Ok(())
+    }
+
+    /// Operators whose access changed at `since_ms` or later, with when.
+    pub async fn access_changed_since(&self, since_ms: i64) -> Result<Vec<(i64, i64)>> {
+        Ok(operator::Entity::find()
+            .select_only()
+            .column(operator::Column::Id)
+            .column(operator::Column::AccessChangedAt)
+            .filter(operator::Column::AccessChangedAt.gte(since_ms))
+            .into_tuple::<(i64, i64)>()
+            .all(self.store().db())
+            .await?)
     }
 
     /// A socket of the operator opened: an offline operator becomes online (a chosen

@@ -150,8 +150,7 @@ impl Core {
                 .await?;
             }
         }
-        tx.commit().await?;
-        self.access_changed(operator_id);
+        self.commit_access_change(tx, operator_id).await?;
         Ok(())
     }
 
@@ -238,8 +237,7 @@ impl Core {
         let updated = model.update(&*tx).await.map_err(|e| {
             super::conflict_on_unique(e, "this operator is already assigned to this inbox")
         })?;
-        tx.commit().await?;
-        self.access_changed(updated.operator_id);
+        self.commit_access_change(tx, updated.operator_id).await?;
         Ok(updated.into())
     }
 }

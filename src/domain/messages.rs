@@ -149,7 +149,10 @@ impl Core {
     ) -> Result<(Message, bool)> {
         member_of(who).ok_or(Error::Forbidden("an admin token cannot send messages"))?;
         // Visibility first: a chat the caller cannot see is 404 whatever the body says.
-        self.visible_chat(who, chat_id).await?;
+        if let Err(e) = self.visible_chat(who, chat_id).await {
+            self.metrics().refused(e.code(), 1);
+            return Err(e);
+        }
         self.send_followed(who, chat_id, new).await
     }
 
@@ -169,6 +172,20 @@ impl Core {
     /// returns what answers after its commit. Sends queued one after another are stored in
     /// that order, so a socket can queue its next send before the last one is committed.
     pub async fn queue_send(
+        &self,
+        who: &Principal,
+        chat_id: i64,
+        new: NewMessage,
+    ) -> Result<impl Future<Output = Result<(Message, bool)>> + '_> {
+        // A send refused here is counted here; one refused in its batch, by the batch.
+        let queued = self.check_and_queue_send(who, chat_id, new).await;
+        if let Err(e) = &queued {
+            self.metrics().refused(e.code(), 1);
+        }
+        queued
+    }
+
+    async fn check_and_queue_send(
         &self,
         who: &Principal,
         chat_id: i64,

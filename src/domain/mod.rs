@@ -101,6 +101,23 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// The stable code every API answers this error with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not_found",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Invalid(_) => "invalid",
+            Error::Conflict(_) => "conflict",
+            Error::RateLimited(_) => "rate_limited",
+            Error::Unavailable(_) => "unavailable",
+            Error::Store(e) if crate::store::is_away(e) => "unavailable",
+            Error::Store(_) | Error::Internal(_) => "internal",
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Limits and lifetimes the core enforces.

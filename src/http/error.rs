@@ -76,43 +76,40 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        match e {
-            Error::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            Error::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m),
-            Error::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-            Error::Invalid(m) => ApiError::invalid(m),
-            Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            Error::Unavailable(m) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
-            }
-            Error::RateLimited(seconds) => ApiError {
-                retry_after: Some(seconds),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
-            },
+        let code = e.code();
+        let status = match code {
+            "not_found" => StatusCode::NOT_FOUND,
+            "unauthorized" => StatusCode::UNAUTHORIZED,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
+            "conflict" => StatusCode::CONFLICT,
+            "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let retry_after = match e {
+            Error::RateLimited(seconds) => Some(seconds),
+            _ => None,
+        };
+        let message = match e {
             Error::Store(ref cause) => {
                 tracing::error!(error = %cause, "database error");
-                if crate::store::is_away(cause) {
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "the database is not available; try again",
-                    )
-                } else {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "internal error",
-                    )
+                match code {
+                    "unavailable" => "the database is not available; try again".to_owned(),
+                    _ => "internal error".to_owned(),
                 }
             }
             Error::Internal(ref cause) => {
                 tracing::error!(error = %cause, "internal error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                "internal error".to_owned()
             }
+            Error::Unauthorized(m) | Error::Forbidden(m) | Error::Unavailable(m) => m.to_owned(),
+            Error::Invalid(m) | Error::Conflict(m) => m,
+            Error::NotFound(_) | Error::RateLimited(_) => e.to_string(),
+        };
+        ApiError {
+            retry_after,
+            ..ApiError::new(status, code, message)
         }
     }
 }

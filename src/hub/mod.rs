@@ -445,16 +445,7 @@ impl Hub {
                 self.resync_room(*chat_id);
                 self.wake_waiters(*chat_id, 0);
             }
-            Route::Recheck(person) => {
-                let sessions = self
-                    .people
-                    .get(person)
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
-                for session in sessions {
-                    session.push(Outbound::Recheck);
-                }
-            }
+            Route::Recheck(person) => self.recheck(*person),
             Route::Rooms(chat_ids) => {
                 let mut reached = HashSet::new();
                 for chat_id in chat_ids {
@@ -479,6 +470,18 @@ impl Hub {
             }
             (Route::JoinRoom { chat_id, .. }, Some(seq)) => self.saw(*chat_id, seq),
             _ => {}
+        }
+    }
+
+    /// Has every socket of `person` here re-read which chats it may follow.
+    pub fn recheck(&self, person: Person) {
+        let sessions = self
+            .people
+            .get(&person)
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        for session in sessions {
+            session.push(Outbound::Recheck);
         }
     }
 

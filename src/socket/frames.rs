@@ -12,7 +12,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::domain::{Error, Message, Presence};
 use crate::http::ApiError;
 use crate::hub::encode;
-use crate::metrics::Metrics;
 
 #[derive(Serialize)]
 pub(super) struct ReadyChat {
@@ -64,33 +63,17 @@ pub(super) fn send_reply(
     id: Option<&str>,
     chat_id: i64,
     sent: Result<(Message, bool), Error>,
-    metrics: &Metrics,
 ) -> Utf8Bytes {
     match sent {
-        Ok((m, _)) => {
-            metrics.acks.inc();
-            encode(&Reply::Ack {
-                id,
-                chat_id,
-                local_id: m.local_id.as_deref(),
-                message_id: m.id,
-                seq: m.seq,
-            })
-        }
-        Err(e) => {
-            let api = ApiError::from(e);
-            refused(metrics, api.code);
-            error_frame(id, api.code, &api.message)
-        }
+        Ok((m, _)) => encode(&Reply::Ack {
+            id,
+            chat_id,
+            local_id: m.local_id.as_deref(),
+            message_id: m.id,
+            seq: m.seq,
+        }),
+        Err(e) => domain_error_frame(id, e),
     }
-}
-
-/// Counts a send answered with an error of `code`.
-pub(super) fn refused(metrics: &Metrics, code: &'static str) {
-    metrics
-        .refusals
-        .get_or_create(&Metrics::label("code", code))
-        .inc();
 }
 
 /// Client frames.

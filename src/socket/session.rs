@@ -315,6 +315,10 @@ impl<H: History> Delivery<'_, H> {
     /// sent), then the `resumed` frame with where each chat stands.
     async fn resume(&mut self, sink: &mut impl Sink, replay: Replay) -> bool {
         let id = replay.id.as_deref();
+        if replay.rewind {
+            // A client resuming leaves what it may no longer see, not only joins.
+            Box::pin(self.recheck()).await;
+        }
         let mut done = HashMap::new();
         for (chat_id, from, with_receipts) in replay.chats {
             let last_seq = match self.history.last_seq(chat_id).await {

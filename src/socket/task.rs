@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Error, Message as WsMessage, Utf8Bytes};
 
 use super::Sockets;
 use super::frames::{
-    ClientFrame, RateLimit, domain_error_frame, error_frame, frame_id, refused, send_reply,
+    ClientFrame, RateLimit, domain_error_frame, error_frame, frame_id, send_reply,
 };
 use super::io::{self, Socket};
 use super::session::{Cursors, Delivery, Reads, Sink};
@@ -390,7 +390,7 @@ async fn handle<'a>(
     let core = &app.core;
     match frame {
         ClientFrame::Send { id, .. } if crowded.sends => {
-            refused(core.metrics(), "unavailable");
+            core.metrics().refused("unavailable", 1);
             return Some(Answer::InOrder(crowded_reply(id.as_deref())));
         }
         ClientFrame::Received { id, .. } | ClientFrame::Read { id, .. } if crowded.marks => {
@@ -419,13 +419,13 @@ async fn handle<'a>(
                         Ok(commit) => commit.await,
                         Err(e) => Err(e),
                     };
-                    Some(send_reply(id.as_deref(), chat_id, sent, core.metrics()))
+                    Some(send_reply(id.as_deref(), chat_id, sent))
                 })));
             }
             // Boxed, as the other steps that read the database: `handle` is moved whole
             // into its box for every frame, so its size is what a followed send pays.
             let sent = Box::pin(core.send(who, chat_id, new)).await;
-            let reply = send_reply(id.as_deref(), chat_id, sent, core.metrics());
+            let reply = send_reply(id.as_deref(), chat_id, sent);
             return Some(Answer::InOrder(Box::pin(std::future::ready(Some(reply)))));
         }
         ClientFrame::Received { id, chat_id, seq } => {

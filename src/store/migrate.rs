@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0006_chats_by_activity.sql"),
     ),
+    (
+        7,
+        None,
+        include_str!("../../schema/migrations/0007_operator_access_stamp.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

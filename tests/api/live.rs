@@ -1029,3 +1029,81 @@ async fn a_message_committed_but_never_announced_here_still_reaches_every_socket
     assert_eq!(m["message"]["text"], "and another");
     assert_eq!(m["message"]["seq"], 2);
 }
+
+/// The id of the desk operator's assignment to the desk's inbox.
+async fn assignment_of(app: &TestApp, admin: &str, desk: &Desk) -> i64 {
+    let list = app
+        .get(
+            &format!("/v1/assignments?operator_id={}", desk.operator_id),
+            admin,
+        )
+        .await
+        .expect(200);
+    list["items"][0]["id"].as_i64().expect("an assignment")
+}
+
+#[tokio::test]
+async fn an_operator_unassigned_elsewhere_loses_the_chat_here_even_unannounced() {
+    let (app, desk) = desk_app().await;
+    let admin = app.admin().await;
+    let (_customer, mut operator) = both_sides(&app, &desk).await;
+    assert_eq!(app.hub().room_size(desk.chat_id), 2);
+    // Unassigned through another server, which announces nothing to this one.
+    let other = app.node_beside().await;
+    let id = assignment_of(&other, &admin, &desk).await;
+    let r = other
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/assignments/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    // Within a few seconds (the database says so), the socket here leaves the room...
+    crate::helpers::until("the operator's socket leaving the room", || {
+        app.hub().room_size(desk.chat_id) == 1
+    })
+    .await;
+    // ...and may no longer send into the chat.
+    operator.send(numbered_send(&desk, 1)).await;
+    let refused = operator.next_of("error").await;
+    assert_eq!(
+        (refused["id"].as_str(), refused["code"].as_str()),
+        (Some("s1"), Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn a_resume_frame_leaves_the_chats_the_socket_may_no_longer_see() {
+    let (app, desk) = desk_app().await;
+    let admin = app.admin().await;
+    let (_customer, mut operator) = both_sides(&app, &desk).await;
+    // The assignment goes away in the database alone, as if its announcement were lost
+    // and the client resumed before the node's next look.
+    let id = assignment_of(&app, &admin, &desk).await;
+    let db = sea_orm::Database::connect(app.database_url.as_str())
+        .await
+        .expect("the database");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        &format!("DELETE FROM assignments WHERE id = {id}"),
+    )
+    .await
+    .expect("deleted");
+    operator
+        .send(json!({"type": "resume", "id": "r1", "chats": {desk.chat_id.to_string(): 0}}))
+        .await;
+    let answer = loop {
+        let f = operator.recv().await.expect("open");
+        if f["type"] == "error" || f["type"] == "resumed" {
+            break f;
+        }
+    };
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(
+        app.hub().room_size(desk.chat_id),
+        1,
+        "the operator left the room"
+    );
+}

@@ -55,11 +55,7 @@ fn answer(
     replies: Vec<oneshot::Sender<Result<Done>>>,
     outcomes: Vec<Result<Done>>,
 ) {
-    let stored = outcomes
-        .iter()
-        .filter(|o| matches!(o, Ok(Done::Sent(sent)) if sent.new))
-        .count();
-    cx.metrics.sends.inc_by(stored as u64);
+    cx.count(jobs, &outcomes);
     crate::wake::holding_wakes(|| {
         // Events before answers: a sender's device gets its message, then the ack.
         cx.live.announce(&batch::events(jobs, &outcomes));
@@ -113,6 +109,34 @@ struct Context {
 }
 
 impl Context {
+    /// Counts the answers of a batch's sends: messages stored, acks, refusals by code
+    /// (one count of each a batch, not one a send: the counters are shared by threads).
+    fn count(&self, jobs: &[Job], outcomes: &[Result<Done>]) {
+        let (mut stored, mut acked) = (0, 0);
+        let mut refused: Vec<(&'static str, u64)> = Vec::new();
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            if job.send().is_none() {
+                continue;
+            }
+            match outcome {
+                Ok(Done::Sent(sent)) => {
+                    acked += 1;
+                    stored += u64::from(sent.new);
+                }
+                Ok(Done::Marked(_)) => {}
+                Err(e) => match refused.iter_mut().find(|(c, _)| *c == e.code()) {
+                    Some((_, n)) => *n += 1,
+                    None => refused.push((e.code(), 1)),
+                },
+            }
+        }
+        self.metrics.sends.inc_by(stored);
+        self.metrics.acks.inc_by(acked);
+        for (code, n) in refused {
+            self.metrics.refused(code, n);
+        }
+    }
+
     /// Counts a batch the driver took at `started`: its size and time, or its failure.
     fn counted(&self, jobs: usize, started: std::time::Instant, failed: bool) {
         if failed {
@@ -132,6 +156,7 @@ pub(super) struct Writer {
     intake: Arc<Intake>,
     /// [`Tuning::answer_within`].
     within: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// The writers' queue, and the marks held back from it.
@@ -295,7 +320,7 @@ impl Writer {
             live,
             clock,
             tuning: tuning.clone(),
-            metrics,
+            metrics: metrics.clone(),
         };
         if let Some(writers) = postgres::writers(&store, &cx) {
             tokio::spawn(postgres::run(writers, cx, queues, lane.backlog.clone()));
@@ -325,6 +350,7 @@ impl Writer {
         Ok(Writer {
             intake,
             within: tuning.answer_within,
+            metrics,
         })
     }
 
@@ -339,8 +365,14 @@ impl Writer {
         // Counted from now, not from the answer's first poll: a socket polls only its
         // oldest send's answer until that one is ready.
         let deadline = tokio::time::Instant::now() + self.within;
+        let metrics = self.metrics.clone();
         Ok(async move {
-            match in_time(deadline, done).await? {
+            let answered = in_time(deadline, done).await;
+            if let Err(Error::Unavailable(_)) = answered {
+                // Not counted by its batch: it went unanswered.
+                metrics.refused("unavailable", 1);
+            }
+            match answered? {
                 Done::Sent(sent) => Ok(sent),
                 Done::Marked(_) => Err(Error::Internal("a send was answered as a mark".into())),
             }

@@ -13,6 +13,8 @@ pub struct Model {
     pub presence: i16,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When what the operator may see last changed (ms).
+    pub access_changed_at: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
