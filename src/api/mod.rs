@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::domain::events::Person;
 use crate::domain::{
     AssignmentPatch, Core, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain,
     NewInbox, NewMessage, NewOperator, OperatorPatch, Presence, Principal,
@@ -55,6 +56,7 @@ enum Route {
     WidgetVisitors,
     AuthToken,
     AuthRefresh,
+    SignOut,
     Me,
     MePresence,
     Operators,
@@ -94,6 +96,7 @@ impl Routes {
             ),
             ("/v1/auth/token", Route::AuthToken, "POST"),
             ("/v1/auth/refresh", Route::AuthRefresh, "POST"),
+            ("/v1/auth/sign-out", Route::SignOut, "POST"),
             ("/v1/me", Route::Me, "GET"),
             ("/v1/me/presence", Route::MePresence, "PUT"),
             ("/v1/operators", Route::Operators, "GET, POST"),
@@ -101,7 +104,7 @@ impl Routes {
             (
                 "/v1/operators/{id}/sessions",
                 Route::OperatorSessions,
-                "POST",
+                "POST, DELETE",
             ),
             ("/v1/domains", Route::Domains, "GET, POST"),
             ("/v1/domains/{id}", Route::Domain, "GET, PATCH"),
@@ -123,7 +126,7 @@ impl Routes {
             (
                 "/v1/customers/{id}/sessions",
                 Route::CustomerSessions,
-                "POST",
+                "POST, DELETE",
             ),
             ("/v1/chats", Route::Chats, "GET, POST"),
             ("/v1/chats/{id}", Route::Chat, "GET"),
@@ -329,6 +332,11 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
     let who = principal(app, &req).await?;
     match (route, req.method.clone()) {
         (R::Me, M::GET) => me(app, &who).await,
+        (R::SignOut, M::POST) => {
+            // The token was checked just above; it is the one that ends.
+            core.sign_out(req.bearer().unwrap_or_default()).await?;
+            no_content()
+        }
         (R::MePresence, M::PUT) => {
             let Principal::Operator { operator_id, .. } = who else {
                 return Err(
@@ -364,6 +372,11 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
             StatusCode::CREATED,
             &core.operator_session(&who, path_id(&params)?).await?,
         ),
+        (R::OperatorSessions, M::DELETE) => {
+            let operator = Person::Operator(path_id(&params)?);
+            core.revoke_sessions(&who, operator).await?;
+            no_content()
+        }
 
         (R::Domains, M::POST) => {
             let (domain, inbox) = core.create_domain(&who, req.json::<NewDomain>()?).await?;
@@ -444,6 +457,11 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
             StatusCode::CREATED,
             &core.customer_session(&who, path_id(&params)?).await?,
         ),
+        (R::CustomerSessions, M::DELETE) => {
+            let customer = Person::Customer(path_id(&params)?);
+            core.revoke_sessions(&who, customer).await?;
+            no_content()
+        }
 
         (R::Chats, M::POST) => {
             let b: OpenChat = req.json()?;

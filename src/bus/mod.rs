@@ -152,14 +152,15 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// node follows whose newest commit has not been announced here a round later (its node
 /// died between the commit and the publish, or the bus lost it) has its sockets catch up
 /// from the database and its long-polls read again. Waiting a round keeps announcements
-/// still on their way from counting. It also reads the operators whose access changed
-/// lately, and has their sockets here re-read which chats they may follow (which the
-/// announcement of the change would have done, if it came). Ends when the core is gone.
+/// still on their way from counting. It also reads the people whose access changed lately
+/// (assignments, revoked sessions), and has their sockets here check their session and
+/// re-read which chats they may follow (which the announcement of the change would have
+/// done, if it came). Ends when the core is gone.
 pub async fn reconcile(core: std::sync::Weak<Core>, hub: Arc<Hub>, every: Duration) {
     // Chats found behind last round, and the seq they were behind at.
     let mut behind_before: HashMap<i64, i64> = HashMap::new();
-    // Operators whose sockets were re-checked for an access change, and its time.
-    let mut rechecked: HashMap<i64, i64> = HashMap::new();
+    // People whose sockets were re-checked for an access change, and its time.
+    let mut rechecked: HashMap<Person, i64> = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         let Some(core) = core.upgrade() else { return };
@@ -177,12 +178,12 @@ pub async fn reconcile(core: std::sync::Weak<Core>, hub: Arc<Hub>, every: Durati
             }
         };
         drop(core);
-        // An access change whose announcement never came: re-read what each of the
-        // operator's sockets here may follow (once per change).
+        // An access change whose announcement never came: each of the person's sockets
+        // here checks its session and re-reads what it may follow (once per change).
         rechecked.retain(|_, at| *at >= since);
-        for (operator_id, at) in changed {
-            if rechecked.insert(operator_id, at) != Some(at) {
-                hub.recheck(Person::Operator(operator_id));
+        for (person, at) in changed {
+            if rechecked.insert(person, at) != Some(at) {
+                hub.recheck(person);
             }
         }
         let mut behind_now = HashMap::new();

@@ -7,7 +7,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use super::{Core, Error, Principal, Result, conflict_on_unique, email, optional, required};
-use crate::store::entity::{assignment, domain, inbox, operator};
+use crate::store::entity::{assignment, customer, domain, inbox, operator};
 
 /// An operator's presence. Stored as the numbers Chatwhizz uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -600,7 +600,8 @@ impl Core {
         .insert(&*tx)
         .await
         .map_err(|e| conflict_on_unique(e, "this operator is already assigned to this inbox"))?;
-        self.commit_access_change(tx, operator.id).await?;
+        self.commit_access_change(tx, super::events::Person::Operator(operator.id))
+            .await?;
         Ok(model.into())
     }
 
@@ -669,7 +670,8 @@ impl Core {
             model.receiving = Set(v);
         }
         let updated = model.update(&*tx).await?;
-        self.commit_access_change(tx, updated.operator_id).await?;
+        self.commit_access_change(tx, super::events::Person::Operator(updated.operator_id))
+            .await?;
         Ok(updated.into())
     }
 
@@ -684,44 +686,76 @@ impl Core {
             return Err(Error::NotFound("assignment"));
         };
         assignment::Entity::delete_by_id(row.id).exec(&*tx).await?;
-        self.commit_access_change(tx, row.operator_id).await?;
+        self.commit_access_change(tx, super::events::Person::Operator(row.operator_id))
+            .await?;
         Ok(())
     }
 
-    /// Commits `tx`, which changed what the operator may see, with the operator's access
-    /// time stamped in it, then tells the operator's live sockets to re-read which chats
-    /// they may follow. Every node also re-checks the sockets of operators stamped lately
-    /// (see `bus::reconcile`), so the change reaches them even if the telling is lost.
+    /// Commits `tx`, which changed what `person` may see (an operator's assignments, a
+    /// person's sessions), with the person's access time stamped in it, then tells their
+    /// live sockets to check their session and re-read which chats they may follow. Every
+    /// node also re-checks the sockets of people stamped lately (see `bus::reconcile`), so
+    /// the change reaches them even if the telling is lost.
     pub(super) async fn commit_access_change(
         &self,
         tx: crate::store::WriteTx,
-        operator_id: i64,
+        person: super::events::Person,
     ) -> Result<()> {
-        operator::Entity::update_many()
-            .col_expr(
-                operator::Column::AccessChangedAt,
-                sea_orm::sea_query::Expr::value(self.now_ms()),
-            )
-            .filter(operator::Column::Id.eq(operator_id))
-            .exec(&*tx)
-            .await?;
+        use super::events::Person;
+        let now = sea_orm::sea_query::Expr::value(self.now_ms());
+        match person {
+            Person::Operator(id) => {
+                operator::Entity::update_many()
+                    .col_expr(operator::Column::AccessChangedAt, now)
+                    .filter(operator::Column::Id.eq(id))
+                    .exec(&*tx)
+                    .await?;
+            }
+            Person::Customer(id) => {
+                customer::Entity::update_many()
+                    .col_expr(customer::Column::AccessChangedAt, now)
+                    .filter(customer::Column::Id.eq(id))
+                    .exec(&*tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
-        self.announce(super::events::Event::AccessChanged(
-            super::events::Person::Operator(operator_id),
-        ));
+        self.announce(super::events::Event::AccessChanged(person));
         Ok(())
     }
 
-    /// Operators whose access changed at `since_ms` or later, with when.
-    pub async fn access_changed_since(&self, since_ms: i64) -> Result<Vec<(i64, i64)>> {
-        Ok(operator::Entity::find()
+    /// People whose access changed at `since_ms` or later, with when.
+    pub async fn access_changed_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(super::events::Person, i64)>> {
+        use super::events::Person;
+        let db = self.store().db();
+        let operators: Vec<(i64, i64)> = operator::Entity::find()
             .select_only()
             .column(operator::Column::Id)
             .column(operator::Column::AccessChangedAt)
             .filter(operator::Column::AccessChangedAt.gte(since_ms))
-            .into_tuple::<(i64, i64)>()
-            .all(self.store().db())
-            .await?)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let customers: Vec<(i64, i64)> = customer::Entity::find()
+            .select_only()
+            .column(customer::Column::Id)
+            .column(customer::Column::AccessChangedAt)
+            .filter(customer::Column::AccessChangedAt.gte(since_ms))
+            .into_tuple()
+            .all(db)
+            .await?;
+        Ok(operators
+            .into_iter()
+            .map(|(id, at)| (Person::Operator(id), at))
+            .chain(
+                customers
+                    .into_iter()
+                    .map(|(id, at)| (Person::Customer(id), at)),
+            )
+            .collect())
     }
 
     /// A socket of the operator opened: an offline operator becomes online (a chosen

@@ -11,6 +11,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::events::Person;
 use super::{Core, Error, Principal, Result, conflict_on_unique, email};
 use crate::store::WriteTx;
 use crate::store::entity::{addon, admin_token, customer, operator, organisation, session};
@@ -38,6 +39,16 @@ pub struct AdminTokens {
     pub token_type: &'static str,
     pub organisation_domain: String,
     pub addon: String,
+}
+
+/// Who a token signs in, and until when.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub who: Principal,
+    /// When the token expires (unix ms).
+    pub expires_at: i64,
+    /// The session of an operator's or customer's token (admin tokens have none).
+    pub session_id: Option<i64>,
 }
 
 /// A new operator or customer session.
@@ -300,12 +311,21 @@ impl Core {
     /// Resolves a bearer token to its principal. Fails with `Unauthorized` when the token
     /// is unknown, malformed or expired.
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
-        Ok(self.authenticate_until(token).await?.0)
+        Ok(self.sign_in_with(token).await?.who)
     }
 
-    /// [`Core::authenticate`], with when the token expires (unix ms): a live socket is
-    /// closed then.
-    pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, i64)> {
+    /// [`Core::authenticate`], with when the token expires and its session (a live
+    /// socket is closed when either ends).
+    pub async fn sign_in_with(&self, token: &str) -> Result<SignedIn> {
+        let (who, expires_at, session_id) = self.authenticate_until(token).await?;
+        Ok(SignedIn {
+            who,
+            expires_at,
+            session_id,
+        })
+    }
+
+    async fn authenticate_until(&self, token: &str) -> Result<(Principal, i64, Option<i64>)> {
         let now = self.now_ms();
         let db = self.store().db();
         if token.starts_with(ACCESS_PREFIX) {
@@ -321,7 +341,7 @@ impl Core {
                 org_id: row.org_id,
                 addon_id: row.addon_id,
             };
-            return Ok((admin, row.access_expires_at));
+            return Ok((admin, row.access_expires_at, None));
         }
         if token.starts_with(SESSION_PREFIX) {
             let row = session::Entity::find()
@@ -343,9 +363,74 @@ impl Core {
                 },
                 _ => return Err(Error::Unauthorized("token is not valid")),
             };
-            return Ok((who, row.expires_at));
+            return Ok((who, row.expires_at, Some(row.id)));
         }
         Err(Error::Unauthorized("token is not valid"))
+    }
+
+    /// Whether a session still holds: not revoked, not expired.
+    pub async fn session_alive(&self, session_id: i64) -> Result<bool> {
+        Ok(session::Entity::find_by_id(session_id)
+            .filter(session::Column::ExpiresAt.gt(self.now_ms()))
+            .one(self.store().db())
+            .await?
+            .is_some())
+    }
+
+    /// Ends the session (or admin token) `token` signs in with: REST refuses it at once,
+    /// and the sockets it opened close with 4001 on every node.
+    pub async fn sign_out(&self, token: &str) -> Result<()> {
+        let hash = token_hash(token);
+        let tx = self.store().write().await?;
+        if token.starts_with(ACCESS_PREFIX) {
+            admin_token::Entity::delete_many()
+                .filter(admin_token::Column::AccessHash.eq(hash))
+                .exec(&*tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        let Some(row) = session::Entity::find()
+            .filter(session::Column::TokenHash.eq(hash))
+            .one(&*tx)
+            .await?
+        else {
+            return Err(Error::Unauthorized("token is not valid"));
+        };
+        session::Entity::delete_by_id(row.id).exec(&*tx).await?;
+        match Person::from_kind(&row.subject_kind, row.subject_id) {
+            Some(person) => self.commit_access_change(tx, person).await,
+            None => Ok(tx.commit().await?),
+        }
+    }
+
+    /// Ends every session of an operator or customer of the admin's organisation: REST
+    /// refuses their tokens at once, and their sockets close with 4001 on every node.
+    pub async fn revoke_sessions(&self, who: &Principal, person: Person) -> Result<()> {
+        let org_id = self.require_admin(who)?.0;
+        let found = match person {
+            Person::Operator(id) => operator::Entity::find_by_id(id)
+                .filter(operator::Column::OrgId.eq(org_id))
+                .one(self.store().db())
+                .await?
+                .is_some(),
+            Person::Customer(id) => customer::Entity::find_by_id(id)
+                .filter(customer::Column::OrgId.eq(org_id))
+                .one(self.store().db())
+                .await?
+                .is_some(),
+        };
+        if !found {
+            return Err(Error::NotFound(person.kind()));
+        }
+        let tx = self.store().write().await?;
+        session::Entity::delete_many()
+            .filter(session::Column::OrgId.eq(org_id))
+            .filter(session::Column::SubjectKind.eq(person.kind()))
+            .filter(session::Column::SubjectId.eq(person.id()))
+            .exec(&*tx)
+            .await?;
+        self.commit_access_change(tx, person).await
     }
 
     /// Issues a session token for an operator of the admin's organisation.

@@ -150,7 +150,8 @@ impl Core {
                 .await?;
             }
         }
-        self.commit_access_change(tx, operator_id).await?;
+        self.commit_access_change(tx, super::events::Person::Operator(operator_id))
+            .await?;
         Ok(())
     }
 
@@ -237,7 +238,8 @@ impl Core {
         let updated = model.update(&*tx).await.map_err(|e| {
             super::conflict_on_unique(e, "this operator is already assigned to this inbox")
         })?;
-        self.commit_access_change(tx, updated.operator_id).await?;
+        self.commit_access_change(tx, super::events::Person::Operator(updated.operator_id))
+            .await?;
         Ok(updated.into())
     }
 }

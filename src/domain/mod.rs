@@ -31,7 +31,7 @@ pub use admin::{
     Assignment, AssignmentPatch, Domain, DomainPatch, Inbox, NewAssignment, NewDomain, NewInbox,
     NewOperator, Operator, OperatorPatch, Presence,
 };
-pub use auth::{AdminTokens, NewOrganisation, SessionToken};
+pub use auth::{AdminTokens, NewOrganisation, SessionToken, SignedIn};
 pub use chats::{Chat, ChatPage, ChatStatus, LiveChat};
 pub use customers::{Customer, CustomerFields};
 pub use messages::{

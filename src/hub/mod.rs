@@ -89,6 +89,8 @@ pub enum CloseReason {
     Protocol,
     /// The client sent a text frame that is not UTF-8.
     NotUtf8,
+    /// The session the socket signed in with was ended (signed out, or revoked).
+    Revoked,
 }
 
 impl CloseReason {
@@ -102,6 +104,7 @@ impl CloseReason {
             CloseReason::Expired => 4001,
             CloseReason::Protocol => 1002,
             CloseReason::NotUtf8 => 1007,
+            CloseReason::Revoked => 4001,
         }
     }
 
@@ -116,6 +119,7 @@ impl CloseReason {
             CloseReason::Expired => "expired",
             CloseReason::Protocol => "protocol",
             CloseReason::NotUtf8 => "not_utf8",
+            CloseReason::Revoked => "revoked",
         }
     }
 
@@ -129,6 +133,7 @@ impl CloseReason {
             CloseReason::Expired => "session expired: sign in again",
             CloseReason::Protocol => "protocol error",
             CloseReason::NotUtf8 => "text frames must be UTF-8",
+            CloseReason::Revoked => "session revoked: sign in again",
         }
     }
 }

@@ -46,6 +46,12 @@ pub(super) enum Reply<'a> {
         code: &'a str,
         message: &'a str,
     },
+    /// The socket goes on under a fresh token, until `expires_at` (unix ms).
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        expires_at: i64,
+    },
 }
 
 pub(super) fn error_frame(id: Option<&str>, code: &str, message: &str) -> Utf8Bytes {
@@ -121,6 +127,12 @@ pub(super) enum ClientFrame {
         #[serde(default)]
         id: Option<String>,
         presence: Presence,
+    },
+    /// A fresh token of the same person, before the socket's own expires.
+    Refresh {
+        #[serde(default)]
+        id: Option<String>,
+        token: String,
     },
 }
 

@@ -18,15 +18,15 @@ use tokio_tungstenite::tungstenite::{Error, Message as WsMessage, Utf8Bytes};
 
 use super::Sockets;
 use super::frames::{
-    ClientFrame, RateLimit, domain_error_frame, error_frame, frame_id, send_reply,
+    ClientFrame, RateLimit, Reply, domain_error_frame, error_frame, frame_id, send_reply,
 };
 use super::io::{self, Socket};
 use super::session::{Cursors, Delivery, Reads, Sink};
 use super::upgrade::person_of;
 use crate::domain::events::{Event, Person};
-use crate::domain::{Core, NewMessage, OperatorPatch, Principal};
+use crate::domain::{Core, Error as DomainError, NewMessage, OperatorPatch, Principal, SignedIn};
 use crate::http::{RequestId, parse_id};
-use crate::hub::{CloseReason, Outbound, Replay, Session};
+use crate::hub::{CloseReason, Outbound, Replay, Session, encode};
 use crate::metrics::Metrics;
 
 impl Sink for Socket {
@@ -40,12 +40,16 @@ impl Sink for Socket {
 /// more is ready, until either side closes.
 pub(super) async fn run(
     app: Arc<Sockets>,
-    who: Principal,
-    expires_at: i64,
+    signed_in: SignedIn,
     mut socket: Socket,
     resume: Vec<(i64, i64)>,
     request_id: Option<RequestId>,
 ) {
+    let SignedIn {
+        who,
+        expires_at,
+        session_id,
+    } = signed_in;
     let Some(person) = person_of(&who) else {
         return;
     };
@@ -79,7 +83,11 @@ pub(super) async fn run(
         // and every idle socket would carry that size.
         Box::pin(operator_connected(&app, id)).await;
     }
-    let reason = serve(&app, &who, expires_at, &mut delivery, &mut socket).await;
+    let signed_in = Signed {
+        expires_at,
+        session_id,
+    };
+    let reason = serve(&app, &who, signed_in, &mut delivery, &mut socket).await;
     tracing::info!(socket = session.id, code = reason.code(), "socket closed");
     app.core
         .metrics()
@@ -114,11 +122,18 @@ enum Ready {
     Close(CloseReason),
 }
 
+/// Until when the socket's token holds, and its session (a `refresh` frame moves both).
+#[derive(Clone, Copy)]
+struct Signed {
+    expires_at: i64,
+    session_id: Option<i64>,
+}
+
 /// Serves the socket until it closes; returns why.
 async fn serve(
     app: &Sockets,
     who: &Principal,
-    expires_at: i64,
+    mut signed: Signed,
     delivery: &mut Delivery<'_, Reads<'_>>,
     socket: &mut Socket,
 ) -> CloseReason {
@@ -139,6 +154,9 @@ async fn serve(
     // `crowded`): boxed, as an idle socket has none.
     let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let mut crowded = false;
+    // Armed at a heartbeat when the token expires before the next one: boxed, as most
+    // sockets have none.
+    let mut expiring = expiry(app, signed.expires_at);
     loop {
         let ready = std::future::poll_fn(|cx| {
             // Sends commit in order, so waiting on the oldest loses nothing.
@@ -156,10 +174,15 @@ async fn serve(
                 }
                 Poll::Pending => true,
             });
-            let closing = match session.poll_mail(cx, &mut mail) {
+            let mut closing = match session.poll_mail(cx, &mut mail) {
                 Poll::Ready(Err(reason)) => Some(reason),
                 Poll::Ready(Ok(())) | Poll::Pending => None,
             };
+            if let Some(timer) = &mut expiring
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                closing.get_or_insert(CloseReason::Expired);
+            }
             // Past MAX_PIPELINED waiting sends (or marks) the client is not read: it
             // sends faster than they commit. If they are still that many a moment later,
             // the database is slow or away: the client is read on (receipts and typing go
@@ -219,10 +242,19 @@ async fn serve(
                 if last_seen.elapsed() > app.ws.idle_timeout {
                     return CloseReason::Timeout;
                 }
-                // Checked at each heartbeat: a token that expires mid-socket ends it then.
-                if app.core.now_ms() >= expires_at {
+                // Checked at each heartbeat; a token that expires before the next one
+                // ends the socket at its expiry.
+                if app.core.now_ms() >= signed.expires_at {
                     return CloseReason::Expired;
                 }
+                expiring = expiry(app, signed.expires_at);
+            }
+            // Told that the person's access changed (a revoked session among the
+            // reasons): a socket whose session has ended closes.
+            if let (Outbound::Recheck, Some(id)) = (&out, signed.session_id)
+                && !Box::pin(app.core.session_alive(id)).await.unwrap_or(true)
+            {
+                return CloseReason::Revoked;
             }
             let written = match out {
                 Outbound::Ping => io::put(socket, WsMessage::Ping(bytes::Bytes::new())).await,
@@ -280,6 +312,22 @@ async fn serve(
             continue;
         }
         let frame: ClientFrame = match serde_json::from_str(&text) {
+            // A fresh token of the same person: the socket goes on under it.
+            Ok(ClientFrame::Refresh { id, token }) => {
+                let reply = match Box::pin(refreshed(app, who, &token)).await {
+                    Ok(fresh) => {
+                        signed = fresh;
+                        expiring = expiry(app, fresh.expires_at);
+                        encode(&Reply::Refreshed {
+                            id: id.as_deref(),
+                            expires_at: fresh.expires_at,
+                        })
+                    }
+                    Err(e) => domain_error_frame(id.as_deref(), e),
+                };
+                session.push(Outbound::direct(reply));
+                continue;
+            }
             Ok(f) => f,
             Err(e) => {
                 let id = frame_id(&text);
@@ -303,6 +351,24 @@ async fn serve(
             None => {}
         }
     }
+}
+
+/// A timer for a token that expires before the next heartbeat (which checks the others).
+fn expiry(app: &Sockets, expires_at: i64) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    let left = Duration::from_millis((expires_at - app.core.now_ms()).max(0).unsigned_abs());
+    (left < app.ws.ping_every).then(|| Box::pin(tokio::time::sleep(left)))
+}
+
+/// What a `refresh` frame's token signs in: the same person as the socket's, or an error.
+async fn refreshed(app: &Sockets, who: &Principal, token: &str) -> Result<Signed, DomainError> {
+    let fresh = app.core.sign_in_with(token).await?;
+    if fresh.who != *who {
+        return Err(DomainError::Forbidden("the token is another person's"));
+    }
+    Ok(Signed {
+        expires_at: fresh.expires_at,
+        session_id: fresh.session_id,
+    })
 }
 
 /// Most sends (and, apart, marks) of one socket waiting for their commit; past this a
@@ -486,6 +552,8 @@ async fn handle<'a>(
                 rewind: true,
             })));
         }
+        // Taken by the socket's loop, which holds the token's expiry.
+        ClientFrame::Refresh { .. } => {}
         ClientFrame::Presence { id, presence } => {
             let Principal::Operator { operator_id, .. } = *who else {
                 session.push(Outbound::direct(error_frame(

@@ -14,7 +14,7 @@ use super::io::{READ_BUFFER, WRITE_BUFFER};
 use super::threads::Conn;
 use super::{Sockets, task};
 use crate::domain::events::Person;
-use crate::domain::{Error, Principal};
+use crate::domain::{Error, Principal, SignedIn};
 use crate::http::{Answering, ApiError, HttpResponse, RequestId, Slot, parse_id, parse_query};
 
 /// The token of a socket: `Authorization: Bearer`, the `souq_token` cookie, or the `token`
@@ -92,14 +92,15 @@ pub async fn upgrade(
     };
     let token = socket_token(&req)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing token"))?;
-    let (who, expires_at) = app.core.authenticate_until(&token).await?;
+    let signed_in = app.core.sign_in_with(&token).await?;
+    let who = &signed_in.who;
     let resume = resume_cursors(&req)?;
-    if let Principal::Admin { .. } = who {
+    if let Principal::Admin { .. } = *who {
         return Err(Error::Forbidden("an admin token has no live socket").into());
     }
 
     let accept = derive_accept_key(key.as_bytes());
-    let home = person_of(&who).and_then(|p| app.threads.of(p)).cloned();
+    let home = person_of(who).and_then(|p| app.threads.of(p)).cloned();
     // The socket keeps its connection's place among the node's connections.
     let slot = req.extensions_mut().remove::<Slot>();
     let request_id = req.extensions_mut().remove::<RequestId>();
@@ -118,8 +119,7 @@ pub async fn upgrade(
         let Some(home) = home else {
             return serve_socket(
                 app,
-                who,
-                expires_at,
+                signed_in,
                 Conn::new(early, tcp),
                 resume,
                 slot,
@@ -139,7 +139,7 @@ pub async fn upgrade(
             match tokio::net::TcpStream::from_std(tcp) {
                 Ok(tcp) => {
                     let conn = Conn::new(early, tcp);
-                    serve_socket(app, who, expires_at, conn, resume, slot, request_id).await;
+                    serve_socket(app, signed_in, conn, resume, slot, request_id).await;
                 }
                 Err(e) => moved(e),
             }
@@ -165,8 +165,7 @@ pub async fn upgrade(
 /// Runs the session of an upgraded socket, on whichever runtime calls it.
 async fn serve_socket(
     app: Arc<Sockets>,
-    who: Principal,
-    expires_at: i64,
+    signed_in: SignedIn,
     conn: Conn,
     resume: Vec<(i64, i64)>,
     slot: Option<Slot>,
@@ -180,7 +179,7 @@ async fn serve_socket(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
     let socket = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
-    task::run(app, who, expires_at, socket, resume, request_id).await;
+    task::run(app, signed_in, socket, resume, request_id).await;
     drop(slot);
 }
 

@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0007_operator_access_stamp.sql"),
     ),
+    (
+        8,
+        None,
+        include_str!("../../schema/migrations/0008_customer_access_stamp.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -1107,3 +1107,123 @@ async fn a_resume_frame_leaves_the_chats_the_socket_may_no_longer_see() {
         "the operator left the room"
     );
 }
+
+/// A second session token of the desk's customer.
+async fn another_customer_session(app: &TestApp, admin: &str, desk: &Desk) -> String {
+    let r = app
+        .post(
+            &format!("/v1/customers/{}/sessions", desk.customer_id),
+            admin,
+            json!({}),
+        )
+        .await
+        .expect(201);
+    r["token"].as_str().expect("a token").to_owned()
+}
+
+#[tokio::test]
+async fn signing_out_ends_that_token_and_closes_its_sockets_with_4001() {
+    let (app, desk) = desk_app().await;
+    let admin = app.admin().await;
+    let phone = another_customer_session(&app, &admin, &desk).await;
+    let mut laptop_ws = app.ws(&desk.customer, "").await;
+    laptop_ws.next_of("resumed").await;
+    let mut phone_ws = app.ws(&phone, "").await;
+    phone_ws.next_of("resumed").await;
+    let r = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/sign-out",
+            Some(&desk.customer),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(app.get("/v1/me", &desk.customer).await.status, 401);
+    let (code, reason) = laptop_ws.closed().await;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("revoked"), "{reason}");
+    // The phone's session is another: it goes on.
+    app.get("/v1/me", &phone).await.expect(200);
+    phone_ws.send(numbered_send(&desk, 1)).await;
+    assert_eq!(phone_ws.next_of("ack").await["id"], "s1");
+}
+
+#[tokio::test]
+async fn an_admin_revokes_a_persons_sessions_on_every_node_even_unannounced() {
+    let (app, desk) = desk_app().await;
+    let admin = app.admin().await;
+    let mut ws = app.ws(&desk.operator, "").await;
+    ws.next_of("resumed").await;
+    // Revoked through another server, which announces nothing to this one.
+    let other = app.node_beside().await;
+    let r = other
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/operators/{}/sessions", desk.operator_id),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        app.get("/v1/me", &desk.operator).await.status,
+        401,
+        "refused at once"
+    );
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 4001, "{reason}");
+    // Another organisation's admin cannot, and an unknown person is 404.
+    let globex = app.admin_of("globex").await;
+    let path = format!("/v1/operators/{}/sessions", desk.operator_id);
+    let r = app
+        .call(reqwest::Method::DELETE, &path, Some(&globex), None)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .call(
+            reqwest::Method::DELETE,
+            "/v1/customers/999999/sessions",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn a_socket_closes_at_its_tokens_expiry_unless_refreshed_first() {
+    // Sessions of 2 s; heartbeats every 20 s (the default): only the expiry can end them.
+    let (app, desk) = desk_app_with(|c| c.session_ttl = 2).await;
+    let admin = app.admin().await;
+    let mut ws = app.ws(&desk.customer, "").await;
+    ws.next_of("resumed").await;
+    let mut kept = app.ws(&desk.customer, "").await;
+    kept.next_of("resumed").await;
+    // A fresh token of someone else is refused; one of the same person keeps the socket.
+    kept.send(json!({"type": "refresh", "id": "r0", "token": desk.operator}))
+        .await;
+    let refused = kept.next_of("error").await;
+    assert_eq!(
+        (refused["id"].as_str(), refused["code"].as_str()),
+        (Some("r0"), Some("forbidden"))
+    );
+    app.clock.advance(std::time::Duration::from_secs(1));
+    let fresh = another_customer_session(&app, &admin, &desk).await;
+    kept.send(json!({"type": "refresh", "id": "r1", "token": fresh}))
+        .await;
+    let refreshed = kept.next_of("refreshed").await;
+    assert_eq!(refreshed["id"], "r1");
+    // The first socket closes at its expiry, not at a heartbeat 20 s on.
+    let started = std::time::Instant::now();
+    let (code, reason) = ws.closed().await;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The refreshed one goes on past the first token's expiry.
+    kept.send(numbered_send(&desk, 1)).await;
+    assert_eq!(kept.next_of("ack").await["id"], "s1");
+}

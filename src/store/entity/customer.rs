@@ -16,6 +16,8 @@ pub struct Model {
     pub vk_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When the customer's sessions were last revoked (ms).
+    pub access_changed_at: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
