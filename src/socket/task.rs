@@ -25,7 +25,7 @@ use super::session::{Cursors, Delivery, Reads, Sink};
 use super::upgrade::person_of;
 use crate::domain::events::{Event, Person};
 use crate::domain::{Core, Error as DomainError, NewMessage, OperatorPatch, Principal, SignedIn};
-use crate::http::{RequestId, parse_id};
+use crate::http::parse_id;
 use crate::hub::{CloseReason, Outbound, Replay, Session, encode};
 use crate::metrics::Metrics;
 
@@ -43,7 +43,6 @@ pub(super) async fn run(
     signed_in: SignedIn,
     mut socket: Socket,
     resume: Vec<(i64, i64)>,
-    request_id: Option<RequestId>,
 ) {
     let SignedIn {
         who,
@@ -57,10 +56,8 @@ pub(super) async fn run(
     // Register first, then read the chats: a chat opened in between reaches this session
     // through its person (and is then caught up), rather than being missed.
     let session = hub.connect(person, app.ws.queue);
-    // Logged before the first wait, so that the id is not kept for the socket's life.
     tracing::info!(
         socket = session.id,
-        request_id = %request_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
         person = person.kind(),
         id = person.id(),
         "socket open"
@@ -251,7 +248,8 @@ async fn serve(
             }
             // Told that the person's access changed (a revoked session among the
             // reasons): a socket whose session has ended closes.
-            if let (Outbound::Recheck, Some(id)) = (&out, signed.session_id)
+            if matches!(out, Outbound::Recheck)
+                && let Some(id) = signed.session_id
                 && !Box::pin(app.core.session_alive(id)).await.unwrap_or(true)
             {
                 return CloseReason::Revoked;
@@ -314,17 +312,13 @@ async fn serve(
         let frame: ClientFrame = match serde_json::from_str(&text) {
             // A fresh token of the same person: the socket goes on under it.
             Ok(ClientFrame::Refresh { id, token }) => {
-                let reply = match Box::pin(refreshed(app, who, &token)).await {
-                    Ok(fresh) => {
-                        signed = fresh;
-                        expiring = expiry(app, fresh.expires_at);
-                        encode(&Reply::Refreshed {
-                            id: id.as_deref(),
-                            expires_at: fresh.expires_at,
-                        })
-                    }
-                    Err(e) => domain_error_frame(id.as_deref(), e),
-                };
+                // Boxed, and owning its strings: the socket's task is as large as its
+                // largest step, and a refresh is rare.
+                let (fresh, reply) = Box::pin(refresh(app, who, id, token)).await;
+                if let Some(fresh) = fresh {
+                    signed = fresh;
+                    expiring = expiry(app, fresh.expires_at);
+                }
                 session.push(Outbound::direct(reply));
                 continue;
             }
@@ -359,16 +353,31 @@ fn expiry(app: &Sockets, expires_at: i64) -> Option<Pin<Box<tokio::time::Sleep>>
     (left < app.ws.ping_every).then(|| Box::pin(tokio::time::sleep(left)))
 }
 
-/// What a `refresh` frame's token signs in: the same person as the socket's, or an error.
-async fn refreshed(app: &Sockets, who: &Principal, token: &str) -> Result<Signed, DomainError> {
-    let fresh = app.core.sign_in_with(token).await?;
-    if fresh.who != *who {
-        return Err(DomainError::Forbidden("the token is another person's"));
-    }
-    Ok(Signed {
+/// A `refresh` frame: what its token signs in, if it is the same person as the socket's,
+/// and the answer (`refreshed`, or the error).
+async fn refresh(
+    app: &Sockets,
+    who: &Principal,
+    id: Option<String>,
+    token: String,
+) -> (Option<Signed>, Utf8Bytes) {
+    let fresh = match app.core.sign_in_with(&token).await {
+        Ok(fresh) if fresh.who == *who => fresh,
+        Ok(_) => {
+            let e = DomainError::Forbidden("the token is another person's");
+            return (None, domain_error_frame(id.as_deref(), e));
+        }
+        Err(e) => return (None, domain_error_frame(id.as_deref(), e)),
+    };
+    let signed = Signed {
         expires_at: fresh.expires_at,
         session_id: fresh.session_id,
-    })
+    };
+    let reply = encode(&Reply::Refreshed {
+        id: id.as_deref(),
+        expires_at: fresh.expires_at,
+    });
+    (Some(signed), reply)
 }
 
 /// Most sends (and, apart, marks) of one socket waiting for their commit; past this a

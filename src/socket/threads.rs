@@ -34,6 +34,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::domain::events::Person;
+use crate::http::Slot;
 
 /// The socket threads of a server, each with its runtime. Dropping them stops the threads:
 /// each leaves its runtime by itself, dropping the sockets still on it.
@@ -245,15 +246,18 @@ async fn relay_wakes(relay: Arc<Relay>) {
 pub(crate) struct Conn {
     early: Bytes,
     tcp: TcpStream,
+    /// The connection's place among the node's connections, held while the socket lives.
+    _slot: Option<Slot>,
 }
 
 impl Conn {
-    pub(crate) fn new(early: Bytes, tcp: TcpStream) -> Conn {
+    pub(crate) fn new(early: Bytes, tcp: TcpStream, slot: Option<Slot>) -> Conn {
         // Copied: hyper's bytes, even none of them, hold on to its whole read buffer (8 KiB
         // and more), which the socket would keep for as long as it lives.
         Conn {
             early: Bytes::copy_from_slice(&early),
             tcp,
+            _slot: slot,
         }
     }
 }
@@ -457,7 +461,7 @@ mod tests {
             buffer.extend_from_slice(b"GET / HTTP/1.1\r\n\r\nhello");
             let base = buffer.as_ptr() as usize;
             let early = buffer.split_off(18).freeze();
-            let mut conn = Conn::new(early, server);
+            let mut conn = Conn::new(early, server, None);
             let kept = conn.early.as_ptr() as usize;
             assert!(
                 !(base..base + 8192).contains(&kept),

@@ -15,7 +15,7 @@ use super::threads::Conn;
 use super::{Sockets, task};
 use crate::domain::events::Person;
 use crate::domain::{Error, Principal, SignedIn};
-use crate::http::{Answering, ApiError, HttpResponse, RequestId, Slot, parse_id, parse_query};
+use crate::http::{Answering, ApiError, HttpResponse, Slot, parse_id, parse_query};
 
 /// The token of a socket: `Authorization: Bearer`, the `souq_token` cookie, or the `token`
 /// query parameter (browsers cannot set headers on a WebSocket).
@@ -103,7 +103,6 @@ pub async fn upgrade(
     let home = person_of(who).and_then(|p| app.threads.of(p)).cloned();
     // The socket keeps its connection's place among the node's connections.
     let slot = req.extensions_mut().remove::<Slot>();
-    let request_id = req.extensions_mut().remove::<RequestId>();
     // Only the upgrade is kept, not the request: the task lives as long as the socket.
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -117,15 +116,7 @@ pub async fn upgrade(
         };
         let (early, tcp) = (parts.read_buf, parts.io.into_inner().into_inner());
         let Some(home) = home else {
-            return serve_socket(
-                app,
-                signed_in,
-                Conn::new(early, tcp),
-                resume,
-                slot,
-                request_id,
-            )
-            .await;
+            return serve_socket(app, signed_in, Conn::new(early, tcp, slot), resume).await;
         };
         // The stream leaves this runtime's reactor for its thread's, where it is registered
         // again; epoll reports at once whatever arrived in between.
@@ -138,8 +129,7 @@ pub async fn upgrade(
         home.spawn(async move {
             match tokio::net::TcpStream::from_std(tcp) {
                 Ok(tcp) => {
-                    let conn = Conn::new(early, tcp);
-                    serve_socket(app, signed_in, conn, resume, slot, request_id).await;
+                    serve_socket(app, signed_in, Conn::new(early, tcp, slot), resume).await;
                 }
                 Err(e) => moved(e),
             }
@@ -163,14 +153,7 @@ pub async fn upgrade(
 }
 
 /// Runs the session of an upgraded socket, on whichever runtime calls it.
-async fn serve_socket(
-    app: Arc<Sockets>,
-    signed_in: SignedIn,
-    conn: Conn,
-    resume: Vec<(i64, i64)>,
-    slot: Option<Slot>,
-    request_id: Option<RequestId>,
-) {
+async fn serve_socket(app: Arc<Sockets>, signed_in: SignedIn, conn: Conn, resume: Vec<(i64, i64)>) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(app.ws.max_frame_bytes))
         .max_frame_size(Some(app.ws.max_frame_bytes))
@@ -179,8 +162,7 @@ async fn serve_socket(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER);
     let socket = WebSocketStream::from_raw_socket(conn, Role::Server, Some(config)).await;
-    task::run(app, signed_in, socket, resume, request_id).await;
-    drop(slot);
+    task::run(app, signed_in, socket, resume).await;
 }
 
 pub(super) fn person_of(who: &Principal) -> Option<Person> {
