@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Desk, PASSWORD, TestApp, fresh_database, unique_name};
+use crate::helpers::{Desk, PASSWORD, TestApp, eventually, fresh_database, unique_name};
 
 struct Node {
     child: Child,
@@ -693,29 +693,20 @@ async fn readyz_says_so_while_redis_refuses_the_node_and_recovers_with_it() {
     // Redis turns the node's user away, and cuts its connections.
     cluster.redis_user(false).await;
     cluster.cut_redis().await;
-    let mut seen = None;
-    for _ in 0..400 {
+    let seen = eventually("readyz saying 503", || async {
         let (status, body) = readyz().await;
-        if status == 503 {
-            seen = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (status == 503).then_some(body)
+    })
+    .await;
     assert_eq!(
-        seen.expect("readyz said 503"),
+        seen,
         json!({"status": "unavailable", "database": "ok", "redis": "unavailable"})
     );
     cluster.redis_user(true).await;
-    let mut back = false;
-    for _ in 0..400 {
-        if readyz().await.0 == 200 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(back, "readyz never came back after Redis did");
+    eventually("readyz back after Redis", || async {
+        (readyz().await.0 == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -851,18 +842,16 @@ async fn presence_holds_through_a_redis_restart_while_an_operator_keeps_a_socket
     phone.next_of("message").await;
 }
 
-/// Waits until the async `ready` holds, checking every few milliseconds, for up to 10 s.
+/// Waits until the async `ready` holds (see [`eventually`]).
 async fn until_async<F: std::future::Future<Output = bool>>(
     what: &str,
     mut ready: impl FnMut() -> F,
 ) {
-    for _ in 0..400 {
-        if ready().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} never happened");
+    eventually(what, || {
+        let ready = ready();
+        async move { ready.await.then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{PASSWORD, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{PASSWORD, TestApp, eventually, spawn_app, spawn_app_with};
 
 async fn get_json(app: &TestApp, path: &str) -> (u16, Value) {
     let r = app
@@ -40,17 +40,12 @@ async fn readyz_says_draining_while_a_stopping_node_still_serves() {
     let mut app = spawn_app_with(|c| c.shutdown_delay = 60).await;
     let admin = app.admin().await;
     app.stop();
-    let mut drained = false;
-    for _ in 0..400 {
+    let body = eventually("readyz saying 503", || async {
         let (status, body) = get_json(&app, "/readyz").await;
-        if status == 503 {
-            assert_eq!(body["status"], "draining");
-            drained = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(drained, "readyz never said draining");
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(body["status"], "draining");
     // Still serving meanwhile: a new request works.
     app.get("/v1/operators", &admin).await.expect(200);
     assert_eq!(get_json(&app, "/healthz").await.0, 200);
@@ -101,15 +96,10 @@ async fn past_the_connection_cap_new_clients_get_503_until_one_leaves() {
     let health = format!("{}/v1/health", app.base);
     // A socket and two idle connections fill the three places (once the pooled
     // connections are gone: until then the socket may be refused).
-    let mut ws = None;
-    for _ in 0..400 {
-        if let Ok(socket) = app.try_ws(&desk.customer, "").await {
-            ws = Some(socket);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut ws = ws.expect("a socket once the pooled connections left");
+    let mut ws = eventually("a socket once the pooled connections left", || async {
+        app.try_ws(&desk.customer, "").await.ok()
+    })
+    .await;
     ws.next_of("resumed").await;
     let addr = app.base.trim_start_matches("http://").to_owned();
     let idle = [
@@ -117,33 +107,24 @@ async fn past_the_connection_cap_new_clients_get_503_until_one_leaves() {
         tokio::net::TcpStream::connect(&addr).await.expect("2"),
     ];
     // A new client is refused, in the JSON error shape.
-    let mut refused = None;
-    for _ in 0..400 {
+    let refused = eventually("a fourth connection refused", || async {
         let r = fresh().get(&health).send().await.expect("answered");
-        if r.status() == 503 {
-            refused = Some(r.json::<Value>().await.expect("JSON"));
-            break;
+        match r.status() {
+            reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                Some(r.json::<Value>().await.expect("JSON"))
+            }
+            _ => None,
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let refused = refused.expect("a fourth connection was refused");
+    })
+    .await;
     assert_eq!(refused["error"]["code"], "unavailable");
     // Once the idle ones leave, new clients are served; the socket kept its place.
     drop(idle);
-    let mut served = false;
-    for _ in 0..400 {
-        if fresh()
-            .get(&health)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            served = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(served, "places freed up, but no new client was served");
+    eventually("a new client served once places freed up", || async {
+        let r = fresh().get(&health).send().await;
+        r.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
     ws.send(
         json!({"type": "send", "id": "s", "chat_id": desk.chat_id, "local_id": "l", "text": "hi"}),
     )
@@ -377,8 +358,7 @@ async fn metrics_count_sockets_sends_acks_refusals_and_deliveries() {
         "{text}"
     );
     drop(customer);
-    let mut gone = false;
-    for _ in 0..400 {
+    eventually("the closed socket no longer counted", || async {
         let text = app
             .client
             .get(format!("{}/metrics", app.base))
@@ -388,11 +368,7 @@ async fn metrics_count_sockets_sends_acks_refusals_and_deliveries() {
             .text()
             .await
             .expect("text");
-        if sample(&text, "souq_sockets_open") == 1.0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(gone, "the closed socket was still counted");
+        (sample(&text, "souq_sockets_open") == 1.0).then_some(())
+    })
+    .await;
 }

@@ -375,6 +375,24 @@ pub async fn until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// The first `Some` that `attempt` gives, trying every 10 ms for up to [`FRAME_WAIT`].
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + FRAME_WAIT;
+    loop {
+        if let Some(found) = attempt().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A response: its status and JSON body (Null when empty).
 #[derive(Debug)]
 pub struct Resp {
