@@ -114,6 +114,13 @@ async fn run() -> Result<(), String> {
             Arc::new(Bus::new(Arc::new(Hub::new()))),
             souq::Clock::system(),
             Arc::default(),
+            souq::domain::Files::new(
+                souq::objects::Objects::open(&souq::objects::Place::Folder(
+                    std::env::temp_dir().join("souq-appendbench-files"),
+                ))
+                .map_err(|e| e.to_string())?,
+                souq::domain::FileLimits::default(),
+            ),
         )
         .map_err(|e| e.to_string())?,
     );

@@ -5,7 +5,9 @@
 //! ```
 //!
 //! Lines you type are sent to the chat; messages, receipts, typing and presence of the
-//! chat are printed as they arrive. Everything you are shown is marked read. `/quit` ends.
+//! chat are printed as they arrive. Everything you are shown is marked read. `/file PATH`
+//! uploads a file and sends it (a file message shows its name, size, type and link).
+//! `/quit` ends.
 //! It resumes from the last seq it saw when the server closes the socket.
 
 use std::time::Duration;
@@ -58,6 +60,16 @@ fn show(frame: &Value, chat: i64) {
                 m["author"]["id"],
                 plain(&m["text"])
             );
+            let f = &m["file"];
+            if f.is_object() {
+                println!(
+                    "    [file {} ({} bytes, {}) {}]",
+                    plain(&f["name"]),
+                    f["size"],
+                    plain(&f["content_type"]),
+                    plain(&f["url"])
+                );
+            }
         }
         "receipt" if frame["chat_id"] == chat => println!(
             "   ({} {} received {} read {})",
@@ -85,6 +97,40 @@ fn show(frame: &Value, chat: i64) {
         ),
         "error" => println!("!! {}: {}", plain(&frame["code"]), plain(&frame["message"])),
         _ => {}
+    }
+}
+
+/// Uploads the file at `path` into the chat; returns its id.
+async fn upload(args: &Args, path: &str) -> Result<String, String> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let name = std::path::Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
+    let base = args
+        .url
+        .replacen("ws", "http", 1)
+        .trim_end_matches("/v1/ws")
+        .to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!(
+        "{base}/v1/chats/{}/files?name={}",
+        args.chat,
+        form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    );
+    let r = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(&args.token)
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let file: Value = r.json().await.map_err(|e| e.to_string())?;
+    match file["id"].as_str() {
+        Some(id) => Ok(id.to_owned()),
+        None => Err(format!("upload refused: {}", file["error"]["message"])),
     }
 }
 
@@ -144,10 +190,23 @@ async fn main() {
                     Ok(Some(line)) if line.trim() == "/quit" => break 'connect,
                     Ok(Some(line)) if !line.trim().is_empty() => {
                         local += 1;
-                        let send = json!({
-                            "type": "send", "chat_id": args.chat, "text": line,
-                            "local_id": format!("cli-{}-{local}", std::process::id()),
-                        });
+                        let local_id = format!("cli-{}-{local}", std::process::id());
+                        let send = match line.trim().strip_prefix("/file ") {
+                            Some(path) => match upload(&args, path.trim()).await {
+                                Ok(id) => json!({
+                                    "type": "send", "chat_id": args.chat, "payload": "file",
+                                    "file_id": id, "local_id": local_id,
+                                }),
+                                Err(e) => {
+                                    println!("!! {e}");
+                                    continue;
+                                }
+                            },
+                            None => json!({
+                                "type": "send", "chat_id": args.chat, "text": line,
+                                "local_id": local_id,
+                            }),
+                        };
                         if socket.send(Message::Text(send.to_string().into())).await.is_err() {
                             continue 'connect;
                         }

@@ -230,6 +230,8 @@ async fn setup(a: &Args) -> Result<Vec<Room>, String> {
             })
             .collect());
     }
+    // reqwest takes the process's TLS provider (souq builds it without its own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let base = &a.nodes[0];
     let tokens = post(&http, format!("{base}/v1/auth/token"), None, json!({

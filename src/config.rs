@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::domain::Limits;
+use crate::domain::{FileLimits, Limits};
+use crate::objects::{Place, S3Place};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -47,6 +48,46 @@ pub struct Config {
     /// each with its own commit).
     #[arg(long, env = "SOUQ_PG_WRITERS")]
     pub pg_writers: Option<u32>,
+
+    /// Where uploaded files are kept: a folder, or `s3://BUCKET[/PREFIX]` (any
+    /// S3-compatible store; see the s3-* settings). Unset: a folder beside the SQLite
+    /// file (`NAME-files`), or `souq-files` in the working folder.
+    #[arg(long, env = "SOUQ_FILE_STORE")]
+    pub file_store: Option<String>,
+
+    /// With an s3:// file store: the address of an S3-compatible server
+    /// (`https://...`; `http://` on a private network). Unset: AWS.
+    #[arg(long, env = "SOUQ_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// With an s3:// file store: its region.
+    #[arg(long, env = "SOUQ_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// With an s3:// file store: the access key.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+
+    /// With an s3:// file store: the secret key.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
+    /// Largest file that may be uploaded, in bytes.
+    #[arg(long, env = "SOUQ_MAX_FILE_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub max_file_bytes: u64,
+
+    /// Most bytes of files one organisation may keep (0: no limit).
+    #[arg(long, env = "SOUQ_MAX_ORG_FILE_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub max_org_file_bytes: u64,
+
+    /// Content types of the files taken, as sniffed from their bytes, comma-separated;
+    /// `image/*` takes every image type.
+    #[arg(long, env = "SOUQ_FILE_TYPES", default_value = crate::domain::DEFAULT_TYPES)]
+    pub file_types: String,
+
+    /// Seconds a file's download link lasts at least (at most twice that).
+    #[arg(long, env = "SOUQ_FILE_LINK_TTL", default_value_t = 3600)]
+    pub file_link_ttl: i64,
 
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "SOUQ_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -168,6 +209,15 @@ impl Config {
             presence_ttl: 30,
             db_max_connections: 16,
             pg_writers: None,
+            file_store: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            max_file_bytes: 25 * 1024 * 1024,
+            max_org_file_bytes: 10 * 1024 * 1024 * 1024,
+            file_types: crate::domain::DEFAULT_TYPES.into(),
+            file_link_ttl: 3600,
             max_body_bytes: 1024 * 1024,
             max_text_chars: 10_000,
             access_token_ttl: 3600,
@@ -247,6 +297,15 @@ impl Config {
             return Err(ConfigError(format!(
                 "socket-threads must be at most {MAX_SOCKET_THREADS}"
             )));
+        }
+        self.file_place()?;
+        if self.max_file_bytes == 0 || self.file_link_ttl <= 0 {
+            return Err(ConfigError(
+                "max-file-bytes and file-link-ttl must be at least 1".into(),
+            ));
+        }
+        if self.file_types().is_empty() {
+            return Err(ConfigError("file-types must name at least one type".into()));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("max-body-bytes must be at least 1024".into()));
@@ -331,6 +390,67 @@ impl Config {
             visitors_per_minute_per_key: self.visitors_per_minute_per_key,
             failed_sign_ins_per_minute: self.failed_sign_ins_per_minute,
             write_timeout: Duration::from_secs(self.write_timeout),
+        }
+    }
+
+    /// Where files are kept (see `file_store`).
+    pub fn file_place(&self) -> Result<Place, ConfigError> {
+        let s3 = S3Place {
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+        };
+        let spec = match &self.file_store {
+            Some(spec) => spec.clone(),
+            None => {
+                let sqlite_file = self
+                    .database_url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| self.database_url.strip_prefix("sqlite:"))
+                    .map(|f| f.split('?').next().unwrap_or(f))
+                    .filter(|f| !f.is_empty() && !f.contains(":memory:"));
+                match sqlite_file {
+                    Some(file) => {
+                        let file = std::path::Path::new(file);
+                        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("souq");
+                        file.with_file_name(format!("{stem}-files"))
+                            .to_string_lossy()
+                            .into_owned()
+                    }
+                    None => "souq-files".into(),
+                }
+            }
+        };
+        let place = Place::parse(&spec, s3).map_err(|e| ConfigError(format!("file-store: {e}")))?;
+        if let Place::S3(s3) = &place
+            && s3.access_key_id.is_some() != s3.secret_access_key.is_some()
+        {
+            return Err(ConfigError(
+                "an s3:// file store needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither".into(),
+            ));
+        }
+        Ok(place)
+    }
+
+    fn file_types(&self) -> Vec<String> {
+        self.file_types
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// What files are taken, and how long their links last.
+    pub fn file_limits(&self) -> FileLimits {
+        FileLimits {
+            max_file_bytes: self.max_file_bytes,
+            max_org_bytes: self.max_org_file_bytes,
+            types: self.file_types(),
+            link_ttl_s: self.file_link_ttl,
         }
     }
 

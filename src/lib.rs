@@ -8,6 +8,7 @@
 //! - [`wake`]: wakes held back until a batch of work is done.
 //! - [`store`]: the database: SQLite or PostgreSQL, migrations (`schema/migrations`),
 //!   sea-orm entities, write transactions.
+//! - [`objects`]: where file bytes live: a local folder or an S3-compatible store.
 //! - [`domain`]: the core: organisations, operators, inboxes, chats, messages, receipts,
 //!   tokens; who may see what. `domain::write` is the message path: the rules of a batch
 //!   (plain code, no I/O), a journal per backend that carries them out, group commit.
@@ -39,6 +40,7 @@ pub mod domain;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod objects;
 mod ops;
 mod router;
 pub mod socket;
@@ -66,6 +68,8 @@ pub enum StartError {
     Redis(#[from] redis::RedisError),
     #[error("cannot start the message writer: {0}")]
     Core(#[from] domain::Error),
+    #[error("cannot open the file store: {0}")]
+    Files(String),
     #[error("cannot start the socket threads: {0}")]
     Threads(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -90,12 +94,15 @@ async fn core(config: &Config, clock: Clock) -> Result<(domain::Core, bus::Bus),
         Some(redis) => bus::Bus::with_redis(hub, redis, clock.clone()).await?,
         None => bus::Bus::new(hub),
     };
+    let objects = objects::Objects::open(&config.file_place()?)
+        .map_err(|e| StartError::Files(e.to_string()))?;
     let core = domain::Core::new(
         store,
         config.limits(),
         Arc::new(bus.clone()),
         clock,
         metrics,
+        domain::Files::new(objects, config.file_limits()),
     )?;
     Ok((core, bus))
 }
@@ -118,6 +125,28 @@ async fn sweep_presence(core: std::sync::Weak<domain::Core>, bus: bus::Bus, ever
         }
     }
 }
+
+/// Removes the bytes of files past their organisation's retention, a round every
+/// `every` (and more rounds at once while a round comes back full).
+async fn remove_expired_files(core: std::sync::Weak<domain::Core>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(core) = core.upgrade() else { return };
+        loop {
+            match core.remove_expired_files().await {
+                Ok(500..) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove expired files");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How often each node looks for files past their retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// A bound, ready server.
 #[derive(Debug)]
@@ -171,6 +200,7 @@ impl Server {
             bus.hub().clone(),
             bus::RECONCILE_EVERY,
         ));
+        tokio::spawn(remove_expired_files(Arc::downgrade(&core), RETENTION_EVERY));
         if let Some(every) = bus.sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
         }
@@ -200,6 +230,11 @@ impl Server {
     /// The core, for work before serving (such as creating an organisation in a test).
     pub fn core(&self) -> &domain::Core {
         &self.core
+    }
+
+    /// The core, shared (a test keeps it to run a housekeeping round by hand).
+    pub fn shared_core(&self) -> Arc<domain::Core> {
+        self.core.clone()
     }
 
     /// This node's live sockets and waiters, for watching them (in a test, say).

@@ -123,12 +123,16 @@ async fn open_core(config: &Config) -> Result<Core, String> {
         .map_err(|e| format!("cannot open the database: {e}"))?;
     // The CLI has no sockets: its events reach an empty hub.
     let bus = souq::bus::Bus::new(std::sync::Arc::new(souq::hub::Hub::new()));
+    let place = config.file_place().map_err(|e| e.to_string())?;
+    let objects = souq::objects::Objects::open(&place)
+        .map_err(|e| format!("cannot open the file store: {e}"))?;
     Core::new(
         store,
         config.limits(),
         std::sync::Arc::new(bus),
         souq::Clock::system(),
         std::sync::Arc::default(),
+        souq::domain::Files::new(objects, config.file_limits()),
     )
     .map_err(|e| format!("cannot start the message writer: {e}"))
 }

@@ -42,6 +42,11 @@ pub struct Metrics {
     pub rate_limited_frames: Counter,
     /// HTTP responses, by status class (`2xx`...); 5xx are mostly the database away.
     pub responses: Family<Label, Counter>,
+    /// Files uploaded and stored, and files whose bytes were removed.
+    pub files_stored: Counter,
+    pub files_removed: Counter,
+    /// Uploads whose bytes are being stored now.
+    pub uploads_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,6 +66,9 @@ impl Default for Metrics {
         let socket_closes = Family::default();
         let rate_limited_frames = Counter::default();
         let responses = Family::default();
+        let files_stored = Counter::default();
+        let files_removed = Counter::default();
+        let uploads_in_flight = Gauge::default();
         let r = &mut registry;
         r.register(
             "sockets_open",
@@ -124,6 +132,21 @@ impl Default for Metrics {
             "HTTP responses, by status class",
             responses.clone(),
         );
+        r.register(
+            "files_stored",
+            "Files uploaded and stored",
+            files_stored.clone(),
+        );
+        r.register(
+            "files_removed",
+            "Files whose bytes were removed (retention, erasure)",
+            files_removed.clone(),
+        );
+        r.register(
+            "uploads_in_flight",
+            "Uploads whose bytes are being stored now",
+            uploads_in_flight.clone(),
+        );
         Metrics {
             registry,
             sockets_open,
@@ -140,6 +163,9 @@ impl Default for Metrics {
             socket_closes,
             rate_limited_frames,
             responses,
+            files_stored,
+            files_removed,
+            uploads_in_flight,
         }
     }
 }

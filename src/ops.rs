@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Method, StatusCode, header};
 use serde_json::json;
 
@@ -48,7 +47,7 @@ impl Ops {
     fn metrics(&self) -> HttpResponse {
         let metrics = self.core.metrics();
         metrics.bus_queued.set(self.bus.queued() as i64);
-        let mut response = HttpResponse::new(Full::new(Bytes::from(metrics.encode())));
+        let mut response = HttpResponse::new(crate::http::full(Bytes::from(metrics.encode())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static(

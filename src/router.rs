@@ -84,9 +84,13 @@ impl Service for Router {
         } else {
             let surface = self.surface(&path);
             let client = client_address(req.headers(), peer, self.edge.trust_forwarded_for);
-            match Req::read(req, client, &self.edge).await {
-                Ok(req) => surface.handle(req).await,
-                Err(e) => surface.refuse(e),
+            if surface.streams(&method, &path) {
+                surface.handle(Req::streamed(req, client, &self.edge)).await
+            } else {
+                match Req::read(req, client, &self.edge).await {
+                    Ok(req) => surface.handle(req).await,
+                    Err(e) => surface.refuse(e),
+                }
             }
         };
         tracing::info!(

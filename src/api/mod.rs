@@ -1,8 +1,9 @@
 //! The native REST API, `/v1/...`: routes, and handlers that turn requests into calls on
 //! the core and its answers into JSON.
 
+pub(crate) mod files;
+
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Method, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -39,6 +40,15 @@ impl Api {
 }
 
 impl Surface for Api {
+    fn streams(&self, method: &Method, path: &str) -> bool {
+        method == Method::POST
+            && self
+                .routes
+                .0
+                .at(path)
+                .is_ok_and(|m| m.value.0 == Route::ChatFiles)
+    }
+
     fn handle<'a>(&'a self, req: Req) -> Pin<Box<dyn Future<Output = HttpResponse> + Send + 'a>> {
         Box::pin(async move {
             dispatch(self, req)
@@ -78,6 +88,10 @@ enum Route {
     ChatFinish,
     ChatMessages,
     ChatReceipts,
+    ChatFiles,
+    File,
+    CustomerData,
+    Organisation,
 }
 
 #[derive(Debug)]
@@ -134,6 +148,10 @@ impl Routes {
             ("/v1/chats/{id}/finish", Route::ChatFinish, "POST"),
             ("/v1/chats/{id}/messages", Route::ChatMessages, "GET, POST"),
             ("/v1/chats/{id}/receipts", Route::ChatReceipts, "POST"),
+            ("/v1/chats/{id}/files", Route::ChatFiles, "POST, OPTIONS"),
+            ("/v1/files/{id}", Route::File, "GET, HEAD"),
+            ("/v1/customers/{id}/data", Route::CustomerData, "DELETE"),
+            ("/v1/organisation", Route::Organisation, "GET, PATCH"),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -168,7 +186,7 @@ fn created_or_ok(created: bool, body: &impl Serialize) -> Reply {
 }
 
 fn no_content() -> Reply {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(crate::http::full(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
 }
@@ -234,7 +252,7 @@ fn cors(mut response: HttpResponse) -> HttpResponse {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        header::HeaderValue::from_static("content-type"),
+        header::HeaderValue::from_static("authorization, content-type"),
     );
     response
 }
@@ -255,6 +273,13 @@ struct Broadcast {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct OrganisationPatch {
+    /// Days a finished chat's files are kept; `null` for ever.
+    file_retention_days: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OpenChat {
     inbox_id: i64,
 }
@@ -269,7 +294,7 @@ struct Mark {
 }
 
 /// Routes one request and runs its handler.
-async fn dispatch(app: &Api, req: Req) -> Reply {
+async fn dispatch(app: &Api, mut req: Req) -> Reply {
     let path = req.path.clone();
     let matched = app.routes.0.at(&path).map_err(|_| ApiError::not_found())?;
     let (route, allow) = *matched.value;
@@ -295,7 +320,8 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
             return ok(&core.refresh_admin_tokens(&b.refresh_token).await?);
         }
         (R::WidgetJs, &M::GET) => {
-            let mut response = Response::new(Full::new(Bytes::from_static(WIDGET_JS.as_bytes())));
+            let mut response =
+                Response::new(crate::http::full(Bytes::from_static(WIDGET_JS.as_bytes())));
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
@@ -323,7 +349,22 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
                 Err(e) => Ok(cors(ApiError::from(e).into_response())),
             };
         }
-        (R::Health | R::AuthToken | R::AuthRefresh | R::WidgetJs | R::WidgetVisitors, _) => {
+        // The widget uploads from the merchant's site. Its token goes in a header, not a
+        // cookie, so any origin may ask.
+        (R::ChatFiles, &M::OPTIONS) => return Ok(cors(no_content()?)),
+        // A signed link needs no token: an <img> has none to send.
+        (R::File, &M::GET | &M::HEAD) => {
+            let who = match req.bearer() {
+                Some(_) => Some(principal(app, &req).await?),
+                None => None,
+            };
+            let id = params.get("id").unwrap_or_default();
+            return files::download(core, &req, id, who.as_ref()).await;
+        }
+        (
+            R::Health | R::AuthToken | R::AuthRefresh | R::WidgetJs | R::WidgetVisitors | R::File,
+            _,
+        ) => {
             return Err(ApiError::method_not_allowed(allow));
         }
         _ => {}
@@ -457,6 +498,15 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
             StatusCode::CREATED,
             &core.customer_session(&who, path_id(&params)?).await?,
         ),
+        (R::CustomerData, M::DELETE) => {
+            let erased = core.erase_customer(&who, path_id(&params)?).await?;
+            ok(&json!({ "chats_erased": erased }))
+        }
+        (R::Organisation, M::GET) => ok(&core.file_settings(&who).await?),
+        (R::Organisation, M::PATCH) => {
+            let b: OrganisationPatch = req.json()?;
+            ok(&core.set_file_retention(&who, b.file_retention_days).await?)
+        }
         (R::CustomerSessions, M::DELETE) => {
             let customer = Person::Customer(path_id(&params)?);
             core.revoke_sessions(&who, customer).await?;
@@ -495,6 +545,14 @@ async fn dispatch(app: &Api, req: Req) -> Reply {
                 None => ok(&core.messages(&who, id, q).await?),
                 Some(wait) => ok(&long_poll(app, &who, id, q, wait).await?),
             }
+        }
+        (R::ChatFiles, M::POST) => {
+            let id = path_id(&params)?;
+            let uploaded = files::upload(core, &who, id, &mut req).await;
+            Ok(cors(match uploaded {
+                Ok(file) => reply(StatusCode::CREATED, &file)?,
+                Err(e) => e.into_response(),
+            }))
         }
         (R::ChatReceipts, M::POST) => {
             let id = path_id(&params)?;

@@ -9,7 +9,6 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
@@ -50,7 +49,7 @@ impl Surface for Chatwhizz {
 type Reply = Result<HttpResponse, ApiError>;
 
 pub(crate) fn envelope(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(crate::http::full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -14,7 +14,6 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -51,7 +50,7 @@ impl Surface for Hojre {
 const PER_PAGE: u64 = 300;
 
 fn reply(body: Value) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(crate::http::full(Bytes::from(body.to_string())));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -160,12 +159,39 @@ fn listing(
     })
 }
 
-fn said(s: &Said) -> Value {
+/// The address of this server as the client reached it, for absolute links.
+fn origin(req: &Req) -> String {
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// A message as hojre's main-chats shows it. The document's item has no place for a
+/// file, and an app shows `text`: a file message's text is its caption (if any), then a
+/// line with the file's name and a link that downloads it (signed, lasting at least the
+/// link period; each read gives a fresh one).
+fn said(s: &Said, origin: &str) -> Value {
     let m = &s.message;
+    let text = match &m.file {
+        Some(f) => {
+            let link = match &f.url {
+                Some(url) => format!("{} {origin}{url}", f.name),
+                None => format!("{} (removed)", f.name),
+            };
+            match m.text.trim() {
+                "" => link,
+                caption => format!("{caption}\n{link}"),
+            }
+        }
+        None => m.text.clone(),
+    };
     json!({
         "id": m.id,
         "sender": s.sender,
-        "text": m.text,
+        "text": text,
         "sentDate": m.created_at / 1000,
         "status": m.status,
         "chat": m.chat_id,
@@ -181,7 +207,8 @@ fn messages(
     page: Numbered<Said>,
     p: &Paging,
 ) -> Value {
-    let items = page.items.iter().map(said).collect();
+    let origin = origin(req);
+    let items = page.items.iter().map(|s| said(s, &origin)).collect();
     listing(req, params, extra, items, page.total, p)
 }
 
@@ -246,7 +273,7 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
                     .items
                     .iter()
                     .map(|(s, store_id, store)| {
-                        let mut item = said(s);
+                        let mut item = said(s, &origin(&req));
                         item["store"] = json!(store);
                         item["storeId"] = json!(store_id);
                         item
@@ -279,7 +306,7 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
                         Ok(_) => core
                             .messages_newest_first(&who, chat_id, 1, 1)
                             .await
-                            .map(|page| json!({"status": "success", "message": "", "data": page.items.first().map(said)})),
+                            .map(|page| json!({"status": "success", "message": "", "data": page.items.first().map(|s| said(s, &origin(&req)))})),
                         Err(e) => Err(e),
                     }
                 }

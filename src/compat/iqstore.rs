@@ -9,17 +9,22 @@
 //! `chats/channel/history/support`, `chats/channel/new/support`,
 //! `chats/channel/received/support`, `chats/channel/read/support`, `chats/list`,
 //! `profile/get`.
+//!
+//! Files are the document's one exception to "always JSON": `files/upload/support`
+//! takes the file itself (`multipart/form-data` with a `file` part, or the raw bytes
+//! with `?name=`) into the support chat and answers the usual envelope with the file as
+//! `Result`; `GET files/{Id}` answers the file's bytes. A message with `Payload: "file"`
+//! (sent with the upload's `FileId`) brings its file in `Rels.Files`.
 
 use std::future::Future;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::domain::events::Person;
-use crate::domain::{Error, Message, MessageQuery, NewMessage, Presence, Principal};
+use crate::domain::{Error, FileInfo, Message, MessageQuery, NewMessage, Presence, Principal};
 use crate::http::{ApiError, HttpResponse, Req, Surface};
 
 /// The iqstore public API, as the router mounts it.
@@ -39,7 +44,19 @@ impl Iqstore {
     }
 }
 
+/// The path of a file's bytes, `files/{Id}` (an id is `<uuid>.<ext>`).
+fn file_id_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/public/api/v1/files/")
+        .filter(|id| !id.is_empty() && !id.contains('/') && *id != "upload")
+}
+
+const UPLOAD: &str = "/public/api/v1/files/upload/support";
+
 impl Surface for Iqstore {
+    fn streams(&self, method: &hyper::Method, path: &str) -> bool {
+        method == hyper::Method::POST && path.trim_end_matches('/') == UPLOAD
+    }
+
     fn handle<'a>(
         &'a self,
         req: Req,
@@ -53,7 +70,7 @@ impl Surface for Iqstore {
 }
 
 fn answer(body: Value) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(crate::http::full(Bytes::from(body.to_string())));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -165,32 +182,96 @@ fn message(m: &Message, me: i64) -> Value {
 }
 
 /// Answers one `/public/api/v1/...` request.
-async fn handle(app: &Iqstore, req: Req) -> HttpResponse {
+async fn handle(app: &Iqstore, mut req: Req) -> HttpResponse {
+    if let Some(id) = file_id_of(&req.path)
+        && (req.method == hyper::Method::GET || req.method == hyper::Method::HEAD)
+    {
+        // The bytes themselves; a failure is an HTTP status, since a browser shows the
+        // answer (an <img>), not a script.
+        return match download(app, &req, id).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        };
+    }
     if req.method != hyper::Method::POST {
         return failure("every call of this API is a POST");
     }
-    match route(app, &req).await {
+    match route(app, &mut req).await {
         Ok(body) => answer(body),
         Err(e) => failure(&e.message),
     }
 }
 
-async fn route(app: &Iqstore, req: &Req) -> Result<Value, ApiError> {
-    let core = &app.core;
+/// The calling client.
+async fn caller(app: &Iqstore, req: &Req) -> Result<(Principal, i64), ApiError> {
     let token = session_token(req).ok_or_else(|| {
         ApiError::from(Error::Unauthorized(
             "not authorised: send the client-session cookie",
         ))
     })?;
-    let who = core.authenticate(&token).await?;
+    let who = app.core.authenticate(&token).await?;
     let Principal::Customer { customer_id, .. } = who else {
         return Err(Error::Unauthorized("not a client session").into());
     };
-    let path = req
-        .path
+    Ok((who, customer_id))
+}
+
+async fn download(app: &Iqstore, req: &Req, id: &str) -> Result<HttpResponse, ApiError> {
+    let who = match crate::api::files::link_of(req)? {
+        Some(_) => None,
+        None => Some(caller(app, req).await?.0),
+    };
+    crate::api::files::download(&app.core, req, id, who.as_ref()).await
+}
+
+/// A file as iqstore shows it in `Rels.Files`.
+fn file(f: &FileInfo) -> Value {
+    let (owner, client, user) = match f.owner.kind.as_str() {
+        "customer" => ("client", f.owner.id, None),
+        _ => ("user", None, f.owner.id),
+    };
+    json!({
+        "Id": f.id,
+        "Type": "file",
+        "Owner": owner,
+        "OwnerClientId": client,
+        "ClientId": client,
+        "UserId": user,
+        "Name": f.name,
+        "Path": f.path,
+        "Size": f.size,
+        "ImageWidth": f.image_width,
+        "ImageHeight": f.image_height,
+        "ContentType": f.content_type,
+        "CreatedAt": f.created_at,
+    })
+}
+
+/// The files of these messages, once each.
+fn files_of(messages: &[Message]) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter_map(|m| m.file.as_deref())
+        .filter(|f| seen.insert(f.id.clone()))
+        .map(file)
+        .collect()
+}
+
+async fn route(app: &Iqstore, req: &mut Req) -> Result<Value, ApiError> {
+    let core = &app.core;
+    let (who, customer_id) = caller(app, req).await?;
+    let full_path = req.path.clone();
+    let path = full_path
         .trim_start_matches("/public/api/v1/")
         .trim_end_matches('/');
     let messages: Vec<Message> = match path {
+        "files/upload/support" => {
+            let chat_id = core.support_chat(&who).await?;
+            let uploaded = crate::api::files::upload(core, &who, chat_id, req).await?;
+            return Ok(json!({"OK": true, "Error": null, "Result": file(&uploaded),
+                "Rels": {"Clients": [client(app, &who, customer_id).await?], "Files": [], "Users": []}}));
+        }
         "chats/channel/send/support" => {
             let b: Send = body(req)?;
             let chat_id = core.support_chat(&who).await?;
@@ -278,7 +359,7 @@ async fn route(app: &Iqstore, req: &Req) -> Result<Value, ApiError> {
         "OK": true,
         "Error": null,
         "Result": result,
-        "Rels": {"Clients": [client(app, &who, customer_id).await?], "Files": [], "Users": users},
+        "Rels": {"Clients": [client(app, &who, customer_id).await?], "Files": files_of(&messages), "Users": users},
     }))
 }
 

@@ -360,6 +360,7 @@ impl Core {
         let tx = self.store().write().await?;
         let updated = chat::Entity::update_many()
             .col_expr(chat::Column::Status, ChatStatus::Finished.as_str().into())
+            .col_expr(chat::Column::FinishedAt, self.now_ms().into())
             .filter(chat::Column::Id.eq(chat.id))
             .filter(chat::Column::Status.ne(ChatStatus::Finished.as_str()))
             .exec(&*tx)
@@ -521,13 +522,15 @@ impl Core {
         }
         let mut last: HashMap<i64, Message> = HashMap::new();
         if any_message {
-            for m in message::Entity::find()
+            let mut found: Vec<Message> = message::Entity::find()
                 .filter(last_messages)
                 .all(db)
                 .await?
-            {
-                last.insert(m.chat_id, m.into());
-            }
+                .into_iter()
+                .map(Message::from)
+                .collect();
+            self.attach_files(&mut found).await?;
+            last.extend(found.into_iter().map(|m| (m.chat_id, m)));
         }
         let unread = self.unread_counts(who, &models).await?;
         Ok(models

@@ -4,10 +4,13 @@
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::events::Person;
+use super::files::FileInfo;
 use super::write::{Draft, Mark, Payload};
 use super::{Core, Error, Principal, Result};
-use crate::store::entity::{file, message, receipt};
+use crate::store::entity::{message, receipt};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +32,8 @@ pub struct Message {
     pub payload: String,
     pub text: String,
     pub file_id: Option<String>,
+    /// The file a `file` payload shows (its metadata and a download link).
+    pub file: Option<Arc<FileInfo>>,
     /// `sent`, then `received` once a device of the other side has it, then `read`.
     pub status: &'static str,
     pub created_at: i64,
@@ -64,6 +69,7 @@ impl From<message::Model> for Message {
             payload: m.payload,
             text: m.text,
             file_id: m.file_id,
+            file: None,
             status,
             created_at: m.created_at,
             received_at: m.received_at,
@@ -165,7 +171,13 @@ impl Core {
         chat_id: i64,
         new: NewMessage,
     ) -> Result<(Message, bool)> {
-        self.queue_send(who, chat_id, new).await?.await
+        let (mut message, new) = self.queue_send(who, chat_id, new).await?.await?;
+        // A repeat is read back from the database, without its file.
+        if !new && message.file_id.is_some() {
+            self.attach_files(std::slice::from_mut(&mut message))
+                .await?;
+        }
+        Ok((message, new))
     }
 
     /// Checks and queues a send into a followed chat (see [`Core::send_followed`]), and
@@ -199,7 +211,7 @@ impl Core {
             }
             other => other.map(str::to_owned),
         };
-        let (payload, file_id) = match new.payload.as_deref().unwrap_or("text") {
+        let (payload, file) = match new.payload.as_deref().unwrap_or("text") {
             "text" => {
                 if new.file_id.is_some() {
                     return Err(Error::Invalid("file_id goes with payload \"file\"".into()));
@@ -215,14 +227,8 @@ impl Core {
                     .ok_or_else(|| Error::Invalid("payload \"file\" needs a file_id".into()))?;
                 // Boxed: a send's future is moved whole at each step, and most sends
                 // carry no file.
-                Box::pin(
-                    file::Entity::find_by_id(id.clone())
-                        .filter(file::Column::OrgId.eq(who.org_id()))
-                        .one(self.store().db()),
-                )
-                .await?
-                .ok_or(Error::NotFound("file"))?;
-                (Payload::File, Some(id))
+                let file = Box::pin(self.file_to_send(who, chat_id, &id)).await?;
+                (Payload::File, Some(Arc::new(file)))
             }
             _ => {
                 return Err(Error::Invalid(
@@ -241,7 +247,7 @@ impl Core {
             local_id,
             payload,
             text: new.text,
-            file_id,
+            file,
         };
         self.queue_append(chat_id, send).await
     }
@@ -317,10 +323,9 @@ impl Core {
                 rows.remove(0);
             }
         }
-        Ok(MessagePage {
-            items: rows.into_iter().map(Message::from).collect(),
-            has_more,
-        })
+        let mut items: Vec<Message> = rows.into_iter().map(Message::from).collect();
+        self.attach_files(&mut items).await?;
+        Ok(MessagePage { items, has_more })
     }
 
     /// Moves the caller's cursors forward to `received` and `read` (a read implies

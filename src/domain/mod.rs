@@ -11,6 +11,7 @@ mod chats;
 mod chatwhizz;
 mod customers;
 pub mod events;
+mod files;
 mod messages;
 mod storefront;
 mod support;
@@ -34,6 +35,7 @@ pub use admin::{
 pub use auth::{AdminTokens, NewOrganisation, SessionToken, SignedIn};
 pub use chats::{Chat, ChatPage, ChatStatus, LiveChat};
 pub use customers::{Customer, CustomerFields};
+pub use files::{DEFAULT_TYPES, FileAccess, FileInfo, FileLimits, FileSettings, Files};
 pub use messages::{
     Author, MemberReceipt, Message, MessagePage, MessageQuery, NewMessage, Receipt,
 };
@@ -92,6 +94,15 @@ pub enum Error {
     /// The database did not answer in time; nothing is known to be stored.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// More bytes than a limit allows (a file, an organisation's files).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A file whose bytes are not of a type the server takes.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The client stopped sending half way, or too slowly.
+    #[error("{0}")]
+    CutOff(String),
     /// Too many tries from one client (or for one widget); try again in this many seconds.
     #[error("too many requests; try again in {0} s")]
     RateLimited(u64),
@@ -111,6 +122,9 @@ impl Error {
             Error::Invalid(_) => "invalid",
             Error::Conflict(_) => "conflict",
             Error::RateLimited(_) => "rate_limited",
+            Error::TooLarge(_) => "payload_too_large",
+            Error::Unsupported(_) => "unsupported_media_type",
+            Error::CutOff(_) => "bad_request",
             Error::Unavailable(_) => "unavailable",
             Error::Store(e) if crate::store::is_away(e) => "unavailable",
             Error::Store(_) | Error::Internal(_) => "internal",
@@ -168,6 +182,8 @@ pub struct Core {
     throttles: throttle::Throttles,
     /// What this server counts (`GET /metrics`).
     metrics: Arc<Metrics>,
+    /// Where uploaded files are kept, and what is taken.
+    files: Files,
 }
 
 impl Core {
@@ -180,6 +196,7 @@ impl Core {
         live: Arc<dyn Live>,
         clock: Clock,
         metrics: Arc<Metrics>,
+        files: Files,
     ) -> Result<Self> {
         let writer = write::Writer::start(
             store.clone(),
@@ -199,6 +216,7 @@ impl Core {
             live,
             clock,
             writer,
+            files,
         })
     }
 
@@ -217,6 +235,10 @@ impl Core {
 
     pub fn into_store(self) -> Store {
         self.store
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     pub fn limits(&self) -> &Limits {

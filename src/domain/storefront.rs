@@ -145,6 +145,11 @@ impl Core {
                 sender_avatar,
             });
         }
+        let mut shown: Vec<Message> = items.iter().map(|s| s.message.clone()).collect();
+        self.attach_files(&mut shown).await?;
+        for (said, message) in items.iter_mut().zip(shown) {
+            said.message = message;
+        }
         Ok(Numbered { items, total })
     }
 
@@ -180,7 +185,7 @@ impl Core {
                     local_id: None,
                     payload: Payload::Notice,
                     text: text.clone(),
-                    file_id: None,
+                    file: None,
                 };
                 self.append(chat.id, notice)
             });

@@ -84,6 +84,9 @@ impl From<Error> for ApiError {
             "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
             "conflict" => StatusCode::CONFLICT,
             "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request" => StatusCode::BAD_REQUEST,
             "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -104,7 +107,11 @@ impl From<Error> for ApiError {
                 "internal error".to_owned()
             }
             Error::Unauthorized(m) | Error::Forbidden(m) | Error::Unavailable(m) => m.to_owned(),
-            Error::Invalid(m) | Error::Conflict(m) => m,
+            Error::Invalid(m)
+            | Error::Conflict(m)
+            | Error::TooLarge(m)
+            | Error::Unsupported(m)
+            | Error::CutOff(m) => m,
             Error::NotFound(_) | Error::RateLimited(_) => e.to_string(),
         };
         ApiError {

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use http_body_util::{Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -24,9 +25,33 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use refusal::Answering;
-pub use request::{Req, RequestId, RequestIds, client_address, parse_id, parse_query};
+pub use request::{
+    BodyChunks, BodyError, Req, RequestId, RequestIds, client_address, parse_id, parse_query,
+};
 
-pub type HttpResponse = Response<Full<Bytes>>;
+/// A response body: bytes in memory, or a stream of them (a file's).
+pub type Body = http_body_util::Either<Full<Bytes>, StreamBody<BodyStream>>;
+type BodyStream = BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>;
+
+pub type HttpResponse = Response<Body>;
+
+/// A body of bytes in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Either::Left(Full::new(bytes.into()))
+}
+
+/// A body streamed as its chunks come; an error ends the response early (the client sees
+/// a cut-off body, not a complete one).
+pub fn streamed<E>(chunks: impl Stream<Item = Result<Bytes, E>> + Send + 'static) -> Body
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    http_body_util::Either::Right(StreamBody::new(
+        chunks
+            .map(|c| c.map(Frame::data).map_err(std::io::Error::other))
+            .boxed(),
+    ))
+}
 
 /// A JSON response.
 pub fn json_response(status: hyper::StatusCode, body: &impl serde::Serialize) -> HttpResponse {
@@ -40,7 +65,7 @@ pub fn json_response(status: hyper::StatusCode, body: &impl serde::Serialize) ->
             )
         }
     };
-    let mut response = Response::new(Full::new(bytes));
+    let mut response = Response::new(full(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -94,6 +119,12 @@ pub trait Service: Send + Sync + 'static {
 /// error shape.
 pub trait Surface: Send + Sync + std::fmt::Debug {
     fn handle<'a>(&'a self, req: Req) -> Pin<Box<dyn Future<Output = HttpResponse> + Send + 'a>>;
+
+    /// Whether this request's body is left unread for the surface to stream (an upload);
+    /// otherwise it is read whole, within the edge's limits, before [`Surface::handle`].
+    fn streams(&self, _method: &hyper::Method, _path: &str) -> bool {
+        false
+    }
 
     /// The answer to a request whose body could not be read.
     fn refuse(&self, error: ApiError) -> HttpResponse {

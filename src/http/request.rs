@@ -2,6 +2,8 @@
 //! with errors that say what is wrong.
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, StatusCode, header};
@@ -20,7 +22,20 @@ pub struct Req {
     pub body: Bytes,
     /// The client's address (see [`client_address`]).
     pub client: IpAddr,
+    /// The body still unread, for a surface that streams it (an upload): then `body`
+    /// is empty.
+    unread: Option<Incoming>,
+    /// Longest wait for the next bytes of an unread body.
+    body_timeout: std::time::Duration,
 }
+
+/// Why a streamed body stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(String);
+
+/// A streamed body's chunks, each due within the body timeout of the last.
+pub type BodyChunks = BoxStream<'static, Result<Bytes, BodyError>>;
 
 /// The client's address: the connection's peer, or behind a trusted reverse proxy the
 /// last entry of `X-Forwarded-For` (the one the proxy appended; earlier ones are the
@@ -100,7 +115,52 @@ impl Req {
             headers: parts.headers,
             body,
             client,
+            unread: None,
+            body_timeout: edge.body_timeout,
         })
+    }
+
+    /// A request whose body is left unread, for [`Req::take_body`].
+    pub fn streamed(req: Request<Incoming>, client: IpAddr, edge: &Edge) -> Req {
+        let (parts, body) = req.into_parts();
+        Req {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(parse_query).unwrap_or_default(),
+            headers: parts.headers,
+            body: Bytes::new(),
+            client,
+            unread: Some(body),
+            body_timeout: edge.body_timeout,
+        }
+    }
+
+    /// The unread body as chunks (empty for a request read whole): it stops with an error
+    /// when the connection fails or the next bytes take longer than the body timeout.
+    pub fn take_body(&mut self) -> BodyChunks {
+        let Some(body) = self.unread.take() else {
+            return futures_util::stream::empty().boxed();
+        };
+        let idle = self.body_timeout;
+        futures_util::stream::unfold(Some(body.into_data_stream()), move |data| async move {
+            let mut data = data?;
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(None) => None,
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(data))),
+                Ok(Some(Err(e))) => {
+                    Some((Err(BodyError(format!("the body was cut off: {e}"))), None))
+                }
+                Err(_) => Some((
+                    Err(BodyError(format!(
+                        "no bytes of the body came for {} s",
+                        idle.as_secs()
+                    ))),
+                    None,
+                )),
+            }
+        })
+        .fuse()
+        .boxed()
     }
 
     /// The body, a JSON object, as `T`. Malformed JSON is a 400; well-formed JSON of the

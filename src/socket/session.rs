@@ -403,6 +403,7 @@ mod tests {
             payload: "text".into(),
             text: format!("{chat_id}:{seq}"),
             file_id: None,
+            file: None,
             status: "sent",
             created_at: 0,
             received_at: None,

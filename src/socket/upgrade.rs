@@ -135,7 +135,7 @@ pub async fn upgrade(
             }
         });
     });
-    let mut response = HttpResponse::new(http_body_util::Full::new(bytes::Bytes::new()));
+    let mut response = HttpResponse::new(crate::http::full(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(

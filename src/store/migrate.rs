@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0008_customer_access_stamp.sql"),
     ),
+    (
+        9,
+        None,
+        include_str!("../../schema/migrations/0009_files.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

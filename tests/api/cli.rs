@@ -51,7 +51,7 @@ async fn org_create_then_sign_in_works_from_the_command_line() {
     tokio::spawn(server.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let r = reqwest::Client::new()
+    let r = crate::helpers::http_client()
         .post(format!("http://{addr}/v1/auth/token"))
         .json(&json!({"email": "boss@shop.test", "password": "s3cret-pass", "organisation": "shop", "addon": "seller_buyer"}))
         .send()
@@ -80,7 +80,7 @@ async fn log_format_json_writes_one_object_a_line_with_each_request_id() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("souq runs");
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let base = format!("http://127.0.0.1:{port}");
     let mut made = None;
     for _ in 0..400 {

@@ -345,11 +345,19 @@ impl Cluster {
             redis_admin,
             user,
         };
-        for _ in 0..n {
+        // One file store for all the nodes: S3 in CI, else a folder they share.
+        let (file_store, s3) = crate::helpers::test_file_store();
+        for i in 0..n {
             let port = free_port();
             let mut node = Command::new(env!("CARGO_BIN_EXE_souq"));
             if let Some((_, Some(ca))) = &own {
                 node.env("SOUQ_REDIS_CA_FILE", ca);
+            }
+            node.env("SOUQ_FILE_STORE", &file_store);
+            if let Some([endpoint, _, key, secret]) = &s3 {
+                node.env("SOUQ_S3_ENDPOINT", endpoint)
+                    .env("AWS_ACCESS_KEY_ID", key)
+                    .env("AWS_SECRET_ACCESS_KEY", secret);
             }
             let child = node
                 .env("DATABASE_URL", &database_url)
@@ -363,7 +371,13 @@ impl Cluster {
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("node starts");
-            let app = TestApp::at(format!("http://127.0.0.1:{port}"));
+            let mut app = TestApp::at(format!("http://127.0.0.1:{port}"));
+            // The first node's app removes a shared folder when the test ends.
+            if i == 0 {
+                let mut config = souq::Config::with_database("sqlite::memory:");
+                config.file_store = Some(file_store.clone());
+                app.files = config.file_place().ok();
+            }
             cluster.nodes.push(Node { child, app });
         }
         for node in &cluster.nodes {
@@ -909,4 +923,36 @@ async fn nodes_talk_through_a_redis_that_speaks_only_tls() {
         })
         .count();
     assert!(subscribers >= 2, "each node subscribed: {clients}");
+}
+
+/// With several nodes the file store is shared (S3 in CI): a photo uploaded through one
+/// node reaches an operator on another live, and downloads from that node.
+#[tokio::test]
+async fn a_file_uploaded_through_one_node_is_shown_and_downloaded_on_another() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let admin = a.admin().await;
+    let desk: Desk = a.desk(&admin).await;
+    let mut operator = b.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    let photo = crate::files::png(1200, 900, 3 * 1024 * 1024 + 17);
+    let (status, file) = a
+        .upload(&desk.customer, desk.chat_id, "label.png", photo.clone())
+        .await;
+    assert_eq!(status, 201, "{file}");
+    a.post(
+        &format!("/v1/chats/{}/messages", desk.chat_id),
+        &desk.customer,
+        json!({"payload": "file", "file_id": file["id"], "text": "the label"}),
+    )
+    .await
+    .expect(201);
+    let m = operator.next_of("message").await;
+    assert_eq!(m["message"]["file"]["image_width"], 1200);
+    let url = crate::helpers::str_of(&m["message"]["file"]["url"]);
+    let r = b.fetch(&url, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body").to_vec(), photo);
 }

@@ -29,6 +29,11 @@ pub struct TestApp {
     pub hub: Option<Arc<Hub>>,
     /// The server's database (empty for a node of a cluster test).
     pub database_url: String,
+    /// Where the server keeps files (its own folder, or its own prefix of the S3 test
+    /// bucket).
+    pub files: Option<souq::objects::Place>,
+    /// The server's core (not for a node of a cluster test).
+    pub core: Option<Arc<souq::domain::Core>>,
     stop: Option<oneshot::Sender<()>>,
     temp_files: Vec<PathBuf>,
 }
@@ -38,10 +43,12 @@ impl TestApp {
     pub fn at(base: String) -> TestApp {
         TestApp {
             base,
-            client: reqwest::Client::new(),
+            client: http_client(),
             clock: Clock::system(),
             hub: None,
             database_url: String::new(),
+            files: None,
+            core: None,
             stop: None,
             temp_files: Vec::new(),
         }
@@ -63,7 +70,17 @@ impl Drop for TestApp {
         for f in &self.temp_files {
             let _ = std::fs::remove_file(f);
         }
+        if let Some(souq::objects::Place::Folder(dir)) = &self.files {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// An HTTP client for the tests. reqwest is built without a TLS provider of its own (the
+/// server's choice, see `objects`): it takes the process's, ring.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 /// A unique name for this test's database or file.
@@ -173,10 +190,55 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The S3-compatible server of the tests (`.ci/run` starts one), if TEST_S3_ENDPOINT is
+/// set: endpoint, bucket, access key, secret key.
+pub fn test_s3() -> Option<[String; 4]> {
+    let endpoint = std::env::var("TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty());
+    let postgres = std::env::var("TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"));
+    if endpoint.is_none() && postgres && std::env::var("CI").is_ok() {
+        panic!("CI must set TEST_S3_ENDPOINT for the PostgreSQL pass: its files are kept on S3");
+    }
+    let endpoint = endpoint?;
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    Some([
+        endpoint,
+        var("TEST_S3_BUCKET", "souq-test"),
+        var("TEST_S3_ACCESS_KEY", "souq"),
+        var("TEST_S3_SECRET_KEY", "souq-secret"),
+    ])
+}
+
+/// A file store of one test's own: a prefix of the S3 test bucket when there is one,
+/// else a temporary folder. Returns the `file-store` value and the S3 settings to go
+/// with it.
+pub fn test_file_store() -> (String, Option<[String; 4]>) {
+    match test_s3() {
+        Some(s3) => (format!("s3://{}/{}", s3[1], unique_name("files")), Some(s3)),
+        None => {
+            let dir = std::env::temp_dir().join(unique_name("souq_files"));
+            (dir.display().to_string(), None)
+        }
+    }
+}
+
+/// Points a config at a file store of the test's own (see [`test_file_store`]).
+pub fn own_file_store(config: &mut Config) {
+    let (store, s3) = test_file_store();
+    config.file_store = Some(store);
+    if let Some([endpoint, _, key, secret]) = s3 {
+        config.s3_endpoint = Some(endpoint);
+        config.s3_access_key_id = Some(key);
+        config.s3_secret_access_key = Some(secret);
+    }
+}
+
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let (database_url, temp_files) = fresh_database().await;
     let mut config = Config::with_database(database_url.clone());
     config.bind = "127.0.0.1:0".parse().expect("address");
+    own_file_store(&mut config);
     tweak(&mut config);
     let clock = Clock::adjustable();
     let server = Server::build_with(&config, clock.clone())
@@ -194,18 +256,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
             .await
             .expect("organisation created");
     }
-    TestApp::serving(server, clock, database_url, temp_files)
+    TestApp::serving(server, &config, clock, temp_files)
 }
 
 impl TestApp {
     /// Runs `server` until the test app is dropped (or stopped).
-    fn serving(
-        server: Server,
-        clock: Clock,
-        database_url: String,
-        temp_files: Vec<PathBuf>,
-    ) -> TestApp {
+    fn serving(server: Server, config: &Config, clock: Clock, temp_files: Vec<PathBuf>) -> TestApp {
         let hub = server.hub();
+        let core = server.shared_core();
         let addr = server.local_addr().expect("bound");
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(server.run_until_stopped(async {
@@ -213,10 +271,12 @@ impl TestApp {
         }));
         TestApp {
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            client: http_client(),
             clock,
             hub: Some(hub),
-            database_url,
+            database_url: config.database_url.clone(),
+            files: Some(config.file_place().expect("a file store")),
+            core: Some(core),
             stop: Some(stop),
             temp_files,
         }
@@ -249,15 +309,11 @@ impl TestApp {
     pub async fn node_beside(&self) -> TestApp {
         let mut config = Config::with_database(self.database_url.clone());
         config.bind = "127.0.0.1:0".parse().expect("address");
+        own_file_store(&mut config);
         let server = Server::build_with(&config, self.clock.clone())
             .await
             .expect("the second server starts");
-        TestApp::serving(
-            server,
-            self.clock.clone(),
-            self.database_url.clone(),
-            Vec::new(),
-        )
+        TestApp::serving(server, &config, self.clock.clone(), Vec::new())
     }
 
     /// Holds the server's writes to a chat until [`Outage::end`] (they wait, then go on):

@@ -469,3 +469,42 @@ async fn fields_come_in_the_documents_order() {
         r#"{"status":"error","message":"not login","data":""}"#
     );
 }
+
+/// A file message shows in main-chats in the documented shape: its text is the file's
+/// name and a link that downloads it.
+#[tokio::test]
+async fn main_chats_show_a_file_message_by_its_name_and_its_link() {
+    let app = spawn_app().await;
+    let (token, _, chats, seller) = shop(&app, 1).await;
+    let chat = chats[0];
+    let (status, file) = app
+        .upload(&seller, chat, "label.png", crate::files::png(4, 3, 800))
+        .await;
+    assert_eq!(status, 201, "{file}");
+    app.post(
+        &format!("/v1/chats/{chat}/messages"),
+        &seller,
+        json!({"payload": "file", "file_id": file["id"]}),
+    )
+    .await
+    .expect(201);
+    let v = get(
+        &app,
+        &format!("/web/main-chats?username={PHONE}&token={token}&id={chat}"),
+    )
+    .await;
+    assert_types(&v, &listing_spec(message_spec()), "main-chats");
+    let text = crate::helpers::str_of(&v["items"][0]["text"]);
+    let (name, link) = text.split_once(' ').expect("name and link");
+    assert_eq!(name, "label.png");
+    let path = link
+        .strip_prefix(&app.base)
+        .unwrap_or_else(|| panic!("an absolute link to this server: {link}"));
+    assert!(path.starts_with(&format!(
+        "/v1/files/{}",
+        crate::helpers::str_of(&file["id"])
+    )));
+    let r = app.fetch(path, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body").len(), 800);
+}

@@ -14,6 +14,7 @@ mod chatwhizz;
 mod cli;
 mod cluster;
 mod edge;
+mod files;
 mod isolation;
 mod live;
 mod messages;

@@ -31,6 +31,7 @@ const KNOWN: &[&str] = &[
     "description",
     "format",
     "examples",
+    "oneOf",
 ];
 
 fn load(name: &str) -> Value {

@@ -7,8 +7,10 @@
 //! around it are [`super::batch::Batch`]'s.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::super::events::Person;
+use super::super::files::FileInfo;
 use super::super::{Author, ChatStatus, Error, Message, Receipt, Result};
 
 /// What a message carries.
@@ -38,7 +40,14 @@ pub(crate) struct Draft {
     pub local_id: Option<String>,
     pub payload: Payload,
     pub text: String,
-    pub file_id: Option<String>,
+    /// The file a `file` payload shows.
+    pub file: Option<Arc<FileInfo>>,
+}
+
+impl Draft {
+    pub(crate) fn file_id(&self) -> Option<&str> {
+        self.file.as_ref().map(|f| f.id.as_str())
+    }
 }
 
 /// A member's cursors to move forward: the highest seq they have received and read
@@ -445,7 +454,8 @@ pub(super) fn new_message(chat_id: i64, send: &Draft, id: i64, seq: i64, now: i6
         },
         payload: send.payload.as_str().to_owned(),
         text: send.text.clone(),
-        file_id: send.file_id.clone(),
+        file_id: send.file_id().map(str::to_owned),
+        file: send.file.clone(),
         status: "sent",
         created_at: now,
         received_at: None,
@@ -487,7 +497,7 @@ pub(crate) mod tests {
             local_id: local_id.map(str::to_owned),
             payload,
             text: "hi".into(),
-            file_id: None,
+            file: None,
         }
     }
 

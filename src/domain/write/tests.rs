@@ -56,7 +56,7 @@ fn job(chat_id: i64, kind: &str, payload: Payload, local: Option<&str>) -> Job {
             local_id: local.map(str::to_owned),
             payload,
             text: format!("{kind} {}", payload.as_str()),
-            file_id: None,
+            file: None,
         }),
     }
 }

@@ -19,6 +19,9 @@ pub struct Model {
     /// Time of creation, or of the newest message to within a second (a busy chat's
     /// moves at most once a second); chat lists are ordered by it.
     pub last_activity_at: i64,
+    /// When it was finished (unset for chats finished before version 9: their last
+    /// activity stands in).
+    pub finished_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

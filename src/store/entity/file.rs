@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-/// Metadata of an attachment; `id` is `<uuid>.<ext>` as in the iqstore API.
+/// Metadata of an attachment; `id` is `<uuid>.<ext>` as in the iqstore API. `path` is
+/// the key of its bytes in the file store.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "files")]
 pub struct Model {
@@ -17,6 +18,10 @@ pub struct Model {
     pub image_width: Option<i32>,
     pub image_height: Option<i32>,
     pub created_at: i64,
+    /// The chat it was uploaded into.
+    pub chat_id: Option<i64>,
+    /// When its bytes were removed; `None` while they are kept.
+    pub removed_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,8 @@ pub struct Model {
     pub password_hash: String,
     pub subdomain: String,
     pub created_at: i64,
+    /// Days after which a finished chat's files are removed; `None`: kept.
+    pub file_retention_days: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -381,7 +381,7 @@ async fn store_batch(
             .bind(send.local_id.as_deref())
             .bind(send.payload.as_str())
             .bind(send.text.as_str())
-            .bind(send.file_id.as_deref())
+            .bind(send.file_id())
             .bind(plan.now)
             .fetch_optional(&mut *conn)
             .await?;
@@ -419,7 +419,7 @@ async fn store_batch(
         local_id.push(send.local_id.as_deref());
         payload.push(send.payload.as_str());
         text.push(send.text.as_str());
-        file_id.push(send.file_id.as_deref());
+        file_id.push(send.file_id());
     }
     let stored = sqlx::query(STORE_BATCH)
         .bind(id)

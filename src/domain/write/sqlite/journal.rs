@@ -175,7 +175,7 @@ impl Journal {
                         send.local_id,
                         send.payload.as_str(),
                         send.text,
-                        send.file_id,
+                        send.file_id(),
                         plan.now
                     ])?;
                 if inserted == 0 {
