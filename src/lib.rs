@@ -126,8 +126,8 @@ async fn sweep_presence(core: std::sync::Weak<domain::Core>, bus: bus::Bus, ever
     }
 }
 
-/// Removes the bytes of files past their organisation's retention, a round every
-/// `every` (and more rounds at once while a round comes back full).
+/// Removes the bytes of files past their organisation's retention, and uploads never
+/// sent, a round every `every` (and more rounds at once while a round comes back full).
 async fn remove_expired_files(core: std::sync::Weak<domain::Core>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -138,6 +138,16 @@ async fn remove_expired_files(core: std::sync::Weak<domain::Core>, every: Durati
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot remove expired files");
+                    break;
+                }
+            }
+        }
+        loop {
+            match core.remove_unsent_uploads().await {
+                Ok(500..) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove unsent uploads");
                     break;
                 }
             }

@@ -138,7 +138,7 @@ impl Objects {
     pub async fn create(&self, key: &str) -> Result<Upload, ObjectError> {
         let upload = self.store.put_multipart(&self.path(key)).await?;
         Ok(Upload {
-            writer: WriteMultipart::new_with_chunk_size(upload, self.part_bytes),
+            writer: Some(WriteMultipart::new_with_chunk_size(upload, self.part_bytes)),
         })
     }
 
@@ -195,30 +195,53 @@ impl Objects {
 }
 
 /// An object being written: parts go out as they fill, at most two in flight, so an
-/// upload holds a few parts' worth of memory whatever its size.
+/// upload holds a few parts' worth of memory whatever its size. Dropped unfinished (its
+/// request went away mid-way), it is aborted in the background.
 #[derive(Debug)]
 pub struct Upload {
-    writer: WriteMultipart,
+    /// `None` once finished or aborted.
+    writer: Option<WriteMultipart>,
 }
 
 impl Upload {
     /// Writes a chunk, first waiting while two parts are still on their way.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
-        self.writer.wait_for_capacity(2).await?;
-        self.writer.put(chunk);
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(ObjectError::Io(std::io::ErrorKind::BrokenPipe.into()));
+        };
+        writer.wait_for_capacity(2).await?;
+        writer.put(chunk);
         Ok(())
     }
 
     /// Completes the object.
-    pub async fn finish(self) -> Result<(), ObjectError> {
-        self.writer.finish().await?;
+    pub async fn finish(mut self) -> Result<(), ObjectError> {
+        if let Some(writer) = self.writer.take() {
+            writer.finish().await?;
+        }
         Ok(())
     }
 
     /// Gives the object up: nothing of it stays.
-    pub async fn abort(self) {
-        if let Err(e) = self.writer.abort().await {
-            tracing::warn!(error = %e, "cannot abort an upload");
+    pub async fn abort(mut self) {
+        if let Some(writer) = self.writer.take() {
+            abort(writer).await;
+        }
+    }
+}
+
+async fn abort(writer: WriteMultipart) {
+    if let Err(e) = writer.abort().await {
+        tracing::warn!(error = %e, "cannot abort an upload");
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(abort(writer));
         }
     }
 }

@@ -6,6 +6,9 @@ ALTER TABLE files ADD COLUMN chat_id BIGINT REFERENCES chats (id);
 ALTER TABLE files ADD COLUMN removed_at BIGINT;
 CREATE INDEX files_by_chat ON files (chat_id);
 CREATE INDEX files_by_org ON files (org_id, removed_at);
+CREATE INDEX files_by_age ON files (created_at);
+-- Whether a file was ever sent (uploads never sent are deleted after a day).
+CREATE INDEX messages_by_file ON messages (file_id) WHERE file_id IS NOT NULL;
 
 -- When a chat was finished: its files' retention counts from then.
 ALTER TABLE chats ADD COLUMN finished_at BIGINT;

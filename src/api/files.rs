@@ -44,14 +44,24 @@ pub(crate) async fn upload(
     {
         let boundary = multer::parse_boundary(&content_type)
             .map_err(|_| ApiError::invalid("multipart/form-data needs a boundary"))?;
-        let mut parts = multer::Multipart::new(body, boundary);
+        // The whole body is bounded, part headers and all: multer holds a part's head in
+        // memory until it ends.
+        let limits =
+            multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(most));
+        let mut parts = multer::Multipart::with_constraints(body, boundary, limits);
         loop {
-            let field = parts.next_field().await.map_err(|e| {
-                ApiError::new(
+            let field = parts.next_field().await.map_err(|e| match e {
+                multer::Error::StreamSizeExceeded { .. } => {
+                    ApiError::from(Error::TooLarge(format!(
+                        "a file may have at most {} bytes",
+                        core.files().limits().max_file_bytes
+                    )))
+                }
+                e => ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     format!("malformed multipart body: {e}"),
-                )
+                ),
             })?;
             let Some(field) = field else {
                 return Err(ApiError::invalid(

@@ -274,7 +274,9 @@ struct Broadcast {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrganisationPatch {
-    /// Days a finished chat's files are kept; `null` for ever.
+    /// Days a finished chat's files are kept; `null` for ever. Required: a patch without
+    /// it changes nothing, and is refused rather than read as `null`.
+    #[serde(deserialize_with = "Option::deserialize")]
     file_retention_days: Option<i64>,
 }
 
@@ -352,6 +354,19 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         // The widget uploads from the merchant's site. Its token goes in a header, not a
         // cookie, so any origin may ask.
         (R::ChatFiles, &M::OPTIONS) => return Ok(cors(no_content()?)),
+        (R::ChatFiles, &M::POST) => {
+            // Refusals too carry CORS headers, so that the widget can read them.
+            let uploaded = async {
+                let who = principal(app, &req).await?;
+                let id = path_id(&params)?;
+                files::upload(core, &who, id, &mut req).await
+            }
+            .await;
+            return Ok(cors(match uploaded {
+                Ok(file) => reply(StatusCode::CREATED, &file)?,
+                Err(e) => e.into_response(),
+            }));
+        }
         // A signed link needs no token: an <img> has none to send.
         (R::File, &M::GET | &M::HEAD) => {
             let who = match req.bearer() {
@@ -545,14 +560,6 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 None => ok(&core.messages(&who, id, q).await?),
                 Some(wait) => ok(&long_poll(app, &who, id, q, wait).await?),
             }
-        }
-        (R::ChatFiles, M::POST) => {
-            let id = path_id(&params)?;
-            let uploaded = files::upload(core, &who, id, &mut req).await;
-            Ok(cors(match uploaded {
-                Ok(file) => reply(StatusCode::CREATED, &file)?,
-                Err(e) => e.into_response(),
-            }))
         }
         (R::ChatReceipts, M::POST) => {
             let id = path_id(&params)?;

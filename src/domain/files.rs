@@ -8,9 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use hmac::{Hmac, Mac};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect, Value,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Value};
 use serde::Serialize;
 use sha2::Sha256;
 
@@ -63,6 +61,9 @@ fn shown_inline(content_type: &str) -> bool {
         || content_type.starts_with("video/")
 }
 
+/// How long an upload waits to be sent as a message before it is deleted.
+pub const UNSENT_KEPT_MS: i64 = 24 * 3600 * 1000;
+
 /// Bytes read before the type is decided: enough for every magic number and for the
 /// dimensions of a JPEG behind its EXIF block.
 const HEAD_BYTES: usize = 128 * 1024;
@@ -91,9 +92,12 @@ impl Files {
     /// Whether files of this sniffed type are taken. Markup a browser would run (HTML,
     /// SVG, XML) and scripts never are, whatever the configured list says.
     fn allows(&self, content_type: &str) -> bool {
-        let runnable = ["html", "svg", "xml", "javascript", "ecmascript"]
-            .iter()
-            .any(|t| content_type.contains(t));
+        let runnable = matches!(
+            content_type,
+            "text/html" | "text/xml" | "application/xml" | "application/xhtml+xml"
+        ) || content_type.ends_with("+xml")
+            || content_type.contains("javascript")
+            || content_type.contains("ecmascript");
         !runnable
             && self.limits.types.iter().any(|t| match t.strip_suffix('*') {
                 Some(prefix) => content_type.starts_with(prefix),
@@ -627,13 +631,12 @@ impl Core {
         for row in rows {
             let id: String = row.try_get("", "id")?;
             let path: String = row.try_get("", "path")?;
-            // Bytes first: a file marked removed has none left; one whose mark failed
-            // is removed again next round.
-            self.files()
-                .objects
-                .remove(&path)
-                .await
-                .map_err(unavailable)?;
+            // Bytes first: a file marked removed has none left; one whose bytes or mark
+            // failed is tried again next round.
+            if let Err(e) = self.files().objects.remove(&path).await {
+                tracing::warn!(error = %e, %path, "cannot remove an expired file's bytes");
+                continue;
+            }
             file::Entity::update_many()
                 .col_expr(
                     file::Column::RemovedAt,
@@ -643,6 +646,48 @@ impl Core {
                 .exec(self.store().db())
                 .await?;
             removed += 1;
+        }
+        self.metrics().files_removed.inc_by(removed);
+        Ok(removed)
+    }
+
+    /// Deletes uploads never sent as a message within [`UNSENT_KEPT_MS`] of their upload,
+    /// row and bytes (a round of at most 500; every node may run it). Returns how many.
+    pub async fn remove_unsent_uploads(&self) -> Result<u64> {
+        let before = self.now_ms() - UNSENT_KEPT_MS;
+        let backend = self.store().backend();
+        let rows = self
+            .store()
+            .query(
+                "SELECT f.id, f.path FROM files f \
+                 WHERE f.removed_at IS NULL AND f.created_at < ? \
+                 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.file_id = f.id) \
+                 LIMIT 500",
+                [before.into()],
+            )
+            .await?;
+        let mut removed = 0;
+        for row in rows {
+            let id: String = row.try_get("", "id")?;
+            let path: String = row.try_get("", "path")?;
+            // The row first, and only if still unsent: a message that came meanwhile
+            // keeps it. Bytes whose removal fails stay behind, unnamed.
+            let deleted = self
+                .store()
+                .db()
+                .execute_raw(stmt(
+                    backend,
+                    "DELETE FROM files WHERE id = ? \
+                     AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.file_id = files.id)",
+                    [id.into()],
+                ))
+                .await?;
+            if deleted.rows_affected() == 1 {
+                if let Err(e) = self.files().objects.remove(&path).await {
+                    tracing::warn!(error = %e, %path, "cannot remove an unsent upload's bytes");
+                }
+                removed += 1;
+            }
         }
         self.metrics().files_removed.inc_by(removed);
         Ok(removed)
@@ -659,15 +704,26 @@ impl Core {
             .one(self.store().db())
             .await?
             .ok_or(Error::NotFound("customer"))?;
-        let chat_ids: Vec<i64> = chat::Entity::find()
-            .select_only()
-            .column(chat::Column::Id)
-            .filter(chat::Column::OrgId.eq(org_id))
-            .filter(chat::Column::CustomerId.eq(customer_id))
-            .into_tuple()
-            .all(self.store().db())
-            .await?;
+        let backend = self.store().backend();
         let tx = self.store().write().await?;
+        // The chats are locked first (SQLite's writer is alone anyway): a send or an upload
+        // into one of them waits, then finds it gone, so every file read below is every
+        // file there is.
+        let lock = match backend {
+            DbBackend::Postgres => " FOR UPDATE",
+            _ => "",
+        };
+        let mut chat_ids: Vec<i64> = Vec::new();
+        for row in tx
+            .query_all_raw(stmt(
+                backend,
+                &format!("SELECT id FROM chats WHERE org_id = ? AND customer_id = ?{lock}"),
+                [org_id.into(), customer_id.into()],
+            ))
+            .await?
+        {
+            chat_ids.push(row.try_get("", "id")?);
+        }
         let files = file::Entity::find()
             .filter(file::Column::ChatId.is_in(chat_ids.clone()))
             .all(&*tx)
@@ -790,6 +846,39 @@ mod tests {
         );
         assert!(sniff(b"\0\x01\x02binary").is_none(), "unknown binary");
         assert!(sniff(b"").is_none(), "empty");
+    }
+
+    #[test]
+    fn markup_is_never_taken_but_office_documents_are() {
+        let files = Files::new(
+            Objects::open(&crate::objects::Place::Folder(
+                std::env::temp_dir().join("souq-unit-files"),
+            ))
+            .expect("folder"),
+            FileLimits {
+                types: vec!["*".into()],
+                ..FileLimits::default()
+            },
+        );
+        for t in [
+            "text/html",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/javascript",
+        ] {
+            assert!(!files.allows(t), "{t}");
+        }
+        let defaults = Files::new(files.objects.clone(), FileLimits::default());
+        for t in [
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "image/png",
+            "application/pdf",
+        ] {
+            assert!(defaults.allows(t), "{t}");
+        }
+        assert!(!defaults.allows("application/x-msdownload"));
     }
 
     #[test]

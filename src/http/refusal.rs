@@ -2,6 +2,10 @@
 //! JSON error shape too: a request whose head cannot be read (400), whose headers are too
 //! large (431) or whose URI is too long (414) never reaches a service, and hyper answers it
 //! with an empty body. [`Answering`] sees such an answer go out and writes ours instead.
+//!
+//! Only the first answer of a connection is looked at: after it, what goes out may be a
+//! response body (a file's bytes can be anything, a refusal's look-alike included), and a
+//! refusal of hyper's later on a kept-alive connection goes out as hyper wrote it.
 
 use std::io;
 use std::pin::Pin;
@@ -16,11 +20,17 @@ pub struct Answering {
     tcp: TcpStream,
     /// Our refusal, still to write in place of hyper's, and how much of it is written.
     ours: Option<(Vec<u8>, usize)>,
+    /// Whether anything has been written as it came: from then on nothing is replaced.
+    passed: bool,
 }
 
 impl Answering {
     pub(super) fn new(tcp: TcpStream) -> Answering {
-        Answering { tcp, ours: None }
+        Answering {
+            tcp,
+            ours: None,
+            passed: false,
+        }
     }
 
     /// The stream, for a connection upgraded to a socket.
@@ -96,12 +106,15 @@ impl AsyncWrite for Answering {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_ours(cx))?;
-        if let Some(ours) = replacement(buf) {
+        if !this.passed
+            && let Some(ours) = replacement(buf)
+        {
             // Taken whole in its place; written on from here and at the flush.
             this.ours = Some((ours, 0));
             let _ = this.poll_ours(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
+        this.passed = true;
         Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
@@ -113,13 +126,15 @@ impl AsyncWrite for Answering {
         let this = &mut *self;
         ready!(this.poll_ours(cx))?;
         // hyper's refusal is a head alone, in one slice.
-        if let [only] = bufs
+        if !this.passed
+            && let [only] = bufs
             && let Some(ours) = replacement(only)
         {
             this.ours = Some((ours, 0));
             let _ = this.poll_ours(cx)?;
             return Poll::Ready(Ok(only.len()));
         }
+        this.passed = true;
         Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 

@@ -194,7 +194,8 @@ mod tests {
         assert_eq!(rows, want.map(|(id, seq, text)| (id, seq, text.to_owned())));
         let indexes: i64 = new
             .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'messages' AND type = 'index'",
+                "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'messages' AND type = 'index' \
+                 AND name LIKE 'sqlite_autoindex%'",
                 [],
                 |r| r.get(0),
             )

@@ -373,6 +373,26 @@ async fn a_file_over_a_limit_is_refused_and_leaves_nothing_behind() {
         )
         .await;
     assert_eq!(status, 413);
+    // A multipart body without a length, whose part head never ends, is cut at the limit
+    // too (the head is held in memory while it is read).
+    let endless_head = futures_util::stream::iter((0..200).map(|i| {
+        let chunk = if i == 0 {
+            b"--b\r\nX-Long: ".to_vec()
+        } else {
+            vec![b'a'; 4096]
+        };
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let r = app
+        .client
+        .post(format!("{}/v1/chats/{}/files", app.base, desk.chat_id))
+        .bearer_auth(&desk.customer)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(reqwest::Body::wrap_stream(endless_head))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 413);
     // Within it, until the organisation's files fill its quota.
     let (status, _) = app
         .upload(&desk.customer, desk.chat_id, "a.png", png(5, 5, 260 * 1024))
@@ -604,7 +624,7 @@ async fn erasing_a_customers_data_removes_their_chats_messages_and_files() {
 }
 
 #[tokio::test]
-async fn finished_chats_files_are_removed_after_the_retention_period() {
+async fn finished_chats_files_and_unsent_uploads_are_removed_in_time() {
     // Tokens that outlast the months the clock moves on.
     let (app, desk) = desk_app_with(|c| {
         c.session_ttl = 400 * 86_400;
@@ -623,16 +643,14 @@ async fn finished_chats_files_are_removed_after_the_retention_period() {
         .await
         .expect(200);
     assert_eq!(settings["file_retention_days"], 30);
-    assert_eq!(
-        app.patch(
-            "/v1/organisation",
-            &admin,
-            json!({"file_retention_days": 0})
-        )
-        .await
-        .status,
-        422
-    );
+    for bad in [
+        json!({"file_retention_days": 0}),
+        json!({}),
+        json!({"file_retention_days": "30"}),
+    ] {
+        let r = app.patch("/v1/organisation", &admin, bad.clone()).await;
+        assert_eq!(r.status, 422, "{bad}");
+    }
     let (_, file) = app
         .upload(&desk.customer, desk.chat_id, "p.png", png(2, 2, 500))
         .await;
@@ -643,9 +661,27 @@ async fn finished_chats_files_are_removed_after_the_retention_period() {
     )
     .await
     .expect(201);
+    // An upload never sent goes after a day, its bytes too.
+    let (_, unsent) = app
+        .upload(&desk.customer, desk.chat_id, "q.png", png(2, 2, 400))
+        .await;
+    app.clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        core.remove_unsent_uploads().await.expect("round"),
+        0,
+        "not yet"
+    );
+    assert_eq!(app.stored_objects().await.len(), 2);
     // An open chat's files are kept however old.
     app.clock
         .advance(std::time::Duration::from_secs(40 * 86_400));
+    assert_eq!(core.remove_unsent_uploads().await.expect("round"), 1);
+    assert_eq!(
+        app.count(&format!("files WHERE id = '{}'", str_of(&unsent["id"])))
+            .await,
+        0
+    );
+    assert_eq!(app.stored_objects().await.len(), 1, "the sent file stays");
     assert_eq!(core.remove_expired_files().await.expect("round"), 0);
     app.post(
         &format!("/v1/chats/{}/finish", desk.chat_id),
