@@ -129,29 +129,27 @@ async fn sweep_presence(core: std::sync::Weak<domain::Core>, bus: bus::Bus, ever
 /// Removes the bytes of files past their organisation's retention, and uploads never
 /// sent, a round every `every` (and more rounds at once while a round comes back full).
 async fn remove_expired_files(core: std::sync::Weak<domain::Core>, every: Duration) {
+    /// Runs rounds of at most 500 until one comes back short.
+    async fn until_done<F: Future<Output = Result<u64, domain::Error>>>(
+        what: &str,
+        round: impl Fn() -> F,
+    ) {
+        loop {
+            match round().await {
+                Ok(500..) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove {what}");
+                    break;
+                }
+            }
+        }
+    }
     loop {
         tokio::time::sleep(every).await;
         let Some(core) = core.upgrade() else { return };
-        loop {
-            match core.remove_expired_files().await {
-                Ok(500..) => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot remove expired files");
-                    break;
-                }
-            }
-        }
-        loop {
-            match core.remove_unsent_uploads().await {
-                Ok(500..) => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot remove unsent uploads");
-                    break;
-                }
-            }
-        }
+        until_done("expired files", || core.remove_expired_files()).await;
+        until_done("unsent uploads", || core.remove_unsent_uploads()).await;
     }
 }
 
