@@ -155,6 +155,12 @@ pub struct Config {
     #[arg(long, env = "SOUQ_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
 
+    /// Browser origins that may call the iqstore API with the client's cookie, besides
+    /// the sites of the organisations' active domains (which always may), comma-separated
+    /// (`https://shop.example`); `*` lets any origin.
+    #[arg(long, env = "SOUQ_CORS_ORIGINS", default_value = "")]
+    pub cors_origins: String,
+
     /// New widget visitors one client address may make per minute (0: no limit).
     #[arg(long, env = "SOUQ_VISITORS_PER_MINUTE", default_value_t = 20)]
     pub visitors_per_minute: u32,
@@ -233,6 +239,7 @@ impl Config {
             body_timeout: 30,
             max_connections: None,
             trust_forwarded_for: false,
+            cors_origins: String::new(),
             visitors_per_minute: 20,
             visitors_per_minute_per_key: 600,
             failed_sign_ins_per_minute: 10,
@@ -463,6 +470,12 @@ impl Config {
                 .max_connections
                 .unwrap_or_else(crate::http::default_max_connections),
             trust_forwarded_for: self.trust_forwarded_for,
+            cors_origins: self
+                .cors_origins
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
         }
     }
 

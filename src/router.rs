@@ -46,7 +46,11 @@ impl Router {
             ("/web/", Box::new(Hojre::new(core.clone()))),
             (
                 "/public/api/v1/",
-                Box::new(Iqstore::new(core.clone(), hub.clone())),
+                Box::new(Iqstore::new(
+                    core.clone(),
+                    hub.clone(),
+                    edge.cors_origins.clone(),
+                )),
             ),
         ];
         Router {

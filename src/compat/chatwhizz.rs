@@ -65,24 +65,47 @@ fn ok(data: Value) -> Reply {
     ))
 }
 
-/// The request's fields: a JSON object, a form, and the query string (body first).
+/// The request's fields: a JSON object, a form (urlencoded or multipart), and the query
+/// string (body first).
 struct Fields(Map<String, Value>);
 
 impl Fields {
-    fn read(req: &Req) -> Result<Fields, ApiError> {
+    async fn read(req: &Req) -> Result<Fields, ApiError> {
         let mut map = Map::new();
         for (k, v) in req.query_pairs() {
             map.insert(k.clone(), Value::String(v.clone()));
         }
+        let content_type = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let kind = content_type.to_ascii_lowercase();
         // curl's -d says form even for JSON: a body that opens like JSON is read as JSON.
         let looks_json = req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let is_form = !looks_json
-            && req
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if is_form {
+        let is_form = !looks_json && kind.starts_with("application/x-www-form-urlencoded");
+        if !looks_json && kind.starts_with("multipart/form-data") {
+            // What a PHP or browser form sends by default; its parts are text fields.
+            let boundary = multer::parse_boundary(content_type)
+                .map_err(|_| ApiError::invalid("multipart/form-data needs a boundary"))?;
+            let body = req.body.clone();
+            let once = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+            let mut parts = multer::Multipart::new(once, boundary);
+            let malformed = |e: multer::Error| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("malformed multipart body: {e}"),
+                )
+            };
+            while let Some(field) = parts.next_field().await.map_err(malformed)? {
+                let Some(name) = field.name().map(str::to_owned) else {
+                    continue;
+                };
+                let value = field.text().await.map_err(malformed)?;
+                map.insert(name, Value::String(value));
+            }
+        } else if is_form {
             let text = std::str::from_utf8(&req.body)
                 .map_err(|_| ApiError::invalid("the form is not UTF-8"))?;
             for (k, v) in parse_query(text) {
@@ -201,7 +224,7 @@ async fn route(app: &Chatwhizz, req: &Req) -> Reply {
     let core = &app.core;
     let path: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(2).collect();
     let method = &req.method;
-    let f = Fields::read(req)?;
+    let f = Fields::read(req).await?;
     match (method, path.as_slice()) {
         (&Method::GET, ["access-token"]) | (&Method::POST, ["access-token"]) => {
             let t = core
@@ -370,7 +393,7 @@ async fn admin_route(
             let op = core.operator(who, operator_id).await?;
             ok(json!({
                 "_id": op.id, "name": op.name, "email": op.email,
-                "status": Presence::code(op.presence),
+                "status": Presence::code(core.presence_in_addon(who, &op).await?),
                 "operator": core.operator_active(who, operator_id).await?,
             }))
         }

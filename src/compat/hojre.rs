@@ -107,24 +107,16 @@ struct Paging {
     per_page: u64,
 }
 
-fn paging(params: &[(String, String)]) -> Result<Paging, &'static str> {
-    let page = match get(params, "page") {
-        None => 1,
-        Some(p) => p
-            .parse::<u64>()
-            .ok()
-            .filter(|p| *p >= 1)
-            .ok_or("page must be a positive number")?,
-    };
-    let per_page = match get(params, "perPage").or_else(|| get(params, "per-page")) {
-        None => PER_PAGE,
-        Some(p) => p
-            .parse::<u64>()
-            .ok()
-            .filter(|p| (1..=PER_PAGE).contains(p))
-            .ok_or("perPage must be between 1 and 300")?,
-    };
-    Ok(Paging { page, per_page })
+/// The page asked for, as the document's framework (Yii2) reads it: `perPage` (or
+/// `per-page`) is kept within 1..=300, and a page or size that is not a number is the
+/// default. A page past the end is answered with no items.
+fn paging(params: &[(String, String)]) -> Paging {
+    let number = |name: &str| get(params, name).and_then(|v| v.trim().parse::<i64>().ok());
+    let page = number("page").unwrap_or(1).clamp(1, 1_000_000_000) as u64;
+    let per_page = number("perPage")
+        .or_else(|| number("per-page"))
+        .map_or(PER_PAGE, |n| n.clamp(1, PER_PAGE as i64) as u64);
+    Paging { page, per_page }
 }
 
 /// `{items, _links: {self: {href}}, _meta: {...}}` for page `p` of `total`.
@@ -157,6 +149,18 @@ fn listing(
             "perPage": p.per_page,
         },
     })
+}
+
+/// Where sellers' ids start in `senderId`: customers and operators are numbered apart,
+/// both from 1, and an app tells its own messages by `senderId` = its user id. A customer
+/// is their own id; a seller (operator) is this plus theirs. A system message has none.
+pub(crate) const SELLER_ID_BASE: i64 = 1_000_000_000_000;
+
+fn sender_id(m: &crate::domain::Message) -> Option<i64> {
+    match m.author.kind.as_str() {
+        "operator" => m.author.id.map(|id| SELLER_ID_BASE + id),
+        _ => m.author.id,
+    }
 }
 
 /// The address of this server as the client reached it, for absolute links.
@@ -195,7 +199,7 @@ fn said(s: &Said, origin: &str) -> Value {
         "sentDate": m.created_at / 1000,
         "status": m.status,
         "chat": m.chat_id,
-        "senderId": m.author.id,
+        "senderId": sender_id(m),
         "senderAvatar": s.sender_avatar.clone().unwrap_or_default(),
     })
 }
@@ -212,8 +216,27 @@ fn messages(
     listing(req, params, extra, items, page.total, p)
 }
 
+/// The operations served, by method and path.
+const OPERATIONS: &[(Method, &str)] = &[
+    (Method::GET, "/web/chats"),
+    (Method::GET, "/web/main-chats"),
+    (Method::GET, "/web/broadcasts"),
+    (Method::GET, "/web/store-messages"),
+    (Method::POST, "/web/submit-store-messages"),
+];
+
 /// Answers one `/web/...` request.
 async fn handle(app: &Hojre, req: Req) -> HttpResponse {
+    let path = req.path.trim_end_matches('/');
+    if !OPERATIONS
+        .iter()
+        .any(|(m, p)| *m == req.method && *p == path)
+    {
+        // Not a page of this API: 404, in its error envelope.
+        let mut response = error("there is no such operation");
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
+    }
     let params = params(&req);
     let who = match (get(&params, "username"), get(&params, "token")) {
         (Some(username), Some(token)) => match app.core.customer_by_phone(token, username).await {
@@ -222,10 +245,7 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
         },
         _ => return error("not login"),
     };
-    let p = match paging(&params) {
-        Ok(p) => p,
-        Err(e) => return error(e),
-    };
+    let p = paging(&params);
     let core = &app.core;
     let path = req.path.trim_end_matches('/');
     let result: Result<Value, Error> = match (&req.method, path) {

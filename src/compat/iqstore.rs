@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::domain::events::Person;
-use crate::domain::{Error, FileInfo, Message, MessageQuery, NewMessage, Presence, Principal};
+use crate::domain::{Error, FileInfo, Message, MessageQuery, NewMessage, Principal};
 use crate::http::{ApiError, HttpResponse, Req, Surface};
 
 /// The iqstore public API, as the router mounts it.
@@ -33,15 +33,68 @@ pub(crate) struct Iqstore {
     core: std::sync::Arc<crate::domain::Core>,
     /// Whether a client is online (`Online`).
     hub: std::sync::Arc<crate::hub::Hub>,
+    /// Origins let call it from a browser besides the organisations' sites (`*`: any).
+    cors_origins: Vec<String>,
 }
 
 impl Iqstore {
     pub(crate) fn new(
         core: std::sync::Arc<crate::domain::Core>,
         hub: std::sync::Arc<crate::hub::Hub>,
+        cors_origins: Vec<String>,
     ) -> Iqstore {
-        Iqstore { core, hub }
+        Iqstore {
+            core,
+            hub,
+            cors_origins,
+        }
     }
+
+    /// The request's `Origin`, if a browser on it may call this API with the client's
+    /// cookie: a configured origin, or the site of an active domain.
+    async fn allowed_origin(&self, req: &Req) -> Option<String> {
+        let origin = req.headers.get(header::ORIGIN)?.to_str().ok()?.to_owned();
+        let normal = origin.trim_end_matches('/').to_ascii_lowercase();
+        if self.cors_origins.iter().any(|o| o == "*" || *o == normal) {
+            return Some(origin);
+        }
+        let host = normal.split_once("://")?.1;
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        match self.core.is_known_site(host).await {
+            Ok(true) => Some(origin),
+            _ => None,
+        }
+    }
+}
+
+/// The headers the document's example answer carries, for an origin let in.
+fn allow_origin(response: &mut HttpResponse, origin: &str) {
+    let headers = response.headers_mut();
+    let mut set = |name: header::HeaderName, value: &str| {
+        if let Ok(value) = header::HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+    set(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        "Accept, Accept-Encoding, Accept-Language, Access-Control-Request-Headers, \
+         Access-Control-Request-Method, Authorization, Cache-Control, Connection, \
+         Content-Type, Cookie, Host, Origin, Pragma, Referer, X-Requested-With, User-Agent",
+    );
+    set(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        "GET, HEAD, POST, OPTIONS",
+    );
+    set(header::ACCESS_CONTROL_MAX_AGE, "600");
+    headers.append(header::VARY, header::HeaderValue::from_static("Origin"));
 }
 
 /// The path of a file's bytes, `files/{Id}` (an id is `<uuid>.<ext>`).
@@ -61,7 +114,22 @@ impl Surface for Iqstore {
         &'a self,
         req: Req,
     ) -> std::pin::Pin<Box<dyn Future<Output = HttpResponse> + std::marker::Send + 'a>> {
-        Box::pin(handle(self, req))
+        Box::pin(async move {
+            let origin = self.allowed_origin(&req).await;
+            // A preflight: answered here, with the headers if the origin is let in (the
+            // browser stops the call otherwise).
+            let mut response = if req.method == hyper::Method::OPTIONS {
+                let mut empty = Response::new(crate::http::full(Bytes::new()));
+                *empty.status_mut() = StatusCode::NO_CONTENT;
+                empty
+            } else {
+                handle(self, req).await
+            };
+            if let Some(origin) = origin {
+                allow_origin(&mut response, &origin);
+            }
+            response
+        })
     }
 
     fn refuse(&self, e: ApiError) -> HttpResponse {
@@ -347,9 +415,9 @@ async fn route(app: &Iqstore, req: &mut Req) -> Result<Value, ApiError> {
             let o = card.operator;
             json!({
                 "Id": o.id, "Name": o.name, "Email": o.email, "Position": "", "RoleId": 1,
-                "AvatarId": o.avatar, "Online": o.presence == Presence::Online.code(), "Deleted": false,
+                "AvatarId": o.avatar.unwrap_or_default(), "Online": card.shown_online, "Deleted": false,
                 "TotalAssignedTickets": card.taken_chats, "CreatedAt": o.created_at,
-                "UpdatedAt": o.updated_at, "LastSeenAt": o.updated_at, "AssignedAt": null,
+                "UpdatedAt": o.updated_at, "LastSeenAt": o.updated_at, "AssignedAt": card.assigned_at,
                 "DisplayName": o.name,
             })
         })
@@ -385,6 +453,7 @@ async fn client(app: &Iqstore, who: &Principal, customer_id: i64) -> Result<Valu
         "UpdatedAt": c.updated_at,
         "SeenAt": c.updated_at,
         "MessagedAt": card.messaged_at,
-        "IntegrationId": c.external_id,
+        // The app's own id of the client: its external id, else souq's.
+        "IntegrationId": c.external_id.unwrap_or_else(|| c.id.to_string()),
     }))
 }

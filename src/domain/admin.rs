@@ -427,14 +427,17 @@ impl Core {
         Ok((domain.into(), inbox.into()))
     }
 
+    /// A domain of the admin token's addon: each addon sees its own domains (and another
+    /// addon's are `NotFound`, like another organisation's).
     pub async fn domain(&self, who: &Principal, id: i64) -> Result<Domain> {
-        let (org_id, _) = self.require_admin(who)?;
-        Ok(self.domain_model(org_id, id).await?.into())
+        Ok(self.domain_model(who, id).await?.into())
     }
 
-    async fn domain_model(&self, org_id: i64, id: i64) -> Result<domain::Model> {
+    async fn domain_model(&self, who: &Principal, id: i64) -> Result<domain::Model> {
+        let (org_id, addon_id) = self.require_admin(who)?;
         domain::Entity::find_by_id(id)
             .filter(domain::Column::OrgId.eq(org_id))
+            .filter(domain::Column::AddonId.eq(addon_id))
             .one(self.store().db())
             .await?
             .ok_or(Error::NotFound("domain"))
@@ -446,9 +449,10 @@ impl Core {
         after: Option<i64>,
         limit: Option<u64>,
     ) -> Result<Vec<Domain>> {
-        let (org_id, _) = self.require_admin(who)?;
+        let (org_id, addon_id) = self.require_admin(who)?;
         let rows = domain::Entity::find()
             .filter(domain::Column::OrgId.eq(org_id))
+            .filter(domain::Column::AddonId.eq(addon_id))
             .filter(domain::Column::Id.gt(after.unwrap_or(0)))
             .order_by_asc(domain::Column::Id)
             .limit(list_limit(limit)?)
@@ -463,7 +467,7 @@ impl Core {
         id: i64,
         patch: DomainPatch,
     ) -> Result<Domain> {
-        let (org_id, _) = self.require_admin(who)?;
+        let (org_id, addon_id) = self.require_admin(who)?;
         if patch.name.is_none() && patch.email.is_none() && patch.active.is_none() {
             return Err(Error::Invalid(
                 "give at least one of name, email, active".into(),
@@ -479,6 +483,7 @@ impl Core {
         let tx = self.store().write().await?;
         let current = domain::Entity::find_by_id(id)
             .filter(domain::Column::OrgId.eq(org_id))
+            .filter(domain::Column::AddonId.eq(addon_id))
             .one(&*tx)
             .await?
             .ok_or(Error::NotFound("domain"))?;
@@ -506,7 +511,7 @@ impl Core {
         let (org_id, _) = self.require_admin(who)?;
         let unique_id = required("unique_id", &new.unique_id, 200)?;
         let name = optional("name", new.name.as_deref(), 200)?.unwrap_or_else(|| unique_id.clone());
-        let domain = self.domain_model(org_id, new.domain_id).await?;
+        let domain = self.domain_model(who, new.domain_id).await?;
         let tx = self.store().write().await?;
         let model = inbox::ActiveModel {
             org_id: Set(org_id),

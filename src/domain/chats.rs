@@ -401,13 +401,20 @@ impl Core {
     pub(super) async fn operators_seeing(&self, inbox_id: i64, domain_id: i64) -> Result<Vec<i64>> {
         let sql = format!(
             "SELECT DISTINCT a.operator_id AS operator_id FROM assignments a \
-             WHERE (a.inbox_id = ? OR (a.domain_id = ? AND a.is_admin = ?)) AND {NOT_INACTIVE}"
+             WHERE (a.inbox_id = ? OR (a.domain_id = ? AND a.is_admin = ?)) \
+             AND a.receiving = ? AND {NOT_INACTIVE}"
         );
         let rows = self
             .store()
             .query(
                 &sql,
-                [inbox_id.into(), domain_id.into(), true.into(), false.into()],
+                [
+                    inbox_id.into(),
+                    domain_id.into(),
+                    true.into(),
+                    true.into(),
+                    false.into(),
+                ],
             )
             .await?;
         rows.iter()
@@ -415,15 +422,16 @@ impl Core {
             .collect()
     }
 
-    /// The operator's assignments that count: those in domains of addons it works in.
+    /// The operator's assignments that count: those that receive messages (Chatwhizz's
+    /// `status`), in domains of addons it works in.
     pub(super) async fn counted_assignments(&self, operator_id: i64) -> Result<Vec<Counted>> {
         let sql = format!(
             "SELECT a.inbox_id AS inbox_id, a.domain_id AS domain_id, a.is_admin AS is_admin \
-             FROM assignments a WHERE a.operator_id = ? AND {NOT_INACTIVE}"
+             FROM assignments a WHERE a.operator_id = ? AND a.receiving = ? AND {NOT_INACTIVE}"
         );
         let rows = self
             .store()
-            .query(&sql, [operator_id.into(), false.into()])
+            .query(&sql, [operator_id.into(), true.into(), false.into()])
             .await?;
         rows.iter()
             .map(|r| {

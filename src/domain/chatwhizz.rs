@@ -110,6 +110,35 @@ impl Core {
         }
     }
 
+    /// The operator's presence as the admin token's addon shows it: offline where every
+    /// assignment of theirs in the addon's domains is not visible online
+    /// (`online_status` false).
+    pub async fn presence_in_addon(
+        &self,
+        who: &Principal,
+        operator: &super::Operator,
+    ) -> Result<super::Presence> {
+        let (_, addon_id) = self.require_admin(who)?;
+        let rows = self
+            .store()
+            .query(
+                "SELECT a.online AS online FROM assignments a \
+                 JOIN domains d ON d.id = a.domain_id \
+                 WHERE a.operator_id = ? AND d.addon_id = ?",
+                [operator.id.into(), addon_id.into()],
+            )
+            .await?;
+        let mut shown = rows.is_empty();
+        for row in rows {
+            shown |= row.try_get::<bool>("", "online")?;
+        }
+        Ok(if shown {
+            operator.presence
+        } else {
+            super::Presence::Offline
+        })
+    }
+
     /// Whether the operator works in the admin token's addon (true unless set otherwise).
     pub async fn operator_active(&self, who: &Principal, operator_id: i64) -> Result<bool> {
         let (_, addon_id) = self.require_admin(who)?;
@@ -157,9 +186,10 @@ impl Core {
 
     /// A domain of the organisation by its name.
     pub async fn domain_by_name(&self, who: &Principal, name: &str) -> Result<Domain> {
-        let (org_id, _) = self.require_admin(who)?;
+        let (org_id, addon_id) = self.require_admin(who)?;
         domain::Entity::find()
             .filter(domain::Column::OrgId.eq(org_id))
+            .filter(domain::Column::AddonId.eq(addon_id))
             .filter(domain::Column::Name.eq(name.trim().to_lowercase()))
             .one(self.store().db())
             .await?

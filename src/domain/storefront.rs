@@ -66,7 +66,7 @@ impl Core {
         let total = query.clone().count(db).await?;
         let models = query
             .order_by_asc(chat::Column::Id)
-            .offset((page - 1) * per_page)
+            .offset((page - 1).saturating_mul(per_page))
             .limit(per_page)
             .all(db)
             .await?;
@@ -116,7 +116,7 @@ impl Core {
         let total = query.clone().count(db).await?;
         let rows = query
             .order_by_desc(message::Column::Seq)
-            .offset((page - 1) * per_page)
+            .offset((page - 1).saturating_mul(per_page))
             .limit(per_page)
             .all(db)
             .await?;
@@ -221,7 +221,7 @@ impl Core {
         let total = query.clone().count(db).await?;
         let rows = query
             .order_by_desc(message::Column::Id)
-            .offset((page - 1) * per_page)
+            .offset((page - 1).saturating_mul(per_page))
             .limit(per_page)
             .all(db)
             .await?;

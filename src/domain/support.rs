@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{ChatStatus, Core, Error, Message, Principal, Result};
-use crate::store::entity::{chat, customer, domain, inbox, message, operator};
+use crate::store::entity::{assignment, chat, customer, domain, inbox, message, operator};
 
 /// A customer with the counters iqstore shows.
 #[derive(Debug, Clone)]
@@ -23,11 +23,17 @@ pub struct CustomerCard {
 pub struct OperatorCard {
     pub operator: operator::Model,
     pub taken_chats: u64,
+    /// When the operator was last assigned to an inbox (their creation, if never).
+    pub assigned_at: i64,
+    /// Whether they show online to the client: online, and visible online
+    /// (`online_status`) on an assignment in the chat's domain.
+    pub shown_online: bool,
 }
 
 impl Core {
-    /// The customer's support chat: their newest unfinished chat, or a new one with the
-    /// whole-domain inbox of the organisation's first active domain.
+    /// The customer's support chat: their newest unfinished chat with a whole-domain inbox
+    /// (a support desk, never a store's inbox: a store chat is the seller's), or a new one
+    /// with the whole-domain inbox of the organisation's first active domain.
     pub async fn support_chat(&self, who: &Principal) -> Result<i64> {
         let Principal::Customer {
             org_id,
@@ -36,14 +42,17 @@ impl Core {
         else {
             return Err(Error::Forbidden("only a customer has a support chat"));
         };
-        let open = chat::Entity::find()
-            .filter(chat::Column::CustomerId.eq(customer_id))
-            .filter(chat::Column::Status.ne(ChatStatus::Finished.as_str()))
-            .order_by_desc(chat::Column::Id)
-            .one(self.store().db())
+        let open = self
+            .store()
+            .query(
+                "SELECT c.id AS id FROM chats c JOIN inboxes i ON i.id = c.inbox_id \
+                 WHERE c.customer_id = ? AND c.status <> ? AND i.unique_id = '' \
+                 ORDER BY c.id DESC LIMIT 1",
+                [customer_id.into(), ChatStatus::Finished.as_str().into()],
+            )
             .await?;
-        if let Some(chat) = open {
-            return Ok(chat.id);
+        if let Some(row) = open.first() {
+            return Ok(row.try_get("", "id")?);
         }
         let domain = domain::Entity::find()
             .filter(domain::Column::OrgId.eq(org_id))
@@ -59,6 +68,24 @@ impl Core {
             .await?
             .ok_or(Error::NotFound("support channel"))?;
         Ok(self.open_chat(who, inbox.id).await?.0.id)
+    }
+
+    /// Whether the operator is visible online in the domains of these chats: hidden only
+    /// if every assignment of theirs there says not (`online_status` false).
+    async fn shown_online_in(&self, operator_id: i64, chat_ids: &HashSet<i64>) -> Result<bool> {
+        let domains: Vec<i64> = chat::Entity::find()
+            .filter(chat::Column::Id.is_in(chat_ids.iter().copied()))
+            .all(self.store().db())
+            .await?
+            .into_iter()
+            .map(|c| c.domain_id)
+            .collect();
+        let there = assignment::Entity::find()
+            .filter(assignment::Column::OperatorId.eq(operator_id))
+            .filter(assignment::Column::DomainId.is_in(domains))
+            .all(self.store().db())
+            .await?;
+        Ok(there.is_empty() || there.iter().any(|a| a.online))
     }
 
     /// The seq of message `id` in a chat the caller sees.
@@ -127,6 +154,7 @@ impl Core {
             return Ok(Vec::new());
         }
         let db = self.store().db();
+        let chat_ids: HashSet<i64> = messages.iter().map(|m| m.chat_id).collect();
         let mut cards = Vec::new();
         for op in operator::Entity::find()
             .filter(operator::Column::Id.is_in(ids))
@@ -139,9 +167,19 @@ impl Core {
                 .filter(chat::Column::OperatorId.eq(op.id))
                 .count(db)
                 .await?;
+            let assigned_at = assignment::Entity::find()
+                .filter(assignment::Column::OperatorId.eq(op.id))
+                .order_by_desc(assignment::Column::CreatedAt)
+                .one(db)
+                .await?
+                .map_or(op.created_at, |a| a.created_at);
+            let shown_online = op.presence == super::Presence::Online.code()
+                && self.shown_online_in(op.id, &chat_ids).await?;
             cards.push(OperatorCard {
                 operator: op,
                 taken_chats,
+                assigned_at,
+                shown_online,
             });
         }
         Ok(cards)

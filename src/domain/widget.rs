@@ -16,6 +16,24 @@ pub struct Visitor {
 }
 
 impl Core {
+    /// Whether `host` (of a browser's `Origin`) is the site of an active domain of some
+    /// organisation, or a subdomain of one.
+    pub async fn is_known_site(&self, host: &str) -> Result<bool> {
+        let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            return Ok(false);
+        }
+        let rows = self
+            .store()
+            .query(
+                "SELECT 1 AS known FROM domains WHERE active = ? \
+                 AND (name = ? OR ? LIKE '%.' || name) LIMIT 1",
+                [true.into(), host.clone().into(), host.into()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// A visitor of the domain whose widget key this is: the one a still valid `token`
     /// belongs to, or a new anonymous customer. Either way with an open chat with the
     /// domain's inbox. Fails with `NotFound` for an unknown key, `Conflict` for an

@@ -85,6 +85,9 @@ pub struct Edge {
     pub max_connections: usize,
     /// Whether the client's address is the last entry of `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
+    /// Browser origins (`https://shop.example`) let call the cookie-authorised seed API
+    /// (iqstore) besides the sites of the organisations' active domains; `*` lets any.
+    pub cors_origins: Vec<String>,
 }
 
 /// The open-files limit of the process less 64 (kept for the database, Redis and files),

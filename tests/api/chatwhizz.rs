@@ -376,3 +376,179 @@ async fn an_operator_inactive_in_an_addon_sees_none_of_its_chats() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+async fn token_for(app: &TestApp, addon: &str) -> String {
+    let path = format!(
+        "/admin/access-token?email=owner@acme.test&password={}&organisation_domain=acme&addon_unique_name={addon}",
+        PASSWORD.replace(' ', "%20")
+    );
+    let (status, body) = call(app, Method::GET, &path, None, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+/// What a PHP or browser form sends by default.
+#[tokio::test]
+async fn multipart_form_bodies_work_like_json() {
+    let app = spawn_app().await;
+    let tok = token_for(&app, "seller_buyer").await;
+    let form = reqwest::multipart::Form::new()
+        .text("email", "multi@acme.test")
+        .text("first_name", "Multi");
+    let r = app
+        .client
+        .post(format!("{}/admin/operator/create", app.base))
+        .header("access_token", &tok)
+        .multipart(form)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("JSON");
+    assert_eq!(
+        (
+            v["status"].clone(),
+            v["data"]["email"].clone(),
+            v["data"]["name"].clone()
+        ),
+        (json!(1), json!("multi@acme.test"), json!("Multi"))
+    );
+}
+
+/// Tokens are per addon, and so are domains: another addon's domain is not found.
+#[tokio::test]
+async fn each_addon_sees_only_its_own_domains() {
+    let app = spawn_app().await;
+    let seller_buyer = token_for(&app, "seller_buyer").await;
+    let live_chat = token_for(&app, "live_chat").await;
+    let (s, v) = call(
+        &app,
+        Method::POST,
+        "/admin/domain/create",
+        Some(&seller_buyer),
+        Some(json!({"domain_name": "bazaar.test", "email": "b@acme.test"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &app,
+        Method::GET,
+        "/admin/domain/bazaar.test",
+        Some(&live_chat),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["status"].clone()), (404, json!(0)), "{v}");
+    let (s, _) = call(
+        &app,
+        Method::PUT,
+        "/admin/domain/update/bazaar.test",
+        Some(&live_chat),
+        Some(json!({"status": 0})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, v) = call(
+        &app,
+        Method::GET,
+        "/admin/domain/bazaar.test",
+        Some(&seller_buyer),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["data"]["status"].clone()),
+        (200, json!(true)),
+        "still active: {v}"
+    );
+    let listed = app.get("/v1/domains", &live_chat).await.expect(200);
+    assert_eq!(listed["items"], json!([]));
+    let listed = app.get("/v1/domains", &seller_buyer).await.expect(200);
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+}
+
+/// An assignment's `online_status: false` shows the operator offline (Chatwhizz, and
+/// iqstore's `Online`); `status: false` stops the domain's messages reaching them.
+#[tokio::test]
+async fn online_status_and_status_of_an_assignment_mean_what_the_document_says() {
+    let app = spawn_app().await;
+    let tok = token_for(&app, "seller_buyer").await;
+    let desk = app.desk(&tok).await;
+    let domain = app
+        .get(&format!("/v1/domains/{}", desk.domain_id), &tok)
+        .await
+        .expect(200);
+    let domain_name = domain["name"].as_str().expect("name").to_owned();
+    let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    let status = || async {
+        let path = format!("/admin/operator/{}", desk.operator_id);
+        let (_, v) = call(&app, Method::GET, &path, Some(&tok), None).await;
+        v["data"]["status"].clone()
+    };
+    assert_eq!(status().await, 1, "online on their socket");
+    app.send(&desk.operator, desk.chat_id, "hello", None)
+        .await
+        .expect(201);
+    assert_eq!(
+        operator.next_of("message").await["message"]["text"],
+        "hello"
+    );
+    let users_online = || async {
+        let r: Value = app
+            .client
+            .post(format!(
+                "{}/public/api/v1/chats/channel/history/support",
+                app.base
+            ))
+            .header("cookie", format!("client-session={}", desk.customer))
+            .send()
+            .await
+            .expect("history")
+            .json()
+            .await
+            .expect("JSON");
+        r["Rels"]["Users"][0]["Online"].clone()
+    };
+    assert_eq!(users_online().await, true);
+
+    let (s, v) = call(
+        &app,
+        Method::PUT,
+        &format!("/admin/operator/assign/{}", desk.operator_id),
+        Some(&tok),
+        Some(json!({"domain_name": domain_name, "online_status": false})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(status().await, 0, "shown offline");
+    assert_eq!(users_online().await, false);
+    // The operator still gets the domain's messages.
+    app.send(&desk.customer, desk.chat_id, "anyone?", None)
+        .await
+        .expect(201);
+    assert_eq!(
+        operator.next_of("message").await["message"]["text"],
+        "anyone?"
+    );
+
+    let (s, _) = call(
+        &app,
+        Method::PUT,
+        &format!("/admin/operator/assign/{}", desk.operator_id),
+        Some(&tok),
+        Some(json!({"domain_name": domain_name, "status": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Not receiving: the chat is no longer theirs to see, nor pushed to them.
+    let r = app
+        .get(&format!("/v1/chats/{}", desk.chat_id), &desk.operator)
+        .await;
+    assert_eq!(r.status, 404);
+    let chats = app.get("/v1/chats", &desk.operator).await.expect(200);
+    assert_eq!(chats["items"], json!([]));
+}

@@ -253,12 +253,13 @@ async fn the_documented_errors_come_exactly_as_written() {
         .await,
         no_chat
     );
-    let bad_page = get(
+    // A size below 1 is read as 1, as the document's framework does.
+    let smallest = get(
         &app,
         &format!("/web/chats?username={PHONE}&token={token}&perPage=0"),
     )
     .await;
-    assert_eq!(bad_page["status"], "error");
+    assert_eq!(smallest["_meta"]["perPage"], 1);
 }
 
 #[tokio::test]
@@ -507,4 +508,73 @@ async fn main_chats_show_a_file_message_by_its_name_and_its_link() {
     let r = app.fetch(path, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body").len(), 800);
+}
+
+/// Operators and customers are numbered apart; in main-chats a seller's words must never
+/// carry the customer's `senderId`, or an app shows them as the customer's own.
+#[tokio::test]
+async fn a_sellers_messages_never_carry_the_customers_sender_id() {
+    let app = spawn_app().await;
+    let (token, customer_id, chats, seller) = shop(&app, 1).await;
+    let chat = chats[0];
+    app.send(&token, chat, "is it in stock?", None)
+        .await
+        .expect(201);
+    app.send(&seller, chat, "yes", None).await.expect(201);
+    let v = get(
+        &app,
+        &format!("/web/main-chats?username={PHONE}&token={token}&id={chat}"),
+    )
+    .await;
+    let (reply, question) = (&v["items"][0], &v["items"][1]);
+    assert_eq!(question["senderId"], customer_id);
+    let seller_id = app.get("/v1/me", &seller).await.expect(200)["operator"]["id"]
+        .as_i64()
+        .expect("id");
+    assert_ne!(reply["senderId"], customer_id, "{reply}");
+    assert_eq!(reply["senderId"], 1_000_000_000_000i64 + seller_id);
+    // The chat list's user is the customer: their own messages are told by it.
+    let list = get(&app, &format!("/web/chats?username={PHONE}&token={token}")).await;
+    assert_eq!(list["items"][0]["user"], question["senderId"]);
+}
+
+/// Paging as the document's framework does it: a size past the largest is capped, a
+/// page past the end is empty with true counts; an unknown operation is a 404 in the
+/// error envelope.
+#[tokio::test]
+async fn big_pages_are_capped_pages_past_the_end_are_empty_and_unknown_operations_404() {
+    let app = spawn_app().await;
+    let (token, _, _, _) = shop(&app, 3).await;
+    let capped = get(
+        &app,
+        &format!("/web/chats?username={PHONE}&token={token}&perPage=1000"),
+    )
+    .await;
+    assert_eq!(capped["_meta"]["perPage"], 300);
+    assert_eq!(capped["items"].as_array().map(Vec::len), Some(3));
+    let past = get(
+        &app,
+        &format!("/web/chats?username={PHONE}&token={token}&perPage=2&page=9"),
+    )
+    .await;
+    assert_eq!(past["items"], json!([]));
+    assert_eq!(
+        past["_meta"],
+        json!({"totalCount": 3, "pageCount": 2, "currentPage": 9, "perPage": 2})
+    );
+    for path in [
+        format!("/web/no-such-thing?username={PHONE}&token={token}"),
+        "/web/".to_owned(),
+    ] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 404, "{path}");
+        let body: Value = r.json().await.expect("JSON");
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["data"], "");
+    }
 }

@@ -23,16 +23,16 @@ fn client_spec() -> Value {
         "TelegramId": "string|null", "FacebookId": "string|null", "VKId": "string|null",
         "TotalTickets": "number", "TotalOpenTickets": "number", "CreatedAt": "number",
         "UpdatedAt": "number", "SeenAt": "number|null", "MessagedAt": "number|null",
-        "IntegrationId": "string|null"
+        "IntegrationId": "string"
     })
 }
 
 fn user_spec() -> Value {
     json!({
         "Id": "number", "Name": "string", "Email": "string", "Position": "string",
-        "RoleId": "number", "AvatarId": "string|null", "Online": "bool", "Deleted": "bool",
+        "RoleId": "number", "AvatarId": "string", "Online": "bool", "Deleted": "bool",
         "TotalAssignedTickets": "number", "CreatedAt": "number", "UpdatedAt": "number",
-        "LastSeenAt": "number|null", "AssignedAt": "number|null", "DisplayName": "string"
+        "LastSeenAt": "number|null", "AssignedAt": "number", "DisplayName": "string"
     })
 }
 
@@ -312,4 +312,121 @@ async fn every_failure_is_http_200_with_ok_false() {
         .await
         .expect(200);
     assert_eq!(chat["last_seq"], 0, "a refused call left a message");
+}
+
+/// The document's answer carries CORS headers: a browser on the shop's own site (an
+/// active domain's, or a configured origin) calls with the client's cookie; others not.
+#[tokio::test]
+async fn a_browser_on_the_shops_site_may_call_with_the_clients_cookie() {
+    let app =
+        crate::helpers::spawn_app_with(|c| c.cors_origins = "https://app.example".into()).await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let site = crate::helpers::str_of(
+        &app.get(&format!("/v1/domains/{}", desk.domain_id), &admin)
+            .await
+            .expect(200)["name"],
+    );
+    let url = format!("{}/public/api/v1/chats/channel/send/support", app.base);
+    for origin in [
+        format!("https://{site}"),
+        format!("https://www.{site}:8443"),
+        "https://app.example".into(),
+    ] {
+        let r = app
+            .client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", &origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .expect("preflight");
+        assert!(r.status().is_success(), "{origin}: {}", r.status());
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], origin.as_str());
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert!(
+            h["access-control-allow-methods"]
+                .to_str()
+                .unwrap_or("")
+                .contains("POST")
+        );
+        assert!(
+            h["access-control-allow-headers"]
+                .to_str()
+                .unwrap_or("")
+                .contains("Content-Type")
+        );
+        let r = app
+            .client
+            .post(&url)
+            .header("origin", &origin)
+            .header("cookie", format!("client-session={}", desk.customer))
+            .header("content-type", "application/json")
+            .body(r#"{"Payload": "text", "Text": "hi"}"#)
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(r.headers()["access-control-allow-origin"], origin.as_str());
+        assert_eq!(r.json::<Value>().await.expect("JSON")["OK"], true);
+    }
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+/// The support channel is the organisation's desk, never a store: a customer who also
+/// chats with a store (through hojre) asks support, and the seller hears nothing of it.
+#[tokio::test]
+async fn support_is_its_own_channel_beside_a_store_chat() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = app.desk(&admin).await;
+    let store = app
+        .post(
+            "/v1/inboxes",
+            &admin,
+            json!({"domain_id": desk.domain_id, "unique_id": "store-7", "name": "Store"}),
+        )
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .expect("id");
+    let seller = app.operator(&admin, "seller7@acme.test").await;
+    app.post(
+        "/v1/assignments",
+        &admin,
+        json!({"operator_id": seller, "inbox_id": store}),
+    )
+    .await
+    .expect(201);
+    // The customer's store chat is newer than their support chat.
+    let store_chat = app
+        .post("/v1/chats", &desk.customer, json!({"inbox_id": store}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .expect("id");
+    assert!(store_chat > desk.chat_id);
+    let v = post(
+        &app,
+        "chats/channel/send/support",
+        cookie(&desk.customer),
+        r#"{"Payload": "text", "Text": "where is my refund?"}"#,
+    )
+    .await;
+    assert_eq!(v["OK"], true, "{v}");
+    assert_eq!(v["Result"][0]["ChatId"], desk.chat_id);
+    let store_page = app
+        .get(&format!("/v1/chats/{store_chat}/messages"), &desk.customer)
+        .await
+        .expect(200);
+    assert_eq!(store_page["items"], json!([]));
 }
