@@ -89,6 +89,14 @@ pub struct Config {
     #[arg(long, env = "SOUQ_FILE_LINK_TTL", default_value_t = 3600)]
     pub file_link_ttl: i64,
 
+    /// Seconds a webhook post may take before it counts as failed.
+    #[arg(long, env = "SOUQ_WEBHOOK_TIMEOUT", default_value_t = 10)]
+    pub webhook_timeout: u64,
+
+    /// Seconds a webhook event is retried (with backoff) before it is dead.
+    #[arg(long, env = "SOUQ_WEBHOOK_RETRY_FOR", default_value_t = 24 * 3600)]
+    pub webhook_retry_for: u64,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "SOUQ_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -224,6 +232,8 @@ impl Config {
             max_org_file_bytes: 10 * 1024 * 1024 * 1024,
             file_types: crate::domain::DEFAULT_TYPES.into(),
             file_link_ttl: 3600,
+            webhook_timeout: 10,
+            webhook_retry_for: 24 * 3600,
             max_body_bytes: 1024 * 1024,
             max_text_chars: 10_000,
             access_token_ttl: 3600,
@@ -313,6 +323,11 @@ impl Config {
         }
         if self.file_types().is_empty() {
             return Err(ConfigError("file-types must name at least one type".into()));
+        }
+        if self.webhook_timeout == 0 || self.webhook_retry_for == 0 {
+            return Err(ConfigError(
+                "webhook-timeout and webhook-retry-for must be at least 1 second".into(),
+            ));
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("max-body-bytes must be at least 1024".into()));
@@ -458,6 +473,19 @@ impl Config {
             max_org_bytes: self.max_org_file_bytes,
             types: self.file_types(),
             link_ttl_s: self.file_link_ttl,
+        }
+    }
+
+    /// How webhook events are delivered: a try every so often, doubling from 5 s up to
+    /// 15 minutes, for `webhook-retry-for`.
+    pub fn webhook_settings(&self) -> crate::outbox::WebhookSettings {
+        crate::outbox::WebhookSettings {
+            timeout: Duration::from_secs(self.webhook_timeout),
+            retry: crate::domain::webhooks::RetryPolicy {
+                first_ms: 5_000,
+                max_ms: 15 * 60 * 1000,
+                retry_for_ms: (self.webhook_retry_for as i64).saturating_mul(1000),
+            },
         }
     }
 

@@ -18,6 +18,8 @@
 //!   waiters, and the frames they are handed, each event encoded once.
 //! - [`bus`]: implements `Live`: a committed event goes to this node's hub and, with
 //!   Redis, to the other nodes'; presence across nodes.
+//! - [`outbox`]: delivers webhook events, which triggers write in each change's
+//!   transaction (`domain::webhooks`), to the organisations' endpoints.
 //! - [`http`]: the HTTP transport: connections, bounded bodies, the error shape. It knows
 //!   no route: APIs plug in as `http::Surface`s.
 //! - [`socket`]: the native live API, `/v1/ws`: upgrade, each socket's task and session.
@@ -42,6 +44,7 @@ pub mod hub;
 pub mod metrics;
 pub mod objects;
 mod ops;
+pub mod outbox;
 mod router;
 pub mod socket;
 pub mod store;
@@ -209,6 +212,10 @@ impl Server {
             bus::RECONCILE_EVERY,
         ));
         tokio::spawn(remove_expired_files(Arc::downgrade(&core), RETENTION_EVERY));
+        tokio::spawn(outbox::run(
+            Arc::downgrade(&core),
+            config.webhook_settings(),
+        ));
         if let Some(every) = bus.sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
         }

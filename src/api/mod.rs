@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::domain::events::Person;
+use crate::domain::webhooks::{NewWebhook, WebhookPatch};
 use crate::domain::{
     AssignmentPatch, Core, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain,
     NewInbox, NewMessage, NewOperator, OperatorPatch, Presence, Principal,
@@ -92,6 +93,10 @@ enum Route {
     File,
     CustomerData,
     Organisation,
+    Webhooks,
+    Webhook,
+    WebhookEvents,
+    WebhookRetry,
 }
 
 #[derive(Debug)]
@@ -152,6 +157,14 @@ impl Routes {
             ("/v1/files/{id}", Route::File, "GET, HEAD"),
             ("/v1/customers/{id}/data", Route::CustomerData, "DELETE"),
             ("/v1/organisation", Route::Organisation, "GET, PATCH"),
+            ("/v1/webhooks", Route::Webhooks, "GET, POST"),
+            ("/v1/webhooks/{id}", Route::Webhook, "GET, PATCH, DELETE"),
+            ("/v1/webhooks/{id}/events", Route::WebhookEvents, "GET"),
+            (
+                "/v1/webhooks/{id}/events/{event}/retry",
+                Route::WebhookRetry,
+                "POST",
+            ),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -516,6 +529,37 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         (R::CustomerData, M::DELETE) => {
             let erased = core.erase_customer(&who, path_id(&params)?).await?;
             ok(&json!({ "chats_erased": erased }))
+        }
+        (R::Webhooks, M::POST) => reply(
+            StatusCode::CREATED,
+            &core.create_webhook(&who, req.json::<NewWebhook>()?).await?,
+        ),
+        (R::Webhooks, M::GET) => items(core.webhooks(&who).await?),
+        (R::Webhook, M::GET) => ok(&core.webhook(&who, path_id(&params)?).await?),
+        (R::Webhook, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .update_webhook(&who, id, req.json::<WebhookPatch>()?)
+                .await?)
+        }
+        (R::Webhook, M::DELETE) => {
+            core.delete_webhook(&who, path_id(&params)?).await?;
+            no_content()
+        }
+        (R::WebhookEvents, M::GET) => items(
+            core.webhook_events(
+                &who,
+                path_id(&params)?,
+                req.query("state"),
+                req.query_num("limit")?,
+            )
+            .await?,
+        ),
+        (R::WebhookRetry, M::POST) => {
+            let id = path_id(&params)?;
+            let event = params.get("event").unwrap_or_default();
+            core.retry_webhook_event(&who, id, event).await?;
+            no_content()
         }
         (R::Organisation, M::GET) => ok(&core.file_settings(&who).await?),
         (R::Organisation, M::PATCH) => {

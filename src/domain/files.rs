@@ -435,7 +435,7 @@ impl Core {
     }
 
     /// A row as surfaces show it, with a fresh link while its bytes are kept.
-    async fn file_info(&self, row: file::Model) -> FileInfo {
+    pub(super) async fn file_info(&self, row: file::Model) -> FileInfo {
         let url = match (row.removed_at, self.link_key().await) {
             (None, Ok(key)) => Some(self.link(&key, &row.id)),
             (None, Err(e)) => {

@@ -16,6 +16,7 @@ mod messages;
 mod storefront;
 mod support;
 mod throttle;
+pub mod webhooks;
 mod widget;
 mod write;
 

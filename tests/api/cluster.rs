@@ -366,6 +366,7 @@ impl Cluster {
                 .env("SOUQ_BIND", format!("127.0.0.1:{port}"))
                 .env("SOUQ_PRESENCE_TTL", presence_ttl.to_string())
                 .env("SOUQ_DB_MAX_CONNECTIONS", "8")
+                .env("SOUQ_WEBHOOK_TIMEOUT", "1")
                 .env("RUST_LOG", "souq=warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -955,4 +956,65 @@ async fn a_file_uploaded_through_one_node_is_shown_and_downloaded_on_another() {
     let r = b.fetch(&url, None).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body").to_vec(), photo);
+}
+
+/// Two nodes share the outbox: each event reaches the endpoint once while both run, and
+/// none is lost when one is killed mid-delivery (the other takes its claims over when
+/// they run out).
+#[tokio::test]
+async fn webhook_events_go_out_once_from_two_nodes_and_survive_a_kill() {
+    use crate::webhooks::{Mode, Receiver};
+    let Some(mut cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let admin = cluster.node(0).admin().await;
+    let mut receiver = Receiver::start().await;
+    cluster
+        .node(0)
+        .post(
+            "/v1/webhooks",
+            &admin,
+            json!({"url": receiver.url, "events": ["message.created"]}),
+        )
+        .await
+        .expect(201);
+    let desk = cluster.node(0).desk(&admin).await;
+    for i in 0..20 {
+        let node = cluster.node(i % 2);
+        node.send(&desk.customer, desk.chat_id, &format!("m{i}"), None)
+            .await
+            .expect(201);
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    while seen.len() < 20 {
+        let got = receiver.next().await;
+        *seen
+            .entry(crate::helpers::str_of(&got.body["id"]))
+            .or_default() += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "each event once: {seen:?}");
+
+    // Hang the endpoint so that posts are in flight, then kill the first node.
+    receiver.set(Mode::Hang);
+    for i in 20..25 {
+        cluster
+            .node(1)
+            .send(&desk.customer, desk.chat_id, &format!("m{i}"), None)
+            .await
+            .expect(201);
+    }
+    receiver.next().await;
+    cluster.kill(0);
+    receiver.set(Mode::Ok);
+    let mut texts = std::collections::BTreeSet::new();
+    while texts.len() < 5 {
+        let got = receiver.next().await;
+        if got.body["type"] == "message.created" {
+            let text = crate::helpers::str_of(&got.body["data"]["message"]["text"]);
+            if text[1..].parse::<u32>().is_ok_and(|n| n >= 20) {
+                texts.insert(text);
+            }
+        }
+    }
+    assert_eq!(texts.len(), 5, "no event lost: {texts:?}");
 }

@@ -18,4 +18,5 @@ mod files;
 mod isolation;
 mod live;
 mod messages;
+mod webhooks;
 mod widget;
