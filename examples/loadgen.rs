@@ -29,6 +29,10 @@
 //! `--threads T` (default: one per core) splits the chats over T threads, each with a
 //! runtime of its own; all the sockets of a chat are on one thread.
 //!
+//! `--webhook` registers a webhook for `message.created` pointing at a receiver this
+//! program runs, and reports the events it got: per second, from commit (the message's
+//! `created_at`) to arrival, and how many were missing or came twice by event id.
+//!
 //! `--idle N` opens N sockets that only stay connected (devices of the R customers, spread
 //! over source addresses 127.0.0.2, .3, ...), and reports the server's RSS per socket.
 
@@ -61,6 +65,8 @@ struct Args {
     idle: usize,
     receipts: bool,
     threads: usize,
+    /// The receiver's address, with `--webhook`.
+    webhook: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -79,6 +85,7 @@ fn args() -> Result<Args, String> {
         idle: 0,
         receipts: false,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        webhook: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +95,10 @@ fn args() -> Result<Args, String> {
         }
         if flag == "--receipts" {
             a.receipts = true;
+            continue;
+        }
+        if flag == "--webhook" {
+            a.webhook = Some(String::new());
             continue;
         }
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -251,6 +262,15 @@ async fn setup(a: &Args) -> Result<Vec<Room>, String> {
     )
     .await?;
     let domain_id = domain["domain"]["id"].as_i64().ok_or("no domain id")?;
+    if let Some(url) = a.webhook.as_deref() {
+        post(
+            &http,
+            format!("{base}/v1/webhooks"),
+            Some(&admin),
+            json!({"url": url, "events": ["message.created"]}),
+        )
+        .await?;
+    }
     let desk = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
     let mut rooms = Vec::new();
     for i in 0..a.chats {
@@ -559,6 +579,15 @@ async fn run(a: Args) -> Result<(), String> {
             "pid {pid} of --pids is not running (did its server fail to start?)"
         ));
     }
+    let mut a = a;
+    let hooks = match a.webhook {
+        Some(_) => {
+            let (url, hooks) = Hooks::start().await?;
+            a.webhook = Some(url);
+            Some(hooks)
+        }
+        None => None,
+    };
     let rooms = setup(&a).await?;
     if a.idle > 0 {
         return run_idle(&a, &rooms).await;
@@ -648,6 +677,11 @@ async fn run(a: Args) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
+    let acks = total(&shards, |c| &c.acks);
+    let webhook = match &hooks {
+        Some(hooks) => Some(hooks.report(acks, elapsed).await),
+        None => None,
+    };
     let deliveries = total(&shards, |c| &c.deliveries);
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let mut cpu_s = 0.0;
@@ -723,6 +757,7 @@ async fn run(a: Args) -> Result<(), String> {
         "stolen_percent": stolen_percent,
         "loadgen_threads": threads,
         "loadgen_cpu_s": own_after.zip(own_before).map_or(0.0, |(a, b)| (a - b) as f64 / ticks_per_s),
+        "webhook": webhook,
     });
     println!("{line}");
     Ok(())
@@ -1014,4 +1049,112 @@ fn rand_id() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+/// The webhook receiver of `--webhook`: every post's event id, and the time from the
+/// message's commit to the post's arrival.
+struct Hooks {
+    seen: Arc<Mutex<HookCounts>>,
+}
+
+struct HookCounts {
+    ids: std::collections::HashSet<String>,
+    duplicated: u64,
+    latency_ms: Histogram<u64>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Hooks {
+    async fn start() -> Result<(String, Hooks), String> {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "http://{}/hooks",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        let seen = Arc::new(Mutex::new(HookCounts {
+            ids: Default::default(),
+            duplicated: 0,
+            latency_ms: Histogram::new_with_bounds(1, 3_600_000, 3).map_err(|e| e.to_string())?,
+            first: None,
+            last: None,
+        }));
+        let counts = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let counts = counts.clone();
+                            async move {
+                                let raw = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let now_ms = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0, |d| d.as_millis() as i64);
+                                if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&raw)
+                                {
+                                    let id = body["id"].as_str().unwrap_or("").to_owned();
+                                    let at = body["data"]["message"]["created_at"]
+                                        .as_i64()
+                                        .unwrap_or(now_ms);
+                                    let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+                                    if c.ids.insert(id) {
+                                        let _ = c.latency_ms.record((now_ms - at).max(1) as u64);
+                                    } else {
+                                        c.duplicated += 1;
+                                    }
+                                    let now = Instant::now();
+                                    c.first.get_or_insert(now);
+                                    c.last = Some(now);
+                                }
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok((url, Hooks { seen }))
+    }
+
+    /// Waits (up to 30 s) for an event of each of the `acks` stored messages, then reports.
+    async fn report(&self, acks: u64, elapsed: f64) -> serde_json::Value {
+        let waited = Instant::now();
+        loop {
+            let got = self.seen.lock().map_or(0, |c| c.ids.len() as u64);
+            if got >= acks || waited.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let c = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let got = c.ids.len() as u64;
+        let span = match (c.first, c.last) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(elapsed.min(1.0)),
+            _ => elapsed,
+        };
+        let ms = |q: f64| c.latency_ms.value_at_quantile(q);
+        json!({
+            "events": got, "missing": acks.saturating_sub(got), "duplicated": c.duplicated,
+            "events_per_s": got as f64 / span,
+            "commit_to_receiver_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": c.latency_ms.max()},
+        })
+    }
 }

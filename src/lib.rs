@@ -212,6 +212,7 @@ impl Server {
             bus::RECONCILE_EVERY,
         ));
         tokio::spawn(remove_expired_files(Arc::downgrade(&core), RETENTION_EVERY));
+        core.sync_webhook_triggers().await?;
         tokio::spawn(outbox::run(
             Arc::downgrade(&core),
             config.webhook_settings(),

@@ -1,8 +1,10 @@
 //! Webhooks: an organisation's endpoints, and the outbox of their events.
 //!
 //! Triggers write an event row per endpoint in the transaction of each change
-//! (`schema/migrations/0011_*`, `0012_*`), so an event exists exactly when its change
-//! committed. Any node may deliver: it claims the due head of each chat's queue (a lease
+//! (`schema/webhook_triggers.*.sql`), so an event exists exactly when its change
+//! committed. They are installed while some organisation has an active endpoint, in the
+//! transaction that makes the first one, and dropped with the last: a deployment without
+//! webhooks pays nothing for them on its message path. Any node may deliver: it claims the due head of each chat's queue (a lease
 //! until `next_at`; PostgreSQL's `SKIP LOCKED` keeps two nodes off the same row), sends,
 //! and marks it done, or due again after a backoff, or dead once it has failed for
 //! longer than the retry period. A node that dies mid-send leaves a lease that runs out,
@@ -191,6 +193,66 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 const COLUMNS: &str = "id, url, events, active, created_at, updated_at";
 
+const SQLITE_TRIGGERS: &str = include_str!("../../schema/webhook_triggers.sqlite.sql");
+const POSTGRES_TRIGGERS: &str = include_str!("../../schema/webhook_triggers.postgres.sql");
+
+/// Every trigger those files make, with its table: what is dropped with the last endpoint.
+const TRIGGERS: &[(&str, &str)] = &[
+    ("webhooks_message_created", "messages"),
+    ("webhooks_chat_created", "chats"),
+    ("webhooks_chat_taken", "chats"),
+    ("webhooks_chat_assigned", "chats"),
+    ("webhooks_chat_finished", "chats"),
+    ("webhooks_chat_changed", "chats"),
+    ("webhooks_receipt_new", "receipts"),
+    ("webhooks_receipt_moved", "receipts"),
+    ("webhooks_presence", "operators"),
+    ("webhooks_file_uploaded", "files"),
+];
+
+/// Installs the outbox's triggers if some endpoint is active, or drops them if none is,
+/// within `tx`; does nothing when they already are as they should be.
+async fn sync_triggers(tx: &impl ConnectionTrait, backend: DbBackend) -> Result<()> {
+    let wanted = tx
+        .query_one_raw(stmt(
+            backend,
+            "SELECT 1 AS one FROM webhooks WHERE active = ? LIMIT 1",
+            [true.into()],
+        ))
+        .await?
+        .is_some();
+    let probe = match backend {
+        DbBackend::Postgres => {
+            "SELECT 1 AS one FROM pg_trigger WHERE tgname = 'webhooks_message_created'"
+        }
+        _ => {
+            "SELECT 1 AS one FROM sqlite_master WHERE type = 'trigger' \
+              AND name = 'webhooks_message_created'"
+        }
+    };
+    let installed = tx.query_one_raw(stmt(backend, probe, [])).await?.is_some();
+    if wanted == installed {
+        return Ok(());
+    }
+    let statements = match (wanted, backend) {
+        (true, DbBackend::Postgres) => crate::store::statements(backend, POSTGRES_TRIGGERS),
+        (true, _) => crate::store::statements(backend, SQLITE_TRIGGERS),
+        (false, DbBackend::Postgres) => TRIGGERS
+            .iter()
+            .map(|(name, table)| format!("DROP TRIGGER IF EXISTS {name} ON {table}"))
+            .collect(),
+        (false, _) => TRIGGERS
+            .iter()
+            .map(|(name, _)| format!("DROP TRIGGER IF EXISTS {name}"))
+            .collect(),
+    };
+    for statement in statements {
+        tx.execute_unprepared(&statement).await?;
+    }
+    tracing::info!(installed = wanted, "webhook triggers");
+    Ok(())
+}
+
 impl Core {
     /// Registers an endpoint (admin). The answer carries its signing secret, once.
     pub async fn create_webhook(&self, who: &Principal, new: NewWebhook) -> Result<Webhook> {
@@ -230,6 +292,7 @@ impl Core {
             ))
             .await?
             .ok_or_else(|| Error::Internal("the webhook just made is gone".into()))?;
+        sync_triggers(&*tx, self.store().backend()).await?;
         tx.commit().await?;
         Ok(Webhook {
             secret: Some(secret),
@@ -288,20 +351,21 @@ impl Core {
             None => current.events.join(","),
         };
         let active = patch.active.unwrap_or(current.active);
-        self.store()
-            .db()
-            .execute_raw(stmt(
-                self.store().backend(),
-                "UPDATE webhooks SET url = ?, events = ?, active = ?, updated_at = ? WHERE id = ?",
-                [
-                    url.into(),
-                    events.into(),
-                    active.into(),
-                    self.now_ms().into(),
-                    id.into(),
-                ],
-            ))
-            .await?;
+        let tx = self.store().write().await?;
+        tx.execute_raw(stmt(
+            self.store().backend(),
+            "UPDATE webhooks SET url = ?, events = ?, active = ?, updated_at = ? WHERE id = ?",
+            [
+                url.into(),
+                events.into(),
+                active.into(),
+                self.now_ms().into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+        sync_triggers(&*tx, self.store().backend()).await?;
+        tx.commit().await?;
         self.webhook(who, id).await
     }
 
@@ -316,6 +380,16 @@ impl Core {
         ] {
             tx.execute_raw(stmt(backend, sql, [id.into()])).await?;
         }
+        sync_triggers(&*tx, backend).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Installs or drops the outbox's triggers as the endpoints want them (a start does
+    /// it, in case a database was restored or changed by hand).
+    pub async fn sync_webhook_triggers(&self) -> Result<()> {
+        let tx = self.store().write().await?;
+        sync_triggers(&*tx, self.store().backend()).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -4,6 +4,8 @@
 pub mod entity;
 mod migrate;
 
+pub(crate) use migrate::statements;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;

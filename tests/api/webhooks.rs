@@ -390,11 +390,38 @@ async fn endpoints_are_checked_and_kept_to_their_organisation() {
         .patch(
             &format!("/v1/webhooks/{id}"),
             &admin,
-            json!({"active": false}),
+            json!({"active": false, "events": ["message.created"]}),
         )
         .await
         .expect(200);
     assert_eq!(patched["active"], false);
+    // An inactive endpoint gets no events; active again, it does (from then on).
+    app.send(&desk.customer, desk.chat_id, "unheard", None)
+        .await
+        .expect(201);
+    assert_eq!(app.count("webhook_events").await, 0);
+    app.patch(
+        &format!("/v1/webhooks/{id}"),
+        &admin,
+        json!({"active": true}),
+    )
+    .await
+    .expect(200);
+    app.send(&desk.customer, desk.chat_id, "heard", None)
+        .await
+        .expect(201);
+    assert_eq!(
+        app.count("webhook_events WHERE kind = 'message.created'")
+            .await,
+        1
+    );
+    app.patch(
+        &format!("/v1/webhooks/{id}"),
+        &admin,
+        json!({"active": false}),
+    )
+    .await
+    .expect(200);
     let r = app
         .call(
             reqwest::Method::DELETE,

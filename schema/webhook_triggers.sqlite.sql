@@ -1,9 +1,10 @@
--- The outbox's writers on SQLite: one trigger per event kind, each a no-op while the
--- database has no active webhook. (No CASE ... END inside a trigger body: the migration
--- runner ends a trigger at its first END.)
+-- The outbox's writers on SQLite: one trigger per event kind. They are installed while
+-- some organisation has an active webhook, and dropped when none has (src/domain/
+-- webhooks.rs), so that a deployment without webhooks pays nothing for them. (No
+-- CASE ... END inside a trigger body: the statement splitter ends a trigger at its first
+-- END.)
 
-CREATE TRIGGER webhooks_message_created AFTER INSERT ON messages
-WHEN EXISTS (SELECT 1 FROM webhooks WHERE active)
+CREATE TRIGGER IF NOT EXISTS webhooks_message_created AFTER INSERT ON messages
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -13,8 +14,7 @@ BEGIN
     WHERE c.id = NEW.chat_id AND (',' || w.events || ',') LIKE '%,message.created,%';
 END;
 
-CREATE TRIGGER webhooks_chat_created AFTER INSERT ON chats
-WHEN EXISTS (SELECT 1 FROM webhooks WHERE active)
+CREATE TRIGGER IF NOT EXISTS webhooks_chat_created AFTER INSERT ON chats
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -24,9 +24,8 @@ BEGIN
     WHERE w.org_id = NEW.org_id AND w.active AND (',' || w.events || ',') LIKE '%,chat.created,%';
 END;
 
-CREATE TRIGGER webhooks_chat_taken AFTER UPDATE OF operator_id ON chats
+CREATE TRIGGER IF NOT EXISTS webhooks_chat_taken AFTER UPDATE OF operator_id ON chats
 WHEN OLD.operator_id IS NULL AND NEW.operator_id IS NOT NULL
-    AND EXISTS (SELECT 1 FROM webhooks WHERE active)
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -36,10 +35,9 @@ BEGIN
     WHERE w.org_id = NEW.org_id AND w.active AND (',' || w.events || ',') LIKE '%,chat.taken,%';
 END;
 
-CREATE TRIGGER webhooks_chat_assigned AFTER UPDATE OF operator_id ON chats
+CREATE TRIGGER IF NOT EXISTS webhooks_chat_assigned AFTER UPDATE OF operator_id ON chats
 WHEN OLD.operator_id IS NOT NULL AND NEW.operator_id IS NOT NULL
     AND OLD.operator_id <> NEW.operator_id
-    AND EXISTS (SELECT 1 FROM webhooks WHERE active)
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -49,9 +47,8 @@ BEGIN
     WHERE w.org_id = NEW.org_id AND w.active AND (',' || w.events || ',') LIKE '%,chat.assigned,%';
 END;
 
-CREATE TRIGGER webhooks_chat_finished AFTER UPDATE OF status ON chats
+CREATE TRIGGER IF NOT EXISTS webhooks_chat_finished AFTER UPDATE OF status ON chats
 WHEN NEW.status = 'finished' AND OLD.status <> 'finished'
-    AND EXISTS (SELECT 1 FROM webhooks WHERE active)
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -62,8 +59,7 @@ BEGIN
     WHERE w.org_id = NEW.org_id AND w.active AND (',' || w.events || ',') LIKE '%,chat.finished,%';
 END;
 
-CREATE TRIGGER webhooks_receipt_new AFTER INSERT ON receipts
-WHEN EXISTS (SELECT 1 FROM webhooks WHERE active)
+CREATE TRIGGER IF NOT EXISTS webhooks_receipt_new AFTER INSERT ON receipts
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -73,9 +69,8 @@ BEGIN
     WHERE c.id = NEW.chat_id AND (',' || w.events || ',') LIKE '%,receipt,%';
 END;
 
-CREATE TRIGGER webhooks_receipt_moved AFTER UPDATE ON receipts
+CREATE TRIGGER IF NOT EXISTS webhooks_receipt_moved AFTER UPDATE ON receipts
 WHEN (NEW.received_seq <> OLD.received_seq OR NEW.read_seq <> OLD.read_seq)
-    AND EXISTS (SELECT 1 FROM webhooks WHERE active)
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -85,8 +80,8 @@ BEGIN
     WHERE c.id = NEW.chat_id AND (',' || w.events || ',') LIKE '%,receipt,%';
 END;
 
-CREATE TRIGGER webhooks_presence AFTER UPDATE OF presence ON operators
-WHEN NEW.presence <> OLD.presence AND EXISTS (SELECT 1 FROM webhooks WHERE active)
+CREATE TRIGGER IF NOT EXISTS webhooks_presence AFTER UPDATE OF presence ON operators
+WHEN NEW.presence <> OLD.presence
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -96,8 +91,7 @@ BEGIN
     WHERE w.org_id = NEW.org_id AND w.active AND (',' || w.events || ',') LIKE '%,presence,%';
 END;
 
-CREATE TRIGGER webhooks_file_uploaded AFTER INSERT ON files
-WHEN EXISTS (SELECT 1 FROM webhooks WHERE active)
+CREATE TRIGGER IF NOT EXISTS webhooks_file_uploaded AFTER INSERT ON files
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)

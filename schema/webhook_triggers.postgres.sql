@@ -1,8 +1,9 @@
 -- The outbox's writers on PostgreSQL. Messages and receipts, written in batches, are read
--- once per statement from its transition table; the rest, rarer, row by row. Each is a
--- no-op while the database has no active webhook.
+-- once per statement from its transition table; the rest, rarer, row by row. They are
+-- installed while some organisation has an active webhook, and dropped when none has
+-- (src/domain/webhooks.rs), so that a deployment without webhooks pays nothing for them.
 
-CREATE FUNCTION souq_webhook_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION souq_webhook_messages() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM webhooks WHERE active) THEN
         INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
@@ -17,10 +18,10 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER webhooks_message_created AFTER INSERT ON messages
+CREATE OR REPLACE TRIGGER webhooks_message_created AFTER INSERT ON messages
 REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION souq_webhook_messages();
 
-CREATE FUNCTION souq_webhook_receipts_new() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION souq_webhook_receipts_new() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM webhooks WHERE active) THEN
         INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
@@ -35,10 +36,10 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER webhooks_receipt_new AFTER INSERT ON receipts
+CREATE OR REPLACE TRIGGER webhooks_receipt_new AFTER INSERT ON receipts
 REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION souq_webhook_receipts_new();
 
-CREATE FUNCTION souq_webhook_receipts_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION souq_webhook_receipts_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM webhooks WHERE active) THEN
         INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
@@ -57,11 +58,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER webhooks_receipt_moved AFTER UPDATE ON receipts
+CREATE OR REPLACE TRIGGER webhooks_receipt_moved AFTER UPDATE ON receipts
 REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION souq_webhook_receipts_moved();
 
-CREATE FUNCTION souq_webhook_chat() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION souq_webhook_chat() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     kind TEXT;
     subject BIGINT := NEW.id;
@@ -95,15 +96,15 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER webhooks_chat_created AFTER INSERT ON chats
+CREATE OR REPLACE TRIGGER webhooks_chat_created AFTER INSERT ON chats
 FOR EACH ROW EXECUTE FUNCTION souq_webhook_chat();
 
-CREATE TRIGGER webhooks_chat_changed AFTER UPDATE OF status, operator_id ON chats
+CREATE OR REPLACE TRIGGER webhooks_chat_changed AFTER UPDATE OF status, operator_id ON chats
 FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
     OR OLD.operator_id IS DISTINCT FROM NEW.operator_id)
 EXECUTE FUNCTION souq_webhook_chat();
 
-CREATE FUNCTION souq_webhook_presence() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION souq_webhook_presence() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -114,11 +115,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER webhooks_presence AFTER UPDATE OF presence ON operators
+CREATE OR REPLACE TRIGGER webhooks_presence AFTER UPDATE OF presence ON operators
 FOR EACH ROW WHEN (OLD.presence IS DISTINCT FROM NEW.presence)
 EXECUTE FUNCTION souq_webhook_presence();
 
-CREATE FUNCTION souq_webhook_file() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION souq_webhook_file() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, subject_text,
         n1, n2, created_at, state, attempts, next_at)
@@ -129,5 +130,5 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER webhooks_file_uploaded AFTER INSERT ON files
+CREATE OR REPLACE TRIGGER webhooks_file_uploaded AFTER INSERT ON files
 FOR EACH ROW EXECUTE FUNCTION souq_webhook_file();
