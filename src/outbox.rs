@@ -1,14 +1,17 @@
 //! Delivers webhook events from the outbox (see `domain::webhooks`): every node runs a
 //! loop that claims each active endpoint's due events and posts them, signed, each on a
-//! task of its own. An endpoint has at most [`PER_ENDPOINT`] posts in flight, so a slow
-//! or dead one holds only its own events back; sends never wait on any of this.
+//! task of its own, and records the outcomes a round at a time. An endpoint has at most
+//! [`PER_ENDPOINT`] posts in flight, so a slow or dead one holds only its own events
+//! back; sends never wait on any of this.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::sync::{Notify, mpsc};
+
 use crate::domain::Core;
-use crate::domain::webhooks::{Claimed, RetryPolicy, sign};
+use crate::domain::webhooks::{Claimed, Delivery, Outcome, RetryPolicy, sign};
 
 /// How webhook deliveries go.
 #[derive(Debug, Clone, Copy)]
@@ -18,17 +21,20 @@ pub struct WebhookSettings {
     pub retry: RetryPolicy,
 }
 
-/// How often a node looks for due events: the most a delivery waits after its commit.
-/// Each look is one indexed read per active endpoint (none without endpoints).
+/// How often an idle node looks for due events: the most a delivery waits after its
+/// commit when nothing else is going on. Each look is one claim per active endpoint.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Posts in flight per endpoint.
-const PER_ENDPOINT: usize = 16;
+/// Posts in flight per endpoint (a chat has one at a time, so this many chats' events go
+/// out side by side).
+const PER_ENDPOINT: usize = 256;
 
 /// Delivered events are kept this long (for the API's listing), then forgotten.
 const KEEP_DONE_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// Delivers until the core is gone.
+/// Delivers until the core is gone. Each round records the outcomes of the posts that
+/// finished since the last (one transaction), then claims what is due for every endpoint
+/// with room; with nothing claimed, it waits for a post to finish or for [`POLL`].
 pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
     // reqwest takes the process's TLS provider: ring, as the Redis connections do.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -46,94 +52,102 @@ pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
     // A claim lasts the post's timeout and then some (for recording the outcome): a node
     // that dies mid-post gives the event back when it runs out.
     let lease_ms = settings.timeout.as_millis() as i64 + 5_000;
-    let in_flight: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
-    let mut rounds = 0u64;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
+    let finished = Arc::new(Notify::new());
+    let mut in_flight: HashMap<i64, usize> = HashMap::new();
+    let mut last_prune = std::time::Instant::now();
     loop {
-        tokio::time::sleep(POLL).await;
         let Some(core) = core.upgrade() else { return };
-        rounds += 1;
-        if rounds.is_multiple_of(18_000) {
-            // About hourly.
+        let mut outcomes = Vec::new();
+        while let Ok(outcome) = done_rx.try_recv() {
+            if let Some(n) = in_flight.get_mut(&outcome.event.webhook_id) {
+                *n = n.saturating_sub(1);
+            }
+            outcomes.push(outcome);
+        }
+        if let Err(e) = core
+            .record_webhook_outcomes(&outcomes, &settings.retry)
+            .await
+        {
+            // Not recorded: their leases run out and they are sent again.
+            tracing::warn!(error = %e, "cannot record webhook deliveries");
+        }
+        if last_prune.elapsed() > Duration::from_secs(3600) {
+            last_prune = std::time::Instant::now();
             if let Err(e) = core.prune_webhook_events(KEEP_DONE_MS).await {
                 tracing::warn!(error = %e, "cannot forget delivered webhook events");
             }
         }
-        let endpoints = match core.active_webhooks().await {
-            Ok(endpoints) => endpoints,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the webhooks");
-                continue;
-            }
-        };
-        for (webhook_id, url, secret) in endpoints {
-            let busy = in_flight
-                .lock()
-                .map(|m| m.get(&webhook_id).copied().unwrap_or(0))
-                .unwrap_or(PER_ENDPOINT);
-            let room = PER_ENDPOINT.saturating_sub(busy);
-            if room == 0 {
-                continue;
-            }
-            let claimed = match core
-                .claim_webhook_events(webhook_id, room as u64, lease_ms)
-                .await
-            {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, webhook_id, "cannot claim webhook events");
-                    continue;
+        let mut claimed_any = false;
+        match core.active_webhooks().await {
+            Ok(endpoints) => {
+                for (webhook_id, url, secret) in endpoints {
+                    let busy = in_flight.get(&webhook_id).copied().unwrap_or(0);
+                    let room = PER_ENDPOINT.saturating_sub(busy);
+                    if room == 0 {
+                        continue;
+                    }
+                    let claimed = match core
+                        .claim_webhook_events(webhook_id, room as u64, lease_ms)
+                        .await
+                    {
+                        Ok(claimed) => claimed,
+                        Err(e) => {
+                            tracing::warn!(error = %e, webhook_id, "cannot claim webhook events");
+                            continue;
+                        }
+                    };
+                    claimed_any |= !claimed.is_empty();
+                    for event in claimed {
+                        *in_flight.entry(webhook_id).or_default() += 1;
+                        let post = Post {
+                            core: core.clone(),
+                            client: client.clone(),
+                            url: url.clone(),
+                            secret: secret.clone(),
+                            done: done_tx.clone(),
+                            finished: finished.clone(),
+                        };
+                        tokio::spawn(post.deliver(event));
+                    }
                 }
-            };
-            for event in claimed {
-                if let Ok(mut m) = in_flight.lock() {
-                    *m.entry(webhook_id).or_default() += 1;
-                }
-                let post = Post {
-                    core: core.clone(),
-                    client: client.clone(),
-                    url: url.clone(),
-                    secret: secret.clone(),
-                    retry: settings.retry,
-                    in_flight: in_flight.clone(),
-                };
-                tokio::spawn(post.deliver(event));
             }
+            Err(e) => tracing::warn!(error = %e, "cannot read the webhooks"),
+        }
+        drop(core);
+        if !claimed_any {
+            let _ = tokio::time::timeout(POLL, finished.notified()).await;
         }
     }
 }
 
-/// One post of one event, and what to tell the outbox after.
+/// One post of one event; its outcome goes back to the loop.
 struct Post {
     core: Arc<Core>,
     client: reqwest::Client,
     url: String,
     secret: String,
-    retry: RetryPolicy,
-    in_flight: Arc<Mutex<HashMap<i64, usize>>>,
+    done: mpsc::UnboundedSender<Outcome>,
+    finished: Arc<Notify>,
 }
 
 impl Post {
     async fn deliver(self, event: Claimed) {
-        if let Err(e) = self.try_deliver(&event).await {
-            // The outbox could not be told: the lease runs out and the event goes again.
-            tracing::warn!(error = %e, event = event.id, "cannot record a webhook delivery");
-        }
-        if let Ok(mut m) = self.in_flight.lock()
-            && let Some(n) = m.get_mut(&event.webhook_id)
-        {
-            *n = n.saturating_sub(1);
-        }
+        let result = self.post(&event).await;
+        let _ = self.done.send(Outcome { event, result });
+        self.finished.notify_one();
     }
 
-    async fn try_deliver(&self, event: &Claimed) -> Result<(), crate::domain::Error> {
-        let core = &self.core;
-        let Some(body) = core.webhook_body(event).await? else {
-            return core
-                .webhook_done(event.id, Some("what it was about is gone"))
-                .await;
+    async fn post(&self, event: &Claimed) -> Delivery {
+        let body = match self.core.webhook_body(event).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Delivery::Gone,
+            Err(e) => return Delivery::Failed(format!("cannot read the event: {e}")),
         };
-        let bytes =
-            serde_json::to_vec(&body).map_err(|e| crate::domain::Error::Internal(e.to_string()))?;
+        let bytes = match serde_json::to_vec(&body) {
+            Ok(bytes) => bytes,
+            Err(e) => return Delivery::Failed(e.to_string()),
+        };
         // The receiver's clock is the world's, not the server's rules' (which tests move).
         let timestamp = crate::clock::system_ms() / 1000;
         let signature = sign(&self.secret, timestamp, &bytes);
@@ -148,21 +162,11 @@ impl Post {
             .send()
             .await;
         match sent {
-            Ok(answer) if answer.status().is_success() => core.webhook_done(event.id, None).await,
-            Ok(answer) => {
-                let error = format!("HTTP {}", answer.status().as_u16());
-                core.webhook_failed(event, &error, &self.retry).await
-            }
-            Err(e) => {
-                let error = if e.is_timeout() {
-                    "timed out".to_owned()
-                } else if e.is_connect() {
-                    "cannot connect".to_owned()
-                } else {
-                    e.to_string()
-                };
-                core.webhook_failed(event, &error, &self.retry).await
-            }
+            Ok(answer) if answer.status().is_success() => Delivery::Delivered,
+            Ok(answer) => Delivery::Failed(format!("HTTP {}", answer.status().as_u16())),
+            Err(e) if e.is_timeout() => Delivery::Failed("timed out".into()),
+            Err(e) if e.is_connect() => Delivery::Failed("cannot connect".into()),
+            Err(e) => Delivery::Failed(e.to_string()),
         }
     }
 }

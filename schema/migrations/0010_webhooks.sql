@@ -37,5 +37,13 @@ CREATE TABLE webhook_events (
     last_error TEXT,
     done_at BIGINT
 );
-CREATE INDEX webhook_events_due ON webhook_events (webhook_id, state, next_at);
-CREATE INDEX webhook_events_queue ON webhook_events (webhook_id, chat_id, id);
+-- The undelivered events of an endpoint, in order (what a claim walks), and of each of
+-- its chats (whether an event has one before it): partial, so that delivered events,
+-- kept a week for the listing, are never in the way.
+CREATE INDEX webhook_events_open ON webhook_events (webhook_id, id)
+    WHERE state IN ('pending', 'sending');
+CREATE INDEX webhook_events_queue ON webhook_events (webhook_id, chat_id, id)
+    WHERE state IN ('pending', 'sending');
+-- The listing by state, and the forgetting of delivered events.
+CREATE INDEX webhook_events_listed ON webhook_events (webhook_id, state, id);
+CREATE INDEX webhook_events_done ON webhook_events (done_at) WHERE state = 'done';

@@ -100,6 +100,24 @@ pub struct Claimed {
     pub attempt: i64,
 }
 
+/// How one delivery went.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// What the event was about is gone (erased): nothing to send.
+    Gone,
+    /// Why it failed: `HTTP 500`, `timed out`...
+    Failed(String),
+}
+
+/// A claimed event and how its delivery went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub event: Claimed,
+    pub result: Delivery,
+}
+
 /// How deliveries are retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -495,16 +513,19 @@ impl Core {
         let backend = self.store().backend();
         let now = self.now_ms();
         let skip_locked = match backend {
-            DbBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+            DbBackend::Postgres => " FOR UPDATE OF e SKIP LOCKED",
             _ => "",
         };
+        // Each chat's head is its oldest undelivered event (one aggregate over the
+        // partial index of undelivered events: linear whatever the plan, where a
+        // correlated "no older one" test can turn quadratic on a planner's bad guess);
+        // the due heads are claimed, oldest first.
         let sql = format!(
-            "UPDATE webhook_events SET state = 'sending', next_at = ?, attempts = attempts + 1 \
-             WHERE id IN (SELECT e.id FROM webhook_events e \
-                 WHERE e.webhook_id = ? AND e.state IN ('pending', 'sending') AND e.next_at <= ? \
-                 AND NOT EXISTS (SELECT 1 FROM webhook_events p WHERE p.webhook_id = e.webhook_id \
-                     AND p.chat_id = e.chat_id AND p.id < e.id \
-                     AND p.state IN ('pending', 'sending')) \
+            "WITH heads AS (SELECT MIN(id) AS id FROM webhook_events \
+                 WHERE webhook_id = ? AND state IN ('pending', 'sending') GROUP BY chat_id) \
+             UPDATE webhook_events SET state = 'sending', next_at = ?, attempts = attempts + 1 \
+             WHERE id IN (SELECT e.id FROM webhook_events e JOIN heads h ON h.id = e.id \
+                 WHERE e.state IN ('pending', 'sending') AND e.next_at <= ? \
                  ORDER BY e.id LIMIT {limit}{skip_locked}) \
              RETURNING id, webhook_id, org_id, chat_id, kind, subject_id, subject_text, n1, n2, \
                  created_at, attempts"
@@ -514,7 +535,7 @@ impl Core {
             .query_all_raw(stmt(
                 backend,
                 &sql,
-                [(now + lease_ms).into(), webhook_id.into(), now.into()],
+                [webhook_id.into(), (now + lease_ms).into(), now.into()],
             ))
             .await?;
         tx.commit().await?;
@@ -604,41 +625,66 @@ impl Core {
         })))
     }
 
-    /// A claimed event was delivered (or is about nothing any more).
-    pub async fn webhook_done(&self, id: i64, note: Option<&str>) -> Result<()> {
-        self.store()
-            .db()
-            .execute_raw(stmt(
-                self.store().backend(),
-                "UPDATE webhook_events SET state = 'done', done_at = ?, last_error = ? WHERE id = ?",
-                [self.now_ms().into(), note.map(str::to_owned).into(), id.into()],
-            ))
-            .await?;
-        Ok(())
-    }
-
-    /// A claimed event's try failed with `error`: due again after a backoff, or dead.
-    pub async fn webhook_failed(
+    /// Records how deliveries went, in one transaction: delivered events are done; a
+    /// failed one is due again after a backoff, or dead once it has failed for longer
+    /// than the retry period.
+    pub async fn record_webhook_outcomes(
         &self,
-        event: &Claimed,
-        error: &str,
+        outcomes: &[Outcome],
         policy: &RetryPolicy,
     ) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let backend = self.store().backend();
         let now = self.now_ms();
-        let error: String = error.chars().take(500).collect();
-        let (state, next_at) =
-            match policy.next_try(event.attempt, event.created_at, now, rand::random()) {
-                Some(at) => ("pending", at),
-                None => ("dead", now),
-            };
-        self.store()
-            .db()
-            .execute_raw(stmt(
-                self.store().backend(),
-                "UPDATE webhook_events SET state = ?, next_at = ?, last_error = ? WHERE id = ?",
-                [state.into(), next_at.into(), error.into(), event.id.into()],
+        let tx = self.store().write().await?;
+        let done: Vec<String> = outcomes
+            .iter()
+            .filter(|o| matches!(o.result, Delivery::Delivered))
+            .map(|o| o.event.id.to_string())
+            .collect();
+        for ids in done.chunks(500) {
+            tx.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE webhook_events SET state = 'done', done_at = ?, last_error = NULL \
+                     WHERE id IN ({})",
+                    ids.join(",")
+                ),
+                [now.into()],
             ))
             .await?;
+        }
+        for o in outcomes {
+            let (state, next_at, note) = match &o.result {
+                Delivery::Delivered => continue,
+                Delivery::Gone => ("done", now, "what it was about is gone".to_owned()),
+                Delivery::Failed(error) => {
+                    let error: String = error.chars().take(500).collect();
+                    match policy.next_try(o.event.attempt, o.event.created_at, now, rand::random())
+                    {
+                        Some(at) => ("pending", at, error),
+                        None => ("dead", now, error),
+                    }
+                }
+            };
+            tx.execute_raw(stmt(
+                backend,
+                "UPDATE webhook_events SET state = ?, next_at = ?, last_error = ?, \
+                 done_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
+                [
+                    state.into(),
+                    next_at.into(),
+                    note.into(),
+                    state.into(),
+                    now.into(),
+                    o.event.id.into(),
+                ],
+            ))
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -284,6 +284,11 @@ async fn a_failing_endpoint_is_retried_with_backoff_while_others_get_theirs_at_o
         second.body["id"], first.body["id"],
         "the same event, to dedupe by"
     );
+    eventually("the second failure recorded", || async {
+        let v = app.get(&events, &admin).await.expect(200);
+        (v["items"][0]["attempts"] == 2 && v["items"][0]["state"] == "pending").then_some(())
+    })
+    .await;
     failing.set(Mode::Ok);
     app.clock.advance(Duration::from_secs(60));
     let third = failing.next().await;
