@@ -281,13 +281,11 @@ impl Core {
             }
         }
         let head = head.freeze();
-        let kind = sniff(&head).ok_or_else(|| {
-            Error::Unsupported(if head.is_empty() {
-                "the file is empty".into()
-            } else {
-                "the file's type is not known".into()
-            })
-        })?;
+        if head.is_empty() {
+            return Err(Error::Invalid("the file is empty".into()));
+        }
+        let kind = sniff(&head)
+            .ok_or_else(|| Error::Unsupported("the file's type is not known".into()))?;
         if !files.allows(kind.content_type) {
             return Err(Error::Unsupported(format!(
                 "files of type {} are not taken",

@@ -343,7 +343,7 @@ async fn the_type_is_read_from_the_bytes_not_from_the_name() {
     let (status, _) = app
         .upload(&desk.customer, desk.chat_id, "empty.png", Vec::new())
         .await;
-    assert_eq!(status, 415);
+    assert_eq!(status, 422, "an empty file is no file");
     assert_eq!(app.count("files").await, 1, "only the text file was kept");
 }
 
