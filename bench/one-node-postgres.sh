@@ -5,7 +5,7 @@
 set -e
 B=${SOUQ:-$(git rev-parse --show-toplevel)/target/release/souq}; L=$(git rev-parse --show-toplevel)/target/release/examples/loadgen
 psql -h 127.0.0.1 -d postgres -qc "DROP DATABASE IF EXISTS souq_bench WITH (FORCE)" ; psql -h 127.0.0.1 -d postgres -qc "CREATE DATABASE souq_bench"
-export DATABASE_URL=postgres://root@127.0.0.1:5432/souq_bench SOUQ_WS_FRAMES_PER_SEC=100000 RUST_LOG=souq=warn
+export DATABASE_URL=postgres://root@127.0.0.1:5432/souq_bench SOUQ_WS_FRAMES_PER_SEC=100000 SOUQ_WEBHOOK_ALLOW_PRIVATE=true RUST_LOG=souq=warn
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
 SOUQ_BIND=127.0.0.1:18085 $B > ${TMPDIR:-/tmp}/souq-bench-pg.log 2>&1 &
 P=$!

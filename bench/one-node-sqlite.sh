@@ -4,7 +4,7 @@
 # Build first: cargo build --release --bin souq --example loadgen
 set -e
 B=${SOUQ:-$(git rev-parse --show-toplevel)/target/release/souq}; L=$(git rev-parse --show-toplevel)/target/release/examples/loadgen
-export DATABASE_URL=sqlite://${TMPDIR:-/tmp}/souq-bench.db SOUQ_WS_FRAMES_PER_SEC=100000 RUST_LOG=souq=warn
+export DATABASE_URL=sqlite://${TMPDIR:-/tmp}/souq-bench.db SOUQ_WS_FRAMES_PER_SEC=100000 SOUQ_WEBHOOK_ALLOW_PRIVATE=true RUST_LOG=souq=warn
 rm -f ${TMPDIR:-/tmp}/souq-bench.db*
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
 SOUQ_BIND=127.0.0.1:18081 $B > ${TMPDIR:-/tmp}/souq-bench-node.log 2>&1 &

@@ -97,6 +97,11 @@ pub struct Config {
     #[arg(long, env = "SOUQ_WEBHOOK_RETRY_FOR", default_value_t = 24 * 3600)]
     pub webhook_retry_for: u64,
 
+    /// Post webhooks to loopback and private addresses too (a private network, tests);
+    /// refused by default, so that an organisation cannot reach the node's own network.
+    #[arg(long, env = "SOUQ_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "SOUQ_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -234,6 +239,7 @@ impl Config {
             file_link_ttl: 3600,
             webhook_timeout: 10,
             webhook_retry_for: 24 * 3600,
+            webhook_allow_private: false,
             max_body_bytes: 1024 * 1024,
             max_text_chars: 10_000,
             access_token_ttl: 3600,
@@ -486,6 +492,7 @@ impl Config {
                 max_ms: 15 * 60 * 1000,
                 retry_for_ms: (self.webhook_retry_for as i64).saturating_mul(1000),
             },
+            allow_private: self.webhook_allow_private,
         }
     }
 

@@ -19,6 +19,37 @@ pub struct WebhookSettings {
     /// Longest a post may take before it counts as failed.
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// Whether endpoints on loopback or private addresses are posted to (tests, a private
+    /// network); otherwise such an event fails with "private address refused".
+    pub allow_private: bool,
+}
+
+/// Whether `url` names this machine or a private network by address (or `localhost`):
+/// what an organisation's admin must not make a node post to, unless allowed. A name
+/// that resolves to such an address is not caught here.
+fn private_target(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return true;
+    };
+    let Some(host) = url.host_str() else {
+        return true;
+    };
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
+    }
 }
 
 /// How often an idle node looks for due events: the most a delivery waits after its
@@ -40,6 +71,8 @@ pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder()
         .timeout(settings.timeout)
+        // A redirect could lead anywhere (an internal address): it counts as a failure.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("souq-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()
     {
@@ -51,7 +84,7 @@ pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
     };
     // A claim lasts the post's timeout and then some (for recording the outcome): a node
     // that dies mid-post gives the event back when it runs out.
-    let lease_ms = settings.timeout.as_millis() as i64 + 5_000;
+    let lease_ms = settings.timeout.as_millis() as i64 + 10_000;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let finished = Arc::new(Notify::new());
     let mut in_flight: HashMap<i64, usize> = HashMap::new();
@@ -107,6 +140,8 @@ pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
                             secret: secret.clone(),
                             done: done_tx.clone(),
                             finished: finished.clone(),
+                            timeout: settings.timeout,
+                            allow_private: settings.allow_private,
                         };
                         tokio::spawn(post.deliver(event));
                     }
@@ -129,11 +164,21 @@ struct Post {
     secret: String,
     done: mpsc::UnboundedSender<Outcome>,
     finished: Arc<Notify>,
+    timeout: Duration,
+    allow_private: bool,
 }
 
 impl Post {
     async fn deliver(self, event: Claimed) {
-        let result = self.post(&event).await;
+        // The whole try (reading the event, the post) within the timeout, so that it
+        // ends well inside its claim's lease.
+        let result = if !self.allow_private && private_target(&self.url) {
+            Delivery::Failed("private address refused".into())
+        } else {
+            tokio::time::timeout(self.timeout, self.post(&event))
+                .await
+                .unwrap_or_else(|_| Delivery::Failed("timed out".into()))
+        };
         let _ = self.done.send(Outcome { event, result });
         self.finished.notify_one();
     }
@@ -167,6 +212,29 @@ impl Post {
             Err(e) if e.is_timeout() => Delivery::Failed("timed out".into()),
             Err(e) if e.is_connect() => Delivery::Failed("cannot connect".into()),
             Err(e) => Delivery::Failed(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private_target;
+
+    #[test]
+    fn private_and_local_addresses_are_told_apart() {
+        for private in [
+            "http://127.0.0.1:8080/x",
+            "http://10.1.2.3/",
+            "http://192.168.0.1/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://localhost:9000/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(private_target(private), "{private}");
+        }
+        for public in ["https://hooks.example.com/souq", "http://93.184.216.34/"] {
+            assert!(!private_target(public), "{public}");
         }
     }
 }

@@ -20,7 +20,9 @@ CREATE INDEX webhooks_by_org ON webhooks (org_id, active);
 -- receipt's seqs, a presence code). The body is made at delivery from these.
 CREATE TABLE webhook_events (
     id {ID},
-    webhook_id BIGINT NOT NULL REFERENCES webhooks (id),
+    -- No foreign key: a message's trigger must never wait on, or fail over, an endpoint
+    -- being removed at that moment (an event of a removed endpoint is forgotten).
+    webhook_id BIGINT NOT NULL,
     org_id BIGINT NOT NULL,
     -- Events of one chat go out in order (0: of no chat, such as presence).
     chat_id BIGINT NOT NULL,

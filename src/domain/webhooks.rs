@@ -211,6 +211,9 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 const COLUMNS: &str = "id, url, events, active, created_at, updated_at";
 
+/// Any fixed number, the same on every node (the migrations' is another).
+const WEBHOOKS_LOCK: i64 = 0x736f_7577;
+
 const SQLITE_TRIGGERS: &str = include_str!("../../schema/webhook_triggers.sqlite.sql");
 const POSTGRES_TRIGGERS: &str = include_str!("../../schema/webhook_triggers.postgres.sql");
 
@@ -228,9 +231,16 @@ const TRIGGERS: &[(&str, &str)] = &[
     ("webhooks_file_uploaded", "files"),
 ];
 
-/// Installs the outbox's triggers if some endpoint is active, or drops them if none is,
-/// within `tx`; does nothing when they already are as they should be.
+/// Installs the outbox's triggers if some endpoint is active, or (on SQLite) drops them if
+/// none is, within `tx`; does nothing when they already are as they should be. On
+/// PostgreSQL they stay once installed: each checks for an active endpoint first, once a
+/// statement, and dropping one would lock its table against every writer. Changes of
+/// endpoints take an advisory lock first, so that two of them decide one after the other.
 async fn sync_triggers(tx: &impl ConnectionTrait, backend: DbBackend) -> Result<()> {
+    if backend == DbBackend::Postgres {
+        tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({WEBHOOKS_LOCK})"))
+            .await?;
+    }
     let wanted = tx
         .query_one_raw(stmt(
             backend,
@@ -249,7 +259,7 @@ async fn sync_triggers(tx: &impl ConnectionTrait, backend: DbBackend) -> Result<
         }
     };
     let installed = tx.query_one_raw(stmt(backend, probe, [])).await?.is_some();
-    if wanted == installed {
+    if wanted == installed || (installed && backend == DbBackend::Postgres) {
         return Ok(());
     }
     let statements = match (wanted, backend) {
@@ -285,28 +295,22 @@ impl Core {
         let now = self.now_ms();
         let active = new.active.unwrap_or(true);
         let tx = self.store().write().await?;
-        tx.execute_raw(stmt(
-            self.store().backend(),
-            "INSERT INTO webhooks (org_id, url, secret, events, active, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                org_id.into(),
-                url.clone().into(),
-                secret.clone().into(),
-                events.clone().into(),
-                active.into(),
-                now.into(),
-                now.into(),
-            ],
-        ))
-        .await?;
         let row = tx
             .query_one_raw(stmt(
                 self.store().backend(),
                 &format!(
-                    "SELECT {COLUMNS} FROM webhooks WHERE org_id = ? ORDER BY id DESC LIMIT 1"
+                    "INSERT INTO webhooks (org_id, url, secret, events, active, created_at, \
+                     updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
                 ),
-                [org_id.into()],
+                [
+                    org_id.into(),
+                    url.clone().into(),
+                    secret.clone().into(),
+                    events.clone().into(),
+                    active.into(),
+                    now.into(),
+                    now.into(),
+                ],
             ))
             .await?
             .ok_or_else(|| Error::Internal("the webhook just made is gone".into()))?;
@@ -639,47 +643,33 @@ impl Core {
         let backend = self.store().backend();
         let now = self.now_ms();
         let tx = self.store().write().await?;
-        let done: Vec<String> = outcomes
-            .iter()
-            .filter(|o| matches!(o.result, Delivery::Delivered))
-            .map(|o| o.event.id.to_string())
-            .collect();
-        for ids in done.chunks(500) {
-            tx.execute_raw(stmt(
-                backend,
-                &format!(
-                    "UPDATE webhook_events SET state = 'done', done_at = ?, last_error = NULL \
-                     WHERE id IN ({})",
-                    ids.join(",")
-                ),
-                [now.into()],
-            ))
-            .await?;
-        }
         for o in outcomes {
             let (state, next_at, note) = match &o.result {
-                Delivery::Delivered => continue,
-                Delivery::Gone => ("done", now, "what it was about is gone".to_owned()),
+                Delivery::Delivered => ("done", now, None),
+                Delivery::Gone => ("done", now, Some("what it was about is gone".to_owned())),
                 Delivery::Failed(error) => {
                     let error: String = error.chars().take(500).collect();
                     match policy.next_try(o.event.attempt, o.event.created_at, now, rand::random())
                     {
-                        Some(at) => ("pending", at, error),
-                        None => ("dead", now, error),
+                        Some(at) => ("pending", at, Some(error)),
+                        None => ("dead", now, Some(error)),
                     }
                 }
             };
+            let done_at = (state == "done").then_some(now);
+            // Only this claim's own try: a claim whose lease ran out may have been taken
+            // (and settled) by another node since.
             tx.execute_raw(stmt(
                 backend,
-                "UPDATE webhook_events SET state = ?, next_at = ?, last_error = ?, \
-                 done_at = CASE WHEN ? = 'done' THEN ? ELSE NULL END WHERE id = ?",
+                "UPDATE webhook_events SET state = ?, next_at = ?, last_error = ?, done_at = ? \
+                 WHERE id = ? AND state = 'sending' AND attempts = ?",
                 [
                     state.into(),
                     next_at.into(),
                     note.into(),
-                    state.into(),
-                    now.into(),
+                    done_at.into(),
                     o.event.id.into(),
+                    i32::try_from(o.event.attempt).unwrap_or(i32::MAX).into(),
                 ],
             ))
             .await?;

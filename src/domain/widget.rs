@@ -27,7 +27,7 @@ impl Core {
             .store()
             .query(
                 "SELECT 1 AS known FROM domains WHERE active = ? \
-                 AND (name = ? OR ? LIKE '%.' || name) LIMIT 1",
+                 AND (name = ? OR (name LIKE '%.%' AND ? LIKE '%.' || name)) LIMIT 1",
                 [true.into(), host.clone().into(), host.into()],
             )
             .await?;

@@ -367,6 +367,7 @@ impl Cluster {
                 .env("SOUQ_PRESENCE_TTL", presence_ttl.to_string())
                 .env("SOUQ_DB_MAX_CONNECTIONS", "8")
                 .env("SOUQ_WEBHOOK_TIMEOUT", "1")
+                .env("SOUQ_WEBHOOK_ALLOW_PRIVATE", "true")
                 .env("RUST_LOG", "souq=warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

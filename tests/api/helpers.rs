@@ -239,6 +239,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::with_database(database_url.clone());
     config.bind = "127.0.0.1:0".parse().expect("address");
     own_file_store(&mut config);
+    // The tests' webhook receivers listen on loopback.
+    config.webhook_allow_private = true;
     tweak(&mut config);
     let clock = Clock::adjustable();
     let server = Server::build_with(&config, clock.clone())

@@ -441,3 +441,23 @@ async fn endpoints_are_checked_and_kept_to_their_organisation() {
         json!([])
     );
 }
+
+/// An organisation's admin cannot make a node post into its own network: an endpoint on
+/// loopback is refused unless the deployment allows private addresses.
+#[tokio::test]
+async fn an_endpoint_on_a_private_address_is_refused_unless_allowed() {
+    let app = spawn_app_with(|c| c.webhook_allow_private = false).await;
+    let admin = app.admin().await;
+    let receiver = Receiver::start().await;
+    let (id, _) = hook(&app, &admin, &receiver.url, &["message.created"]).await;
+    let desk = app.desk(&admin).await;
+    app.send(&desk.customer, desk.chat_id, "hello", None)
+        .await
+        .expect(201);
+    let events = format!("/v1/webhooks/{id}/events");
+    eventually("the refusal recorded", || async {
+        let v = app.get(&events, &admin).await.expect(200);
+        (v["items"][0]["last_error"] == "private address refused").then_some(())
+    })
+    .await;
+}
