@@ -643,9 +643,30 @@ impl Core {
         let backend = self.store().backend();
         let now = self.now_ms();
         let tx = self.store().write().await?;
+        // Only each claim's own try is recorded (state `sending`, the claimed attempt): a
+        // claim whose lease ran out may have been taken, and settled, by another node.
+        // Deliveries, the common case, go in one statement a chunk; the ids and attempts
+        // written into it are numbers of our own.
+        let delivered: Vec<String> = outcomes
+            .iter()
+            .filter(|o| matches!(o.result, Delivery::Delivered))
+            .map(|o| format!("({}, {})", o.event.id, o.event.attempt))
+            .collect();
+        for chunk in delivered.chunks(500) {
+            tx.execute_raw(stmt(
+                backend,
+                &format!(
+                    "UPDATE webhook_events SET state = 'done', done_at = ?, last_error = NULL \
+                     WHERE state = 'sending' AND (id, attempts) IN (VALUES {})",
+                    chunk.join(", ")
+                ),
+                [now.into()],
+            ))
+            .await?;
+        }
         for o in outcomes {
             let (state, next_at, note) = match &o.result {
-                Delivery::Delivered => ("done", now, None),
+                Delivery::Delivered => continue,
                 Delivery::Gone => ("done", now, Some("what it was about is gone".to_owned())),
                 Delivery::Failed(error) => {
                     let error: String = error.chars().take(500).collect();
@@ -657,8 +678,6 @@ impl Core {
                 }
             };
             let done_at = (state == "done").then_some(now);
-            // Only this claim's own try: a claim whose lease ran out may have been taken
-            // (and settled) by another node since.
             tx.execute_raw(stmt(
                 backend,
                 "UPDATE webhook_events SET state = ?, next_at = ?, last_error = ?, done_at = ? \
