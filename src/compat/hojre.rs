@@ -128,11 +128,7 @@ fn listing(
     total: u64,
     p: &Paging,
 ) -> Value {
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
+    let origin = origin(req);
     let mut query = String::new();
     for name in ["username", "token"].iter().chain(extra) {
         if let Some(v) = get(params, name) {
@@ -141,7 +137,7 @@ fn listing(
     }
     json!({
         "items": items,
-        "_links": {"self": {"href": format!("http://{host}{}?{query}page={}&per-page={}", req.path, p.page, p.per_page)}},
+        "_links": {"self": {"href": format!("{origin}{}?{query}page={}&per-page={}", req.path, p.page, p.per_page)}},
         "_meta": {
             "totalCount": total,
             "pageCount": total.div_ceil(p.per_page),

@@ -234,7 +234,7 @@ fn domain_name(value: &str) -> Result<String> {
 
 fn widget_key() -> String {
     let bytes: [u8; 12] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    super::hex(&bytes)
 }
 
 /// Page size for admin lists: `limit` within 1..=500, default 100.

@@ -61,20 +61,12 @@ pub struct SessionToken {
 
 fn new_token(prefix: &str) -> String {
     let bytes: [u8; 32] = rand::random();
-    let mut token = String::with_capacity(prefix.len() + 64);
-    token.push_str(prefix);
-    for b in bytes {
-        token.push_str(&format!("{b:02x}"));
-    }
-    token
+    format!("{prefix}{}", super::hex(&bytes))
 }
 
 /// SHA-256 of a token, hex-encoded: the only form in which tokens are stored.
 pub(super) fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&Sha256::digest(token.as_bytes()))
 }
 
 async fn hash_password(password: String) -> Result<String> {

@@ -518,7 +518,7 @@ impl Core {
             .get_or_try_init(|| async {
                 let backend = self.store().backend();
                 let fresh: [u8; 32] = rand::random();
-                let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = super::hex(&fresh);
                 self.store()
                     .db()
                     .execute_raw(stmt(
@@ -797,33 +797,28 @@ async fn org_bytes(
     Ok(used.max(0) as u64)
 }
 
-fn signature(key: &[u8], id: &str, expires: i64) -> String {
+/// The MAC of a link to file `id` that lasts until `expires`.
+fn link_mac(key: &[u8], id: &str, expires: i64) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(format!("{id}\n{expires}").as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mac
+}
+
+fn signature(key: &[u8], id: &str, expires: i64) -> String {
+    super::hex(&link_mac(key, id, expires).finalize().into_bytes())
 }
 
 fn verify(key: &[u8], id: &str, expires: i64, given: &str) -> bool {
-    let Ok(given) = (0..given.len())
+    let given: Option<Vec<u8>> = (0..given.len())
         .step_by(2)
         .map(|i| {
             given
                 .get(i..i + 2)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
         })
-        .collect::<Option<Vec<u8>>>()
-        .ok_or(())
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(format!("{id}\n{expires}").as_bytes());
+        .collect();
     // Compared in constant time.
-    mac.verify_slice(&given).is_ok()
+    given.is_some_and(|given| link_mac(key, id, expires).verify_slice(&given).is_ok())
 }
 
 #[cfg(test)]

@@ -257,6 +257,17 @@ impl Core {
     }
 }
 
+/// Bytes as lowercase hex: how tokens, keys, hashes and signatures are written.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 /// Checks a required text field: trimmed, non-empty, at most `max` characters.
 fn required(field: &str, value: &str, max: usize) -> Result<String> {
     let value = value.trim();

@@ -202,11 +202,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&mac.finalize().into_bytes())
 }
 
 const COLUMNS: &str = "id, url, events, active, created_at, updated_at";
@@ -288,10 +284,7 @@ impl Core {
         let url = endpoint(&new.url)?;
         let events = kinds(&new.events)?;
         let bytes: [u8; 24] = rand::random();
-        let secret = format!(
-            "whsec_{}",
-            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let secret = format!("whsec_{}", super::hex(&bytes));
         let now = self.now_ms();
         let active = new.active.unwrap_or(true);
         let tx = self.store().write().await?;

@@ -96,6 +96,17 @@ impl TestApp {
         req.send().await.expect("request sent")
     }
 
+    /// Sends an uploaded file as a message (201); returns the message.
+    pub async fn send_file(&self, token: &str, chat_id: i64, file_id: &Value) -> Value {
+        self.post(
+            &format!("/v1/chats/{chat_id}/messages"),
+            token,
+            json!({"payload": "file", "file_id": file_id}),
+        )
+        .await
+        .expect(201)
+    }
+
     /// The keys in the server's file store.
     pub async fn stored_objects(&self) -> Vec<String> {
         let place = self.files.as_ref().expect("a test server's file store");
@@ -527,13 +538,8 @@ async fn a_file_is_not_found_for_whoever_cannot_see_its_chat() {
     assert_eq!(app.fetch(&url, None).await.status(), 404);
     // A fresh read of the chat gives a fresh link.
     let fresh = app
-        .post(
-            &format!("/v1/chats/{}/messages", desk.chat_id),
-            &desk.customer,
-            json!({"payload": "file", "file_id": id}),
-        )
-        .await
-        .expect(201);
+        .send_file(&desk.customer, desk.chat_id, &json!(id))
+        .await;
     assert_eq!(
         app.fetch(&str_of(&fresh["file"]["url"]), None)
             .await
@@ -549,13 +555,8 @@ async fn erasing_a_customers_data_removes_their_chats_messages_and_files() {
     let (_, file) = app
         .upload(&desk.customer, desk.chat_id, "p.png", png(2, 2, 500))
         .await;
-    app.post(
-        &format!("/v1/chats/{}/messages", desk.chat_id),
-        &desk.customer,
-        json!({"payload": "file", "file_id": file["id"]}),
-    )
-    .await
-    .expect(201);
+    app.send_file(&desk.customer, desk.chat_id, &file["id"])
+        .await;
     app.send(&desk.operator, desk.chat_id, "hello", None)
         .await
         .expect(201);
@@ -654,13 +655,8 @@ async fn finished_chats_files_and_unsent_uploads_are_removed_in_time() {
     let (_, file) = app
         .upload(&desk.customer, desk.chat_id, "p.png", png(2, 2, 500))
         .await;
-    app.post(
-        &format!("/v1/chats/{}/messages", desk.chat_id),
-        &desk.customer,
-        json!({"payload": "file", "file_id": file["id"]}),
-    )
-    .await
-    .expect(201);
+    app.send_file(&desk.customer, desk.chat_id, &file["id"])
+        .await;
     // An upload never sent goes after a day, its bytes too.
     let (_, unsent) = app
         .upload(&desk.customer, desk.chat_id, "q.png", png(2, 2, 400))

@@ -482,13 +482,7 @@ async fn main_chats_show_a_file_message_by_its_name_and_its_link() {
         .upload(&seller, chat, "label.png", crate::files::png(4, 3, 800))
         .await;
     assert_eq!(status, 201, "{file}");
-    app.post(
-        &format!("/v1/chats/{chat}/messages"),
-        &seller,
-        json!({"payload": "file", "file_id": file["id"]}),
-    )
-    .await
-    .expect(201);
+    app.send_file(&seller, chat, &file["id"]).await;
     let v = get(
         &app,
         &format!("/web/main-chats?username={PHONE}&token={token}&id={chat}"),
