@@ -102,6 +102,16 @@ pub struct Config {
     #[arg(long, env = "SOUQ_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: bool,
 
+    /// The contact Web Push services are given for this server (RFC 8292's `sub`): a
+    /// `mailto:` or `https:` URL. The timeout, retry period and private-address rule of
+    /// webhooks apply to e-mail and push notifications too.
+    #[arg(
+        long,
+        env = "SOUQ_VAPID_SUBJECT",
+        default_value = "mailto:souq@localhost"
+    )]
+    pub vapid_subject: String,
+
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "SOUQ_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -240,6 +250,7 @@ impl Config {
             webhook_timeout: 10,
             webhook_retry_for: 24 * 3600,
             webhook_allow_private: false,
+            vapid_subject: "mailto:souq@localhost".into(),
             max_body_bytes: 1024 * 1024,
             max_text_chars: 10_000,
             access_token_ttl: 3600,
@@ -493,6 +504,17 @@ impl Config {
                 retry_for_ms: (self.webhook_retry_for as i64).saturating_mul(1000),
             },
             allow_private: self.webhook_allow_private,
+        }
+    }
+
+    /// How notifications' e-mail and Web Push go: as webhooks do.
+    pub fn delivery_settings(&self) -> crate::outbox::deliveries::DeliverySettings {
+        let webhooks = self.webhook_settings();
+        crate::outbox::deliveries::DeliverySettings {
+            timeout: webhooks.timeout,
+            retry: webhooks.retry,
+            allow_private: webhooks.allow_private,
+            vapid_subject: self.vapid_subject.clone(),
         }
     }
 

@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod objects;
 mod ops;
 pub mod outbox;
+pub mod push;
 mod router;
 pub mod socket;
 pub mod store;
@@ -156,6 +157,21 @@ async fn remove_expired_files(core: std::sync::Weak<domain::Core>, every: Durati
     }
 }
 
+/// Looks for members to tell of unread messages, every `every` (one node at a time does
+/// the work: see `domain::notify`).
+async fn notify(core: std::sync::Weak<domain::Core>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(core) = core.upgrade() else { return };
+        if let Err(e) = core.notify_round().await {
+            tracing::warn!(error = %e, "cannot look for members to notify");
+        }
+    }
+}
+
+/// How often each node offers to look for members to notify.
+const NOTIFY_EVERY: Duration = Duration::from_secs(1);
+
 /// How often each node looks for files past their retention.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -217,6 +233,11 @@ impl Server {
             Arc::downgrade(&core),
             config.webhook_settings(),
         ));
+        tokio::spawn(outbox::deliveries::run(
+            Arc::downgrade(&core),
+            config.delivery_settings(),
+        ));
+        tokio::spawn(notify(Arc::downgrade(&core), NOTIFY_EVERY));
         if let Some(every) = bus.sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
         }

@@ -13,10 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::domain::events::Person;
+use crate::domain::notify::{MarkRead, NewSubscription};
 use crate::domain::webhooks::{NewWebhook, WebhookPatch};
 use crate::domain::{
     AssignmentPatch, Core, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain,
-    NewInbox, NewMessage, NewOperator, OperatorPatch, Presence, Principal,
+    NewInbox, NewMessage, NewOperator, OperatorPatch, OrganisationPatch, Presence, Principal,
 };
 use crate::http::{ApiError, HttpResponse, Req, Surface, json_response, parse_id};
 use crate::hub::Hub;
@@ -97,6 +98,11 @@ enum Route {
     Webhook,
     WebhookEvents,
     WebhookRetry,
+    Notifications,
+    NotificationsRead,
+    PushKey,
+    PushSubscriptions,
+    PushSubscription,
 }
 
 #[derive(Debug)]
@@ -164,6 +170,19 @@ impl Routes {
                 "/v1/webhooks/{id}/events/{event}/retry",
                 Route::WebhookRetry,
                 "POST",
+            ),
+            ("/v1/notifications", Route::Notifications, "GET"),
+            ("/v1/notifications/read", Route::NotificationsRead, "POST"),
+            ("/v1/push/key", Route::PushKey, "GET, OPTIONS"),
+            (
+                "/v1/push/subscriptions",
+                Route::PushSubscriptions,
+                "GET, POST, OPTIONS",
+            ),
+            (
+                "/v1/push/subscriptions/{id}",
+                Route::PushSubscription,
+                "DELETE, OPTIONS",
             ),
         ];
         let mut router = matchit::Router::new();
@@ -261,7 +280,7 @@ fn cors(mut response: HttpResponse) -> HttpResponse {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        header::HeaderValue::from_static("POST, OPTIONS"),
+        header::HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -282,15 +301,6 @@ struct VisitorBody {
 #[serde(deny_unknown_fields)]
 struct Broadcast {
     text: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrganisationPatch {
-    /// Days a finished chat's files are kept; `null` for ever. Required: a patch without
-    /// it changes nothing, and is refused rather than read as `null`.
-    #[serde(deserialize_with = "Option::deserialize")]
-    file_retention_days: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +390,28 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 Err(e) => e.into_response(),
             }));
         }
+        // Web Push from the widget, on the merchant's site: cross-origin, with the token
+        // in a header, so any origin may ask.
+        (R::PushKey | R::PushSubscriptions | R::PushSubscription, &M::OPTIONS) => {
+            return Ok(cors(no_content()?));
+        }
+        (R::PushKey, &M::GET) => {
+            let key = core.vapid().await?.public_key();
+            return Ok(cors(ok(&json!({ "public_key": key }))?));
+        }
+        (R::PushSubscriptions, &M::POST) | (R::PushSubscription, &M::DELETE) => {
+            let done = async {
+                let who = principal(app, &req).await?;
+                if route == R::PushSubscription {
+                    core.unsubscribe_push(&who, path_id(&params)?).await?;
+                    return no_content();
+                }
+                let new: NewSubscription = req.json()?;
+                reply(StatusCode::CREATED, &core.subscribe_push(&who, new).await?)
+            }
+            .await;
+            return Ok(cors(done.unwrap_or_else(|e| e.into_response())));
+        }
         // A signed link needs no token: an <img> has none to send.
         (R::File, &M::GET | &M::HEAD) => {
             let who = match req.bearer() {
@@ -390,7 +422,14 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             return files::download(core, &req, id, who.as_ref()).await;
         }
         (
-            R::Health | R::AuthToken | R::AuthRefresh | R::WidgetJs | R::WidgetVisitors | R::File,
+            R::Health
+            | R::AuthToken
+            | R::AuthRefresh
+            | R::WidgetJs
+            | R::WidgetVisitors
+            | R::File
+            | R::PushKey
+            | R::PushSubscription,
             _,
         ) => {
             return Err(ApiError::method_not_allowed(allow));
@@ -561,11 +600,20 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             core.retry_webhook_event(&who, id, event).await?;
             no_content()
         }
-        (R::Organisation, M::GET) => ok(&core.file_settings(&who).await?),
-        (R::Organisation, M::PATCH) => {
-            let b: OrganisationPatch = req.json()?;
-            ok(&core.set_file_retention(&who, b.file_retention_days).await?)
+        (R::Organisation, M::GET) => ok(&core.organisation_settings(&who).await?),
+        (R::Organisation, M::PATCH) => ok(&core
+            .update_organisation(&who, req.json::<OrganisationPatch>()?)
+            .await?),
+        (R::Notifications, M::GET) => ok(&core
+            .notifications(&who, req.query_num("before")?, req.query_num("limit")?)
+            .await?),
+        (R::NotificationsRead, M::POST) => {
+            let unread = core
+                .mark_notifications_read(&who, req.json::<MarkRead>()?)
+                .await?;
+            ok(&json!({ "unread": unread }))
         }
+        (R::PushSubscriptions, M::GET) => items(core.push_subscriptions(&who).await?),
         (R::CustomerSessions, M::DELETE) => {
             let customer = Person::Customer(path_id(&params)?);
             core.revoke_sessions(&who, customer).await?;

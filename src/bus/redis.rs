@@ -246,7 +246,9 @@ impl RedisBus {
                 .collect(),
             // A lost re-check is not recovered here; the person's next one, or a
             // reconnect, corrects it.
-            Route::Recheck(person) => vec![(self.channel_of(&Topic::Person(*person)), None)],
+            Route::Recheck(person) | Route::Person(person) => {
+                vec![(self.channel_of(&Topic::Person(*person)), None)]
+            }
         };
         let Some(payload) = self.payload(&env.route, env.seq, env.frame.as_bytes()) else {
             return;

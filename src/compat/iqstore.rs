@@ -241,7 +241,7 @@ fn message(m: &Message, me: i64) -> Value {
         "Text": m.text,
         "Received": m.received_at.is_some(),
         "Read": m.read_at.is_some(),
-        "Pushed": false,
+        "Pushed": m.pushed_at.is_some(),
         "CreatedAt": m.created_at,
         "ReceivedAt": m.received_at,
         "ReadAt": m.read_at,

@@ -96,7 +96,7 @@ pub(super) fn summary(c: &chat::Model) -> ChatSummary {
 
 /// Excludes assignments in domains of an addon the operator is inactive in (takes one
 /// `false` parameter).
-const NOT_INACTIVE: &str = "NOT EXISTS (SELECT 1 FROM operator_addons oa \
+pub(super) const NOT_INACTIVE: &str = "NOT EXISTS (SELECT 1 FROM operator_addons oa \
      JOIN domains d ON d.addon_id = oa.addon_id \
      WHERE oa.operator_id = a.operator_id AND d.id = a.domain_id AND oa.active = ?)";
 

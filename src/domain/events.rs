@@ -99,6 +99,13 @@ pub enum Event {
     /// What this person may see changed (an assignment came or went): their sockets
     /// re-read their chats, leaving rooms they may no longer be in. No frame is sent.
     AccessChanged(Person),
+    /// A person's notifications changed: one was made (`notification`), or some were
+    /// marked read; `unread` is how many stay unread. Heard by the person's sockets.
+    Notification {
+        person: Person,
+        notification: Option<std::sync::Arc<super::notify::Notification>>,
+        unread: i64,
+    },
     /// An operator's presence changed; heard in the rooms of the operator's open chats.
     Presence {
         operator_id: i64,

@@ -516,26 +516,9 @@ impl Core {
         self.files()
             .key
             .get_or_try_init(|| async {
-                let backend = self.store().backend();
-                let fresh: [u8; 32] = rand::random();
-                let hex = super::hex(&fresh);
-                self.store()
-                    .db()
-                    .execute_raw(stmt(
-                        backend,
-                        "INSERT INTO secrets (name, value) VALUES ('file_links', ?) \
-                         ON CONFLICT (name) DO NOTHING",
-                        [hex.into()],
-                    ))
+                let value = self
+                    .shared_secret("file_links", || super::hex(&rand::random::<[u8; 32]>()))
                     .await?;
-                let rows = self
-                    .store()
-                    .query("SELECT value FROM secrets WHERE name = 'file_links'", [])
-                    .await?;
-                let value: String = rows
-                    .first()
-                    .ok_or_else(|| Error::Internal("no link key".into()))?
-                    .try_get("", "value")?;
                 Ok::<_, Error>(Arc::from(value.into_bytes()))
             })
             .await
@@ -582,28 +565,14 @@ impl Core {
         })
     }
 
-    /// Sets how many days a finished chat's files are kept (`None`: for ever); 1 to
-    /// 36,500, else `Invalid`.
-    pub async fn set_file_retention(
-        &self,
-        who: &Principal,
-        days: Option<i64>,
-    ) -> Result<FileSettings> {
-        let org_id = self.require_admin(who)?.0;
+    /// Checks a retention in days: 1 to 36,500, or `None` (kept for ever).
+    pub(super) fn check_file_retention(days: Option<i64>) -> Result<Option<i64>> {
         if days.is_some_and(|d| !(1..=36_500).contains(&d)) {
             return Err(Error::Invalid(
                 "file_retention_days must be from 1 to 36500, or null".into(),
             ));
         }
-        organisation::Entity::update_many()
-            .col_expr(
-                organisation::Column::FileRetentionDays,
-                sea_orm::sea_query::Expr::value(days),
-            )
-            .filter(organisation::Column::Id.eq(org_id))
-            .exec(self.store().db())
-            .await?;
-        self.file_settings(who).await
+        Ok(days)
     }
 
     /// Removes the bytes of files whose chat finished longer ago than its organisation
@@ -742,6 +711,8 @@ impl Core {
             .filter(chat::Column::Id.is_in(chat_ids.clone()))
             .exec(&*tx)
             .await?;
+        self.erase_notifications(&*tx, Person::Customer(customer_id), &chat_ids)
+            .await?;
         session::Entity::delete_many()
             .filter(session::Column::OrgId.eq(org_id))
             .filter(session::Column::SubjectKind.eq("customer"))
@@ -757,6 +728,7 @@ impl Core {
             customer::Column::TelegramId,
             customer::Column::FacebookId,
             customer::Column::VkId,
+            customer::Column::Email,
         ] {
             emptied = emptied.col_expr(column, sea_orm::sea_query::Expr::value(None::<String>));
         }

@@ -39,6 +39,9 @@ pub struct Message {
     pub created_at: i64,
     pub received_at: Option<i64>,
     pub read_at: Option<i64>,
+    /// When the recipient was told of it out of band (e-mail, Web Push, a `notify`
+    /// webhook), if ever.
+    pub pushed_at: Option<i64>,
 }
 
 impl Message {
@@ -74,6 +77,7 @@ impl From<message::Model> for Message {
             created_at: m.created_at,
             received_at: m.received_at,
             read_at: m.read_at,
+            pushed_at: m.pushed_at,
         }
     }
 }

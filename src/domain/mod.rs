@@ -13,6 +13,8 @@ mod customers;
 pub mod events;
 mod files;
 mod messages;
+pub mod notify;
+mod settings;
 mod storefront;
 mod support;
 mod throttle;
@@ -22,7 +24,7 @@ mod write;
 
 use std::sync::Arc;
 
-use sea_orm::DbErr;
+use sea_orm::{ConnectionTrait, DbErr};
 
 pub use self::events::Live;
 use crate::clock::Clock;
@@ -40,6 +42,7 @@ pub use files::{DEFAULT_TYPES, FileAccess, FileInfo, FileLimits, FileSettings, F
 pub use messages::{
     Author, MemberReceipt, Message, MessagePage, MessageQuery, NewMessage, Receipt,
 };
+pub use settings::{OrganisationPatch, OrganisationSettings};
 pub use storefront::{Numbered, Said, StoreChat};
 pub use support::{CustomerCard, OperatorCard};
 pub use widget::Visitor;
@@ -254,6 +257,28 @@ impl Core {
     /// Now, in unix milliseconds, by [`Core::clock`].
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// A key of the server named `name`, shared by every node through the database: the
+    /// first node that needs it stores `fresh()`, and every node reads what is stored.
+    async fn shared_secret(&self, name: &str, fresh: impl FnOnce() -> String) -> Result<String> {
+        let backend = self.store().backend();
+        self.store()
+            .db()
+            .execute_raw(crate::store::stmt(
+                backend,
+                "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                [name.into(), fresh().into()],
+            ))
+            .await?;
+        let rows = self
+            .store()
+            .query("SELECT value FROM secrets WHERE name = ?", [name.into()])
+            .await?;
+        Ok(rows
+            .first()
+            .ok_or_else(|| Error::Internal(format!("no {name} key")))?
+            .try_get("", "value")?)
     }
 }
 

@@ -29,6 +29,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "receipt",
     "presence",
     "file.uploaded",
+    "notify",
 ];
 
 /// An endpoint of an organisation.
@@ -109,6 +110,15 @@ pub enum Delivery {
     Gone,
     /// Why it failed: `HTTP 500`, `timed out`...
     Failed(String),
+}
+
+/// One try of an outbox row, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tried<'a> {
+    pub id: i64,
+    pub attempt: i64,
+    pub created_at: i64,
+    pub result: &'a Delivery,
 }
 
 /// A claimed event and how its delivery went.
@@ -611,6 +621,15 @@ impl Core {
                 };
                 json!({ "file": self.file_info(row).await })
             }
+            "notify" => {
+                let Some(notification) = self.notification_by_id(event.subject_id).await? else {
+                    return Ok(None);
+                };
+                json!({
+                    "person": { "kind": event.subject_text, "id": event.n1 },
+                    "notification": notification,
+                })
+            }
             _ => return Ok(None),
         };
         Ok(Some(json!({
@@ -630,7 +649,27 @@ impl Core {
         outcomes: &[Outcome],
         policy: &RetryPolicy,
     ) -> Result<()> {
-        if outcomes.is_empty() {
+        let tried: Vec<Tried> = outcomes
+            .iter()
+            .map(|o| Tried {
+                id: o.event.id,
+                attempt: o.event.attempt,
+                created_at: o.event.created_at,
+                result: &o.result,
+            })
+            .collect();
+        self.record_tries("webhook_events", &tried, policy).await
+    }
+
+    /// Records tries of an outbox table's rows (`webhook_events`, `deliveries`: the
+    /// same columns of state), in one transaction.
+    pub(super) async fn record_tries(
+        &self,
+        table: &'static str,
+        tries: &[Tried<'_>],
+        policy: &RetryPolicy,
+    ) -> Result<()> {
+        if tries.is_empty() {
             return Ok(());
         }
         let backend = self.store().backend();
@@ -640,16 +679,16 @@ impl Core {
         // claim whose lease ran out may have been taken, and settled, by another node.
         // Deliveries, the common case, go in one statement a chunk; the ids and attempts
         // written into it are numbers of our own.
-        let delivered: Vec<String> = outcomes
+        let delivered: Vec<String> = tries
             .iter()
-            .filter(|o| matches!(o.result, Delivery::Delivered))
-            .map(|o| format!("({}, {})", o.event.id, o.event.attempt))
+            .filter(|t| matches!(t.result, Delivery::Delivered))
+            .map(|t| format!("({}, {})", t.id, t.attempt))
             .collect();
         for chunk in delivered.chunks(500) {
             tx.execute_raw(stmt(
                 backend,
                 &format!(
-                    "UPDATE webhook_events SET state = 'done', done_at = ?, last_error = NULL \
+                    "UPDATE {table} SET state = 'done', done_at = ?, last_error = NULL \
                      WHERE state = 'sending' AND (id, attempts) IN (VALUES {})",
                     chunk.join(", ")
                 ),
@@ -657,14 +696,13 @@ impl Core {
             ))
             .await?;
         }
-        for o in outcomes {
-            let (state, next_at, note) = match &o.result {
+        for t in tries {
+            let (state, next_at, note) = match t.result {
                 Delivery::Delivered => continue,
                 Delivery::Gone => ("done", now, Some("what it was about is gone".to_owned())),
                 Delivery::Failed(error) => {
                     let error: String = error.chars().take(500).collect();
-                    match policy.next_try(o.event.attempt, o.event.created_at, now, rand::random())
-                    {
+                    match policy.next_try(t.attempt, t.created_at, now, rand::random()) {
                         Some(at) => ("pending", at, Some(error)),
                         None => ("dead", now, Some(error)),
                     }
@@ -673,15 +711,17 @@ impl Core {
             let done_at = (state == "done").then_some(now);
             tx.execute_raw(stmt(
                 backend,
-                "UPDATE webhook_events SET state = ?, next_at = ?, last_error = ?, done_at = ? \
-                 WHERE id = ? AND state = 'sending' AND attempts = ?",
+                &format!(
+                    "UPDATE {table} SET state = ?, next_at = ?, last_error = ?, done_at = ? \
+                     WHERE id = ? AND state = 'sending' AND attempts = ?"
+                ),
                 [
                     state.into(),
                     next_at.into(),
                     note.into(),
                     done_at.into(),
-                    o.event.id.into(),
-                    i32::try_from(o.event.attempt).unwrap_or(i32::MAX).into(),
+                    t.id.into(),
+                    i32::try_from(t.attempt).unwrap_or(i32::MAX).into(),
                 ],
             ))
             .await?;

@@ -5,6 +5,7 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::events::{Actor, ChatSummary, Event, Person};
+use crate::domain::notify::Notification;
 use crate::domain::{Message, Presence};
 
 /// An encoded event with what the hub needs to route it.
@@ -27,6 +28,8 @@ pub enum Route {
     /// This person's sockets re-check which chats they may follow (the frame is empty and
     /// not sent).
     Recheck(Person),
+    /// This person's sockets.
+    Person(Person),
     /// The chat's sockets and waiters catch up from the database: a node could not pass
     /// on some of its events (the frame is empty and not sent).
     Resync(i64),
@@ -57,6 +60,12 @@ enum Frame<'a> {
     Presence {
         operator_id: i64,
         presence: Presence,
+    },
+    Notification {
+        event: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        notification: Option<&'a Notification>,
+        unread: i64,
     },
 }
 
@@ -144,6 +153,23 @@ impl Envelope {
                 route: Route::Recheck(*person),
                 seq: None,
                 frame: Utf8Bytes::from_static(""),
+            },
+            Event::Notification {
+                person,
+                notification,
+                unread,
+            } => Envelope {
+                route: Route::Person(*person),
+                seq: None,
+                frame: encode(&Frame::Notification {
+                    event: if notification.is_some() {
+                        "created"
+                    } else {
+                        "read"
+                    },
+                    notification: notification.as_deref(),
+                    unread: *unread,
+                }),
             },
             Event::Presence {
                 operator_id,

@@ -451,6 +451,12 @@ impl Hub {
                 self.wake_waiters(*chat_id, 0);
             }
             Route::Recheck(person) => self.recheck(*person),
+            Route::Person(person) => {
+                for session in self.sessions_of(*person) {
+                    session.push(Outbound::Event(env.clone()));
+                    self.metrics.deliveries.inc();
+                }
+            }
             Route::Rooms(chat_ids) => {
                 let mut reached = HashSet::new();
                 for chat_id in chat_ids {
@@ -478,14 +484,17 @@ impl Hub {
         }
     }
 
+    /// The sockets of `person` on this node.
+    fn sessions_of(&self, person: Person) -> Vec<Arc<Session>> {
+        self.people
+            .get(&person)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Has every socket of `person` here re-read which chats it may follow.
     pub fn recheck(&self, person: Person) {
-        let sessions = self
-            .people
-            .get(&person)
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        for session in sessions {
+        for session in self.sessions_of(person) {
             session.push(Outbound::Recheck);
         }
     }

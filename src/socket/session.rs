@@ -408,6 +408,7 @@ mod tests {
             created_at: 0,
             received_at: None,
             read_at: None,
+            pushed_at: None,
         }
     }
 

@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0010_webhooks.sql"),
     ),
+    (
+        11,
+        None,
+        include_str!("../../schema/migrations/0011_notifications.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

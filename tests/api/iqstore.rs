@@ -42,7 +42,7 @@ fn envelope_spec() -> Value {
 }
 
 /// POSTs as the document's example does; the answer is always HTTP 200 JSON.
-async fn post(app: &TestApp, path: &str, auth: (&str, String), body: &str) -> Value {
+pub async fn post(app: &TestApp, path: &str, auth: (&str, String), body: &str) -> Value {
     let r = app
         .client
         .post(format!("{}/public/api/v1/{path}", app.base))
@@ -56,7 +56,7 @@ async fn post(app: &TestApp, path: &str, auth: (&str, String), body: &str) -> Va
     r.json().await.expect("JSON")
 }
 
-fn cookie(token: &str) -> (&'static str, String) {
+pub fn cookie(token: &str) -> (&'static str, String) {
     ("cookie", format!("client-session={token}"))
 }
 

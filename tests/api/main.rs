@@ -18,5 +18,6 @@ mod files;
 mod isolation;
 mod live;
 mod messages;
+mod notify;
 mod webhooks;
 mod widget;

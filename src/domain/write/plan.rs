@@ -460,6 +460,7 @@ pub(super) fn new_message(chat_id: i64, send: &Draft, id: i64, seq: i64, now: i6
         created_at: now,
         received_at: None,
         read_at: None,
+        pushed_at: None,
     }
 }
 

@@ -14,6 +14,8 @@ pub struct Model {
     pub telegram_id: Option<String>,
     pub facebook_id: Option<String>,
     pub vk_id: Option<String>,
+    /// Where e-mail notifications go.
+    pub email: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// When the customer's sessions were last revoked (ms).

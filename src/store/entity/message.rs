@@ -22,6 +22,8 @@ pub struct Model {
     pub received_at: Option<i64>,
     /// When the other side first read it.
     pub read_at: Option<i64>,
+    /// When its recipient was told of it out of band (e-mail, push, webhook).
+    pub pushed_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

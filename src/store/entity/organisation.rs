@@ -11,6 +11,12 @@ pub struct Model {
     pub created_at: i64,
     /// Days after which a finished chat's files are removed; `None`: kept.
     pub file_retention_days: Option<i64>,
+    /// Seconds a message may stay unread by an absent member before they are told.
+    pub notify_after_secs: Option<i64>,
+    pub smtp_url: Option<String>,
+    pub mail_from: Option<String>,
+    /// The link back in a notification (`{chat_id}` is replaced).
+    pub notify_link: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -33,7 +33,7 @@ const LOCK_CHATS: &str = "SELECT id, last_seq, status, operator_id, last_activit
 /// The stored messages whose (chat, author kind, author id, local_id) is one of these.
 const FIND_REPEATS: &str = "\
 SELECT m.id, m.chat_id, m.seq, m.author_kind, m.author_id, m.local_id, m.payload, m.text,
-       m.file_id, m.created_at, m.received_at, m.read_at
+       m.file_id, m.created_at, m.received_at, m.read_at, m.pushed_at
 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[])
      AS k (chat_id, author_kind, author_id, local_id)
 JOIN messages m ON m.chat_id = k.chat_id AND m.author_kind = k.author_kind
@@ -539,6 +539,7 @@ fn message_of(row: &sqlx::postgres::PgRow) -> Result<Message, sqlx::Error> {
         created_at: row.try_get(9)?,
         received_at: row.try_get(10)?,
         read_at: row.try_get(11)?,
+        pushed_at: row.try_get(12)?,
     }
     .into())
 }

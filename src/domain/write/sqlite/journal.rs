@@ -253,7 +253,7 @@ fn read_chat(conn: &Connection, chat_id: i64) -> rusqlite::Result<Option<ChatSta
 fn find_repeat(conn: &Connection, key: &Key<'_>) -> rusqlite::Result<Option<Message>> {
     conn.prepare_cached(
         "SELECT id, chat_id, seq, author_kind, author_id, local_id, payload, text, file_id, \
-         created_at, received_at, read_at FROM messages \
+         created_at, received_at, read_at, pushed_at FROM messages \
          WHERE chat_id = ?1 AND author_kind = ?2 AND author_id = ?3 AND local_id = ?4",
     )?
     .query_row(
@@ -277,6 +277,7 @@ fn find_repeat(conn: &Connection, key: &Key<'_>) -> rusqlite::Result<Option<Mess
                 created_at: r.get(9)?,
                 received_at: r.get(10)?,
                 read_at: r.get(11)?,
+                pushed_at: r.get(12)?,
             })
         },
     )

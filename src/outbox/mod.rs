@@ -1,8 +1,11 @@
-//! Delivers webhook events from the outbox (see `domain::webhooks`): every node runs a
-//! loop that claims each active endpoint's due events and posts them, signed, each on a
-//! task of its own, and records the outcomes a round at a time. An endpoint has at most
-//! [`PER_ENDPOINT`] posts in flight, so a slow or dead one holds only its own events
-//! back; sends never wait on any of this.
+//! Delivers what the outbox holds. Webhook events (see `domain::webhooks`): every node
+//! runs a loop that claims each active endpoint's due events and posts them, signed, each
+//! on a task of its own, and records the outcomes a round at a time. An endpoint has at
+//! most [`PER_ENDPOINT`] posts in flight, so a slow or dead one holds only its own events
+//! back; sends never wait on any of this. Notifications' e-mail and Web Push go the same
+//! way ([`deliveries`]).
+
+pub mod deliveries;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -27,7 +30,7 @@ pub struct WebhookSettings {
 /// Whether `url` names this machine or a private network by address (or `localhost`):
 /// what an organisation's admin must not make a node post to, unless allowed. A name
 /// that resolves to such an address is not caught here.
-fn private_target(url: &str) -> bool {
+pub(crate) fn private_target(url: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(url) else {
         return true;
     };
@@ -52,9 +55,29 @@ fn private_target(url: &str) -> bool {
     }
 }
 
+/// The HTTP client of an outbox loop: posts end within `timeout`, and a redirect (which
+/// could lead anywhere, an internal address) counts as a failure. `None`, said in the
+/// log, when it cannot be made: then no `what` go out.
+pub(crate) fn client(timeout: Duration, what: &str) -> Option<reqwest::Client> {
+    // reqwest takes the process's TLS provider: ring, as the Redis connections do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("souq/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make an HTTP client; no {what} will go out");
+            None
+        }
+    }
+}
+
 /// How often an idle node looks for due events: the most a delivery waits after its
 /// commit when nothing else is going on. Each look is one claim per active endpoint.
-const POLL: Duration = Duration::from_millis(200);
+pub(crate) const POLL: Duration = Duration::from_millis(200);
 
 /// Posts in flight per endpoint (a chat has one at a time, so this many chats' events go
 /// out side by side).
@@ -67,20 +90,8 @@ const KEEP_DONE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// finished since the last (one transaction), then claims what is due for every endpoint
 /// with room; with nothing claimed, it waits for a post to finish or for [`POLL`].
 pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
-    // reqwest takes the process's TLS provider: ring, as the Redis connections do.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match reqwest::Client::builder()
-        .timeout(settings.timeout)
-        // A redirect could lead anywhere (an internal address): it counts as a failure.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("souq-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot make the webhook client; no webhooks will go out");
-            return;
-        }
+    let Some(client) = client(settings.timeout, "webhooks") else {
+        return;
     };
     // A claim lasts the post's timeout and then some (for recording the outcome): a node
     // that dies mid-post gives the event back when it runs out.
