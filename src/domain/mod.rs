@@ -188,6 +188,8 @@ pub struct Core {
     metrics: Arc<Metrics>,
     /// Where uploaded files are kept, and what is taken.
     files: Files,
+    /// The Web Push key, read once from the database.
+    vapid: tokio::sync::OnceCell<crate::push::Vapid>,
 }
 
 impl Core {
@@ -221,6 +223,7 @@ impl Core {
             clock,
             writer,
             files,
+            vapid: tokio::sync::OnceCell::new(),
         })
     }
 

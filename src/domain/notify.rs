@@ -37,6 +37,9 @@ use crate::store::stmt;
 
 /// How long a look may take before another node may take over.
 const LEASE_MS: i64 = 60_000;
+/// The least time between two looks: a notification comes at most this much after its
+/// wait is out, and the chats active lately are read at most this often.
+const LOOK_EVERY_MS: i64 = 5_000;
 /// How much later than its `created_at` a message may commit (and its chat's activity
 /// show): the look reaches this much further back.
 const MARGIN_MS: i64 = 10_000;
@@ -46,6 +49,8 @@ const REACH_MAX_MS: i64 = 24 * 3600 * 1000;
 const WINDOW: i64 = 8;
 /// The newest messages of each chat a notification shows.
 const DIGEST: i64 = 5;
+/// The most push subscriptions (browsers) a person keeps; a new one beyond ends the oldest.
+const SUBSCRIPTIONS: usize = 10;
 /// Ids written into one statement's list.
 const CHUNK: usize = 500;
 
@@ -185,8 +190,9 @@ fn ids_list(ids: &[i64]) -> String {
 
 impl Core {
     /// One look for members to tell (see the module's comment); returns how many
-    /// notifications were made, or `None` at once while another look (of this node or
-    /// another) is under way. Every node calls this every second or so.
+    /// notifications were made (0 too when the last look is under [`LOOK_EVERY_MS`] old),
+    /// or `None` at once while another look (of this node or another) is under way.
+    /// Every node calls this every second or so.
     pub async fn notify_round(&self) -> Result<Option<usize>> {
         let backend = self.store().backend();
         let now = self.now_ms();
@@ -197,12 +203,24 @@ impl Core {
             .query_one_raw(stmt(
                 backend,
                 "UPDATE notify_sweeps SET lease_until = ? WHERE id = 1 AND lease_until < ? \
-                 RETURNING swept_at",
-                [lease.into(), now.into()],
+                 AND swept_at <= ? RETURNING swept_at",
+                [lease.into(), now.into(), (now - LOOK_EVERY_MS).into()],
             ))
             .await?;
-        let Some(row) = claimed else { return Ok(None) };
+        let Some(row) = claimed else {
+            let busy = self
+                .store()
+                .query(
+                    "SELECT lease_until FROM notify_sweeps WHERE id = 1 AND lease_until >= ?",
+                    [now.into()],
+                )
+                .await?;
+            return Ok(if busy.is_empty() { Some(0) } else { None });
+        };
         let swept_at: i64 = row.try_get("", "swept_at")?;
+        // The first look ever (just after the upgrade that brought notifications) reaches
+        // back as from a look made now, not over every chat of the last day.
+        let swept_at = if swept_at == 0 { now } else { swept_at };
         let plan = self.notify_plan(swept_at, now).await;
         let tx = self.store().write().await?;
         // Fenced: only the holder of this lease writes what it found.
@@ -232,7 +250,7 @@ impl Core {
         }
         let mut made = Vec::with_capacity(planned.len());
         for p in planned {
-            made.push(self.write_notification(&*tx, backend, p, now).await?);
+            made.extend(self.write_notification(&*tx, backend, p, now).await?);
         }
         tx.commit().await?;
         let count = made.len();
@@ -285,6 +303,8 @@ impl Core {
             let link = links[&candidate.org_id].as_deref();
             let mut chats = Vec::new();
             let mut total = 0;
+            let mut mine = mine;
+            mine.sort_by_key(|u| u.member.chat_id);
             for u in mine {
                 let c = candidates[&u.member.chat_id];
                 if let Some(chat) = self
@@ -564,15 +584,19 @@ impl Core {
 
     /// Whether `person` was told of unread messages after `since`.
     async fn told_since(&self, person: Person, since: i64) -> Result<bool> {
+        // The newest only (through the feed's index), whatever its age.
         let rows = self
             .store()
             .query(
-                "SELECT id FROM notifications WHERE person_kind = ? AND person_id = ? \
-                 AND kind = 'unread' AND created_at > ? ORDER BY id DESC LIMIT 1",
-                [person.kind().into(), person.id().into(), since.into()],
+                "SELECT created_at FROM notifications WHERE person_kind = ? AND person_id = ? \
+                 ORDER BY id DESC LIMIT 1",
+                [person.kind().into(), person.id().into()],
             )
             .await?;
-        Ok(!rows.is_empty())
+        Ok(match rows.first() {
+            Some(r) => r.try_get::<i64>("", "created_at")? > since,
+            None => false,
+        })
     }
 
     async fn org_notify_link(&self, org_id: i64) -> Result<Option<String>> {
@@ -639,7 +663,7 @@ impl Core {
                      LEFT JOIN customers cu ON m.author_kind = 'customer' AND cu.id = m.author_id \
                      LEFT JOIN operators op ON m.author_kind = 'operator' AND op.id = m.author_id \
                      LEFT JOIN files f ON f.id = m.file_id \
-                     WHERE {to_member} ORDER BY m.seq DESC LIMIT {DIGEST}"
+                     WHERE {to_member} AND m.seq <= {top} ORDER BY m.seq DESC LIMIT {DIGEST}"
                 ),
                 values(),
             )
@@ -684,8 +708,31 @@ impl Core {
         backend: DbBackend,
         p: Planned,
         now: i64,
-    ) -> Result<(Person, Notification)> {
+    ) -> Result<Option<(Person, Notification)>> {
         let (kind, id) = (p.person.kind(), p.person.id());
+        // A chat erased since the look read it (a customer's data) is left out.
+        let listed: Vec<i64> = p.chats.iter().map(|c| c.chat_id).collect();
+        let mut still: HashSet<i64> = HashSet::new();
+        for r in tx
+            .query_all_raw(stmt(
+                backend,
+                &format!("SELECT id FROM chats WHERE id IN ({})", ids_list(&listed)),
+                [],
+            ))
+            .await?
+        {
+            still.insert(r.try_get("", "id")?);
+        }
+        let mut p = p;
+        p.chats.retain(|c| still.contains(&c.chat_id));
+        if p.chats.is_empty() {
+            return Ok(None);
+        }
+        p.unread = p
+            .chats
+            .iter()
+            .map(|c| c.view["unread"].as_i64().unwrap_or(0))
+            .sum();
         let chats: Vec<serde_json::Value> = p.chats.iter().map(|c| c.view.clone()).collect();
         let chats = serde_json::Value::Array(chats);
         let chat_ids = format!(
@@ -740,10 +787,13 @@ impl Core {
             backend,
             "INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, \
                  subject_text, n1, n2, created_at, state, attempts, next_at) \
-             SELECT w.id, w.org_id, 0, 'notify', ?, ?, ?, 0, ?, 'pending', 0, ? \
+             SELECT w.id, w.org_id, ?, 'notify', ?, ?, ?, 0, ?, 'pending', 0, ? \
              FROM webhooks w WHERE w.org_id = ? AND w.active \
              AND (',' || w.events || ',') LIKE '%,notify,%'",
             [
+                // Each its own queue (a negative key, never a chat's): one that fails
+                // holds back no other.
+                (-notification_id).into(),
                 notification_id.into(),
                 kind.into(),
                 id.into(),
@@ -786,7 +836,7 @@ impl Core {
             ],
         ))
         .await?;
-        Ok((
+        Ok(Some((
             p.person,
             Notification {
                 id: notification_id,
@@ -796,7 +846,7 @@ impl Core {
                 created_at: now,
                 read_at: None,
             },
-        ))
+        )))
     }
 
     /// The caller's notifications, newest first, before the id `before` if given.
@@ -907,13 +957,18 @@ impl Core {
 
     /// The server's VAPID key, shared by every node through the database.
     pub async fn vapid(&self) -> Result<Vapid> {
-        let secret = self
-            .shared_secret("vapid", || super::hex(&Vapid::generate()))
-            .await?;
-        let bytes: Vec<u8> = (0..secret.len() / 2)
-            .filter_map(|i| u8::from_str_radix(secret.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        Vapid::from_secret(&bytes).ok_or_else(|| Error::Internal("a bad VAPID key".into()))
+        self.vapid
+            .get_or_try_init(|| async {
+                let secret = self
+                    .shared_secret("vapid", || super::hex(&Vapid::generate()))
+                    .await?;
+                let bytes: Vec<u8> = (0..secret.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(secret.get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect();
+                Vapid::from_secret(&bytes).ok_or_else(|| Error::Internal("a bad VAPID key".into()))
+            })
+            .await
+            .cloned()
     }
 
     /// Registers a browser's push subscription for the caller (a subscription already
@@ -958,8 +1013,27 @@ impl Core {
             ))
             .await?
             .ok_or_else(|| Error::Internal("no subscription id".into()))?;
+        let id: i64 = row.try_get("", "id")?;
+        // The person's oldest subscriptions beyond the most kept go.
+        self.store()
+            .db()
+            .execute_raw(stmt(
+                self.store().backend(),
+                &format!(
+                    "DELETE FROM push_subscriptions WHERE person_kind = ? AND person_id = ? \
+                     AND id NOT IN (SELECT id FROM push_subscriptions \
+                         WHERE person_kind = ? AND person_id = ? ORDER BY id DESC LIMIT {SUBSCRIPTIONS})"
+                ),
+                [
+                    person.kind().into(),
+                    person.id().into(),
+                    person.kind().into(),
+                    person.id().into(),
+                ],
+            ))
+            .await?;
         Ok(PushSubscription {
-            id: row.try_get("", "id")?,
+            id,
             endpoint: subscription.endpoint,
             created_at: row.try_get("", "created_at")?,
         })
@@ -1065,6 +1139,9 @@ impl Core {
             return Ok(None);
         };
         let notification = notification_of(r)?;
+        if notification.read_at.is_some() {
+            return Ok(None);
+        }
         let push = if d.channel == "push" {
             let id: i64 = d.target.parse().unwrap_or(0);
             let subs = self
@@ -1098,7 +1175,7 @@ impl Core {
     }
 
     /// Records how deliveries went (as webhook events' are). A push service that says
-    /// the subscription is gone (404, 410) has it removed.
+    /// the subscription ended (404, 410) has it removed.
     pub async fn record_deliveries(
         &self,
         outcomes: &[(ClaimedDelivery, Delivery)],
@@ -1107,7 +1184,7 @@ impl Core {
         let backend = self.store().backend();
         let gone: Vec<i64> = outcomes
             .iter()
-            .filter(|(d, r)| d.channel == "push" && matches!(r, Delivery::Gone))
+            .filter(|(d, r)| d.channel == "push" && matches!(r, Delivery::Ended))
             .filter_map(|(d, _)| d.target.parse().ok())
             .collect();
         if !gone.is_empty() {

@@ -45,11 +45,14 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// What a stored password is shown as.
+const HIDDEN: &str = "********";
+
 /// An SMTP URL with its password replaced.
 fn hide_password(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("********"));
+            let _ = u.set_password(Some(HIDDEN));
             u.to_string()
         }
         _ => url.to_owned(),
@@ -85,6 +88,30 @@ fn check_link(link: &str) -> Result<String> {
 }
 
 impl Core {
+    /// `url` with the stored password where it carries the hidden one (a client that
+    /// sends back what it read).
+    async fn keep_password(&self, org_id: i64, url: &str) -> Result<String> {
+        let Ok(mut parsed) = reqwest::Url::parse(url.trim()) else {
+            return Ok(url.to_owned());
+        };
+        if parsed.password() != Some(HIDDEN) {
+            return Ok(url.to_owned());
+        }
+        let stored = organisation::Entity::find_by_id(org_id)
+            .one(self.store().db())
+            .await?
+            .and_then(|o| o.smtp_url)
+            .and_then(|s| reqwest::Url::parse(&s).ok())
+            .and_then(|s| s.password().map(str::to_owned));
+        let Some(password) = stored else {
+            return Err(Error::Invalid(
+                "smtp_url carries the hidden password, and none is stored".into(),
+            ));
+        };
+        let _ = parsed.set_password(Some(&password));
+        Ok(parsed.to_string())
+    }
+
     /// The organisation's settings (admin).
     pub async fn organisation_settings(&self, who: &Principal) -> Result<OrganisationSettings> {
         let org_id = self.require_admin(who)?.0;
@@ -114,18 +141,18 @@ impl Core {
             changes.push((organisation::Column::FileRetentionDays, Expr::value(days)));
         }
         if let Some(secs) = patch.notify_after_secs {
-            if secs.is_some_and(|s| !(1..=7 * 86_400).contains(&s)) {
+            if secs.is_some_and(|s| !(1..=43_200).contains(&s)) {
                 return Err(Error::Invalid(
-                    "notify_after_secs must be from 1 to 604800, or null".into(),
+                    "notify_after_secs must be from 1 to 43200 (12 hours), or null".into(),
                 ));
             }
             changes.push((organisation::Column::NotifyAfterSecs, Expr::value(secs)));
         }
         if let Some(url) = patch.smtp_url {
-            let url = url
-                .filter(|u| !u.trim().is_empty())
-                .map(|u| check_smtp_url(&u))
-                .transpose()?;
+            let url = match url.filter(|u| !u.trim().is_empty()) {
+                Some(u) => Some(check_smtp_url(&self.keep_password(org_id, &u).await?)?),
+                None => None,
+            };
             changes.push((organisation::Column::SmtpUrl, Expr::value(url)));
         }
         if let Some(from) = patch.mail_from {

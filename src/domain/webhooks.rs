@@ -108,6 +108,8 @@ pub enum Delivery {
     Delivered,
     /// What the event was about is gone (erased): nothing to send.
     Gone,
+    /// The target itself is gone for good (a push subscription its browser ended).
+    Ended,
     /// Why it failed: `HTTP 500`, `timed out`...
     Failed(String),
 }
@@ -700,6 +702,7 @@ impl Core {
             let (state, next_at, note) = match t.result {
                 Delivery::Delivered => continue,
                 Delivery::Gone => ("done", now, Some("what it was about is gone".to_owned())),
+                Delivery::Ended => ("done", now, Some("the target is gone".to_owned())),
                 Delivery::Failed(error) => {
                     let error: String = error.chars().take(500).collect();
                     match policy.next_try(t.attempt, t.created_at, now, rand::random()) {

@@ -187,7 +187,7 @@ impl Send {
         match self.client.execute(request).await {
             Ok(answer) if answer.status().is_success() => Delivery::Delivered,
             // The browser unsubscribed: the subscription is removed.
-            Ok(answer) if matches!(answer.status().as_u16(), 404 | 410) => Delivery::Gone,
+            Ok(answer) if matches!(answer.status().as_u16(), 404 | 410) => Delivery::Ended,
             Ok(answer) => Delivery::Failed(format!("HTTP {}", answer.status().as_u16())),
             Err(e) if e.is_timeout() => Delivery::Failed("timed out".into()),
             Err(e) if e.is_connect() => Delivery::Failed("cannot connect".into()),

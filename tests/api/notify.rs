@@ -471,6 +471,19 @@ async fn bad_settings_subscriptions_and_marks_are_refused_and_change_nothing() {
     .expect(200);
     let settings = app.get("/v1/organisation", &admin).await.expect(200);
     assert!(!settings.to_string().contains("hunter2"), "{settings}");
+    // Sent back as read, the hidden password keeps the stored one.
+    app.patch(
+        "/v1/organisation",
+        &admin,
+        json!({"smtp_url": settings["smtp_url"], "mail_from": "desk@acme.test"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        app.count("organisations WHERE smtp_url LIKE '%:hunter2@%'")
+            .await,
+        1
+    );
 
     let good_key = {
         use p256::elliptic_curve::sec1::ToEncodedPoint;
@@ -489,6 +502,29 @@ async fn bad_settings_subscriptions_and_marks_are_refused_and_change_nothing() {
         assert!(r.status == 422 || r.status == 400, "{bad}: {}", r.status);
     }
     assert_eq!(app.count("push_subscriptions").await, 0);
+    // A person keeps ten browsers at most: the oldest go.
+    for i in 0..12 {
+        app.post(
+            "/v1/push/subscriptions",
+            &desk.customer,
+            json!({"endpoint": format!("https://push.example.net/{i}"),
+                   "keys": {"p256dh": good_key, "auth": souq::push::b64(&[1u8; 16])}}),
+        )
+        .await
+        .expect(201);
+    }
+    let subs = app
+        .get("/v1/push/subscriptions", &desk.customer)
+        .await
+        .expect(200);
+    let kept: Vec<String> = subs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|s| str_of(&s["endpoint"]))
+        .collect();
+    assert_eq!(kept.len(), 10);
+    assert_eq!(kept[0], "https://push.example.net/2");
     // An admin token has no feed; a mark names either ids or a bound.
     assert_eq!(app.get("/v1/notifications", &admin).await.status, 403);
     for bad in [
