@@ -271,9 +271,20 @@ impl Core {
             return Ok((Vec::new(), Vec::new()));
         }
         let members = self.members_of(&candidates).await?;
+        let operators: Vec<i64> = members
+            .values()
+            .flatten()
+            .filter_map(|p| match p {
+                Person::Operator(id) => Some(*id),
+                Person::Customer(_) => None,
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let away = self.operators_away(&operators).await?;
         let cursors = self.member_cursors(&candidates).await?;
         let (unread, own) = self
-            .first_unread(&candidates, &members, &cursors, now)
+            .first_unread(&candidates, &members, &cursors, &away, now)
             .await?;
         let mut people: Vec<Person> = unread
             .iter()
@@ -292,7 +303,7 @@ impl Core {
                 .collect();
             let Some(first) = mine.first() else { continue };
             let candidate = candidates[&first.member.chat_id];
-            if !self.is_absent(person).await?
+            if !self.is_absent(person, &away).await
                 || self.told_since(person, now - candidate.delay_ms).await?
             {
                 continue;
@@ -327,9 +338,10 @@ impl Core {
         Ok((planned, own))
     }
 
-    /// Chats active recently enough to hold a message that came due since the last look:
-    /// for an organisation that tells after `d`, since the last look less twice `d`
-    /// (once for the wait, once for a person told lately) and a margin.
+    /// Chats that may hold a message that came due since the last look: for an
+    /// organisation that tells after `d`, those active since the last look less twice
+    /// `d` (once for the wait, once for a person told lately) and a margin, and the open
+    /// chats of operators who went away since then (their wait counts from then).
     async fn notify_candidates(&self, swept_at: i64, now: i64) -> Result<HashMap<i64, Candidate>> {
         let delays = self
             .store()
@@ -344,17 +356,51 @@ impl Core {
             let secs: i64 = row.try_get("", "d")?;
             let delay_ms = secs.max(0) * 1000;
             let since = (swept_at - 2 * delay_ms - MARGIN_MS).max(now - REACH_MAX_MS);
-            let rows = self
+            let columns = "SELECT c.id AS id, c.org_id AS org_id, c.inbox_id AS inbox_id, \
+                 c.domain_id AS domain_id, c.customer_id AS customer_id, \
+                 c.operator_id AS operator_id, c.last_seq AS last_seq FROM chats c \
+                 WHERE c.last_seq > 0 \
+                 AND c.org_id IN (SELECT id FROM organisations WHERE notify_after_secs = ?)";
+            let mut rows = self
                 .store()
                 .query(
-                    "SELECT c.id AS id, c.org_id AS org_id, c.inbox_id AS inbox_id, \
-                         c.domain_id AS domain_id, c.customer_id AS customer_id, \
-                         c.operator_id AS operator_id, c.last_seq AS last_seq \
-                     FROM chats c WHERE c.last_activity_at > ? AND c.last_seq > 0 \
-                     AND c.org_id IN (SELECT id FROM organisations WHERE notify_after_secs = ?)",
-                    [since.into(), secs.into()],
+                    &format!("{columns} AND c.last_activity_at > ?"),
+                    [secs.into(), since.into()],
                 )
                 .await?;
+            let went_away: Vec<i64> = self
+                .store()
+                .query(
+                    &format!(
+                        "SELECT id FROM operators WHERE updated_at > ? AND presence IN ({}, {}) \
+                         AND org_id IN (SELECT id FROM organisations WHERE notify_after_secs = ?)",
+                        Presence::Offline.code(),
+                        Presence::Away.code()
+                    ),
+                    [since.into(), secs.into()],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get("", "id"))
+                .collect::<std::result::Result<_, _>>()?;
+            for chunk in went_away.chunks(CHUNK) {
+                let ops = ids_list(chunk);
+                rows.extend(
+                    self.store()
+                        .query(
+                            &format!(
+                                "{columns} AND c.status <> 'finished' AND c.last_activity_at > ? \
+                                 AND (c.operator_id IN ({ops}) OR (c.operator_id IS NULL AND ( \
+                                     c.inbox_id IN (SELECT inbox_id FROM assignments \
+                                         WHERE operator_id IN ({ops})) \
+                                     OR c.domain_id IN (SELECT domain_id FROM assignments \
+                                         WHERE is_admin = ? AND operator_id IN ({ops})))))"
+                            ),
+                            [secs.into(), (now - REACH_MAX_MS).into(), true.into()],
+                        )
+                        .await?,
+                );
+            }
             for r in rows {
                 out.insert(
                     r.try_get("", "id")?,
@@ -483,6 +529,7 @@ impl Core {
         candidates: &HashMap<i64, Candidate>,
         members: &HashMap<i64, Vec<Person>>,
         cursors: &HashMap<Member, i64>,
+        away: &HashMap<i64, i64>,
         now: i64,
     ) -> Result<(Vec<Unread>, Vec<(Member, i64)>)> {
         let mut pairs: Vec<(Member, i64)> = Vec::new();
@@ -547,11 +594,18 @@ impl Core {
                     break;
                 }
             }
+            // An operator is told of a message once it has waited, and they have been
+            // away, for the whole wait: one who was there when it came and left later
+            // has the wait from when they left.
+            let waited_from = |at: i64| match member.person {
+                Person::Operator(id) => away.get(&id).map(|since| at.max(*since)),
+                Person::Customer(_) => Some(at),
+            };
             match (first, last_seen) {
                 (Some(at), _) => unread.push(Unread {
                     member,
                     cursor,
-                    due: at <= now - delay_ms,
+                    due: waited_from(at).is_some_and(|from| from <= now - delay_ms),
                 }),
                 (None, Some(seq)) => own.push((member, seq)),
                 (None, None) => {}
@@ -560,26 +614,32 @@ impl Core {
         Ok((unread, own))
     }
 
-    /// Whether `person` is away from the app: a customer with no live socket on any
-    /// node, an operator offline or away.
-    async fn is_absent(&self, person: Person) -> Result<bool> {
+    /// Whether `person` is away from the app: a customer with no live socket (on this
+    /// node, or with Redis on another: see docs/notifications.md), an operator offline or
+    /// away (`away`, read by [`Core::operators_away`]).
+    async fn is_absent(&self, person: Person, away: &HashMap<i64, i64>) -> bool {
         match person {
-            Person::Customer(_) => Ok(!self.live.is_connected(person).await),
-            Person::Operator(id) => {
-                let rows = self
-                    .store()
-                    .query("SELECT presence FROM operators WHERE id = ?", [id.into()])
-                    .await?;
-                let presence: i16 = match rows.first() {
-                    Some(r) => r.try_get("", "presence")?,
-                    None => return Ok(false),
-                };
-                Ok(matches!(
-                    Presence::from_code(presence),
-                    Presence::Offline | Presence::Away
-                ))
+            Person::Customer(_) => !self.live.is_connected(person).await,
+            Person::Operator(id) => away.contains_key(&id),
+        }
+    }
+
+    /// Of these operators, those offline or away, with when their presence last changed
+    /// (when they went away, as far as the notifier knows).
+    async fn operators_away(&self, operators: &[i64]) -> Result<HashMap<i64, i64>> {
+        let mut out = HashMap::new();
+        for chunk in operators.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, updated_at FROM operators WHERE id IN ({}) AND presence IN ({}, {})",
+                ids_list(chunk),
+                Presence::Offline.code(),
+                Presence::Away.code()
+            );
+            for r in self.store().query(&sql, []).await? {
+                out.insert(r.try_get("", "id")?, r.try_get("", "updated_at")?);
             }
         }
+        Ok(out)
     }
 
     /// Whether `person` was told of unread messages after `since`.

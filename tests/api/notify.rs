@@ -547,3 +547,48 @@ async fn bad_settings_subscriptions_and_marks_are_refused_and_change_nothing() {
         .expect("delete");
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn an_operator_who_leaves_with_messages_unread_is_told_once_away_for_the_wait() {
+    let app = spawn_app_with(|_| {}).await;
+    let admin = app.admin().await;
+    notify_after(&app, &admin, json!({})).await;
+    let desk = app.desk(&admin).await;
+    let presence = |want: &'static str| {
+        let (app, admin, id) = (&app, &admin, desk.operator_id);
+        async move {
+            eventually(want, || async {
+                let op = app
+                    .get(&format!("/v1/operators/{id}"), admin)
+                    .await
+                    .expect(200);
+                (op["presence"] == want).then_some(())
+            })
+            .await
+        }
+    };
+    let ws = app.ws(&desk.operator, "").await;
+    presence("online").await;
+    app.send(&desk.customer, desk.chat_id, "anyone?", None)
+        .await
+        .expect(201);
+    // Long past the wait, and past the chats a look reads for their activity alone.
+    app.clock.advance(Duration::from_secs(200));
+    settle(&app).await;
+    assert_eq!(app.count("notifications").await, 0, "present");
+    // The laptop sleeps: away from now, not from when the message came.
+    drop(ws);
+    presence("offline").await;
+    settle(&app).await;
+    assert_eq!(app.count("notifications").await, 0, "away for no time yet");
+    wait_out(&app).await;
+    let feed = app
+        .get("/v1/notifications", &desk.operator)
+        .await
+        .expect(200);
+    assert_eq!(feed["unread"], 1, "{feed}");
+    assert_eq!(
+        feed["items"][0]["chats"][0]["messages"][0]["text"],
+        "anyone?"
+    );
+}
