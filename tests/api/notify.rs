@@ -92,6 +92,18 @@ async fn notify_after(app: &TestApp, admin: &str, settings: Value) {
     app.patch("/v1/organisation", admin, body).await.expect(200);
 }
 
+/// Waits until the operator's presence is `want` (a socket's opening or closing sets it).
+async fn presence_is(app: &TestApp, admin: &str, operator_id: i64, want: &str) {
+    eventually(want, || async {
+        let op = app
+            .get(&format!("/v1/operators/{operator_id}"), admin)
+            .await
+            .expect(200);
+        (op["presence"] == want).then_some(())
+    })
+    .await;
+}
+
 /// Moves the server's clock past the wait and has the notifier look.
 async fn wait_out(app: &TestApp) {
     app.clock.advance(Duration::from_secs(61));
@@ -239,14 +251,7 @@ async fn a_member_on_a_live_socket_or_who_read_in_time_is_not_told_and_an_absent
     let desk = app.desk(&admin).await;
     // The operator is in the app: no notification, however long the message waits.
     let operator_ws = app.ws(&desk.operator, "").await;
-    eventually("the operator online", || async {
-        let op = app
-            .get(&format!("/v1/operators/{}", desk.operator_id), &admin)
-            .await
-            .expect(200);
-        (op["presence"] == "online").then_some(())
-    })
-    .await;
+    presence_is(&app, &admin, desk.operator_id, "online").await;
     app.send(&desk.customer, desk.chat_id, "are you there?", None)
         .await
         .expect(201);
@@ -554,21 +559,8 @@ async fn an_operator_who_leaves_with_messages_unread_is_told_once_away_for_the_w
     let admin = app.admin().await;
     notify_after(&app, &admin, json!({})).await;
     let desk = app.desk(&admin).await;
-    let presence = |want: &'static str| {
-        let (app, admin, id) = (&app, &admin, desk.operator_id);
-        async move {
-            eventually(want, || async {
-                let op = app
-                    .get(&format!("/v1/operators/{id}"), admin)
-                    .await
-                    .expect(200);
-                (op["presence"] == want).then_some(())
-            })
-            .await
-        }
-    };
     let ws = app.ws(&desk.operator, "").await;
-    presence("online").await;
+    presence_is(&app, &admin, desk.operator_id, "online").await;
     app.send(&desk.customer, desk.chat_id, "anyone?", None)
         .await
         .expect(201);
@@ -578,7 +570,7 @@ async fn an_operator_who_leaves_with_messages_unread_is_told_once_away_for_the_w
     assert_eq!(app.count("notifications").await, 0, "present");
     // The laptop sleeps: away from now, not from when the message came.
     drop(ws);
-    presence("offline").await;
+    presence_is(&app, &admin, desk.operator_id, "offline").await;
     settle(&app).await;
     assert_eq!(app.count("notifications").await, 0, "away for no time yet");
     wait_out(&app).await;
