@@ -17,6 +17,8 @@ pub struct Customer {
     pub telegram_id: Option<String>,
     pub facebook_id: Option<String>,
     pub vk_id: Option<String>,
+    /// Where e-mail notifications go.
+    pub email: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -32,6 +34,7 @@ impl From<customer::Model> for Customer {
             telegram_id: m.telegram_id,
             facebook_id: m.facebook_id,
             vk_id: m.vk_id,
+            email: m.email,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -56,6 +59,8 @@ pub struct CustomerFields {
     pub facebook_id: Option<String>,
     #[serde(default)]
     pub vk_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 struct Checked {
@@ -66,6 +71,7 @@ struct Checked {
     telegram_id: Option<String>,
     facebook_id: Option<String>,
     vk_id: Option<String>,
+    email: Option<String>,
 }
 
 impl CustomerFields {
@@ -78,6 +84,10 @@ impl CustomerFields {
             telegram_id: optional("telegram_id", self.telegram_id.as_deref(), 200)?,
             facebook_id: optional("facebook_id", self.facebook_id.as_deref(), 200)?,
             vk_id: optional("vk_id", self.vk_id.as_deref(), 200)?,
+            email: match self.email.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(e) => Some(super::email("email", e)?),
+            },
         })
     }
 }
@@ -137,6 +147,9 @@ impl Core {
                     if let Some(v) = &f.vk_id {
                         model.vk_id = Set(Some(v.clone()));
                     }
+                    if let Some(v) = &f.email {
+                        model.email = Set(Some(v.clone()));
+                    }
                     model.updated_at = Set(now);
                     model.update(&*tx).await.map(|m| (m, false))
                 }
@@ -153,6 +166,7 @@ impl Core {
                     telegram_id: Set(f.telegram_id.clone()),
                     facebook_id: Set(f.facebook_id.clone()),
                     vk_id: Set(f.vk_id.clone()),
+                    email: Set(f.email.clone()),
                     created_at: Set(now),
                     updated_at: Set(now),
                     ..Default::default()

@@ -584,3 +584,48 @@ async fn an_operator_who_leaves_with_messages_unread_is_told_once_away_for_the_w
         "anyone?"
     );
 }
+
+#[tokio::test]
+async fn a_customer_with_an_address_gets_the_answer_by_email_and_a_bad_address_is_refused() {
+    let app = spawn_app_with(|_| {}).await;
+    let admin = app.admin().await;
+    let smtp = SmtpSink::start().await;
+    notify_after(&app, &admin, json!({"smtp_url": smtp.url()})).await;
+    let desk = app.desk(&admin).await;
+    let customer = app
+        .get(&format!("/v1/customers/{}", desk.customer_id), &admin)
+        .await
+        .expect(200);
+    let bad = app
+        .post(
+            "/v1/customers",
+            &admin,
+            json!({"external_id": customer["external_id"], "email": "no address"}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let updated = app
+        .post(
+            "/v1/customers",
+            &admin,
+            json!({"external_id": customer["external_id"], "email": "Ana@Example.COM"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(updated["email"], "ana@example.com");
+    app.send(&desk.operator, desk.chat_id, "your parcel left today", None)
+        .await
+        .expect(201);
+    wait_out(&app).await;
+    let mails = eventually("the e-mail", || async {
+        let mails = smtp.mails();
+        (!mails.is_empty()).then_some(mails)
+    })
+    .await;
+    assert!(
+        mails[0].starts_with("X-Envelope-To: ana@example.com"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("your parcel left today"), "{}", mails[0]);
+}
