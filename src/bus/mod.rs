@@ -105,6 +105,30 @@ impl Bus {
         }
     }
 
+    /// A customer's first socket on this node opened.
+    pub async fn customer_connected(&self, customer_id: i64) {
+        if let Some(redis) = &self.redis
+            && let Err(e) = redis.customer_here(customer_id).await
+        {
+            tracing::warn!(error = %e, "cannot record a customer's socket in redis");
+        }
+    }
+
+    /// A customer's last socket on this node closed (unless one opened meanwhile: then
+    /// it is recorded again).
+    pub async fn customer_disconnected(&self, customer_id: i64) {
+        let Some(redis) = &self.redis else { return };
+        let recorded = match redis.customer_gone(customer_id).await {
+            Ok(()) if self.hub.is_connected(Person::Customer(customer_id)) => {
+                redis.customer_here(customer_id).await
+            }
+            other => other,
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record a customer's socket in redis");
+        }
+    }
+
     /// Whether another node holds a socket of the operator (never, without Redis; when
     /// Redis cannot say, no).
     pub async fn operator_elsewhere(&self, operator_id: i64) -> bool {
@@ -219,8 +243,10 @@ impl Live for Bus {
             }
             match person {
                 Person::Operator(id) => self.operator_elsewhere(id).await,
-                // Only operators' presence is kept across nodes.
-                Person::Customer(_) => false,
+                Person::Customer(id) => match &self.redis {
+                    None => false,
+                    Some(redis) => redis.customer_elsewhere(id).await.unwrap_or(false),
+                },
             }
         })
     }

@@ -24,6 +24,12 @@
 //! holding a socket of the operator, scored by an expiry that each node refreshes while
 //! it holds one. An operator is online while any entry is unexpired; a node that dies
 //! stops refreshing, and the sweep of any other node sets the operator offline.
+//!
+//! Customers, far more numerous, cost a node two commands a refresh instead of one per
+//! person: `{prefix}:customers:{node}` is the set of customers with a socket on that node
+//! (a member added with the first socket, removed with the last), kept alive by an
+//! expiry each refresh pushes on, and `{prefix}:nodes` scores each node by its expiry. A
+//! customer is connected while a live node's set holds them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -370,6 +376,64 @@ impl RedisBus {
 
     fn presence_key(&self, operator_id: i64) -> String {
         format!("{}:presence:{operator_id}", self.config.prefix)
+    }
+
+    fn customers_key(&self, node: &str) -> String {
+        format!("{}:customers:{node}", self.config.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.config.prefix)
+    }
+
+    /// Records that this node holds a socket of the customer.
+    pub async fn customer_here(&self, customer_id: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        conn.sadd(self.customers_key(&self.node), customer_id).await
+    }
+
+    /// Records that this node holds no socket of the customer any more.
+    pub async fn customer_gone(&self, customer_id: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        conn.srem(self.customers_key(&self.node), customer_id).await
+    }
+
+    /// Whether another live node holds a socket of the customer.
+    pub async fn customer_elsewhere(&self, customer_id: i64) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = conn
+            .zrangebyscore(self.nodes_key(), self.clock.now_ms(), "+inf")
+            .await?;
+        for node in nodes.iter().filter(|n| **n != self.node) {
+            if conn
+                .sismember(self.customers_key(node), customer_id)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Says this node is alive for another presence period, its customers' set with it;
+    /// `all` (Redis may have lost everything) writes the set whole again first.
+    async fn node_alive(&self, all: bool) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let key = self.customers_key(&self.node);
+        if all {
+            for chunk in self.hub.local_customers().chunks(1000) {
+                let _: () = conn.sadd(&key, chunk).await?;
+            }
+        }
+        let ttl_ms = 2 * self.config.presence_ttl.as_millis() as i64;
+        let _: () = conn.pexpire(&key, ttl_ms).await?;
+        let _: () = conn
+            .zadd(self.nodes_key(), &self.node, self.expiry())
+            .await?;
+        let _: () = conn
+            .zrembyscore(self.nodes_key(), "-inf", self.clock.now_ms() - ttl_ms)
+            .await?;
+        Ok(())
     }
 
     fn presence_index(&self) -> String {
@@ -902,9 +966,22 @@ fn take_replies(
     Ok(())
 }
 
-/// Refreshes this node's presence claims for the operators connected here.
+/// Refreshes this node's presence claims for the operators connected here, and its
+/// customers' set.
 async fn refresher(bus: std::sync::Weak<RedisBus>) {
+    // At once: the node's customers count from its first socket.
+    let mut all = true;
     loop {
+        if let Some(bus) = bus.upgrade() {
+            // A failed write is made whole at the next refresh.
+            all = match bus.node_alive(all).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot refresh the node's customers");
+                    true
+                }
+            };
+        }
         let (period, mut returned) = match bus.upgrade() {
             Some(b) => (b.config.presence_ttl / 3, b.returned.subscribe()),
             None => return,
@@ -912,7 +989,7 @@ async fn refresher(bus: std::sync::Weak<RedisBus>) {
         // On time, or at once when Redis comes back (it may have lost every claim).
         tokio::select! {
             () = tokio::time::sleep(period) => {}
-            _ = returned.changed() => {}
+            _ = returned.changed() => all = true,
         }
         let Some(bus) = bus.upgrade() else { return };
         for operator_id in bus.hub.local_operators() {

@@ -632,6 +632,17 @@ impl Hub {
             .collect()
     }
 
+    /// Customers with a socket on this node.
+    pub fn local_customers(&self) -> Vec<i64> {
+        self.people
+            .iter()
+            .filter_map(|e| match *e.key() {
+                Person::Customer(id) => Some(id),
+                Person::Operator(_) => None,
+            })
+            .collect()
+    }
+
     /// Pings one slice of the sockets: those whose id is `slice` modulo `slices`. Called
     /// for each slice in turn, it spreads heartbeats over time, and no socket keeps a
     /// timer of its own.

@@ -75,10 +75,11 @@ pub(super) async fn run(
         hub.disconnect(&session);
         return;
     }
-    if let Person::Operator(id) = person {
-        // Boxed, as every rare step of the task: a task is as large as its largest step,
-        // and every idle socket would carry that size.
-        Box::pin(operator_connected(&app, id)).await;
+    // Boxed, as every rare step of the task: a task is as large as its largest step,
+    // and every idle socket would carry that size.
+    match person {
+        Person::Operator(id) => Box::pin(operator_connected(&app, id)).await,
+        Person::Customer(id) => Box::pin(app.bus.customer_connected(id)).await,
     }
     let signed_in = Signed {
         expires_at,
@@ -92,12 +93,17 @@ pub(super) async fn run(
         .get_or_create(&Metrics::label("reason", reason.label()))
         .inc();
     Box::pin(io::close(&mut socket, reason)).await;
-    if hub.disconnect(&session)
-        && let Person::Operator(id) = person
-        && Box::pin(app.bus.operator_disconnected(id)).await
-        && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
-    {
-        tracing::warn!(error = %e, "cannot mark the operator offline");
+    if hub.disconnect(&session) {
+        match person {
+            Person::Operator(id) => {
+                if Box::pin(app.bus.operator_disconnected(id)).await
+                    && let Err(e) = Box::pin(app.core.operator_disconnected(id)).await
+                {
+                    tracing::warn!(error = %e, "cannot mark the operator offline");
+                }
+            }
+            Person::Customer(id) => Box::pin(app.bus.customer_disconnected(id)).await,
+        }
     }
 }
 

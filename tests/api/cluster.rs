@@ -1019,3 +1019,37 @@ async fn webhook_events_go_out_once_from_two_nodes_and_survive_a_kill() {
     }
     assert_eq!(texts.len(), 5, "no event lost: {texts:?}");
 }
+
+/// With several nodes, a customer whose socket is on another node than the one that
+/// looks for people to notify is present: not told, while one with no socket is.
+#[tokio::test]
+async fn a_customer_on_another_nodes_socket_is_not_notified_and_one_with_none_is() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let admin = a.admin().await;
+    a.patch("/v1/organisation", &admin, json!({"notify_after_secs": 1}))
+        .await
+        .expect(200);
+    let here: Desk = a.desk(&admin).await;
+    let away: Desk = a.desk(&admin).await;
+    let mut ws = b.ws(&here.customer, "").await;
+    ws.next_of("resumed").await;
+    // The connected customer's answer first: when the other's is due, so is this one.
+    a.send(&here.operator, here.chat_id, "for the one in the app", None)
+        .await
+        .expect(201);
+    a.send(&away.operator, away.chat_id, "for the one away", None)
+        .await
+        .expect(201);
+    // Either node may look (both do, one at a time); the nodes run on the system clock.
+    eventually("the absent customer told", || async {
+        let feed = a.get("/v1/notifications", &away.customer).await.expect(200);
+        (feed["unread"] == 1).then_some(())
+    })
+    .await;
+    let feed = b.get("/v1/notifications", &here.customer).await.expect(200);
+    assert_eq!(feed["items"], json!([]), "{feed}");
+    drop(ws);
+}
