@@ -733,19 +733,26 @@ impl Core {
         Ok(())
     }
 
-    /// Forgets delivered events older than `keep_ms` (a round of at most 5,000).
-    pub async fn prune_webhook_events(&self, keep_ms: i64) -> Result<u64> {
-        let done = self
-            .store()
-            .db()
-            .execute_raw(stmt(
-                self.store().backend(),
-                "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events \
-                 WHERE state = 'done' AND done_at < ? LIMIT 5000)",
-                [(self.now_ms() - keep_ms).into()],
-            ))
-            .await?;
-        Ok(done.rows_affected())
+    /// Forgets what the outbox settled longer than `keep_ms` ago (a round of at most
+    /// 5,000 rows of each table): delivered webhook events (dead ones stay listed for
+    /// their endpoint's admin), and sent or dead e-mail and push deliveries.
+    pub async fn prune_outbox(&self, keep_ms: i64) -> Result<u64> {
+        let before = self.now_ms() - keep_ms;
+        let mut forgotten = 0;
+        for sql in [
+            "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events \
+             WHERE state = 'done' AND done_at < ? LIMIT 5000)",
+            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
+             WHERE state IN ('done', 'dead') AND next_at < ? LIMIT 5000)",
+        ] {
+            let done = self
+                .store()
+                .db()
+                .execute_raw(stmt(self.store().backend(), sql, [before.into()]))
+                .await?;
+            forgotten += done.rows_affected();
+        }
+        Ok(forgotten)
     }
 }
 

@@ -37,7 +37,7 @@ type Mailer = AsyncSmtpTransport<Tokio1Executor>;
 
 /// Delivers until the core is gone.
 pub async fn run(core: Weak<Core>, settings: DeliverySettings) {
-    let Some(client) = super::client(settings.timeout, "pushes") else {
+    let Some(client) = super::client(settings.timeout, settings.allow_private, "pushes") else {
         return;
     };
     let lease_ms = settings.timeout.as_millis() as i64 + 10_000;
@@ -189,9 +189,7 @@ impl Send {
             // The browser unsubscribed: the subscription is removed.
             Ok(answer) if matches!(answer.status().as_u16(), 404 | 410) => Delivery::Ended,
             Ok(answer) => Delivery::Failed(format!("HTTP {}", answer.status().as_u16())),
-            Err(e) if e.is_timeout() => Delivery::Failed("timed out".into()),
-            Err(e) if e.is_connect() => Delivery::Failed("cannot connect".into()),
-            Err(e) => Delivery::Failed(e.to_string()),
+            Err(e) => Delivery::Failed(super::failure(&e)),
         }
     }
 }

@@ -29,7 +29,7 @@ pub struct WebhookSettings {
 
 /// Whether `url` names this machine or a private network by address (or `localhost`):
 /// what an organisation's admin must not make a node post to, unless allowed. A name
-/// that resolves to such an address is not caught here.
+/// that resolves to such an address is caught when it is resolved ([`PublicOnly`]).
 pub(crate) fn private_target(url: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(url) else {
         return true;
@@ -42,31 +42,90 @@ pub(crate) fn private_target(url: &str) -> bool {
         .trim_end_matches(']')
         .parse::<std::net::IpAddr>()
     {
-        Ok(std::net::IpAddr::V4(ip)) => {
+        Ok(ip) => private_ip(ip),
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
+    }
+}
+
+/// Whether an address is this machine's, a private network's, or link-local (where a
+/// cloud's metadata service answers).
+fn private_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(ip) => {
             ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => private_ip(std::net::IpAddr::V4(v4)),
+            None => {
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (ip.segments()[0] & 0xfe00) == 0xfc00
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
+    }
+}
+
+/// What a name that leads only to private addresses fails with.
+const PRIVATE_REFUSED: &str = "private address refused";
+
+/// Resolves names as the system does, keeping only public addresses: a name an admin
+/// points at this machine or its network (`metadata.internal`, a record to 10.0.0.5)
+/// reaches it no more than the address would.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !private_ip(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(PRIVATE_REFUSED.into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Why a post failed, in a word: a refused private address, a timeout, no connection.
+pub(crate) fn failure(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if s.to_string() == PRIVATE_REFUSED {
+            return PRIVATE_REFUSED.into();
         }
-        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
+        source = s.source();
+    }
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        e.to_string()
     }
 }
 
 /// The HTTP client of an outbox loop: posts end within `timeout`, and a redirect (which
 /// could lead anywhere, an internal address) counts as a failure. `None`, said in the
 /// log, when it cannot be made: then no `what` go out.
-pub(crate) fn client(timeout: Duration, what: &str) -> Option<reqwest::Client> {
+pub(crate) fn client(
+    timeout: Duration,
+    allow_private: bool,
+    what: &str,
+) -> Option<reqwest::Client> {
     // reqwest takes the process's TLS provider: ring, as the Redis connections do.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("souq/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+        .user_agent(concat!("souq/", env!("CARGO_PKG_VERSION")));
+    if !allow_private {
+        builder = builder.dns_resolver(std::sync::Arc::new(PublicOnly));
+    }
+    match builder.build() {
         Ok(client) => Some(client),
         Err(e) => {
             tracing::error!(error = %e, "cannot make an HTTP client; no {what} will go out");
@@ -90,7 +149,7 @@ const KEEP_DONE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// finished since the last (one transaction), then claims what is due for every endpoint
 /// with room; with nothing claimed, it waits for a post to finish or for [`POLL`].
 pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
-    let Some(client) = client(settings.timeout, "webhooks") else {
+    let Some(client) = client(settings.timeout, settings.allow_private, "webhooks") else {
         return;
     };
     // A claim lasts the post's timeout and then some (for recording the outcome): a node
@@ -118,8 +177,8 @@ pub async fn run(core: Weak<Core>, settings: WebhookSettings) {
         }
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = std::time::Instant::now();
-            if let Err(e) = core.prune_webhook_events(KEEP_DONE_MS).await {
-                tracing::warn!(error = %e, "cannot forget delivered webhook events");
+            if let Err(e) = core.prune_outbox(KEEP_DONE_MS).await {
+                tracing::warn!(error = %e, "cannot forget what the outbox delivered");
             }
         }
         let mut claimed_any = false;
@@ -220,9 +279,7 @@ impl Post {
         match sent {
             Ok(answer) if answer.status().is_success() => Delivery::Delivered,
             Ok(answer) => Delivery::Failed(format!("HTTP {}", answer.status().as_u16())),
-            Err(e) if e.is_timeout() => Delivery::Failed("timed out".into()),
-            Err(e) if e.is_connect() => Delivery::Failed("cannot connect".into()),
-            Err(e) => Delivery::Failed(e.to_string()),
+            Err(e) => Delivery::Failed(failure(&e)),
         }
     }
 }
@@ -230,6 +287,23 @@ impl Post {
 #[cfg(test)]
 mod tests {
     use super::private_target;
+
+    #[tokio::test]
+    async fn a_name_that_leads_only_to_private_addresses_is_refused() {
+        use reqwest::dns::Resolve;
+        for name in ["localhost", "127.0.0.1"] {
+            let resolved = super::PublicOnly
+                .resolve(name.parse().expect("a name"))
+                .await;
+            let Err(e) = resolved else {
+                panic!("{name} resolved to a public address");
+            };
+            assert_eq!(e.to_string(), super::PRIVATE_REFUSED);
+        }
+        assert!(super::private_ip(
+            "::ffff:10.1.2.3".parse().expect("an address")
+        ));
+    }
 
     #[test]
     fn private_and_local_addresses_are_told_apart() {

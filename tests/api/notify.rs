@@ -241,6 +241,17 @@ async fn an_offline_seller_gets_one_email_and_one_webhook_call_for_a_burst_of_te
         .await
         .expect(200);
     assert_eq!(theirs["items"], json!([]));
+
+    // What went out is forgotten after the week it is kept; the feed stays.
+    let week_ms = 7 * 24 * 3600 * 1000;
+    let core = app.core.as_ref().expect("the core");
+    core.prune_outbox(week_ms).await.expect("pruned");
+    assert_eq!(app.count("deliveries").await, 1, "kept within the week");
+    app.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    core.prune_outbox(week_ms).await.expect("pruned");
+    assert_eq!(app.count("deliveries").await, 0);
+    assert_eq!(app.count("webhook_events").await, 0);
+    assert_eq!(app.count("notifications").await, 1);
 }
 
 #[tokio::test]

@@ -460,4 +460,35 @@ async fn an_endpoint_on_a_private_address_is_refused_unless_allowed() {
         (v["items"][0]["last_error"] == "private address refused").then_some(())
     })
     .await;
+
+    // Nor by a name that leads there: this machine's own name, on loopback here.
+    let name = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .expect("hostname")
+            .stdout,
+    )
+    .expect("a name")
+    .trim()
+    .to_owned();
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((name.as_str(), 80))
+        .await
+        .expect("the machine's name resolves")
+        .collect();
+    assert!(
+        resolved.iter().all(|a| a.ip().is_loopback()
+            || matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.is_private())),
+        "this test needs the machine's name ({name}) to resolve to a private address: {resolved:?}"
+    );
+    let by_name = receiver.url.replace("127.0.0.1", &name);
+    let (named, _) = hook(&app, &admin, &by_name, &["message.created"]).await;
+    app.send(&desk.customer, desk.chat_id, "hello again", None)
+        .await
+        .expect(201);
+    let events = format!("/v1/webhooks/{named}/events");
+    eventually("the name's refusal recorded", || async {
+        let v = app.get(&events, &admin).await.expect(200);
+        (v["items"][0]["last_error"] == "private address refused").then_some(())
+    })
+    .await;
 }
