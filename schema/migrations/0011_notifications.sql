@@ -36,7 +36,8 @@ CREATE TABLE notifications (
     person_id BIGINT NOT NULL,
     kind TEXT NOT NULL,
     body TEXT NOT NULL,
-    -- The chats it shows, as ",1,2," (a customer's erasure removes what shows theirs).
+    -- What it shows, for erasure: its chats (",1,2,"), or whose doing it reports
+    -- (",customer:5,").
     chat_ids TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     read_at BIGINT

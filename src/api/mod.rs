@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::domain::catalogue::{NewItem, Reaction, SubjectKind};
 use crate::domain::events::Person;
 use crate::domain::notify::{MarkRead, NewSubscription};
 use crate::domain::webhooks::{NewWebhook, WebhookPatch};
@@ -103,6 +104,14 @@ enum Route {
     PushKey,
     PushSubscriptions,
     PushSubscription,
+    Catalogue,
+    Subject,
+    StoreMall,
+    Reactions,
+    SubjectComments,
+    MyReactions,
+    MyComments,
+    Comment,
 }
 
 #[derive(Debug)]
@@ -184,6 +193,22 @@ impl Routes {
                 Route::PushSubscription,
                 "DELETE, OPTIONS",
             ),
+            ("/v1/catalogue", Route::Catalogue, "POST"),
+            ("/v1/catalogue/{kind}/{id}", Route::Subject, "GET"),
+            ("/v1/catalogue/{kind}/{id}/mall", Route::StoreMall, "PUT"),
+            (
+                "/v1/catalogue/{kind}/{id}/reactions/{reaction}",
+                Route::Reactions,
+                "GET, PUT, DELETE",
+            ),
+            (
+                "/v1/catalogue/{kind}/{id}/comments",
+                Route::SubjectComments,
+                "GET, POST",
+            ),
+            ("/v1/me/reactions", Route::MyReactions, "GET"),
+            ("/v1/me/comments", Route::MyComments, "GET"),
+            ("/v1/comments/{id}", Route::Comment, "DELETE"),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -226,6 +251,32 @@ fn no_content() -> Reply {
 /// `{"items": [...]}` for the admin lists.
 fn items<T: Serialize>(items: Vec<T>) -> Reply {
     ok(&json!({ "items": items }))
+}
+
+/// The subject a catalogue path names: its kind and id; anything else is 404.
+fn subject_of(params: &matchit::Params) -> Result<(SubjectKind, i64), ApiError> {
+    let kind = params
+        .get("kind")
+        .and_then(SubjectKind::parse)
+        .ok_or_else(ApiError::not_found)?;
+    Ok((kind, path_id(params)?))
+}
+
+/// `?kind=` of a listing of the caller's own.
+fn query_kind(req: &Req) -> Result<SubjectKind, ApiError> {
+    req.query("kind")
+        .and_then(SubjectKind::parse)
+        .ok_or_else(|| ApiError::invalid("kind must be bazaar, mall, store, product or user"))
+}
+
+/// `?page=` (from 1) and `?per_page=` (1 to 200, 50 by default).
+fn page_of(req: &Req) -> Result<(u64, u64), ApiError> {
+    let page = req.query_num::<u64>("page")?.unwrap_or(1).max(1);
+    let per_page = req
+        .query_num::<u64>("per_page")?
+        .unwrap_or(50)
+        .clamp(1, 200);
+    Ok((page, per_page))
 }
 
 /// The id in the path; an id that is not a positive integer names nothing, so 404.
@@ -300,6 +351,19 @@ struct VisitorBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Broadcast {
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreMall {
+    #[serde(deserialize_with = "Option::deserialize")]
+    mall_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewComment {
     text: String,
 }
 
@@ -614,6 +678,81 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             ok(&json!({ "unread": unread }))
         }
         (R::PushSubscriptions, M::GET) => items(core.push_subscriptions(&who).await?),
+        (R::Catalogue, M::POST) => reply(
+            StatusCode::CREATED,
+            &core
+                .create_catalogue_item(&who, req.json::<NewItem>()?)
+                .await?,
+        ),
+        (R::Subject, M::GET) => {
+            let (kind, id) = subject_of(&params)?;
+            ok(&core.subject(&who, kind, id).await?)
+        }
+        (R::StoreMall, M::PUT) => {
+            let (kind, id) = subject_of(&params)?;
+            if kind != SubjectKind::Store {
+                return Err(ApiError::not_found());
+            }
+            let b: StoreMall = req.json()?;
+            core.set_store_mall(&who, id, b.mall_id).await?;
+            no_content()
+        }
+        (R::Reactions, method @ (M::GET | M::PUT | M::DELETE)) => {
+            let (kind, id) = subject_of(&params)?;
+            let reaction = params
+                .get("reaction")
+                .and_then(Reaction::parse)
+                .ok_or_else(ApiError::not_found)?;
+            match method {
+                M::PUT => ok(&core.react(&who, kind, id, reaction).await?),
+                M::DELETE => ok(&core.unreact(&who, kind, id, reaction).await?),
+                _ => {
+                    let (page, per_page) = page_of(&req)?;
+                    let found = core
+                        .reactions(&who, kind, Some(id), reaction, page, per_page)
+                        .await?;
+                    ok(&json!({"items": found.items, "total": found.total}))
+                }
+            }
+        }
+        (R::SubjectComments, method @ (M::GET | M::POST)) => {
+            let (kind, id) = subject_of(&params)?;
+            if method == M::POST {
+                let b: NewComment = req.json()?;
+                reply(
+                    StatusCode::CREATED,
+                    &core.comment(&who, kind, id, &b.text).await?,
+                )
+            } else {
+                let (page, per_page) = page_of(&req)?;
+                let found = core.comments(&who, kind, Some(id), page, per_page).await?;
+                ok(&json!({"items": found.items, "total": found.total}))
+            }
+        }
+        (R::MyReactions, M::GET) => {
+            let kind = query_kind(&req)?;
+            let reaction = req
+                .query("reaction")
+                .and_then(Reaction::parse)
+                .ok_or_else(|| {
+                    ApiError::invalid("reaction must be like, dislike, favorite, view or follow")
+                })?;
+            let (page, per_page) = page_of(&req)?;
+            let found = core
+                .reactions(&who, kind, None, reaction, page, per_page)
+                .await?;
+            ok(&json!({"items": found.items, "total": found.total}))
+        }
+        (R::MyComments, M::GET) => {
+            let kind = query_kind(&req)?;
+            let (page, per_page) = page_of(&req)?;
+            let found = core.comments(&who, kind, None, page, per_page).await?;
+            ok(&json!({"items": found.items, "total": found.total}))
+        }
+        (R::Comment, M::DELETE) => {
+            core.delete_comment(&who, path_id(&params)?).await?;
+            no_content()
+        }
         (R::CustomerSessions, M::DELETE) => {
             let customer = Person::Customer(path_id(&params)?);
             core.revoke_sessions(&who, customer).await?;

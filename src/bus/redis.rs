@@ -217,6 +217,7 @@ impl RedisBus {
         tokio::spawn(publisher(Arc::downgrade(&bus), dialer.clone(), out_rx));
         tokio::spawn(subscriber(Arc::downgrade(&bus), dialer, control_rx));
         tokio::spawn(refresher(Arc::downgrade(&bus)));
+        tokio::spawn(customers_refresher(Arc::downgrade(&bus)));
         Ok(bus)
     }
 
@@ -966,14 +967,50 @@ fn take_replies(
     Ok(())
 }
 
-/// Refreshes this node's presence claims for the operators connected here, and its
-/// customers' set.
+/// Refreshes this node's presence claims for the operators connected here.
 async fn refresher(bus: std::sync::Weak<RedisBus>) {
-    // At once: the node's customers count from its first socket.
+    let mut failed = false;
+    loop {
+        let (period, mut returned) = match bus.upgrade() {
+            Some(b) => (b.config.presence_ttl / 3, b.returned.subscribe()),
+            None => return,
+        };
+        // On time, or at once when Redis comes back (it may have lost every claim); soon
+        // again after a failed round (the connection may have been a moment behind).
+        let wait = if failed {
+            RETRY_SOON.min(period)
+        } else {
+            period
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = returned.changed() => {}
+        }
+        let Some(bus) = bus.upgrade() else { return };
+        failed = false;
+        for operator_id in bus.hub.local_operators() {
+            if let Err(e) = bus.operator_here(operator_id).await {
+                tracing::debug!(error = %e, "cannot refresh presence");
+                failed = true;
+                break;
+            }
+        }
+    }
+}
+
+/// How soon a refresh that failed is tried again.
+const RETRY_SOON: Duration = Duration::from_millis(250);
+
+/// Keeps this node's customers' set alive, and writes it whole at start and whenever
+/// Redis comes back (or a write failed).
+async fn customers_refresher(bus: std::sync::Weak<RedisBus>) {
     let mut all = true;
     loop {
+        let (period, mut returned) = match bus.upgrade() {
+            Some(b) => (b.config.presence_ttl / 3, b.returned.subscribe()),
+            None => return,
+        };
         if let Some(bus) = bus.upgrade() {
-            // A failed write is made whole at the next refresh.
             all = match bus.node_alive(all).await {
                 Ok(()) => false,
                 Err(e) => {
@@ -982,21 +1019,11 @@ async fn refresher(bus: std::sync::Weak<RedisBus>) {
                 }
             };
         }
-        let (period, mut returned) = match bus.upgrade() {
-            Some(b) => (b.config.presence_ttl / 3, b.returned.subscribe()),
-            None => return,
-        };
-        // On time, or at once when Redis comes back (it may have lost every claim).
+        // A failed write is tried again soon, whole.
+        let wait = if all { RETRY_SOON.min(period) } else { period };
         tokio::select! {
-            () = tokio::time::sleep(period) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = returned.changed() => all = true,
-        }
-        let Some(bus) = bus.upgrade() else { return };
-        for operator_id in bus.hub.local_operators() {
-            if let Err(e) = bus.operator_here(operator_id).await {
-                tracing::debug!(error = %e, "cannot refresh presence");
-                break;
-            }
         }
     }
 }

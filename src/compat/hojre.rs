@@ -17,6 +17,7 @@ use bytes::Bytes;
 use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
+use crate::domain::catalogue::{Comment, Reacted, Reaction, Subject, SubjectKind};
 use crate::domain::{Error, NewMessage, Numbered, Principal, Said};
 use crate::http::{ApiError, HttpResponse, Req, Surface};
 use crate::http::{parse_id, parse_query};
@@ -212,21 +213,148 @@ fn messages(
     listing(req, params, extra, items, page.total, p)
 }
 
-/// The operations served, by method and path.
+/// The operations served, by method and path (besides the marketplace's, [`social`]).
 const OPERATIONS: &[(Method, &str)] = &[
     (Method::GET, "/web/chats"),
     (Method::GET, "/web/main-chats"),
     (Method::GET, "/web/broadcasts"),
     (Method::GET, "/web/store-messages"),
     (Method::POST, "/web/submit-store-messages"),
+    (Method::POST, "/web/add-comment"),
+    (Method::POST, "/web/delete-comment"),
+    (Method::POST, "/web/edit-profile"),
 ];
+
+/// A subject's kind as hojre names it in paths and in `type` (the document spells
+/// bazaar "bazzar"; both are taken).
+fn subject_kind(name: &str) -> Option<SubjectKind> {
+    match name {
+        "bazzar" | "bazaar" => Some(SubjectKind::Bazaar),
+        "mall" => Some(SubjectKind::Mall),
+        "store" => Some(SubjectKind::Store),
+        "product" => Some(SubjectKind::Product),
+        "user" => Some(SubjectKind::User),
+        _ => None,
+    }
+}
+
+fn kind_name(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::Bazaar => "bazzar",
+        other => other.as_str(),
+    }
+}
+
+/// A reaction as hojre names it (its "notification" is following a subject).
+fn reaction_of(name: &str) -> Option<Reaction> {
+    match name {
+        "like" => Some(Reaction::Like),
+        "dislike" => Some(Reaction::Dislike),
+        "favorite" => Some(Reaction::Favorite),
+        "view" => Some(Reaction::View),
+        "notification" => Some(Reaction::Follow),
+        _ => None,
+    }
+}
+
+/// The marketplace's operations: `GET /web/{kind}-user-{comments|like|dislike|favorite|
+/// view|notification}` lists, `POST /web/add-{like|...}` and `/web/delete-{...}` react.
+enum Social {
+    Comments(SubjectKind),
+    Reactions(SubjectKind, Reaction),
+    Add(Reaction),
+    Delete(Reaction),
+}
+
+fn social(method: &Method, path: &str) -> Option<Social> {
+    let name = path.strip_prefix("/web/")?;
+    if *method == Method::GET {
+        let (kind, what) = name.split_once("-user-")?;
+        let kind = subject_kind(kind)?;
+        return match what {
+            "comments" => Some(Social::Comments(kind)),
+            _ if kind == SubjectKind::User => None,
+            other => reaction_of(other).map(|r| Social::Reactions(kind, r)),
+        };
+    }
+    if *method == Method::POST {
+        if let Some(r) = name.strip_prefix("add-").and_then(reaction_of) {
+            return Some(Social::Add(r));
+        }
+        if let Some(r) = name.strip_prefix("delete-").and_then(reaction_of) {
+            return Some(Social::Delete(r));
+        }
+    }
+    None
+}
+
+fn comment_item(c: &Comment) -> Value {
+    json!({
+        "id": c.id,
+        "user": c.customer_id,
+        "userName": c.customer_name,
+        "userAvatar": c.customer_avatar.clone().unwrap_or_default(),
+        "text": c.text,
+        "sentDate": c.created_at / 1000,
+        "type": kind_name(c.subject_kind),
+        "targetId": c.subject_id,
+        "target": c.subject_name,
+    })
+}
+
+fn reacted_item(r: &Reacted) -> Value {
+    json!({
+        "user": r.customer_id,
+        "userName": r.customer_name,
+        "userAvatar": r.customer_avatar.clone().unwrap_or_default(),
+        "type": kind_name(r.subject_kind),
+        "targetId": r.subject_id,
+        "target": r.subject_name,
+        "date": r.created_at / 1000,
+    })
+}
+
+fn subject_item(s: &Subject) -> Value {
+    json!({
+        "type": kind_name(s.kind),
+        "targetId": s.id,
+        "target": s.name,
+        "likes": s.counts.likes,
+        "dislikes": s.counts.dislikes,
+        "favorites": s.counts.favorites,
+        "views": s.counts.views,
+        "notifications": s.counts.followers,
+        "comments": s.counts.comments,
+        "mine": s.mine.iter().map(|r| match r {
+            Reaction::Follow => "notification",
+            other => other.as_str(),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn success(data: Value) -> Value {
+    json!({"status": "success", "message": "", "data": data})
+}
+
+/// `type` and `id` of a POST about a subject.
+fn target(params: &[(String, String)]) -> Result<(SubjectKind, i64), Error> {
+    let kind = get(params, "type").and_then(subject_kind).ok_or_else(|| {
+        Error::Invalid("type must be bazzar, mall, store, product or user".into())
+    })?;
+    let id = get(params, "id")
+        .and_then(parse_id)
+        .ok_or_else(|| Error::Invalid("id is required".into()))?;
+    Ok((kind, id))
+}
 
 /// Answers one `/web/...` request.
 async fn handle(app: &Hojre, req: Req) -> HttpResponse {
     let path = req.path.trim_end_matches('/');
-    if !OPERATIONS
-        .iter()
-        .any(|(m, p)| *m == req.method && *p == path)
+    let social_op = social(&req.method, path);
+    if social_op.is_none()
+        && !OPERATIONS
+            .iter()
+            .any(|(m, p)| *m == req.method && *p == path)
     {
         // Not a page of this API: 404, in its error envelope.
         let mut response = error("there is no such operation");
@@ -244,6 +372,44 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
     let p = paging(&params);
     let core = &app.core;
     let path = req.path.trim_end_matches('/');
+    if let Some(op) = social_op {
+        let id = get(&params, "id").and_then(parse_id);
+        let result = match op {
+            Social::Comments(kind) => {
+                core.comments(&who, kind, id, p.page, p.per_page)
+                    .await
+                    .map(|found| {
+                        let items = found.items.iter().map(comment_item).collect();
+                        listing(&req, &params, &["id"], items, found.total, &p)
+                    })
+            }
+            Social::Reactions(kind, reaction) => core
+                .reactions(&who, kind, id, reaction, p.page, p.per_page)
+                .await
+                .map(|found| {
+                    let items = found.items.iter().map(reacted_item).collect();
+                    listing(&req, &params, &["id"], items, found.total, &p)
+                }),
+            Social::Add(reaction) => match target(&params) {
+                Ok((kind, id)) => core
+                    .react(&who, kind, id, reaction)
+                    .await
+                    .map(|s| success(subject_item(&s))),
+                Err(e) => Err(e),
+            },
+            Social::Delete(reaction) => match target(&params) {
+                Ok((kind, id)) => core
+                    .unreact(&who, kind, id, reaction)
+                    .await
+                    .map(|s| success(subject_item(&s))),
+                Err(e) => Err(e),
+            },
+        };
+        return match result {
+            Ok(body) => reply(body),
+            Err(e) => error(&crate::http::ApiError::from(e).message),
+        };
+    }
     let result: Result<Value, Error> = match (&req.method, path) {
         (&Method::GET, "/web/chats") => {
             core.store_chats(&who, p.page, p.per_page)
@@ -329,6 +495,37 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
                 Err(e) => Err(e),
             }
         }
+        (&Method::POST, "/web/add-comment") => match (target(&params), get(&params, "text")) {
+            (Ok((kind, id)), Some(text)) => core
+                .comment(&who, kind, id, text)
+                .await
+                .map(|c| success(comment_item(&c))),
+            (Err(e), _) => Err(e),
+            (_, None) => return error("text is required"),
+        },
+        (&Method::POST, "/web/delete-comment") => {
+            let Some(id) = get(&params, "id").and_then(parse_id) else {
+                return error("id is required");
+            };
+            core.delete_comment(&who, id)
+                .await
+                .map(|()| success(json!({"id": id})))
+        }
+        (&Method::POST, "/web/edit-profile") => core
+            .edit_profile(
+                &who,
+                get(&params, "name").map(str::to_owned),
+                get(&params, "avatar").map(str::to_owned),
+            )
+            .await
+            .map(|c| {
+                success(json!({
+                    "id": c.id,
+                    "name": c.name,
+                    "avatar": c.avatar.unwrap_or_default(),
+                    "username": c.phone.unwrap_or_default(),
+                }))
+            }),
         _ => return error("no such operation"),
     };
     match result {

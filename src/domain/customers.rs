@@ -194,6 +194,36 @@ impl Core {
         ))
     }
 
+    /// A customer changes their own name or avatar (what is given; blank is left as it is).
+    pub async fn edit_profile(
+        &self,
+        who: &Principal,
+        name: Option<String>,
+        avatar: Option<String>,
+    ) -> Result<Customer> {
+        let Principal::Customer { customer_id, .. } = *who else {
+            return Err(Error::Forbidden("only a customer has a profile here"));
+        };
+        let name = optional("name", name.as_deref(), 200)?;
+        let avatar = optional("avatar", avatar.as_deref(), 2000)?;
+        if name.is_none() && avatar.is_none() {
+            return Err(Error::Invalid("give a name or an avatar".into()));
+        }
+        let current = customer::Entity::find_by_id(customer_id)
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("customer"))?;
+        let mut model = current.into_active_model();
+        if let Some(name) = name {
+            model.name = Set(name);
+        }
+        if let Some(avatar) = avatar {
+            model.avatar = Set(Some(avatar));
+        }
+        model.updated_at = Set(self.now_ms());
+        Ok(model.update(self.store().db()).await?.into())
+    }
+
     /// A customer: to the organisation's admin, or to the customer itself.
     pub async fn customer(&self, who: &Principal, id: i64) -> Result<Customer> {
         let visible = match *who {

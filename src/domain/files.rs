@@ -713,6 +713,7 @@ impl Core {
             .await?;
         self.erase_notifications(&*tx, Person::Customer(customer_id), &chat_ids)
             .await?;
+        self.erase_social(&*tx, customer_id).await?;
         session::Entity::delete_many()
             .filter(session::Column::OrgId.eq(org_id))
             .filter(session::Column::SubjectKind.eq("customer"))

@@ -21,7 +21,6 @@
 //! see every message that came due since.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use serde::{Deserialize, Serialize};
@@ -58,13 +57,18 @@ const CHUNK: usize = 500;
 #[derive(Debug, Clone, Serialize)]
 pub struct Notification {
     pub id: i64,
-    /// `unread`: messages left unread while away.
+    /// `unread` (messages left unread while away), `comment` or `like` (on a store or
+    /// product of the person's, or a subject they follow).
     pub kind: String,
     /// Unread messages in all its chats, when it was made.
     pub unread: i64,
     /// Each chat: `{chat_id, inbox_id, unread, link, messages}` (its newest messages,
     /// oldest first, each with its author's name).
     pub chats: serde_json::Value,
+    /// For a notification of another kind than `unread` (`comment`, `like`): what
+    /// happened, `{subject: {kind, id, name}, by: {kind, id, name}, comment?, reaction?}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub about: Option<serde_json::Value>,
     pub created_at: i64,
     pub read_at: Option<i64>,
 }
@@ -254,14 +258,7 @@ impl Core {
         }
         tx.commit().await?;
         let count = made.len();
-        for (person, notification) in made {
-            let unread = self.unread_notifications(person).await.unwrap_or(0);
-            self.announce(Event::Notification {
-                person,
-                notification: Some(Arc::new(notification)),
-                unread,
-            });
-        }
+        self.announce_notifications(made).await;
         Ok(Some(count))
     }
 
@@ -803,24 +800,11 @@ impl Core {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let body = json!({ "unread": p.unread, "chats": chats }).to_string();
-        let row = tx
-            .query_one_raw(stmt(
-                backend,
-                "INSERT INTO notifications (org_id, person_kind, person_id, kind, body, \
-                     chat_ids, created_at) VALUES (?, ?, ?, 'unread', ?, ?, ?) RETURNING id",
-                [
-                    p.org_id.into(),
-                    kind.into(),
-                    id.into(),
-                    body.into(),
-                    chat_ids.into(),
-                    now.into(),
-                ],
-            ))
-            .await?
-            .ok_or_else(|| Error::Internal("no notification id".into()))?;
-        let notification_id: i64 = row.try_get("", "id")?;
+        let body = json!({ "unread": p.unread, "chats": chats });
+        let notification_id = record_notification(
+            tx, backend, p.org_id, p.person, "unread", &body, &chat_ids, now,
+        )
+        .await?;
         for c in &p.chats {
             let member = Member {
                 chat_id: c.chat_id,
@@ -843,59 +827,6 @@ impl Core {
             ))
             .await?;
         }
-        tx.execute_raw(stmt(
-            backend,
-            "INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, \
-                 subject_text, n1, n2, created_at, state, attempts, next_at) \
-             SELECT w.id, w.org_id, ?, 'notify', ?, ?, ?, 0, ?, 'pending', 0, ? \
-             FROM webhooks w WHERE w.org_id = ? AND w.active \
-             AND (',' || w.events || ',') LIKE '%,notify,%'",
-            [
-                // Each its own queue (a negative key, never a chat's): one that fails
-                // holds back no other.
-                (-notification_id).into(),
-                notification_id.into(),
-                kind.into(),
-                id.into(),
-                now.into(),
-                now.into(),
-                p.org_id.into(),
-            ],
-        ))
-        .await?;
-        // E-mail, where the organisation set SMTP and the person has an address.
-        let table = match p.person {
-            Person::Customer(_) => "customers",
-            Person::Operator(_) => "operators",
-        };
-        tx.execute_raw(stmt(
-            backend,
-            &format!(
-                "INSERT INTO deliveries (notification_id, channel, target, state, attempts, \
-                     created_at, next_at) \
-                 SELECT ?, 'email', t.email, 'pending', 0, ?, ? FROM {table} t \
-                 JOIN organisations o ON o.id = t.org_id \
-                 WHERE t.id = ? AND t.email IS NOT NULL AND t.email <> '' \
-                 AND o.smtp_url IS NOT NULL"
-            ),
-            [notification_id.into(), now.into(), now.into(), id.into()],
-        ))
-        .await?;
-        tx.execute_raw(stmt(
-            backend,
-            "INSERT INTO deliveries (notification_id, channel, target, state, attempts, \
-                 created_at, next_at) \
-             SELECT ?, 'push', CAST(s.id AS TEXT), 'pending', 0, ?, ? FROM push_subscriptions s \
-             WHERE s.person_kind = ? AND s.person_id = ?",
-            [
-                notification_id.into(),
-                now.into(),
-                now.into(),
-                kind.into(),
-                id.into(),
-            ],
-        ))
-        .await?;
         Ok(Some((
             p.person,
             Notification {
@@ -903,6 +834,7 @@ impl Core {
                 kind: "unread".into(),
                 unread: p.unread,
                 chats,
+                about: None,
                 created_at: now,
                 read_at: None,
             },
@@ -958,7 +890,7 @@ impl Core {
         rows.first().map(notification_of).transpose()
     }
 
-    async fn unread_notifications(&self, person: Person) -> Result<i64> {
+    pub(super) async fn unread_notifications(&self, person: Person) -> Result<i64> {
         let rows = self
             .store()
             .query(
@@ -1275,8 +1207,9 @@ impl Core {
 
 impl Core {
     /// Removes, within an erasure's transaction, the person's notifications, their
-    /// deliveries and push subscriptions, and every notification showing one of `chats`
-    /// (another member's, quoting the erased person's words) with the chats' marks.
+    /// deliveries and push subscriptions, every notification showing one of `chats`
+    /// (another member's, quoting the erased person's words) with the chats' marks, and
+    /// every notification of something the person did (a comment, a like).
     pub(super) async fn erase_notifications(
         &self,
         tx: &impl ConnectionTrait,
@@ -1290,6 +1223,9 @@ impl Core {
             showing.push("chat_ids LIKE ?".into());
             values.push(format!("%,{chat},%").into());
         }
+        // What shows the person's words (a comment, a like of theirs).
+        showing.push("chat_ids LIKE ?".into());
+        values.push(format!("%,{}:{},%", person.kind(), person.id()).into());
         let which = showing.join(" OR ");
         tx.execute_raw(stmt(
             backend,
@@ -1335,9 +1271,100 @@ fn notification_of(r: &sea_orm::QueryResult) -> Result<Notification> {
         kind: r.try_get("", "kind")?,
         unread: body["unread"].as_i64().unwrap_or(0),
         chats: body["chats"].clone(),
+        about: body.get("about").cloned(),
         created_at: r.try_get("", "created_at")?,
         read_at: r.try_get("", "read_at")?,
     })
+}
+
+/// Writes a notification of `person` (its feed row) with what goes out of it: a `notify`
+/// event for each webhook that wants it, an e-mail delivery where the organisation set
+/// SMTP and the person has an address, a push delivery per browser subscription. Returns
+/// its id. `chat_ids` (",1,2,") names the chats it shows, for erasure.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn record_notification(
+    tx: &impl ConnectionTrait,
+    backend: DbBackend,
+    org_id: i64,
+    person: Person,
+    kind_of: &str,
+    body: &serde_json::Value,
+    chat_ids: &str,
+    now: i64,
+) -> Result<i64> {
+    let (kind, id) = (person.kind(), person.id());
+    let row = tx
+        .query_one_raw(stmt(
+            backend,
+            "INSERT INTO notifications (org_id, person_kind, person_id, kind, body, \
+                 chat_ids, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            [
+                org_id.into(),
+                kind.into(),
+                id.into(),
+                kind_of.into(),
+                body.to_string().into(),
+                chat_ids.into(),
+                now.into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| Error::Internal("no notification id".into()))?;
+    let notification_id: i64 = row.try_get("", "id")?;
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, \
+                 subject_text, n1, n2, created_at, state, attempts, next_at) \
+             SELECT w.id, w.org_id, ?, 'notify', ?, ?, ?, 0, ?, 'pending', 0, ? \
+             FROM webhooks w WHERE w.org_id = ? AND w.active \
+             AND (',' || w.events || ',') LIKE '%,notify,%'",
+        [
+            // Each its own queue (a negative key, never a chat's): one that fails
+            // holds back no other.
+            (-notification_id).into(),
+            notification_id.into(),
+            kind.into(),
+            id.into(),
+            now.into(),
+            now.into(),
+            org_id.into(),
+        ],
+    ))
+    .await?;
+    // E-mail, where the organisation set SMTP and the person has an address.
+    let table = match person {
+        Person::Customer(_) => "customers",
+        Person::Operator(_) => "operators",
+    };
+    tx.execute_raw(stmt(
+        backend,
+        &format!(
+            "INSERT INTO deliveries (notification_id, channel, target, state, attempts, \
+                     created_at, next_at) \
+                 SELECT ?, 'email', t.email, 'pending', 0, ?, ? FROM {table} t \
+                 JOIN organisations o ON o.id = t.org_id \
+                 WHERE t.id = ? AND t.email IS NOT NULL AND t.email <> '' \
+                 AND o.smtp_url IS NOT NULL"
+        ),
+        [notification_id.into(), now.into(), now.into(), id.into()],
+    ))
+    .await?;
+    tx.execute_raw(stmt(
+        backend,
+        "INSERT INTO deliveries (notification_id, channel, target, state, attempts, \
+                 created_at, next_at) \
+             SELECT ?, 'push', CAST(s.id AS TEXT), 'pending', 0, ?, ? FROM push_subscriptions s \
+             WHERE s.person_kind = ? AND s.person_id = ?",
+        [
+            notification_id.into(),
+            now.into(),
+            now.into(),
+            kind.into(),
+            id.into(),
+        ],
+    ))
+    .await?;
+    Ok(notification_id)
 }
 
 /// Moves a member's mark forward to `through` (never back).

@@ -219,9 +219,37 @@ fn unread_phrase(n: i64) -> String {
     }
 }
 
+/// What happened, in a line, for a notification of another kind than `unread`: "Ana
+/// commented on Blue Shoes: nice" or "Ana liked Blue Shoes".
+fn event_line(n: &Notification) -> Option<String> {
+    let about = n.about.as_ref()?;
+    let who = about["by"]["name"].as_str().unwrap_or("Someone");
+    let what = about["subject"]["name"].as_str().unwrap_or("");
+    Some(match n.kind.as_str() {
+        "comment" => {
+            let text: String = about["comment"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            format!("{who} commented on {what}: {text}")
+        }
+        "like" => format!("{who} liked {what}"),
+        other => format!("{who}: {other} on {what}"),
+    })
+}
+
 /// The subject and plain text of a notification's e-mail: each chat's newest messages
-/// and its link back.
+/// and its link back (or, for a comment or a like, what happened).
 pub fn mail_text(n: &Notification, org: &str) -> (String, String) {
+    if let Some(line) = event_line(n) {
+        let subject: String = line.chars().take(120).collect();
+        return (
+            format!("{subject} ({org})"),
+            format!("{line}\n\nSent by {org}'s chat.\n"),
+        );
+    }
     let chats = n.chats.as_array().cloned().unwrap_or_default();
     let subject = format!("{} ({org})", unread_phrase(n.unread));
     let mut text = format!(
@@ -254,6 +282,16 @@ pub fn mail_text(n: &Notification, org: &str) -> (String, String) {
 
 /// What a browser's service worker gets: a title and body to show, and where to go.
 pub fn push_payload(n: &Notification) -> Vec<u8> {
+    if let Some(line) = event_line(n) {
+        return serde_json::json!({
+            "title": n.about.as_ref().map_or("", |a| a["subject"]["name"].as_str().unwrap_or("")),
+            "body": line.chars().take(200).collect::<String>(),
+            "notification_id": n.id,
+            "kind": n.kind,
+        })
+        .to_string()
+        .into_bytes();
+    }
     let first = &n.chats[0];
     let last = first["messages"]
         .as_array()

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0011_notifications.sql"),
     ),
+    (
+        12,
+        None,
+        include_str!("../../schema/migrations/0012_catalogue.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -9,6 +9,7 @@ mod openapi;
 mod admin;
 mod auth;
 mod bad_input;
+mod catalogue;
 mod chats;
 mod chatwhizz;
 mod cli;

@@ -1,0 +1,815 @@
+//! The marketplace around the chats: bazaars contain malls, malls contain stores (a
+//! store is an inbox), stores contain products. Customers comment on them (and on each
+//! other), and like, dislike, favorite, view and follow them: one reaction of each kind
+//! per customer and subject, so adding twice keeps one and every count is exact. A
+//! comment or a like on a store or one of its products reaches the store's operators as
+//! a notification (feed, live frame, e-mail and push), and a comment reaches the
+//! subject's followers too.
+
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, DbBackend, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::events::{Event, Person};
+use super::notify::{Notification, record_notification};
+use super::{Core, Error, Numbered, Principal, Result, required};
+use crate::store::stmt;
+
+/// What can be commented on or reacted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectKind {
+    Bazaar,
+    Mall,
+    Store,
+    Product,
+    /// A customer (comments only).
+    User,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Bazaar => "bazaar",
+            SubjectKind::Mall => "mall",
+            SubjectKind::Store => "store",
+            SubjectKind::Product => "product",
+            SubjectKind::User => "user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SubjectKind> {
+        Some(match s {
+            "bazaar" => SubjectKind::Bazaar,
+            "mall" => SubjectKind::Mall,
+            "store" => SubjectKind::Store,
+            "product" => SubjectKind::Product,
+            "user" => SubjectKind::User,
+            _ => return None,
+        })
+    }
+}
+
+/// A customer's reaction to a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reaction {
+    Like,
+    Dislike,
+    Favorite,
+    View,
+    /// Being told of what happens on it (hojre's "notification").
+    Follow,
+}
+
+impl Reaction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reaction::Like => "like",
+            Reaction::Dislike => "dislike",
+            Reaction::Favorite => "favorite",
+            Reaction::View => "view",
+            Reaction::Follow => "follow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reaction> {
+        Some(match s {
+            "like" => Reaction::Like,
+            "dislike" => Reaction::Dislike,
+            "favorite" => Reaction::Favorite,
+            "view" => Reaction::View,
+            "follow" => Reaction::Follow,
+            _ => return None,
+        })
+    }
+
+    /// The reaction this one takes the place of (a like, a dislike).
+    fn opposite(self) -> Option<Reaction> {
+        match self {
+            Reaction::Like => Some(Reaction::Dislike),
+            Reaction::Dislike => Some(Reaction::Like),
+            _ => None,
+        }
+    }
+}
+
+/// A bazaar, mall or product.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogueItem {
+    pub id: i64,
+    pub kind: SubjectKind,
+    /// A mall's bazaar, a product's store (inbox); `null` for a bazaar.
+    pub parent_id: Option<i64>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    pub kind: SubjectKind,
+    pub name: String,
+    #[serde(default)]
+    pub parent_id: Option<i64>,
+}
+
+/// Each reaction's count, and the comments'.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    pub likes: i64,
+    pub dislikes: i64,
+    pub favorites: i64,
+    pub views: i64,
+    pub followers: i64,
+    pub comments: i64,
+}
+
+/// A subject as a customer sees it: its name, counts and the customer's own reactions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Subject {
+    pub kind: SubjectKind,
+    pub id: i64,
+    pub name: String,
+    pub counts: Counts,
+    /// The caller's reactions (a customer's).
+    pub mine: Vec<Reaction>,
+}
+
+/// Who reacted, and when.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reacted {
+    pub subject_kind: SubjectKind,
+    pub subject_id: i64,
+    pub subject_name: String,
+    pub customer_id: i64,
+    pub customer_name: String,
+    pub customer_avatar: Option<String>,
+    pub reaction: Reaction,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comment {
+    pub id: i64,
+    pub subject_kind: SubjectKind,
+    pub subject_id: i64,
+    pub subject_name: String,
+    pub customer_id: i64,
+    pub customer_name: String,
+    pub customer_avatar: Option<String>,
+    pub text: String,
+    pub created_at: i64,
+}
+
+/// The longest comment, in characters.
+const MAX_COMMENT: usize = 2000;
+
+fn customer_of(who: &Principal) -> Result<i64> {
+    match *who {
+        Principal::Customer { customer_id, .. } => Ok(customer_id),
+        _ => Err(Error::Forbidden("only a customer comments and reacts")),
+    }
+}
+
+/// Takes a customer's reaction to a subject back (if there is one).
+async fn remove_reaction(
+    conn: &impl ConnectionTrait,
+    backend: DbBackend,
+    kind: SubjectKind,
+    id: i64,
+    reaction: Reaction,
+    customer_id: i64,
+) -> Result<()> {
+    conn.execute_raw(stmt(
+        backend,
+        "DELETE FROM reactions WHERE subject_kind = ? AND subject_id = ? \
+         AND reaction = ? AND customer_id = ?",
+        [
+            kind.as_str().into(),
+            id.into(),
+            reaction.as_str().into(),
+            customer_id.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+fn offset(page: u64, per_page: u64) -> u64 {
+    page.saturating_sub(1).saturating_mul(per_page)
+}
+
+impl Core {
+    /// Adds a bazaar, a mall (in a bazaar) or a product (in a store) (admin).
+    pub async fn create_catalogue_item(
+        &self,
+        who: &Principal,
+        new: NewItem,
+    ) -> Result<CatalogueItem> {
+        let org_id = self.require_admin(who)?.0;
+        let name = required("name", &new.name, 200)?;
+        let parent = match (new.kind, new.parent_id) {
+            (SubjectKind::Bazaar, None) => None,
+            (SubjectKind::Mall, Some(bazaar)) => {
+                self.subject_name(org_id, SubjectKind::Bazaar, bazaar)
+                    .await?;
+                Some(bazaar)
+            }
+            (SubjectKind::Product, Some(store)) => {
+                self.subject_name(org_id, SubjectKind::Store, store).await?;
+                Some(store)
+            }
+            (SubjectKind::Bazaar, Some(_)) => {
+                return Err(Error::Invalid("a bazaar has no parent_id".into()));
+            }
+            (SubjectKind::Mall | SubjectKind::Product, None) => {
+                return Err(Error::Invalid(
+                    "parent_id is required: a mall's bazaar, a product's store".into(),
+                ));
+            }
+            (SubjectKind::Store | SubjectKind::User, _) => {
+                return Err(Error::Invalid(
+                    "kind must be bazaar, mall or product (a store is an inbox)".into(),
+                ));
+            }
+        };
+        let now = self.now_ms();
+        let row = self
+            .store()
+            .db()
+            .query_one_raw(stmt(
+                self.store().backend(),
+                "INSERT INTO catalogue (org_id, kind, parent_id, name, created_at) \
+                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+                [
+                    org_id.into(),
+                    new.kind.as_str().into(),
+                    parent.into(),
+                    name.clone().into(),
+                    now.into(),
+                ],
+            ))
+            .await?
+            .ok_or_else(|| Error::Internal("no catalogue id".into()))?;
+        Ok(CatalogueItem {
+            id: row.try_get("", "id")?,
+            kind: new.kind,
+            parent_id: parent,
+            name,
+            created_at: now,
+        })
+    }
+
+    /// Puts a store (an inbox) in a mall, or in none (admin).
+    pub async fn set_store_mall(
+        &self,
+        who: &Principal,
+        store: i64,
+        mall: Option<i64>,
+    ) -> Result<()> {
+        let org_id = self.require_admin(who)?.0;
+        self.subject_name(org_id, SubjectKind::Store, store).await?;
+        if let Some(mall) = mall {
+            self.subject_name(org_id, SubjectKind::Mall, mall).await?;
+        }
+        self.store()
+            .db()
+            .execute_raw(stmt(
+                self.store().backend(),
+                "UPDATE inboxes SET mall_id = ? WHERE id = ? AND org_id = ?",
+                [mall.into(), store.into(), org_id.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// The name of a subject of the organisation; `NotFound` for any other.
+    async fn subject_name(&self, org_id: i64, kind: SubjectKind, id: i64) -> Result<String> {
+        let (sql, what) = match kind {
+            SubjectKind::Store => (
+                "SELECT name FROM inboxes WHERE id = ? AND org_id = ? AND unique_id <> ''",
+                "store",
+            ),
+            SubjectKind::User => (
+                "SELECT name FROM customers WHERE id = ? AND org_id = ?",
+                "user",
+            ),
+            _ => (
+                "SELECT name FROM catalogue WHERE id = ? AND org_id = ? AND kind = ?",
+                "subject",
+            ),
+        };
+        let mut values: Vec<Value> = vec![id.into(), org_id.into()];
+        if sql.contains("kind = ?") {
+            values.push(kind.as_str().into());
+        }
+        let rows = self.store().query(sql, values).await?;
+        match rows.first() {
+            Some(r) => Ok(r.try_get("", "name")?),
+            None => Err(Error::NotFound(what)),
+        }
+    }
+
+    /// A subject with its counts and the caller's reactions.
+    pub async fn subject(&self, who: &Principal, kind: SubjectKind, id: i64) -> Result<Subject> {
+        let org_id = who.org_id();
+        let name = self.subject_name(org_id, kind, id).await?;
+        let mut counts = Counts::default();
+        for r in self
+            .store()
+            .query(
+                "SELECT reaction, COUNT(*) AS n FROM reactions \
+                 WHERE subject_kind = ? AND subject_id = ? GROUP BY reaction",
+                [kind.as_str().into(), id.into()],
+            )
+            .await?
+        {
+            let n: i64 = r.try_get("", "n")?;
+            match Reaction::parse(&r.try_get::<String>("", "reaction")?) {
+                Some(Reaction::Like) => counts.likes = n,
+                Some(Reaction::Dislike) => counts.dislikes = n,
+                Some(Reaction::Favorite) => counts.favorites = n,
+                Some(Reaction::View) => counts.views = n,
+                Some(Reaction::Follow) => counts.followers = n,
+                None => {}
+            }
+        }
+        let comments = self
+            .store()
+            .query(
+                "SELECT COUNT(*) AS n FROM comments WHERE subject_kind = ? AND subject_id = ?",
+                [kind.as_str().into(), id.into()],
+            )
+            .await?;
+        if let Some(r) = comments.first() {
+            counts.comments = r.try_get("", "n")?;
+        }
+        let mut mine = Vec::new();
+        if let Principal::Customer { customer_id, .. } = *who {
+            for r in self
+                .store()
+                .query(
+                    "SELECT reaction FROM reactions WHERE subject_kind = ? AND subject_id = ? \
+                     AND customer_id = ? ORDER BY reaction",
+                    [kind.as_str().into(), id.into(), customer_id.into()],
+                )
+                .await?
+            {
+                mine.extend(Reaction::parse(&r.try_get::<String>("", "reaction")?));
+            }
+        }
+        Ok(Subject {
+            kind,
+            id,
+            name,
+            counts,
+            mine,
+        })
+    }
+
+    /// Adds the caller's reaction (a like takes the place of their dislike, and the
+    /// other way round); adding it again changes nothing. A first like of a store or one
+    /// of its products tells the store's operators.
+    pub async fn react(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: i64,
+        reaction: Reaction,
+    ) -> Result<Subject> {
+        let customer_id = customer_of(who)?;
+        if kind == SubjectKind::User {
+            return Err(Error::Invalid("a user takes comments only".into()));
+        }
+        let org_id = who.org_id();
+        let name = self.subject_name(org_id, kind, id).await?;
+        // Read before the transaction: a request holds one connection at a time.
+        let told_of_like = if reaction == Reaction::Like {
+            let about = json!({
+                "subject": {"kind": kind, "id": id, "name": name},
+                "by": {"kind": "customer", "id": customer_id, "name": self.customer_name(customer_id).await?},
+                "reaction": reaction,
+            });
+            Some((self.store_staff(org_id, kind, id).await?, about))
+        } else {
+            None
+        };
+        let backend = self.store().backend();
+        let now = self.now_ms();
+        let tx = self.store().write().await?;
+        if let Some(opposite) = reaction.opposite() {
+            remove_reaction(&*tx, backend, kind, id, opposite, customer_id).await?;
+        }
+        let added = tx
+            .execute_raw(stmt(
+                backend,
+                "INSERT INTO reactions (org_id, subject_kind, subject_id, reaction, customer_id, \
+                     created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    org_id.into(),
+                    kind.as_str().into(),
+                    id.into(),
+                    reaction.as_str().into(),
+                    customer_id.into(),
+                    now.into(),
+                ],
+            ))
+            .await?
+            .rows_affected()
+            > 0;
+        let mut told = Vec::new();
+        if added && let Some((staff, about)) = told_of_like {
+            told = self
+                .tell(&*tx, backend, org_id, staff, "like", &about, now)
+                .await?;
+        }
+        tx.commit().await?;
+        self.announce_notifications(told).await;
+        self.subject(who, kind, id).await
+    }
+
+    /// Takes the caller's reaction back (if any).
+    pub async fn unreact(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: i64,
+        reaction: Reaction,
+    ) -> Result<Subject> {
+        let customer_id = customer_of(who)?;
+        self.subject_name(who.org_id(), kind, id).await?;
+        let backend = self.store().backend();
+        remove_reaction(self.store().db(), backend, kind, id, reaction, customer_id).await?;
+        self.subject(who, kind, id).await
+    }
+
+    /// Reactions of one kind: to subject `id` (everyone's), or without it the caller's
+    /// own to subjects of `kind`; newest first.
+    pub async fn reactions(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: Option<i64>,
+        reaction: Reaction,
+        page: u64,
+        per_page: u64,
+    ) -> Result<Numbered<Reacted>> {
+        let org_id = who.org_id();
+        let (filter, value): (&str, i64) = match id {
+            Some(id) => {
+                self.subject_name(org_id, kind, id).await?;
+                ("r.subject_id = ?", id)
+            }
+            None => ("r.customer_id = ?", customer_of(who)?),
+        };
+        let values = || -> Vec<Value> {
+            vec![
+                org_id.into(),
+                kind.as_str().into(),
+                reaction.as_str().into(),
+                value.into(),
+            ]
+        };
+        let base = format!(
+            "FROM reactions r JOIN customers c ON c.id = r.customer_id \
+             WHERE r.org_id = ? AND r.subject_kind = ? AND r.reaction = ? AND {filter}"
+        );
+        let total = self.count(&base, values()).await?;
+        let rows = self
+            .store()
+            .query(
+                &format!(
+                    "SELECT r.subject_id AS subject_id, r.customer_id AS customer_id, \
+                         c.name AS name, c.avatar AS avatar, r.created_at AS created_at {base} \
+                     ORDER BY r.created_at DESC, r.customer_id DESC LIMIT {per_page} OFFSET {}",
+                    offset(page, per_page)
+                ),
+                values(),
+            )
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let subject_id: i64 = r.try_get("", "subject_id")?;
+            items.push(Reacted {
+                subject_kind: kind,
+                subject_id,
+                subject_name: self
+                    .subject_name(org_id, kind, subject_id)
+                    .await
+                    .unwrap_or_default(),
+                customer_id: r.try_get("", "customer_id")?,
+                customer_name: r.try_get("", "name")?,
+                customer_avatar: r.try_get("", "avatar")?,
+                reaction,
+                created_at: r.try_get("", "created_at")?,
+            });
+        }
+        Ok(Numbered { items, total })
+    }
+
+    /// The caller comments on a subject. The store's operators (for a store or one of its
+    /// products) and the subject's followers are told.
+    pub async fn comment(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: i64,
+        text: &str,
+    ) -> Result<Comment> {
+        let customer_id = customer_of(who)?;
+        let org_id = who.org_id();
+        let text = required("text", text, MAX_COMMENT)?;
+        let subject_name = self.subject_name(org_id, kind, id).await?;
+        // Read before the transaction: a request holds one connection at a time.
+        let (customer_name, customer_avatar) = self.customer_face(customer_id).await?;
+        let mut people = self.store_staff(org_id, kind, id).await?;
+        if kind == SubjectKind::User && id != customer_id {
+            people.push(Person::Customer(id));
+        }
+        for r in self
+            .store()
+            .query(
+                "SELECT customer_id FROM reactions WHERE subject_kind = ? AND subject_id = ? \
+                 AND reaction = 'follow' AND customer_id <> ?",
+                [kind.as_str().into(), id.into(), customer_id.into()],
+            )
+            .await?
+        {
+            people.push(Person::Customer(r.try_get("", "customer_id")?));
+        }
+        people.sort_by_key(|p| (p.kind(), p.id()));
+        people.dedup();
+        let backend = self.store().backend();
+        let now = self.now_ms();
+        let tx = self.store().write().await?;
+        let row = tx
+            .query_one_raw(stmt(
+                backend,
+                "INSERT INTO comments (org_id, subject_kind, subject_id, customer_id, text, \
+                     created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                [
+                    org_id.into(),
+                    kind.as_str().into(),
+                    id.into(),
+                    customer_id.into(),
+                    text.clone().into(),
+                    now.into(),
+                ],
+            ))
+            .await?
+            .ok_or_else(|| Error::Internal("no comment id".into()))?;
+        let comment = Comment {
+            id: row.try_get("", "id")?,
+            subject_kind: kind,
+            subject_id: id,
+            subject_name,
+            customer_id,
+            customer_name,
+            customer_avatar,
+            text,
+            created_at: now,
+        };
+        let about = json!({
+            "subject": {"kind": kind, "id": id, "name": comment.subject_name},
+            "by": {"kind": "customer", "id": customer_id, "name": comment.customer_name},
+            "comment": {"id": comment.id, "text": comment.text},
+        });
+        let told = self
+            .tell(&*tx, backend, org_id, people, "comment", &about, now)
+            .await?;
+        tx.commit().await?;
+        self.announce_notifications(told).await;
+        Ok(comment)
+    }
+
+    /// Removes one of the caller's comments (a customer's own; an admin's, any).
+    pub async fn delete_comment(&self, who: &Principal, id: i64) -> Result<()> {
+        let (filter, value): (&str, Value) = match *who {
+            Principal::Customer { customer_id, .. } => ("customer_id = ?", customer_id.into()),
+            Principal::Admin { .. } => ("1 = ?", 1.into()),
+            Principal::Operator { .. } => {
+                return Err(Error::Forbidden("an operator has no comments"));
+            }
+        };
+        let done = self
+            .store()
+            .db()
+            .execute_raw(stmt(
+                self.store().backend(),
+                &format!("DELETE FROM comments WHERE id = ? AND org_id = ? AND {filter}"),
+                [id.into(), who.org_id().into(), value],
+            ))
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound("comment"));
+        }
+        Ok(())
+    }
+
+    /// Comments on subject `id` (everyone's), or without it the caller's own on subjects
+    /// of `kind`; newest first.
+    pub async fn comments(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: Option<i64>,
+        page: u64,
+        per_page: u64,
+    ) -> Result<Numbered<Comment>> {
+        let org_id = who.org_id();
+        let (filter, value): (&str, i64) = match id {
+            Some(id) => {
+                self.subject_name(org_id, kind, id).await?;
+                ("m.subject_id = ?", id)
+            }
+            None => ("m.customer_id = ?", customer_of(who)?),
+        };
+        let values = || -> Vec<Value> { vec![org_id.into(), kind.as_str().into(), value.into()] };
+        let base = format!(
+            "FROM comments m JOIN customers c ON c.id = m.customer_id \
+             WHERE m.org_id = ? AND m.subject_kind = ? AND {filter}"
+        );
+        let total = self.count(&base, values()).await?;
+        let rows = self
+            .store()
+            .query(
+                &format!(
+                    "SELECT m.id AS id, m.subject_id AS subject_id, m.customer_id AS customer_id, \
+                         c.name AS name, c.avatar AS avatar, m.text AS text, \
+                         m.created_at AS created_at {base} \
+                     ORDER BY m.id DESC LIMIT {per_page} OFFSET {}",
+                    offset(page, per_page)
+                ),
+                values(),
+            )
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let subject_id: i64 = r.try_get("", "subject_id")?;
+            items.push(Comment {
+                id: r.try_get("", "id")?,
+                subject_kind: kind,
+                subject_id,
+                subject_name: self
+                    .subject_name(org_id, kind, subject_id)
+                    .await
+                    .unwrap_or_default(),
+                customer_id: r.try_get("", "customer_id")?,
+                customer_name: r.try_get("", "name")?,
+                customer_avatar: r.try_get("", "avatar")?,
+                text: r.try_get("", "text")?,
+                created_at: r.try_get("", "created_at")?,
+            });
+        }
+        Ok(Numbered { items, total })
+    }
+
+    async fn count(&self, from: &str, values: Vec<Value>) -> Result<u64> {
+        let rows = self
+            .store()
+            .query(&format!("SELECT COUNT(*) AS n {from}"), values)
+            .await?;
+        let n: i64 = match rows.first() {
+            Some(r) => r.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(n.max(0) as u64)
+    }
+
+    async fn customer_face(&self, id: i64) -> Result<(String, Option<String>)> {
+        let rows = self
+            .store()
+            .query(
+                "SELECT name, avatar FROM customers WHERE id = ?",
+                [id.into()],
+            )
+            .await?;
+        match rows.first() {
+            Some(r) => Ok((r.try_get("", "name")?, r.try_get("", "avatar")?)),
+            None => Err(Error::NotFound("customer")),
+        }
+    }
+
+    async fn customer_name(&self, id: i64) -> Result<String> {
+        Ok(self.customer_face(id).await?.0)
+    }
+
+    /// The operators of the store a subject belongs to: a store's own, a product's
+    /// store's; nobody for a bazaar, a mall or a user.
+    async fn store_staff(&self, org_id: i64, kind: SubjectKind, id: i64) -> Result<Vec<Person>> {
+        let store = match kind {
+            SubjectKind::Store => Some(id),
+            SubjectKind::Product => self
+                .store()
+                .query(
+                    "SELECT parent_id FROM catalogue WHERE id = ? AND org_id = ? AND kind = 'product'",
+                    [id.into(), org_id.into()],
+                )
+                .await?
+                .first()
+                .map(|r| r.try_get::<i64>("", "parent_id"))
+                .transpose()?,
+            _ => None,
+        };
+        let Some(store) = store else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .store()
+            .query(
+                "SELECT domain_id FROM inboxes WHERE id = ? AND org_id = ?",
+                [store.into(), org_id.into()],
+            )
+            .await?;
+        let Some(domain_id) = rows
+            .first()
+            .map(|r| r.try_get::<i64>("", "domain_id"))
+            .transpose()?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .operators_seeing(store, domain_id)
+            .await?
+            .into_iter()
+            .map(Person::Operator)
+            .collect())
+    }
+
+    /// Writes a notification of `kind` about `about` for each person, in `tx`.
+    #[allow(clippy::too_many_arguments)]
+    async fn tell(
+        &self,
+        tx: &impl ConnectionTrait,
+        backend: DbBackend,
+        org_id: i64,
+        people: Vec<Person>,
+        kind: &str,
+        about: &serde_json::Value,
+        now: i64,
+    ) -> Result<Vec<(Person, Notification)>> {
+        let mut told = Vec::with_capacity(people.len());
+        let body = json!({ "unread": 0, "chats": [], "about": about });
+        // Whose words and name it shows, for an erasure of theirs.
+        let shows = match about["by"]["id"].as_i64() {
+            Some(by) => format!(",customer:{by},"),
+            None => ",".to_owned(),
+        };
+        for person in people {
+            let id =
+                record_notification(tx, backend, org_id, person, kind, &body, &shows, now).await?;
+            told.push((
+                person,
+                Notification {
+                    id,
+                    kind: kind.to_owned(),
+                    unread: 0,
+                    chats: json!([]),
+                    about: Some(about.clone()),
+                    created_at: now,
+                    read_at: None,
+                },
+            ));
+        }
+        Ok(told)
+    }
+
+    /// Removes, within an erasure's transaction, a customer's comments and reactions, and
+    /// the comments on them.
+    pub(super) async fn erase_social(
+        &self,
+        tx: &impl ConnectionTrait,
+        customer_id: i64,
+    ) -> Result<()> {
+        let backend = self.store().backend();
+        tx.execute_raw(stmt(
+            backend,
+            "DELETE FROM comments WHERE customer_id = ? \
+             OR (subject_kind = 'user' AND subject_id = ?)",
+            [customer_id.into(), customer_id.into()],
+        ))
+        .await?;
+        tx.execute_raw(stmt(
+            backend,
+            "DELETE FROM reactions WHERE customer_id = ?",
+            [customer_id.into()],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// After the commit: each person's sockets hear of their new notification.
+    pub(super) async fn announce_notifications(&self, told: Vec<(Person, Notification)>) {
+        for (person, notification) in told {
+            let unread = self.unread_notifications(person).await.unwrap_or(0);
+            self.announce(Event::Notification {
+                person,
+                notification: Some(Arc::new(notification)),
+                unread,
+            });
+        }
+    }
+}
