@@ -458,13 +458,7 @@ impl Core {
         per_page: u64,
     ) -> Result<Numbered<Reacted>> {
         let org_id = who.org_id();
-        let (filter, value): (&str, i64) = match id {
-            Some(id) => {
-                self.subject_name(org_id, kind, id).await?;
-                ("r.subject_id = ?", id)
-            }
-            None => ("r.customer_id = ?", customer_of(who)?),
-        };
+        let (filter, value) = self.listed(who, kind, id, "r").await?;
         let values = || -> Vec<Value> {
             vec![
                 org_id.into(),
@@ -620,13 +614,7 @@ impl Core {
         per_page: u64,
     ) -> Result<Numbered<Comment>> {
         let org_id = who.org_id();
-        let (filter, value): (&str, i64) = match id {
-            Some(id) => {
-                self.subject_name(org_id, kind, id).await?;
-                ("m.subject_id = ?", id)
-            }
-            None => ("m.customer_id = ?", customer_of(who)?),
-        };
+        let (filter, value) = self.listed(who, kind, id, "m").await?;
         let values = || -> Vec<Value> { vec![org_id.into(), kind.as_str().into(), value.into()] };
         let base = format!(
             "FROM comments m JOIN customers c ON c.id = m.customer_id \
@@ -665,6 +653,24 @@ impl Core {
             });
         }
         Ok(Numbered { items, total })
+    }
+
+    /// What a listing takes, as a condition on the table `alias`: the rows on subject
+    /// `id` (one of the organisation's), or without it the caller's own.
+    async fn listed(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: Option<i64>,
+        alias: &str,
+    ) -> Result<(String, i64)> {
+        match id {
+            Some(id) => {
+                self.subject_name(who.org_id(), kind, id).await?;
+                Ok((format!("{alias}.subject_id = ?"), id))
+            }
+            None => Ok((format!("{alias}.customer_id = ?"), customer_of(who)?)),
+        }
     }
 
     async fn count(&self, from: &str, values: Vec<Value>) -> Result<u64> {
