@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::domain::catalogue::{NewItem, Reaction, SubjectKind};
+use crate::domain::catalogue::{NewItem, NewOffer, Reaction, SubjectKind};
 use crate::domain::events::Person;
 use crate::domain::notify::{MarkRead, NewSubscription};
 use crate::domain::webhooks::{NewWebhook, WebhookPatch};
@@ -112,6 +112,11 @@ enum Route {
     MyReactions,
     MyComments,
     Comment,
+    CustomerSignIn,
+    MyPassword,
+    InboxOffers,
+    Offers,
+    OfferRead,
 }
 
 #[derive(Debug)]
@@ -209,6 +214,11 @@ impl Routes {
             ("/v1/me/reactions", Route::MyReactions, "GET"),
             ("/v1/me/comments", Route::MyComments, "GET"),
             ("/v1/comments/{id}", Route::Comment, "DELETE"),
+            ("/v1/inboxes/{id}/offers", Route::InboxOffers, "POST"),
+            ("/v1/offers", Route::Offers, "GET"),
+            ("/v1/auth/customer", Route::CustomerSignIn, "POST"),
+            ("/v1/me/password", Route::MyPassword, "PUT"),
+            ("/v1/offers/{id}/read", Route::OfferRead, "POST"),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -310,6 +320,23 @@ struct SignIn {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct CustomerSignIn {
+    /// The organisation's subdomain.
+    organisation: String,
+    phone: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPassword {
+    #[serde(default)]
+    current: Option<String>,
+    new: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Refresh {
     refresh_token: String,
 }
@@ -404,6 +431,15 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 .sign_in(&b.email, &b.password, &b.organisation, &b.addon, req.client)
                 .await?);
         }
+        (R::CustomerSignIn, &M::POST) => {
+            let b: CustomerSignIn = req.json()?;
+            return reply(
+                StatusCode::CREATED,
+                &core
+                    .customer_sign_in(&b.organisation, &b.phone, &b.password, req.client)
+                    .await?,
+            );
+        }
         (R::AuthRefresh, &M::POST) => {
             let b: Refresh = req.json()?;
             return ok(&core.refresh_admin_tokens(&b.refresh_token).await?);
@@ -493,7 +529,8 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             | R::WidgetVisitors
             | R::File
             | R::PushKey
-            | R::PushSubscription,
+            | R::PushSubscription
+            | R::CustomerSignIn,
             _,
         ) => {
             return Err(ApiError::method_not_allowed(allow));
@@ -751,6 +788,27 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         }
         (R::Comment, M::DELETE) => {
             core.delete_comment(&who, path_id(&params)?).await?;
+            no_content()
+        }
+        (R::InboxOffers, M::POST) => {
+            let store = path_id(&params)?;
+            reply(
+                StatusCode::CREATED,
+                &core
+                    .make_offer(&who, store, req.json::<NewOffer>()?)
+                    .await?,
+            )
+        }
+        (R::Offers, M::GET) => {
+            let (page, per_page) = page_of(&req)?;
+            let found = core.offers(&who, page, per_page).await?;
+            ok(&json!({"items": found.items, "total": found.total}))
+        }
+        (R::OfferRead, M::POST) => ok(&core.read_offer(&who, path_id(&params)?).await?),
+        (R::MyPassword, M::PUT) => {
+            let b: NewPassword = req.json()?;
+            core.set_customer_password(&who, b.current.as_deref(), &b.new)
+                .await?;
             no_content()
         }
         (R::CustomerSessions, M::DELETE) => {

@@ -8,7 +8,9 @@
 //! customer chatted with announced to all their customers, newest first, with `store` and
 //! `storeId`), `GET /web/store-messages?storeId=` (the messages of the customer's newest
 //! chat with a store) and `POST /web/submit-store-messages` (`storeId`, `text`: write to a
-//! store).
+//! store); and the rest of the document's table of contents over `domain::catalogue`:
+//! comments, likes, dislikes, favorites, views and notifications (follows) of bazaars,
+//! malls, stores and products, offers, the profile and the password (docs/compat.md).
 //! The coordinates `x`, `y` are accepted and not used.
 
 use std::future::Future;
@@ -17,7 +19,7 @@ use bytes::Bytes;
 use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::domain::catalogue::{Comment, Reacted, Reaction, Subject, SubjectKind};
+use crate::domain::catalogue::{Comment, Offer, Reacted, Reaction, Subject, SubjectKind};
 use crate::domain::{Error, NewMessage, Numbered, Principal, Said};
 use crate::http::{ApiError, HttpResponse, Req, Surface};
 use crate::http::{parse_id, parse_query};
@@ -223,6 +225,9 @@ const OPERATIONS: &[(Method, &str)] = &[
     (Method::POST, "/web/add-comment"),
     (Method::POST, "/web/delete-comment"),
     (Method::POST, "/web/edit-profile"),
+    (Method::GET, "/web/view-offers"),
+    (Method::POST, "/web/read-offer"),
+    (Method::POST, "/web/change-password"),
 ];
 
 /// A subject's kind as hojre names it in paths and in `type` (the document spells
@@ -329,6 +334,21 @@ fn subject_item(s: &Subject) -> Value {
             Reaction::Follow => "notification",
             other => other.as_str(),
         }).collect::<Vec<_>>(),
+    })
+}
+
+fn offer_item(o: &Offer) -> Value {
+    json!({
+        "id": o.id,
+        "store": o.store,
+        "storeId": o.store_id,
+        "seller": o.seller,
+        "sellerAvatar": o.seller_avatar.clone().unwrap_or_default(),
+        "product": o.product.clone().unwrap_or_default(),
+        "productId": o.product_id,
+        "text": o.text,
+        "sentDate": o.created_at / 1000,
+        "read": o.read_at.is_some(),
     })
 }
 
@@ -510,6 +530,28 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
             core.delete_comment(&who, id)
                 .await
                 .map(|()| success(json!({"id": id})))
+        }
+        (&Method::GET, "/web/view-offers") => {
+            core.offers(&who, p.page, p.per_page).await.map(|found| {
+                let items = found.items.iter().map(offer_item).collect();
+                listing(&req, &params, &[], items, found.total, &p)
+            })
+        }
+        (&Method::POST, "/web/read-offer") => {
+            let Some(id) = get(&params, "id").and_then(parse_id) else {
+                return error("id is required");
+            };
+            core.read_offer(&who, id)
+                .await
+                .map(|o| success(offer_item(&o)))
+        }
+        (&Method::POST, "/web/change-password") => {
+            let Some(new) = get(&params, "newPassword").or_else(|| get(&params, "password")) else {
+                return error("newPassword is required");
+            };
+            core.set_customer_password(&who, get(&params, "oldPassword"), new)
+                .await
+                .map(|()| success(json!("")))
         }
         (&Method::POST, "/web/edit-profile") => core
             .edit_profile(

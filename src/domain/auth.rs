@@ -7,7 +7,7 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -438,6 +438,87 @@ impl Core {
             .await?
             .ok_or(Error::NotFound("operator"))?;
         self.issue_session(org_id, "operator", operator_id).await
+    }
+
+    /// A customer signs in with their phone and the password they set, in the
+    /// organisation with this subdomain, from the client at `client`. Every wrong part
+    /// fails alike, and failed tries are limited per client as for organisations.
+    pub async fn customer_sign_in(
+        &self,
+        subdomain: &str,
+        phone: &str,
+        password: &str,
+        client: std::net::IpAddr,
+    ) -> Result<SessionToken> {
+        const REFUSED: Error = Error::Unauthorized("wrong organisation, phone or password");
+        let failures = &self.throttles.failed_sign_ins;
+        failures.check(&client, self.now_ms())?;
+        let found = async {
+            let org = organisation::Entity::find()
+                .filter(organisation::Column::Subdomain.eq(subdomain.trim().to_lowercase()))
+                .one(self.store().db())
+                .await?
+                .ok_or(REFUSED)?;
+            let c = customer::Entity::find()
+                .filter(customer::Column::OrgId.eq(org.id))
+                .filter(customer::Column::Phone.eq(phone.trim()))
+                .one(self.store().db())
+                .await?
+                .ok_or(REFUSED)?;
+            let hash = c.password_hash.clone().ok_or(REFUSED)?;
+            if !verify_password(password.to_owned(), hash).await? {
+                return Err(REFUSED);
+            }
+            Ok((org.id, c.id))
+        }
+        .await;
+        match found {
+            Ok((org_id, customer_id)) => self.issue_session(org_id, "customer", customer_id).await,
+            Err(e) => {
+                if let Error::Unauthorized(_) = e {
+                    let _ = failures.take(client, self.now_ms());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A customer sets their password: `current` must be the one they have, if any; the
+    /// new one is 8 to 200 characters.
+    pub async fn set_customer_password(
+        &self,
+        who: &Principal,
+        current: Option<&str>,
+        new: &str,
+    ) -> Result<()> {
+        let Principal::Customer { customer_id, .. } = *who else {
+            return Err(Error::Forbidden("only a customer sets a password here"));
+        };
+        let length = new.chars().count();
+        if !(8..=200).contains(&length) {
+            return Err(Error::Invalid(
+                "the new password must be 8 to 200 characters".into(),
+            ));
+        }
+        let c = customer::Entity::find_by_id(customer_id)
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("customer"))?;
+        if let Some(hash) = c.password_hash.clone() {
+            let matches = match current {
+                Some(current) => verify_password(current.to_owned(), hash).await?,
+                None => false,
+            };
+            if !matches {
+                return Err(Error::Invalid("the current password is wrong".into()));
+            }
+        }
+        let hash = hash_password(new.to_owned()).await?;
+        let mut model = c.into_active_model();
+        model.password_hash = Set(Some(hash));
+        model.updated_at = Set(self.now_ms());
+        model.update(self.store().db()).await?;
+        Ok(())
     }
 
     /// Issues a session token for a customer of the admin's organisation.

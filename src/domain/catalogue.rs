@@ -164,8 +164,58 @@ pub struct Comment {
     pub created_at: i64,
 }
 
-/// The longest comment, in characters.
+/// A store's offer to one customer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Offer {
+    pub id: i64,
+    /// The store (an inbox) and its name.
+    pub store_id: i64,
+    pub store: String,
+    /// The seller who made it.
+    pub operator_id: i64,
+    pub seller: String,
+    pub seller_avatar: Option<String>,
+    pub customer_id: i64,
+    pub product_id: Option<i64>,
+    pub product: Option<String>,
+    pub text: String,
+    pub created_at: i64,
+    pub read_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOffer {
+    pub customer_id: i64,
+    pub text: String,
+    #[serde(default)]
+    pub product_id: Option<i64>,
+}
+
+/// The longest comment or offer, in characters.
 const MAX_COMMENT: usize = 2000;
+
+const OFFER_COLUMNS: &str = "f.id AS id, f.inbox_id AS store_id, i.name AS store, \
+    f.operator_id AS operator_id, o.name AS seller, o.avatar AS seller_avatar, \
+    f.customer_id AS customer_id, f.product_id AS product_id, p.name AS product, \
+    f.text AS text, f.created_at AS created_at, f.read_at AS read_at";
+
+fn offer_of(r: &sea_orm::QueryResult) -> Result<Offer> {
+    Ok(Offer {
+        id: r.try_get("", "id")?,
+        store_id: r.try_get("", "store_id")?,
+        store: r.try_get("", "store")?,
+        operator_id: r.try_get("", "operator_id")?,
+        seller: r.try_get("", "seller")?,
+        seller_avatar: r.try_get("", "seller_avatar")?,
+        customer_id: r.try_get("", "customer_id")?,
+        product_id: r.try_get("", "product_id")?,
+        product: r.try_get("", "product")?,
+        text: r.try_get("", "text")?,
+        created_at: r.try_get("", "created_at")?,
+        read_at: r.try_get("", "read_at")?,
+    })
+}
 
 fn customer_of(who: &Principal) -> Result<i64> {
     match *who {
@@ -237,25 +287,21 @@ impl Core {
             }
         };
         let now = self.now_ms();
-        let row = self
-            .store()
-            .db()
-            .query_one_raw(stmt(
-                self.store().backend(),
-                "INSERT INTO catalogue (org_id, kind, parent_id, name, created_at) \
+        let created = super::inserted_id(
+            self.store().db(),
+            "INSERT INTO catalogue (org_id, kind, parent_id, name, created_at) \
                  VALUES (?, ?, ?, ?, ?) RETURNING id",
-                [
-                    org_id.into(),
-                    new.kind.as_str().into(),
-                    parent.into(),
-                    name.clone().into(),
-                    now.into(),
-                ],
-            ))
-            .await?
-            .ok_or_else(|| Error::Internal("no catalogue id".into()))?;
+            [
+                org_id.into(),
+                new.kind.as_str().into(),
+                parent.into(),
+                name.clone().into(),
+                now.into(),
+            ],
+        )
+        .await?;
         Ok(CatalogueItem {
-            id: row.try_get("", "id")?,
+            id: created,
             kind: new.kind,
             parent_id: parent,
             name,
@@ -539,24 +585,22 @@ impl Core {
         let backend = self.store().backend();
         let now = self.now_ms();
         let tx = self.store().write().await?;
-        let row = tx
-            .query_one_raw(stmt(
-                backend,
-                "INSERT INTO comments (org_id, subject_kind, subject_id, customer_id, text, \
+        let created = super::inserted_id(
+            &*tx,
+            "INSERT INTO comments (org_id, subject_kind, subject_id, customer_id, text, \
                      created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                [
-                    org_id.into(),
-                    kind.as_str().into(),
-                    id.into(),
-                    customer_id.into(),
-                    text.clone().into(),
-                    now.into(),
-                ],
-            ))
-            .await?
-            .ok_or_else(|| Error::Internal("no comment id".into()))?;
+            [
+                org_id.into(),
+                kind.as_str().into(),
+                id.into(),
+                customer_id.into(),
+                text.clone().into(),
+                now.into(),
+            ],
+        )
+        .await?;
         let comment = Comment {
-            id: row.try_get("", "id")?,
+            id: created,
             subject_kind: kind,
             subject_id: id,
             subject_name,
@@ -653,6 +697,174 @@ impl Core {
             });
         }
         Ok(Numbered { items, total })
+    }
+
+    /// An operator of a store makes an offer to a customer of the organisation, who is
+    /// told of it (feed, frame, e-mail, push).
+    pub async fn make_offer(&self, who: &Principal, store: i64, new: NewOffer) -> Result<Offer> {
+        let Principal::Operator {
+            org_id,
+            operator_id,
+        } = *who
+        else {
+            return Err(Error::Forbidden("only a store's operator makes offers"));
+        };
+        let text = required("text", &new.text, MAX_COMMENT)?;
+        let store_name = self.subject_name(org_id, SubjectKind::Store, store).await?;
+        let rows = self
+            .store()
+            .query("SELECT domain_id FROM inboxes WHERE id = ?", [store.into()])
+            .await?;
+        let domain_id: i64 = match rows.first() {
+            Some(r) => r.try_get("", "domain_id")?,
+            None => return Err(Error::NotFound("store")),
+        };
+        if !self
+            .counted_assignments(operator_id)
+            .await?
+            .iter()
+            .any(|a| a.covers(store, domain_id))
+        {
+            return Err(Error::NotFound("store"));
+        }
+        self.subject_name(org_id, SubjectKind::User, new.customer_id)
+            .await
+            .map_err(|_| Error::NotFound("customer"))?;
+        let product = match new.product_id {
+            Some(p) => {
+                let in_store = self
+                    .store()
+                    .query(
+                        "SELECT name FROM catalogue WHERE id = ? AND org_id = ? \
+                         AND kind = 'product' AND parent_id = ?",
+                        [p.into(), org_id.into(), store.into()],
+                    )
+                    .await?;
+                match in_store.first() {
+                    Some(r) => Some(r.try_get::<String>("", "name")?),
+                    None => return Err(Error::NotFound("product")),
+                }
+            }
+            None => None,
+        };
+        let seller = self
+            .store()
+            .query(
+                "SELECT name, avatar FROM operators WHERE id = ?",
+                [operator_id.into()],
+            )
+            .await?;
+        let (seller, seller_avatar): (String, Option<String>) = match seller.first() {
+            Some(r) => (r.try_get("", "name")?, r.try_get("", "avatar")?),
+            None => return Err(Error::NotFound("operator")),
+        };
+        let backend = self.store().backend();
+        let now = self.now_ms();
+        let tx = self.store().write().await?;
+        let created = super::inserted_id(
+            &*tx,
+            "INSERT INTO offers (org_id, inbox_id, operator_id, customer_id, product_id, \
+                     text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            [
+                org_id.into(),
+                store.into(),
+                operator_id.into(),
+                new.customer_id.into(),
+                new.product_id.into(),
+                text.clone().into(),
+                now.into(),
+            ],
+        )
+        .await?;
+        let offer = Offer {
+            id: created,
+            store_id: store,
+            store: store_name,
+            operator_id,
+            seller,
+            seller_avatar,
+            customer_id: new.customer_id,
+            product_id: new.product_id,
+            product,
+            text,
+            created_at: now,
+            read_at: None,
+        };
+        let about = json!({
+            "subject": {"kind": "store", "id": store, "name": offer.store},
+            "by": {"kind": "operator", "id": operator_id, "name": offer.seller},
+            "offer": {"id": offer.id, "text": offer.text, "product_id": offer.product_id},
+        });
+        let told = self
+            .tell(
+                &*tx,
+                backend,
+                org_id,
+                vec![Person::Customer(new.customer_id)],
+                "offer",
+                &about,
+                now,
+            )
+            .await?;
+        tx.commit().await?;
+        self.announce_notifications(told).await;
+        Ok(offer)
+    }
+
+    /// The caller's offers (a customer's), newest first.
+    pub async fn offers(
+        &self,
+        who: &Principal,
+        page: u64,
+        per_page: u64,
+    ) -> Result<Numbered<Offer>> {
+        let customer_id = customer_of(who)?;
+        let from = "FROM offers f JOIN inboxes i ON i.id = f.inbox_id \
+                    JOIN operators o ON o.id = f.operator_id \
+                    LEFT JOIN catalogue p ON p.id = f.product_id \
+                    WHERE f.customer_id = ?";
+        let total = self.count(from, vec![customer_id.into()]).await?;
+        let rows = self
+            .store()
+            .query(
+                &format!(
+                    "SELECT {OFFER_COLUMNS} {from} ORDER BY f.id DESC LIMIT {per_page} OFFSET {}",
+                    offset(page, per_page)
+                ),
+                [customer_id.into()],
+            )
+            .await?;
+        let items = rows.iter().map(offer_of).collect::<Result<Vec<_>>>()?;
+        Ok(Numbered { items, total })
+    }
+
+    /// The caller marks one of their offers read (again: no change).
+    pub async fn read_offer(&self, who: &Principal, id: i64) -> Result<Offer> {
+        let customer_id = customer_of(who)?;
+        self.store()
+            .db()
+            .execute_raw(stmt(
+                self.store().backend(),
+                "UPDATE offers SET read_at = ? WHERE id = ? AND customer_id = ? AND read_at IS NULL",
+                [self.now_ms().into(), id.into(), customer_id.into()],
+            ))
+            .await?;
+        let rows = self
+            .store()
+            .query(
+                &format!(
+                    "SELECT {OFFER_COLUMNS} FROM offers f JOIN inboxes i ON i.id = f.inbox_id \
+                     JOIN operators o ON o.id = f.operator_id \
+                     LEFT JOIN catalogue p ON p.id = f.product_id \
+                     WHERE f.id = ? AND f.customer_id = ?"
+                ),
+                [id.into(), customer_id.into()],
+            )
+            .await?;
+        rows.first()
+            .map(offer_of)
+            .transpose()?
+            .ok_or(Error::NotFound("offer"))
     }
 
     /// What a listing takes, as a condition on the table `alias`: the rows on subject
@@ -760,9 +972,9 @@ impl Core {
         let mut told = Vec::with_capacity(people.len());
         let body = json!({ "unread": 0, "chats": [], "about": about });
         // Whose words and name it shows, for an erasure of theirs.
-        let shows = match about["by"]["id"].as_i64() {
-            Some(by) => format!(",customer:{by},"),
-            None => ",".to_owned(),
+        let shows = match (about["by"]["kind"].as_str(), about["by"]["id"].as_i64()) {
+            (Some(kind), Some(by)) => format!(",{kind}:{by},"),
+            _ => ",".to_owned(),
         };
         for person in people {
             let id =
@@ -783,8 +995,8 @@ impl Core {
         Ok(told)
     }
 
-    /// Removes, within an erasure's transaction, a customer's comments and reactions, and
-    /// the comments on them.
+    /// Removes, within an erasure's transaction, a customer's comments, reactions and
+    /// offers, and the comments on them.
     pub(super) async fn erase_social(
         &self,
         tx: &impl ConnectionTrait,
@@ -798,12 +1010,14 @@ impl Core {
             [customer_id.into(), customer_id.into()],
         ))
         .await?;
-        tx.execute_raw(stmt(
-            backend,
-            "DELETE FROM reactions WHERE customer_id = ?",
-            [customer_id.into()],
-        ))
-        .await?;
+        for table in ["reactions", "offers"] {
+            tx.execute_raw(stmt(
+                backend,
+                &format!("DELETE FROM {table} WHERE customer_id = ?"),
+                [customer_id.into()],
+            ))
+            .await?;
+        }
         Ok(())
     }
 

@@ -333,6 +333,19 @@ fn email(field: &str, value: &str) -> Result<String> {
     Ok(value)
 }
 
+/// Runs an `INSERT ... RETURNING id` (written with `?` placeholders) and gives the id.
+async fn inserted_id(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = sea_orm::Value>,
+) -> Result<i64> {
+    let row = conn
+        .query_one_raw(crate::store::stmt(conn.get_database_backend(), sql, values))
+        .await?
+        .ok_or_else(|| Error::Internal("an insert returned no id".into()))?;
+    Ok(row.try_get("", "id")?)
+}
+
 /// Maps a lost insert race on a unique key to a conflict with `message`.
 fn conflict_on_unique(err: DbErr, message: impl Into<String>) -> Error {
     if crate::store::is_unique_violation(&err) {

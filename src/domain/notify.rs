@@ -1293,24 +1293,21 @@ pub(super) async fn record_notification(
     now: i64,
 ) -> Result<i64> {
     let (kind, id) = (person.kind(), person.id());
-    let row = tx
-        .query_one_raw(stmt(
-            backend,
-            "INSERT INTO notifications (org_id, person_kind, person_id, kind, body, \
-                 chat_ids, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            [
-                org_id.into(),
-                kind.into(),
-                id.into(),
-                kind_of.into(),
-                body.to_string().into(),
-                chat_ids.into(),
-                now.into(),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| Error::Internal("no notification id".into()))?;
-    let notification_id: i64 = row.try_get("", "id")?;
+    let notification_id = super::inserted_id(
+        tx,
+        "INSERT INTO notifications (org_id, person_kind, person_id, kind, body, \
+             chat_ids, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        [
+            org_id.into(),
+            kind.into(),
+            id.into(),
+            kind_of.into(),
+            body.to_string().into(),
+            chat_ids.into(),
+            now.into(),
+        ],
+    )
+    .await?;
     tx.execute_raw(stmt(
         backend,
         "INSERT INTO webhook_events (webhook_id, org_id, chat_id, kind, subject_id, \

@@ -236,6 +236,15 @@ fn event_line(n: &Notification) -> Option<String> {
             format!("{who} commented on {what}: {text}")
         }
         "like" => format!("{who} liked {what}"),
+        "offer" => {
+            let text: String = about["offer"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            format!("{who} of {what} made you an offer: {text}")
+        }
         other => format!("{who}: {other} on {what}"),
     })
 }

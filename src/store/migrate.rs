@@ -70,6 +70,16 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0012_catalogue.sql"),
     ),
+    (
+        13,
+        None,
+        include_str!("../../schema/migrations/0013_offers.sql"),
+    ),
+    (
+        14,
+        None,
+        include_str!("../../schema/migrations/0014_customer_passwords.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -74,6 +74,24 @@ async fn store_desk(app: &TestApp, admin: &str) -> Desk {
     desk
 }
 
+/// A customer known by their phone (as hojre signs them in), with a session: (id, token).
+async fn phone_customer(app: &TestApp, admin: &str, phone: &str, name: &str) -> (i64, String) {
+    let c = app
+        .post(
+            "/v1/customers",
+            admin,
+            json!({"phone": phone, "name": name}),
+        )
+        .await;
+    let id = c.body["id"].as_i64().expect("id");
+    let token = str_of(
+        &app.post(&format!("/v1/customers/{id}/sessions"), admin, json!({}))
+            .await
+            .expect(201)["token"],
+    );
+    (id, token)
+}
+
 async fn react(app: &TestApp, token: &str, path: &str, method: reqwest::Method) -> Value {
     app.call(method, path, Some(token), None).await.expect(200)
 }
@@ -335,19 +353,7 @@ async fn hojre_adds_lists_and_deletes_reactions_and_comments_in_its_style() {
     let desk = store_desk(&app, &admin).await;
     let (bazaar, _, product) = market(&app, &admin, &desk).await;
     let phone = "09121122777";
-    let c = app
-        .post(
-            "/v1/customers",
-            &admin,
-            json!({"phone": phone, "name": "Ana"}),
-        )
-        .await;
-    let id = c.body["id"].as_i64().expect("id");
-    let token = str_of(
-        &app.post(&format!("/v1/customers/{id}/sessions"), &admin, json!({}))
-            .await
-            .expect(201)["token"],
-    );
+    let (_, token) = phone_customer(&app, &admin, phone, "Ana").await;
     let auth = format!("username={phone}&token={token}");
     let post = |path: &str, form: String| {
         let (app, path) = (&app, path.to_owned());
@@ -435,4 +441,166 @@ async fn hojre_adds_lists_and_deletes_reactions_and_comments_in_its_style() {
         .await
         .expect("request");
     assert_eq!(r.status(), 404, "no likes on users");
+}
+
+#[tokio::test]
+async fn a_seller_makes_an_offer_the_customer_is_told_live_and_reads_it_here_and_in_hojre() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let desk = store_desk(&app, &admin).await;
+    let (_, _, product) = market(&app, &admin, &desk).await;
+    let mut customer = app.ws(&desk.customer, "").await;
+    let offer = app
+        .post(
+            &format!("/v1/inboxes/{}/offers", desk.inbox_id),
+            &desk.operator,
+            json!({"customer_id": desk.customer_id, "text": "10% off today", "product_id": product}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(offer["store"], "Shoe Store");
+    assert_eq!(offer["product"], "Blue Shoes");
+    let frame = customer.next_of("notification").await;
+    assert_eq!(frame["notification"]["kind"], "offer");
+    assert_eq!(
+        frame["notification"]["about"]["offer"]["text"],
+        "10% off today"
+    );
+    let listed = app.get("/v1/offers", &desk.customer).await.expect(200);
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["items"][0]["read_at"], Value::Null);
+    let id = offer["id"].as_i64().expect("id");
+    let read = app
+        .post(&format!("/v1/offers/{id}/read"), &desk.customer, json!({}))
+        .await
+        .expect(200);
+    assert!(read["read_at"].is_i64());
+    // Only the store's operator offers, only to a customer of the organisation, and only
+    // the customer reads it.
+    let r = app
+        .post(
+            &format!("/v1/inboxes/{}/offers", desk.inbox_id),
+            &desk.customer,
+            json!({"customer_id": desk.customer_id, "text": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = app
+        .post(
+            &format!("/v1/inboxes/{}/offers", desk.inbox_id),
+            &desk.operator,
+            json!({"customer_id": 999999, "text": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let (_, other) = app.customer(&admin, "someone-else").await;
+    let r = app
+        .post(&format!("/v1/offers/{id}/read"), &other, json!({}))
+        .await;
+    assert_eq!(r.status, 404);
+
+    // hojre's face: the customer, given a phone, sees the same offers.
+    let c = app
+        .get(&format!("/v1/customers/{}", desk.customer_id), &admin)
+        .await
+        .expect(200);
+    let phone = "09121122000";
+    app.post(
+        "/v1/customers",
+        &admin,
+        json!({"external_id": c["external_id"], "phone": phone}),
+    )
+    .await
+    .expect(200);
+    let auth = format!("username={phone}&token={}", desk.customer);
+    let view = app
+        .client
+        .get(format!("{}/web/view-offers?{auth}", app.base))
+        .send()
+        .await
+        .expect("request")
+        .json::<Value>()
+        .await
+        .expect("JSON");
+    assert_eq!(view["_meta"]["totalCount"], 1, "{view}");
+    assert_eq!(view["items"][0]["text"], "10% off today");
+    assert_eq!(view["items"][0]["read"], true);
+    let read = app
+        .client
+        .post(format!("{}/web/read-offer", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("{auth}&id={id}"))
+        .send()
+        .await
+        .expect("request")
+        .json::<Value>()
+        .await
+        .expect("JSON");
+    assert_eq!(read["status"], "success", "{read}");
+}
+
+#[tokio::test]
+async fn a_customer_sets_a_password_through_hojre_and_signs_in_with_it() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let phone = "09120000001";
+    let (id, token) = phone_customer(&app, &admin, phone, "Sara").await;
+    let change = |form: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/web/change-password", app.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .expect("request")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let auth = format!("username={phone}&token={token}");
+    let first = change(format!("{auth}&newPassword=first-secret")).await;
+    assert_eq!(first["status"], "success", "{first}");
+    let sign_in = |password: &'static str| {
+        let app = &app;
+        async move {
+            app.call(
+                reqwest::Method::POST,
+                "/v1/auth/customer",
+                None,
+                Some(json!({"organisation": "acme", "phone": phone, "password": password})),
+            )
+            .await
+        }
+    };
+    let session = sign_in("first-secret").await.expect(201);
+    let me = app
+        .get("/v1/me", &str_of(&session["token"]))
+        .await
+        .expect(200);
+    assert_eq!(me["customer"]["id"], id, "{me}");
+    // Once set, the current password is needed to change it.
+    let refused = change(format!("{auth}&newPassword=second-secret")).await;
+    assert_eq!(refused["status"], "error");
+    let too_short = change(format!("{auth}&oldPassword=first-secret&newPassword=short")).await;
+    assert_eq!(too_short["status"], "error");
+    let second = change(format!(
+        "{auth}&oldPassword=first-secret&newPassword=second-secret"
+    ))
+    .await;
+    assert_eq!(second["status"], "success", "{second}");
+    assert_eq!(sign_in("first-secret").await.status, 401);
+    sign_in("second-secret").await.expect(201);
+    // A customer with no password, or of another organisation, cannot sign in so.
+    let r = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/auth/customer",
+            None,
+            Some(json!({"organisation": "globex", "phone": phone, "password": "second-secret"})),
+        )
+        .await;
+    assert_eq!(r.status, 401);
 }

@@ -16,6 +16,8 @@ pub struct Model {
     pub vk_id: Option<String>,
     /// Where e-mail notifications go.
     pub email: Option<String>,
+    /// The customer's own password (argon2id), if they set one.
+    pub password_hash: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// When the customer's sessions were last revoked (ms).
