@@ -107,6 +107,7 @@ enum Route {
     Catalogue,
     Subject,
     StoreMall,
+    SubjectChildren,
     Reactions,
     SubjectComments,
     MyReactions,
@@ -201,6 +202,11 @@ impl Routes {
             ("/v1/catalogue", Route::Catalogue, "POST"),
             ("/v1/catalogue/{kind}/{id}", Route::Subject, "GET"),
             ("/v1/catalogue/{kind}/{id}/mall", Route::StoreMall, "PUT"),
+            (
+                "/v1/catalogue/{kind}/{id}/children",
+                Route::SubjectChildren,
+                "GET",
+            ),
             (
                 "/v1/catalogue/{kind}/{id}/reactions/{reaction}",
                 Route::Reactions,
@@ -724,6 +730,12 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         (R::Subject, M::GET) => {
             let (kind, id) = subject_of(&params)?;
             ok(&core.subject(&who, kind, id).await?)
+        }
+        (R::SubjectChildren, M::GET) => {
+            let (kind, id) = subject_of(&params)?;
+            let (page, per_page) = page_of(&req)?;
+            let found = core.children(&who, kind, id, page, per_page).await?;
+            ok(&json!({"items": found.items, "total": found.total}))
         }
         (R::StoreMall, M::PUT) => {
             let (kind, id) = subject_of(&params)?;

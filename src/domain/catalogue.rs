@@ -309,6 +309,57 @@ impl Core {
         })
     }
 
+    /// What a subject contains, as subjects with their counts: a bazaar's malls, a mall's
+    /// stores, a store's products (a product and a user contain nothing).
+    pub async fn children(
+        &self,
+        who: &Principal,
+        kind: SubjectKind,
+        id: i64,
+        page: u64,
+        per_page: u64,
+    ) -> Result<Numbered<Subject>> {
+        let org_id = who.org_id();
+        self.subject_name(org_id, kind, id).await?;
+        let (child, from) = match kind {
+            SubjectKind::Bazaar => (
+                SubjectKind::Mall,
+                "FROM catalogue WHERE org_id = ? AND kind = 'mall' AND parent_id = ?",
+            ),
+            SubjectKind::Mall => (
+                SubjectKind::Store,
+                "FROM inboxes WHERE org_id = ? AND mall_id = ?",
+            ),
+            SubjectKind::Store => (
+                SubjectKind::Product,
+                "FROM catalogue WHERE org_id = ? AND kind = 'product' AND parent_id = ?",
+            ),
+            SubjectKind::Product | SubjectKind::User => {
+                return Ok(Numbered {
+                    items: Vec::new(),
+                    total: 0,
+                });
+            }
+        };
+        let values = || -> Vec<Value> { vec![org_id.into(), id.into()] };
+        let total = self.count(from, values()).await?;
+        let rows = self
+            .store()
+            .query(
+                &format!(
+                    "SELECT id {from} ORDER BY id LIMIT {per_page} OFFSET {}",
+                    offset(page, per_page)
+                ),
+                values(),
+            )
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            items.push(self.subject(who, child, r.try_get("", "id")?).await?);
+        }
+        Ok(Numbered { items, total })
+    }
+
     /// Puts a store (an inbox) in a mall, or in none (admin).
     pub async fn set_store_mall(
         &self,

@@ -101,7 +101,8 @@ async fn reactions_are_one_per_customer_and_counts_stay_exact_under_concurrent_a
     let app = spawn_app().await;
     let admin = app.admin().await;
     let desk = store_desk(&app, &admin).await;
-    let (_, _, product) = market(&app, &admin, &desk).await;
+    let subject_ids = market(&app, &admin, &desk).await;
+    let product = subject_ids.2;
     let mut customers = Vec::new();
     for i in 0..8 {
         customers.push(app.customer(&admin, &format!("fan-{i}")).await.1);
@@ -140,6 +141,34 @@ async fn reactions_are_one_per_customer_and_counts_stay_exact_under_concurrent_a
     assert_eq!(s["counts"]["likes"], 6);
     let listed = app.get(&like, &admin).await.expect(200);
     assert_eq!(listed["total"], 6);
+    // The catalogue's tree: the bazaar's mall, the mall's store, the store's product.
+    let (bazaar, mall, _) = (subject_ids.0, subject_ids.1, product);
+    let malls = app
+        .get(
+            &format!("/v1/catalogue/bazaar/{bazaar}/children"),
+            &customers[0],
+        )
+        .await
+        .expect(200);
+    assert_eq!(malls["items"][0]["id"], mall);
+    let stores = app
+        .get(
+            &format!("/v1/catalogue/mall/{mall}/children"),
+            &customers[0],
+        )
+        .await
+        .expect(200);
+    assert_eq!(stores["items"][0]["kind"], "store");
+    assert_eq!(stores["items"][0]["id"], desk.inbox_id);
+    let products = app
+        .get(
+            &format!("/v1/catalogue/store/{}/children", desk.inbox_id),
+            &customers[0],
+        )
+        .await
+        .expect(200);
+    assert_eq!(products["total"], 1);
+    assert_eq!(products["items"][0]["counts"]["likes"], 6);
     let mine = app
         .get("/v1/me/reactions?kind=product&reaction=like", &customers[2])
         .await
