@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::domain::canned::{CannedPatch, NewCanned};
 use crate::domain::catalogue::{NewItem, NewOffer, Reaction, SubjectKind};
 use crate::domain::events::Person;
 use crate::domain::notify::{MarkRead, NewSubscription};
@@ -113,6 +114,9 @@ enum Route {
     MyReactions,
     MyComments,
     Comment,
+    CannedResponses,
+    CannedResponse,
+    CannedRender,
     CustomerSignIn,
     MyPassword,
     InboxOffers,
@@ -223,6 +227,17 @@ impl Routes {
             ("/v1/inboxes/{id}/offers", Route::InboxOffers, "POST"),
             ("/v1/offers", Route::Offers, "GET"),
             ("/v1/auth/customer", Route::CustomerSignIn, "POST"),
+            ("/v1/canned-responses", Route::CannedResponses, "GET, POST"),
+            (
+                "/v1/canned-responses/{id}",
+                Route::CannedResponse,
+                "GET, PATCH, DELETE",
+            ),
+            (
+                "/v1/canned-responses/{id}/render",
+                Route::CannedRender,
+                "POST",
+            ),
             ("/v1/me/password", Route::MyPassword, "PUT"),
             ("/v1/offers/{id}/read", Route::OfferRead, "POST"),
         ];
@@ -322,6 +337,12 @@ struct SignIn {
     /// The organisation's subdomain.
     organisation: String,
     addon: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenderCanned {
+    chat_id: i64,
 }
 
 #[derive(Deserialize)]
@@ -817,6 +838,30 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             ok(&json!({"items": found.items, "total": found.total}))
         }
         (R::OfferRead, M::POST) => ok(&core.read_offer(&who, path_id(&params)?).await?),
+        (R::CannedResponses, M::POST) => reply(
+            StatusCode::CREATED,
+            &core.create_canned(&who, req.json::<NewCanned>()?).await?,
+        ),
+        (R::CannedResponses, M::GET) => items(
+            core.list_canned(&who, req.query("q"), req.query_num("inbox_id")?)
+                .await?,
+        ),
+        (R::CannedResponse, M::GET) => ok(&core.canned(&who, path_id(&params)?).await?),
+        (R::CannedResponse, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .update_canned(&who, id, req.json::<CannedPatch>()?)
+                .await?)
+        }
+        (R::CannedResponse, M::DELETE) => {
+            core.delete_canned(&who, path_id(&params)?).await?;
+            no_content()
+        }
+        (R::CannedRender, M::POST) => {
+            let id = path_id(&params)?;
+            let b: RenderCanned = req.json()?;
+            ok(&json!({ "text": core.render_canned(&who, id, b.chat_id).await? }))
+        }
         (R::MyPassword, M::PUT) => {
             let b: NewPassword = req.json()?;
             core.set_customer_password(&who, b.current.as_deref(), &b.new)

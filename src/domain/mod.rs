@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+pub mod canned;
 pub mod catalogue;
 mod chats;
 mod chatwhizz;

@@ -80,6 +80,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0014_customer_passwords.sql"),
     ),
+    (
+        15,
+        None,
+        include_str!("../../schema/migrations/0015_canned_responses.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -9,6 +9,7 @@ mod openapi;
 mod admin;
 mod auth;
 mod bad_input;
+mod canned;
 mod catalogue;
 mod chats;
 mod chatwhizz;
