@@ -6,6 +6,7 @@
 //! a notification (feed, live frame, e-mail and push), and a comment reaches the
 //! subject's followers too.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DbBackend, Value};
@@ -341,16 +342,14 @@ impl Core {
                 });
             }
         };
-        let values = || -> Vec<Value> { vec![org_id.into(), id.into()] };
-        let total = self.count(from, values()).await?;
-        let rows = self
-            .store()
-            .query(
-                &format!(
-                    "SELECT id {from} ORDER BY id LIMIT {per_page} OFFSET {}",
-                    offset(page, per_page)
-                ),
-                values(),
+        let (total, rows) = self
+            .paged(
+                "id",
+                from,
+                "id",
+                vec![org_id.into(), id.into()],
+                page,
+                per_page,
             )
             .await?;
         let mut items = Vec::with_capacity(rows.len());
@@ -385,29 +384,89 @@ impl Core {
 
     /// The name of a subject of the organisation; `NotFound` for any other.
     async fn subject_name(&self, org_id: i64, kind: SubjectKind, id: i64) -> Result<String> {
-        let (sql, what) = match kind {
-            SubjectKind::Store => (
-                "SELECT name FROM inboxes WHERE id = ? AND org_id = ? AND unique_id <> ''",
-                "store",
-            ),
-            SubjectKind::User => (
-                "SELECT name FROM customers WHERE id = ? AND org_id = ?",
-                "user",
-            ),
-            _ => (
-                "SELECT name FROM catalogue WHERE id = ? AND org_id = ? AND kind = ?",
-                "subject",
-            ),
+        let what = match kind {
+            SubjectKind::Store => "store",
+            SubjectKind::User => "user",
+            _ => "subject",
         };
-        let mut values: Vec<Value> = vec![id.into(), org_id.into()];
-        if sql.contains("kind = ?") {
-            values.push(kind.as_str().into());
+        self.subject_names(org_id, kind, &[id])
+            .await?
+            .remove(&id)
+            .ok_or(Error::NotFound(what))
+    }
+
+    /// The names of these subjects of the organisation (those that exist), in one query.
+    async fn subject_names(
+        &self,
+        org_id: i64,
+        kind: SubjectKind,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, String>> {
+        let mut names = HashMap::new();
+        if ids.is_empty() {
+            return Ok(names);
         }
-        let rows = self.store().query(sql, values).await?;
-        match rows.first() {
-            Some(r) => Ok(r.try_get("", "name")?),
-            None => Err(Error::NotFound(what)),
+        let (table, only) = match kind {
+            SubjectKind::Store => ("inboxes", " AND unique_id <> ''".to_owned()),
+            SubjectKind::User => ("customers", String::new()),
+            other => ("catalogue", format!(" AND kind = '{}'", other.as_str())),
+        };
+        let listed = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        // The ids are integers and the kind one of ours: written into the statement.
+        for r in self
+            .store()
+            .query(
+                &format!(
+                    "SELECT id, name FROM {table} WHERE org_id = ? AND id IN ({listed}){only}"
+                ),
+                [org_id.into()],
+            )
+            .await?
+        {
+            names.insert(r.try_get("", "id")?, r.try_get("", "name")?);
         }
+        Ok(names)
+    }
+
+    /// The names of the subjects (`subject_id`) of a page of rows.
+    async fn names_of_rows(
+        &self,
+        org_id: i64,
+        kind: SubjectKind,
+        rows: &[sea_orm::QueryResult],
+    ) -> Result<HashMap<i64, String>> {
+        let mut ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64>("", "subject_id"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        ids.dedup();
+        self.subject_names(org_id, kind, &ids).await
+    }
+
+    /// A page of `SELECT {columns} {from} ORDER BY {order}`, and how many rows `from`
+    /// holds in all.
+    async fn paged(
+        &self,
+        columns: &str,
+        from: &str,
+        order: &str,
+        values: Vec<Value>,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(u64, Vec<sea_orm::QueryResult>)> {
+        let total = self.count(from, values.clone()).await?;
+        let rows = self
+            .store()
+            .query(
+                &format!(
+                    "SELECT {columns} {from} ORDER BY {order} LIMIT {per_page} OFFSET {}",
+                    offset(page, per_page)
+                ),
+                values,
+            )
+            .await?;
+        Ok((total, rows))
     }
 
     /// A subject with its counts and the caller's reactions.
@@ -556,41 +615,33 @@ impl Core {
     ) -> Result<Numbered<Reacted>> {
         let org_id = who.org_id();
         let (filter, value) = self.listed(who, kind, id, "r").await?;
-        let values = || -> Vec<Value> {
-            vec![
-                org_id.into(),
-                kind.as_str().into(),
-                reaction.as_str().into(),
-                value.into(),
-            ]
-        };
-        let base = format!(
-            "FROM reactions r JOIN customers c ON c.id = r.customer_id \
-             WHERE r.org_id = ? AND r.subject_kind = ? AND r.reaction = ? AND {filter}"
-        );
-        let total = self.count(&base, values()).await?;
-        let rows = self
-            .store()
-            .query(
+        let (total, rows) = self
+            .paged(
+                "r.subject_id AS subject_id, r.customer_id AS customer_id, c.name AS name, \
+                 c.avatar AS avatar, r.created_at AS created_at",
                 &format!(
-                    "SELECT r.subject_id AS subject_id, r.customer_id AS customer_id, \
-                         c.name AS name, c.avatar AS avatar, r.created_at AS created_at {base} \
-                     ORDER BY r.created_at DESC, r.customer_id DESC LIMIT {per_page} OFFSET {}",
-                    offset(page, per_page)
+                    "FROM reactions r JOIN customers c ON c.id = r.customer_id \
+                     WHERE r.org_id = ? AND r.subject_kind = ? AND r.reaction = ? AND {filter}"
                 ),
-                values(),
+                "r.created_at DESC, r.customer_id DESC",
+                vec![
+                    org_id.into(),
+                    kind.as_str().into(),
+                    reaction.as_str().into(),
+                    value.into(),
+                ],
+                page,
+                per_page,
             )
             .await?;
+        let names = self.names_of_rows(org_id, kind, &rows).await?;
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             let subject_id: i64 = r.try_get("", "subject_id")?;
             items.push(Reacted {
                 subject_kind: kind,
                 subject_id,
-                subject_name: self
-                    .subject_name(org_id, kind, subject_id)
-                    .await
-                    .unwrap_or_default(),
+                subject_name: names.get(&subject_id).cloned().unwrap_or_default(),
                 customer_id: r.try_get("", "customer_id")?,
                 customer_name: r.try_get("", "name")?,
                 customer_avatar: r.try_get("", "avatar")?,
@@ -710,25 +761,21 @@ impl Core {
     ) -> Result<Numbered<Comment>> {
         let org_id = who.org_id();
         let (filter, value) = self.listed(who, kind, id, "m").await?;
-        let values = || -> Vec<Value> { vec![org_id.into(), kind.as_str().into(), value.into()] };
-        let base = format!(
-            "FROM comments m JOIN customers c ON c.id = m.customer_id \
-             WHERE m.org_id = ? AND m.subject_kind = ? AND {filter}"
-        );
-        let total = self.count(&base, values()).await?;
-        let rows = self
-            .store()
-            .query(
+        let (total, rows) = self
+            .paged(
+                "m.id AS id, m.subject_id AS subject_id, m.customer_id AS customer_id, \
+                 c.name AS name, c.avatar AS avatar, m.text AS text, m.created_at AS created_at",
                 &format!(
-                    "SELECT m.id AS id, m.subject_id AS subject_id, m.customer_id AS customer_id, \
-                         c.name AS name, c.avatar AS avatar, m.text AS text, \
-                         m.created_at AS created_at {base} \
-                     ORDER BY m.id DESC LIMIT {per_page} OFFSET {}",
-                    offset(page, per_page)
+                    "FROM comments m JOIN customers c ON c.id = m.customer_id \
+                     WHERE m.org_id = ? AND m.subject_kind = ? AND {filter}"
                 ),
-                values(),
+                "m.id DESC",
+                vec![org_id.into(), kind.as_str().into(), value.into()],
+                page,
+                per_page,
             )
             .await?;
+        let names = self.names_of_rows(org_id, kind, &rows).await?;
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             let subject_id: i64 = r.try_get("", "subject_id")?;
@@ -736,10 +783,7 @@ impl Core {
                 id: r.try_get("", "id")?,
                 subject_kind: kind,
                 subject_id,
-                subject_name: self
-                    .subject_name(org_id, kind, subject_id)
-                    .await
-                    .unwrap_or_default(),
+                subject_name: names.get(&subject_id).cloned().unwrap_or_default(),
                 customer_id: r.try_get("", "customer_id")?,
                 customer_name: r.try_get("", "name")?,
                 customer_avatar: r.try_get("", "avatar")?,
@@ -874,15 +918,14 @@ impl Core {
                     JOIN operators o ON o.id = f.operator_id \
                     LEFT JOIN catalogue p ON p.id = f.product_id \
                     WHERE f.customer_id = ?";
-        let total = self.count(from, vec![customer_id.into()]).await?;
-        let rows = self
-            .store()
-            .query(
-                &format!(
-                    "SELECT {OFFER_COLUMNS} {from} ORDER BY f.id DESC LIMIT {per_page} OFFSET {}",
-                    offset(page, per_page)
-                ),
-                [customer_id.into()],
+        let (total, rows) = self
+            .paged(
+                OFFER_COLUMNS,
+                from,
+                "f.id DESC",
+                vec![customer_id.into()],
+                page,
+                per_page,
             )
             .await?;
         let items = rows.iter().map(offer_of).collect::<Result<Vec<_>>>()?;
