@@ -169,6 +169,22 @@ async fn notify(core: std::sync::Weak<domain::Core>, every: Duration) {
     }
 }
 
+/// Routes the queued chats of every inbox, every `every`: what a node did not see happen
+/// (an operator came online on another node, a router stopped half way). See
+/// `domain::routing`.
+async fn route(core: std::sync::Weak<domain::Core>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(core) = core.upgrade() else { return };
+        if let Err(e) = core.route_queued().await {
+            tracing::warn!(error = %e, "cannot route queued chats");
+        }
+    }
+}
+
+/// How often each node routes what waits in queues.
+const ROUTE_EVERY: Duration = Duration::from_secs(2);
+
 /// How often each node offers to look for members to notify.
 const NOTIFY_EVERY: Duration = Duration::from_secs(1);
 
@@ -238,6 +254,7 @@ impl Server {
             config.delivery_settings(),
         ));
         tokio::spawn(notify(Arc::downgrade(&core), NOTIFY_EVERY));
+        tokio::spawn(route(Arc::downgrade(&core), ROUTE_EVERY));
         if let Some(every) = bus.sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
         }

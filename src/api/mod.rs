@@ -14,12 +14,16 @@ use std::sync::Arc;
 
 use crate::domain::canned::{CannedPatch, NewCanned};
 use crate::domain::catalogue::{NewItem, NewOffer, Reaction, SubjectKind};
+use crate::domain::desk::{AttributesPatch, ChatFilter, Labels, Snooze};
 use crate::domain::events::Person;
+use crate::domain::notes::NewNote;
 use crate::domain::notify::{MarkRead, NewSubscription};
+use crate::domain::routing::Transfer;
 use crate::domain::webhooks::{NewWebhook, WebhookPatch};
 use crate::domain::{
-    AssignmentPatch, Core, CustomerFields, DomainPatch, MessageQuery, NewAssignment, NewDomain,
-    NewInbox, NewMessage, NewOperator, OperatorPatch, OrganisationPatch, Presence, Principal,
+    AssignmentPatch, ChatStatus, Core, CustomerFields, DomainPatch, InboxPatch, MessageQuery,
+    NewAssignment, NewDomain, NewInbox, NewMessage, NewOperator, OperatorPatch, OrganisationPatch,
+    Presence, Principal,
 };
 use crate::http::{ApiError, HttpResponse, Req, Surface, json_response, parse_id};
 use crate::hub::Hub;
@@ -89,6 +93,15 @@ enum Route {
     Chats,
     Chat,
     ChatTake,
+    ChatQueue,
+    ChatTransfer,
+    ChatUnassign,
+    ChatSnooze,
+    ChatNotes,
+    ChatLabels,
+    ChatAttributes,
+    CustomerLabels,
+    CustomerAttributes,
     ChatFinish,
     ChatMessages,
     ChatReceipts,
@@ -153,7 +166,7 @@ impl Routes {
             ("/v1/domains", Route::Domains, "GET, POST"),
             ("/v1/domains/{id}", Route::Domain, "GET, PATCH"),
             ("/v1/inboxes", Route::Inboxes, "GET, POST"),
-            ("/v1/inboxes/{id}", Route::Inbox, "GET"),
+            ("/v1/inboxes/{id}", Route::Inbox, "GET, PATCH"),
             (
                 "/v1/inboxes/{id}/broadcasts",
                 Route::InboxBroadcasts,
@@ -175,6 +188,23 @@ impl Routes {
             ("/v1/chats", Route::Chats, "GET, POST"),
             ("/v1/chats/{id}", Route::Chat, "GET"),
             ("/v1/chats/{id}/take", Route::ChatTake, "POST"),
+            ("/v1/chats/{id}/queue", Route::ChatQueue, "GET"),
+            ("/v1/chats/{id}/transfer", Route::ChatTransfer, "POST"),
+            ("/v1/chats/{id}/unassign", Route::ChatUnassign, "POST"),
+            ("/v1/chats/{id}/snooze", Route::ChatSnooze, "POST, DELETE"),
+            ("/v1/chats/{id}/notes", Route::ChatNotes, "GET, POST"),
+            ("/v1/chats/{id}/labels", Route::ChatLabels, "PUT"),
+            ("/v1/chats/{id}/attributes", Route::ChatAttributes, "PATCH"),
+            (
+                "/v1/customers/{id}/labels",
+                Route::CustomerLabels,
+                "GET, PUT",
+            ),
+            (
+                "/v1/customers/{id}/attributes",
+                Route::CustomerAttributes,
+                "PATCH",
+            ),
             ("/v1/chats/{id}/finish", Route::ChatFinish, "POST"),
             ("/v1/chats/{id}/messages", Route::ChatMessages, "GET, POST"),
             ("/v1/chats/{id}/receipts", Route::ChatReceipts, "POST"),
@@ -308,6 +338,56 @@ fn page_of(req: &Req) -> Result<(u64, u64), ApiError> {
         .unwrap_or(50)
         .clamp(1, 200);
     Ok((page, per_page))
+}
+
+/// A chat list's filters: `status`, `inbox_id`, `customer_id`, `operator_id` (an id, `me`
+/// or `none`), `label`, `unread=true`, `waiting_secs`, `snoozed=true|false`.
+fn chat_filter(req: &Req, who: &Principal) -> Result<ChatFilter, ApiError> {
+    let flag = |name: &str| -> Result<Option<bool>, ApiError> {
+        match req.query(name) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(ApiError::invalid(format!("{name} must be true or false"))),
+        }
+    };
+    let status = match req.query("status") {
+        None => None,
+        Some(s) => Some(
+            ChatStatus::parse(s)
+                .ok_or_else(|| ApiError::invalid("status must be pending, chatting or finished"))?,
+        ),
+    };
+    let operator_id = match req.query("operator_id") {
+        None => None,
+        Some("none") => Some(None),
+        Some("me") => match *who {
+            Principal::Operator { operator_id, .. } => Some(Some(operator_id)),
+            _ => return Err(ApiError::invalid("operator_id=me is for an operator")),
+        },
+        Some(_) => Some(Some(
+            req.query_num::<i64>("operator_id")
+                .map_err(|_| ApiError::invalid("operator_id must be an id, me or none"))?
+                .unwrap_or(0),
+        )),
+    };
+    let label = match req.query("label") {
+        None => None,
+        Some(l) if l.trim().is_empty() => {
+            return Err(ApiError::invalid("label must not be empty"));
+        }
+        Some(l) => Some(l.to_owned()),
+    };
+    Ok(ChatFilter {
+        status,
+        inbox_id: req.query_num("inbox_id")?,
+        operator_id,
+        label,
+        unread: flag("unread")?.unwrap_or(false),
+        waiting_secs: req.query_num("waiting_secs")?,
+        snoozed: flag("snoozed")?,
+        customer_id: req.query_num("customer_id")?,
+    })
 }
 
 /// The id in the path; an id that is not a positive integer names nothing, so 404.
@@ -647,6 +727,12 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             .await?,
         ),
         (R::Inbox, M::GET) => ok(&core.inbox(&who, path_id(&params)?).await?),
+        (R::Inbox, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .update_inbox(&who, id, req.json::<InboxPatch>()?)
+                .await?)
+        }
         (R::InboxBroadcasts, M::POST) => {
             let id = path_id(&params)?;
             let b: Broadcast = req.json()?;
@@ -882,11 +968,65 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         (R::Chats, M::GET) => ok(&core
             .list_chats(
                 &who,
-                req.query("status"),
+                &chat_filter(&req, &who)?,
                 req.query("before"),
                 req.query_num("limit")?,
             )
             .await?),
+        (R::ChatQueue, M::GET) => ok(&core.queue_place(&who, path_id(&params)?).await?),
+        (R::ChatTransfer, M::POST) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .transfer_chat(&who, id, req.json::<Transfer>()?)
+                .await?)
+        }
+        (R::ChatUnassign, M::POST) => ok(&core.unassign_chat(&who, path_id(&params)?).await?),
+        (R::ChatSnooze, M::POST) => {
+            let id = path_id(&params)?;
+            let snooze = if req.body_is_empty() {
+                Snooze::default()
+            } else {
+                req.json::<Snooze>()?
+            };
+            ok(&core.snooze_chat(&who, id, snooze).await?)
+        }
+        (R::ChatSnooze, M::DELETE) => ok(&core.wake_chat(&who, path_id(&params)?).await?),
+        (R::ChatNotes, M::GET) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .notes(&who, id, req.query_num("after")?, req.query_num("limit")?)
+                .await?)
+        }
+        (R::ChatNotes, M::POST) => {
+            let id = path_id(&params)?;
+            let note = core.add_note(&who, id, req.json::<NewNote>()?).await?;
+            reply(StatusCode::CREATED, &note)
+        }
+        (R::ChatLabels, M::PUT) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .set_chat_labels(&who, id, req.json::<Labels>()?)
+                .await?)
+        }
+        (R::ChatAttributes, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .patch_chat_attributes(&who, id, req.json::<AttributesPatch>()?)
+                .await?)
+        }
+        (R::CustomerLabels, M::GET) => ok(&core.customer_tags(&who, path_id(&params)?).await?),
+        (R::CustomerLabels, M::PUT) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .set_customer_labels(&who, id, req.json::<Labels>()?)
+                .await?)
+        }
+        (R::CustomerAttributes, M::PATCH) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .patch_customer_attributes(&who, id, req.json::<AttributesPatch>()?)
+                .await?)
+        }
         (R::Chat, M::GET) => ok(&core.chat(&who, path_id(&params)?).await?),
         (R::ChatTake, M::POST) => ok(&core.take_chat(&who, path_id(&params)?).await?),
         (R::ChatFinish, M::POST) => ok(&core.finish_chat(&who, path_id(&params)?).await?),

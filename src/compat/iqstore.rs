@@ -383,7 +383,14 @@ async fn route(app: &Iqstore, req: &mut Req) -> Result<Value, ApiError> {
             core.messages(&who, chat_id, q).await?.items
         }
         "chats/list" => {
-            let page = core.list_chats(&who, None, None, Some(200)).await?;
+            let page = core
+                .list_chats(
+                    &who,
+                    &crate::domain::desk::ChatFilter::default(),
+                    None,
+                    Some(200),
+                )
+                .await?;
             let result: Vec<Value> = page
                 .items
                 .iter()

@@ -6,6 +6,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::routing::Routing;
 use super::{Core, Error, Principal, Result, conflict_on_unique, email, optional, required};
 use crate::store::entity::{assignment, customer, domain, inbox, operator};
 
@@ -46,6 +47,8 @@ pub struct Operator {
     pub name: String,
     pub avatar: Option<String>,
     pub presence: Presence,
+    /// The most open chats routing gives them over all inboxes (`null`: no limit).
+    pub capacity: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -58,6 +61,7 @@ impl From<operator::Model> for Operator {
             name: m.name,
             avatar: m.avatar,
             presence: Presence::from_code(m.presence),
+            capacity: m.capacity.map(i64::from),
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -85,6 +89,10 @@ pub struct OperatorPatch {
     pub avatar: Option<String>,
     #[serde(default)]
     pub presence: Option<Presence>,
+    /// The most open chats routing gives the operator over all inboxes (`null`: no
+    /// limit). Set by the admin.
+    #[serde(default, deserialize_with = "super::settings::present")]
+    pub capacity: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +148,12 @@ pub struct Inbox {
     pub unique_id: Option<String>,
     pub name: String,
     pub created_at: i64,
+    /// How new chats reach operators: `off` (taken by hand), `round_robin`, `least_busy`.
+    pub routing: Routing,
+    /// The most open chats routing gives an operator from this inbox (`null`: no limit).
+    pub capacity: Option<i64>,
+    /// For how long after a chat finished a customer's message reopens it (0: never).
+    pub reopen_secs: i64,
 }
 
 impl From<inbox::Model> for Inbox {
@@ -150,7 +164,41 @@ impl From<inbox::Model> for Inbox {
             unique_id: (!m.unique_id.is_empty()).then_some(m.unique_id),
             name: m.name,
             created_at: m.created_at,
+            routing: Routing::parse(&m.routing),
+            capacity: m.capacity.map(i64::from),
+            reopen_secs: i64::from(m.reopen_secs),
         }
+    }
+}
+
+/// What the admin changes of an inbox; absent fields stay.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub routing: Option<Routing>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "super::settings::present")]
+    pub capacity: Option<Option<i64>>,
+    #[serde(default)]
+    pub reopen_secs: Option<i64>,
+}
+
+/// The largest capacity (open chats an operator gets from routing).
+const MAX_CAPACITY: i64 = 1000;
+/// The longest reopening window (30 days).
+const MAX_REOPEN_SECS: i64 = 30 * 24 * 3600;
+
+/// Checks a capacity: `null`, or 1 to [`MAX_CAPACITY`].
+fn capacity(value: Option<i64>) -> Result<Option<i32>> {
+    match value {
+        None => Ok(None),
+        Some(n @ 1..=MAX_CAPACITY) => Ok(Some(n as i32)),
+        Some(_) => Err(Error::Invalid(format!(
+            "capacity must be null or 1 to {MAX_CAPACITY}"
+        ))),
     }
 }
 
@@ -287,7 +335,7 @@ impl Core {
         Ok(self.operator_model(who.org_id(), id).await?.into())
     }
 
-    async fn operator_model(&self, org_id: i64, id: i64) -> Result<operator::Model> {
+    pub(super) async fn operator_model(&self, org_id: i64, id: i64) -> Result<operator::Model> {
         operator::Entity::find_by_id(id)
             .filter(operator::Column::OrgId.eq(org_id))
             .one(self.store().db())
@@ -329,13 +377,18 @@ impl Core {
             && patch.name.is_none()
             && patch.avatar.is_none()
             && patch.presence.is_none()
+            && patch.capacity.is_none()
         {
             return Err(Error::Invalid(
-                "give at least one of email, name, avatar, presence".into(),
+                "give at least one of email, name, avatar, presence, capacity".into(),
             ));
         }
+        let new_capacity = patch.capacity.map(capacity).transpose()?;
         if self_presence_only
-            && (patch.email.is_some() || patch.name.is_some() || patch.avatar.is_some())
+            && (patch.email.is_some()
+                || patch.name.is_some()
+                || patch.avatar.is_some()
+                || patch.capacity.is_some())
         {
             return Err(Error::Forbidden(
                 "an operator may change only its own presence",
@@ -375,6 +428,9 @@ impl Core {
         if let Some(presence) = patch.presence {
             model.presence = Set(presence.code());
         }
+        if let Some(capacity) = new_capacity {
+            model.capacity = Set(capacity);
+        }
         model.updated_at = Set(self.now_ms());
         let updated = model
             .update(&*tx)
@@ -383,6 +439,9 @@ impl Core {
         tx.commit().await?;
         if let Some(presence) = patch.presence {
             self.publish_presence(id, presence).await?;
+        }
+        if new_capacity.is_some() {
+            self.route_for_operator(id).await?;
         }
         Ok(updated.into())
     }
@@ -540,6 +599,49 @@ impl Core {
         Ok(model.into())
     }
 
+    /// The admin changes an inbox: its name, routing, capacity, reopening window.
+    pub async fn update_inbox(&self, who: &Principal, id: i64, patch: InboxPatch) -> Result<Inbox> {
+        let (org_id, _) = self.require_admin(who)?;
+        let name = patch
+            .name
+            .as_deref()
+            .map(|n| required("name", n, 200))
+            .transpose()?;
+        let new_capacity = patch.capacity.map(capacity).transpose()?;
+        let reopen = match patch.reopen_secs {
+            None => None,
+            Some(n @ 0..=MAX_REOPEN_SECS) => Some(n as i32),
+            Some(_) => {
+                return Err(Error::Invalid(format!(
+                    "reopen_secs must be 0 to {MAX_REOPEN_SECS}"
+                )));
+            }
+        };
+        let tx = self.store().write().await?;
+        let current = inbox::Entity::find_by_id(id)
+            .filter(inbox::Column::OrgId.eq(org_id))
+            .one(&*tx)
+            .await?
+            .ok_or(Error::NotFound("inbox"))?;
+        let mut model = current.into_active_model();
+        if let Some(name) = name {
+            model.name = Set(name);
+        }
+        if let Some(routing) = patch.routing {
+            model.routing = Set(routing.as_str().to_owned());
+        }
+        if let Some(capacity) = new_capacity {
+            model.capacity = Set(capacity);
+        }
+        if let Some(reopen) = reopen {
+            model.reopen_secs = Set(reopen);
+        }
+        let updated = model.update(&*tx).await?;
+        tx.commit().await?;
+        self.route_inbox(id, false).await?;
+        Ok(updated.into())
+    }
+
     pub(super) async fn inbox_model(&self, org_id: i64, id: i64) -> Result<inbox::Model> {
         inbox::Entity::find_by_id(id)
             .filter(inbox::Column::OrgId.eq(org_id))
@@ -607,6 +709,7 @@ impl Core {
         .map_err(|e| conflict_on_unique(e, "this operator is already assigned to this inbox"))?;
         self.commit_access_change(tx, super::events::Person::Operator(operator.id))
             .await?;
+        self.route_for_operator(operator.id).await?;
         Ok(model.into())
     }
 
@@ -677,6 +780,7 @@ impl Core {
         let updated = model.update(&*tx).await?;
         self.commit_access_change(tx, super::events::Person::Operator(updated.operator_id))
             .await?;
+        self.route_for_operator(updated.operator_id).await?;
         Ok(updated.into())
     }
 
@@ -858,6 +962,9 @@ impl Core {
             presence,
             chat_ids,
         });
+        if presence == Presence::Online {
+            self.route_for_operator(operator_id).await?;
+        }
         Ok(())
     }
 }

@@ -1053,7 +1053,7 @@ impl Core {
 
     /// Writes a notification of `kind` about `about` for each person, in `tx`.
     #[allow(clippy::too_many_arguments)]
-    async fn tell(
+    pub(super) async fn tell(
         &self,
         tx: &impl ConnectionTrait,
         backend: DbBackend,
@@ -1065,11 +1065,14 @@ impl Core {
     ) -> Result<Vec<(Person, Notification)>> {
         let mut told = Vec::with_capacity(people.len());
         let body = json!({ "unread": 0, "chats": [], "about": about });
-        // Whose words and name it shows, for an erasure of theirs.
-        let shows = match (about["by"]["kind"].as_str(), about["by"]["id"].as_i64()) {
-            (Some(kind), Some(by)) => format!(",{kind}:{by},"),
-            _ => ",".to_owned(),
-        };
+        // The chat and whose words and name it shows, for an erasure of either.
+        let mut shows = ",".to_owned();
+        if let Some(chat) = about["chat_id"].as_i64() {
+            shows.push_str(&format!("{chat},"));
+        }
+        if let (Some(kind), Some(by)) = (about["by"]["kind"].as_str(), about["by"]["id"].as_i64()) {
+            shows.push_str(&format!("{kind}:{by},"));
+        }
         for person in people {
             let id =
                 record_notification(tx, backend, org_id, person, kind, &body, &shows, now).await?;

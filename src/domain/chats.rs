@@ -9,6 +9,7 @@ use sea_orm::{
 };
 use serde::Serialize;
 
+use super::desk::{ChatFilter, DeskView, SNOOZED};
 use super::events::{ChatSummary, Event, Person};
 use super::messages::{Message, member_of};
 use super::{Core, Error, Principal, Result};
@@ -67,6 +68,9 @@ pub struct Chat {
     pub created_at: i64,
     /// Creation, or the newest message to within a second (see `append`).
     pub last_activity_at: i64,
+    /// Labels, attributes and snooze: to operators and the admin, never to the customer.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub desk: Option<DeskView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +117,32 @@ impl Counted {
     pub(super) fn covers(&self, inbox_id: i64, domain_id: i64) -> bool {
         self.inbox_id == inbox_id || (self.is_admin && self.domain_id == domain_id)
     }
+}
+
+/// A custom SQL condition written with `?` placeholders, as the backend takes them
+/// (sea-query reads `$1`, `$2`... on PostgreSQL).
+fn custom<V: Into<sea_orm::Value>>(
+    backend: sea_orm::DbBackend,
+    sql: &str,
+    values: impl IntoIterator<Item = V>,
+) -> sea_orm::sea_query::Expr {
+    let sql = if backend == sea_orm::DbBackend::Postgres {
+        let mut n = 0;
+        sql.split('?')
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part.to_owned()
+                } else {
+                    n += 1;
+                    format!("${n}{part}")
+                }
+            })
+            .collect()
+    } else {
+        sql.to_owned()
+    };
+    sea_orm::sea_query::Expr::cust_with_values(sql, values)
 }
 
 fn parse_cursor(cursor: &str) -> Result<(i64, i64)> {
@@ -191,6 +221,13 @@ impl Core {
                 .filter(chat::Column::Status.ne(ChatStatus::Finished.as_str()))
                 .order_by_desc(chat::Column::Id)
         };
+        // A chat finished within the inbox's reopening window opens again instead.
+        if find_open().one(self.store().db()).await?.is_none()
+            && let Some(id) = self.reopenable(customer_id, inbox.id).await?
+            && self.reopen_chat(id).await?
+        {
+            return Ok((self.chat(who, id).await?, false));
+        }
         let tx = self.store().write().await?;
         let (model, created) = match find_open().one(&*tx).await? {
             Some(model) => (model, false),
@@ -240,6 +277,9 @@ impl Core {
                 chat: summary(&model),
                 audience,
             });
+            self.route_inbox(model.inbox_id, true).await?;
+            // As routing left it.
+            return Ok((self.chat(who, model.id).await?, true));
         }
         let chat = self.views(who, vec![model]).await?.pop();
         Ok((chat.ok_or(Error::NotFound("chat"))?, created))
@@ -248,6 +288,20 @@ impl Core {
     /// The seq of the newest message of a chat the caller can see (`NotFound` otherwise).
     pub async fn last_seq(&self, who: &Principal, id: i64) -> Result<i64> {
         Ok(self.visible_chat(who, id).await?.last_seq)
+    }
+
+    /// Chat `id` of the caller's organisation as the caller would see it, without asking
+    /// whether they still may (after a hand-over that took it out of their sight).
+    pub(super) async fn chat_view(&self, who: &Principal, id: i64) -> Result<Chat> {
+        let model = chat::Entity::find_by_id(id)
+            .filter(chat::Column::OrgId.eq(who.org_id()))
+            .one(self.store().db())
+            .await?
+            .ok_or(Error::NotFound("chat"))?;
+        self.views(who, vec![model])
+            .await?
+            .pop()
+            .ok_or(Error::NotFound("chat"))
     }
 
     pub async fn chat(&self, who: &Principal, id: i64) -> Result<Chat> {
@@ -259,11 +313,12 @@ impl Core {
     }
 
     /// The caller's chats, most recently active first: a customer's own, an operator's
-    /// assigned inboxes' (every inbox of a domain it is admin of), all to an admin.
+    /// assigned inboxes' (every inbox of a domain it is admin of), all to an admin; of
+    /// those, the ones `filter` keeps.
     pub async fn list_chats(
         &self,
         who: &Principal,
-        status: Option<&str>,
+        filter: &ChatFilter,
         before: Option<&str>,
         limit: Option<u64>,
     ) -> Result<ChatPage> {
@@ -274,13 +329,8 @@ impl Core {
         };
         let mut query = chat::Entity::find()
             .filter(chat::Column::OrgId.eq(who.org_id()))
-            .filter(self.chat_scope(who).await?);
-        if let Some(status) = status {
-            let status = ChatStatus::parse(status).ok_or_else(|| {
-                Error::Invalid("status must be pending, chatting or finished".into())
-            })?;
-            query = query.filter(chat::Column::Status.eq(status.as_str()));
-        }
+            .filter(self.chat_scope(who).await?)
+            .filter(self.chat_filter(who, filter)?);
         if let Some(before) = before {
             let (at, id) = parse_cursor(before)?;
             query = query.filter(
@@ -312,6 +362,71 @@ impl Core {
         })
     }
 
+    /// A chat list's filter as a condition on the chats table.
+    fn chat_filter(&self, who: &Principal, f: &ChatFilter) -> Result<Condition> {
+        let backend = self.store().backend();
+        let mut c = Condition::all();
+        if let Some(status) = f.status {
+            c = c.add(chat::Column::Status.eq(status.as_str()));
+        }
+        if let Some(inbox_id) = f.inbox_id {
+            c = c.add(chat::Column::InboxId.eq(inbox_id));
+        }
+        if let Some(customer_id) = f.customer_id {
+            c = c.add(chat::Column::CustomerId.eq(customer_id));
+        }
+        match f.operator_id {
+            Some(Some(id)) => c = c.add(chat::Column::OperatorId.eq(id)),
+            Some(None) => c = c.add(chat::Column::OperatorId.is_null()),
+            None => {}
+        }
+        if let Some(label) = &f.label {
+            c = c.add(custom(
+                backend,
+                "EXISTS (SELECT 1 FROM chat_labels cl WHERE cl.chat_id = chats.id AND cl.label = ?)",
+                [label.trim().to_lowercase()],
+            ));
+        }
+        if f.unread {
+            let Some(member) = member_of(who) else {
+                return Err(Error::Invalid(
+                    "unread is for a customer or an operator".into(),
+                ));
+            };
+            c = c.add(custom(
+                backend,
+                "EXISTS (SELECT 1 FROM messages um WHERE um.chat_id = chats.id \
+                 AND um.seq > COALESCE((SELECT r.read_seq FROM receipts r \
+                 WHERE r.chat_id = chats.id AND r.member_kind = ? AND r.member_id = ?), 0) \
+                 AND NOT (um.author_kind = ? AND um.author_id = ?))",
+                [
+                    sea_orm::Value::from(member.kind()),
+                    member.id().into(),
+                    member.kind().into(),
+                    member.id().into(),
+                ],
+            ));
+        }
+        if let Some(secs) = f.waiting_secs {
+            c = c.add(custom(
+                backend,
+                "EXISTS (SELECT 1 FROM messages wm WHERE wm.chat_id = chats.id \
+                 AND wm.seq = chats.last_seq AND wm.author_kind = 'customer' \
+                 AND wm.created_at <= ?)",
+                [self.now_ms() - secs.saturating_mul(1000)],
+            ));
+        }
+        if let Some(snoozed) = f.snoozed {
+            let cond = custom(backend, SNOOZED, [self.now_ms()]);
+            c = c.add(if snoozed {
+                Condition::all().add(cond)
+            } else {
+                Condition::all().add(cond).not()
+            });
+        }
+        Ok(c)
+    }
+
     /// An operator takes a pending chat: it becomes `chatting`, with them as its
     /// operator. Taking a chat one already has is a no-op; one taken by another operator
     /// or finished is a `Conflict`.
@@ -321,16 +436,33 @@ impl Core {
         };
         let chat = self.visible_chat(who, id).await?;
         let tx = self.store().write().await?;
+        // A pending chat routing gave to someone else is theirs.
         let updated = chat::Entity::update_many()
             .col_expr(chat::Column::Status, ChatStatus::Chatting.as_str().into())
             .col_expr(chat::Column::OperatorId, Some(operator_id).into())
+            .col_expr(
+                chat::Column::AssignedAt,
+                chat.assigned_at
+                    .filter(|_| chat.operator_id == Some(operator_id))
+                    .unwrap_or_else(|| self.now_ms())
+                    .into(),
+            )
             .filter(chat::Column::Id.eq(chat.id))
             .filter(chat::Column::Status.eq(ChatStatus::Pending.as_str()))
+            .filter(
+                Condition::any()
+                    .add(chat::Column::OperatorId.is_null())
+                    .add(chat::Column::OperatorId.eq(operator_id)),
+            )
             .exec(&*tx)
             .await?;
         tx.commit().await?;
         if updated.rows_affected == 1 {
             self.publish_chat_updated(id).await?;
+            if chat.operator_id.is_none() {
+                // It left the queue: the others move up.
+                self.route_inbox(chat.inbox_id, true).await?;
+            }
         }
         let now = self.chat(who, id).await?;
         if updated.rows_affected == 0
@@ -368,6 +500,11 @@ impl Core {
         tx.commit().await?;
         if updated.rows_affected == 1 {
             self.publish_chat_updated(id).await?;
+            // A place freed: the operator's (under their capacities), or one in the queue.
+            match chat.operator_id {
+                Some(operator_id) => self.route_for_operator(operator_id).await?,
+                None => self.route_inbox(chat.inbox_id, true).await?,
+            }
         }
         self.chat(who, id).await
     }
@@ -541,6 +678,10 @@ impl Core {
             last.extend(found.into_iter().map(|m| (m.chat_id, m)));
         }
         let unread = self.unread_counts(who, &models).await?;
+        let mut desk = match who {
+            Principal::Customer { .. } => HashMap::new(),
+            _ => self.desk_views(&models).await?,
+        };
         Ok(models
             .into_iter()
             .map(|c| Chat {
@@ -559,6 +700,7 @@ impl Core {
                 last_message: last.remove(&c.id),
                 created_at: c.created_at,
                 last_activity_at: c.last_activity_at,
+                desk: desk.remove(&c.id),
             })
             .collect())
     }

@@ -106,6 +106,17 @@ pub enum Event {
         notification: Option<std::sync::Arc<super::notify::Notification>>,
         unread: i64,
     },
+    /// A queued chat's place changed; heard by its customer's sockets.
+    Queue {
+        customer_id: i64,
+        place: super::routing::QueuePlace,
+    },
+    /// A private note was written in a chat; heard by one operator's sockets (announced
+    /// once for each operator who sees the chat, never to its customer).
+    Note {
+        operator_id: i64,
+        note: std::sync::Arc<super::notes::Note>,
+    },
     /// An operator's presence changed; heard in the rooms of the operator's open chats.
     Presence {
         operator_id: i64,

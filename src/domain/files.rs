@@ -707,6 +707,7 @@ impl Core {
             .filter(file::Column::ChatId.is_in(chat_ids.clone()))
             .exec(&*tx)
             .await?;
+        self.erase_desk(&*tx, customer_id, &chat_ids).await?;
         chat::Entity::delete_many()
             .filter(chat::Column::Id.is_in(chat_ids.clone()))
             .exec(&*tx)

@@ -253,7 +253,22 @@ impl Core {
             text: new.text,
             file,
         };
-        self.queue_append(chat_id, send).await
+        // A customer's message into a chat finished lately may reopen it (see
+        // `reopen_chat`), then goes in; the copy is kept only for that.
+        let again = matches!(author, Person::Customer(_)).then(|| send.clone());
+        let first = self.queue_append(chat_id, send).await?;
+        Ok(async move {
+            match (first.await, again) {
+                (Err(Error::Conflict(why)), Some(send)) => {
+                    if Box::pin(self.reopen_chat(chat_id)).await? {
+                        Box::pin(self.append(chat_id, send)).await
+                    } else {
+                        Err(Error::Conflict(why))
+                    }
+                }
+                (outcome, _) => outcome,
+            }
+        })
     }
 
     /// Stores a message at the chat's next seq (group-committed with concurrent sends) and

@@ -12,10 +12,13 @@ pub mod catalogue;
 mod chats;
 mod chatwhizz;
 mod customers;
+pub mod desk;
 pub mod events;
 mod files;
 mod messages;
+pub mod notes;
 pub mod notify;
+pub mod routing;
 mod settings;
 mod storefront;
 mod support;
@@ -34,8 +37,8 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub use admin::{
-    Assignment, AssignmentPatch, Domain, DomainPatch, Inbox, NewAssignment, NewDomain, NewInbox,
-    NewOperator, Operator, OperatorPatch, Presence,
+    Assignment, AssignmentPatch, Domain, DomainPatch, Inbox, InboxPatch, NewAssignment, NewDomain,
+    NewInbox, NewOperator, Operator, OperatorPatch, Presence,
 };
 pub use auth::{AdminTokens, NewOrganisation, SessionToken, SignedIn};
 pub use chats::{Chat, ChatPage, ChatStatus, LiveChat};

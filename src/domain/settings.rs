@@ -39,7 +39,7 @@ pub struct OrganisationPatch {
 }
 
 /// A field that is there, `null` or not (absent fields stay `None` through `default`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> std::result::Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)

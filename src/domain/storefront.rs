@@ -217,7 +217,16 @@ impl Core {
         let query = message::Entity::find()
             .filter(message::Column::ChatId.is_in(chats.keys().copied()))
             .filter(message::Column::Payload.eq("notice"))
-            .filter(message::Column::AuthorKind.eq("operator"));
+            .filter(message::Column::AuthorKind.eq("operator"))
+            // Not souq's own notices (a hand-over).
+            .filter(
+                sea_orm::Condition::any()
+                    .add(message::Column::LocalId.is_null())
+                    .add(
+                        message::Column::LocalId
+                            .not_like(format!("{}%", super::routing::DESK_NOTICE)),
+                    ),
+            );
         let total = query.clone().count(db).await?;
         let rows = query
             .order_by_desc(message::Column::Id)

@@ -163,6 +163,11 @@ impl Req {
         .boxed()
     }
 
+    /// Whether the body is empty (or only whitespace).
+    pub fn body_is_empty(&self) -> bool {
+        self.body.iter().all(|b| b.is_ascii_whitespace())
+    }
+
     /// The body, a JSON object, as `T`. Malformed JSON is a 400; well-formed JSON of the
     /// wrong shape (not an object; missing, unknown or mistyped fields) a 422 naming the
     /// problem.

@@ -5,7 +5,9 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::events::{Actor, ChatSummary, Event, Person};
+use crate::domain::notes::Note;
 use crate::domain::notify::Notification;
+use crate::domain::routing::QueuePlace;
 use crate::domain::{Message, Presence};
 
 /// An encoded event with what the hub needs to route it.
@@ -60,6 +62,11 @@ enum Frame<'a> {
     Presence {
         operator_id: i64,
         presence: Presence,
+    },
+    Queue(&'a QueuePlace),
+    Note {
+        chat_id: i64,
+        note: &'a Note,
     },
     Notification {
         event: &'static str,
@@ -169,6 +176,19 @@ impl Envelope {
                     },
                     notification: notification.as_deref(),
                     unread: *unread,
+                }),
+            },
+            Event::Queue { customer_id, place } => Envelope {
+                route: Route::Person(Person::Customer(*customer_id)),
+                seq: None,
+                frame: encode(&Frame::Queue(place)),
+            },
+            Event::Note { operator_id, note } => Envelope {
+                route: Route::Person(Person::Operator(*operator_id)),
+                seq: None,
+                frame: encode(&Frame::Note {
+                    chat_id: note.chat_id,
+                    note,
                 }),
             },
             Event::Presence {

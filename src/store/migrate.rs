@@ -85,6 +85,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0015_canned_responses.sql"),
     ),
+    (
+        16,
+        None,
+        include_str!("../../schema/migrations/0016_desk.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -15,6 +15,7 @@ mod chats;
 mod chatwhizz;
 mod cli;
 mod cluster;
+mod desk;
 mod edge;
 mod files;
 mod isolation;

@@ -22,6 +22,14 @@ pub struct Model {
     /// When it was finished (unset for chats finished before version 9: their last
     /// activity stands in).
     pub finished_at: Option<i64>,
+    /// When it got its operator.
+    pub assigned_at: Option<i64>,
+    /// The newest seq when it was snoozed (unset: not snoozed).
+    pub snooze_seq: Option<i64>,
+    /// Until when it is snoozed (unset with `snooze_seq`: until the customer writes).
+    pub snoozed_until: Option<i64>,
+    /// Custom attributes, a JSON object.
+    pub attributes: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -22,6 +22,8 @@ pub struct Model {
     pub updated_at: i64,
     /// When the customer's sessions were last revoked (ms).
     pub access_changed_at: i64,
+    /// Custom attributes, a JSON object.
+    pub attributes: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

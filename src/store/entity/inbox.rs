@@ -12,6 +12,14 @@ pub struct Model {
     pub unique_id: String,
     pub name: String,
     pub created_at: i64,
+    /// `off`, `round_robin` or `least_busy`.
+    pub routing: String,
+    /// The most open chats routing gives an operator from this inbox.
+    pub capacity: Option<i32>,
+    /// How long after finishing a chat a customer's message reopens it (seconds).
+    pub reopen_secs: i32,
+    /// The operator round-robin gave the last chat to.
+    pub routed_to: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,8 @@ pub struct Model {
     pub updated_at: i64,
     /// When what the operator may see last changed (ms).
     pub access_changed_at: i64,
+    /// The most open chats routing gives the operator, over all inboxes.
+    pub capacity: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
