@@ -1053,3 +1053,95 @@ async fn a_customer_on_another_nodes_socket_is_not_notified_and_one_with_none_is
     assert_eq!(feed["items"], json!([]), "{feed}");
     drop(ws);
 }
+
+/// Issue 30's routing on three nodes: customers open chats through every node at once
+/// while an operator goes offline and online through another; each chat goes to exactly
+/// one operator, no one past capacity, the rest queue in order and move up when a place
+/// frees on any node.
+#[tokio::test]
+async fn chats_opened_on_three_nodes_at_once_are_routed_once_each_within_capacity() {
+    use crate::desk::{presence, team};
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let nodes = [cluster.node(0), cluster.node(1), cluster.node(2)];
+    let admin = nodes[0].admin().await;
+    let (inbox, ops) = team(nodes[0], &admin, 3).await;
+    for (i, (_, token)) in ops.iter().enumerate() {
+        presence(nodes[i], token, "online").await;
+    }
+    nodes[1]
+        .patch(
+            &format!("/v1/inboxes/{inbox}"),
+            &admin,
+            json!({"routing": "least_busy", "capacity": 2}),
+        )
+        .await
+        .expect(200);
+    let mut customers = Vec::new();
+    for i in 0..15 {
+        customers.push((i % 3, nodes[0].customer(&admin, &unique_name("c")).await.1));
+    }
+    let flapping = async {
+        for _ in 0..4 {
+            presence(nodes[2], &ops[2].1, "away").await;
+            presence(nodes[1], &ops[2].1, "online").await;
+        }
+    };
+    let opens =
+        futures_util::future::join_all(customers.iter().map(|(node, token)| {
+            nodes[*node].post("/v1/chats", token, json!({"inbox_id": inbox}))
+        }));
+    let (opened, ()) = tokio::join!(opens, flapping);
+    assert!(
+        opened.iter().all(|r| r.status == 201),
+        "every open answered"
+    );
+    let settled = eventually("6 routed, 9 queued", || async {
+        let items = nodes[2]
+            .get(&format!("/v1/chats?inbox_id={inbox}&limit=200"), &admin)
+            .await
+            .expect(200)["items"]
+            .as_array()
+            .expect("items")
+            .clone();
+        let routed = items.iter().filter(|c| c["operator"].is_object()).count();
+        (routed == 6 && items.len() == 15).then_some(items)
+    })
+    .await;
+    for (id, _) in &ops {
+        let n = settled
+            .iter()
+            .filter(|c| c["operator"]["id"].as_i64() == Some(*id))
+            .count();
+        assert_eq!(n, 2, "operator {id} holds its capacity exactly");
+    }
+    // A place frees on one node: the first in the queue (the oldest) is routed.
+    let first_queued = nodes[0]
+        .get(
+            &format!("/v1/chats?inbox_id={inbox}&operator_id=none&limit=200"),
+            &admin,
+        )
+        .await
+        .expect(200)["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .min_by_key(|c| (c["created_at"].as_i64(), c["id"].as_i64()))
+        .map(|c| c["id"].clone())
+        .expect("a queue");
+    let mine = settled
+        .iter()
+        .find(|c| c["operator"]["id"].as_i64() == Some(ops[0].0))
+        .map(|c| c["id"].clone())
+        .expect("a chat of the first operator");
+    nodes[1]
+        .post(&format!("/v1/chats/{mine}/finish"), &ops[0].1, json!({}))
+        .await
+        .expect(200);
+    let now = nodes[2]
+        .get(&format!("/v1/chats/{first_queued}"), &admin)
+        .await
+        .expect(200);
+    assert_eq!(now["operator"]["id"].as_i64(), Some(ops[0].0), "{now}");
+}
