@@ -25,6 +25,8 @@ ALTER TABLE customers ADD COLUMN attributes TEXT;
 
 -- The queue of an inbox: its pending chats without an operator, oldest first.
 CREATE INDEX chats_queue ON chats (inbox_id, status, operator_id, created_at);
+-- The chats an inbox's queue handed out lately (the wait estimate).
+CREATE INDEX chats_assigned ON chats (inbox_id, assigned_at);
 -- An operator's open chats (routing counts them against capacities).
 CREATE INDEX chats_operator ON chats (operator_id, status);
 

@@ -77,7 +77,7 @@ pub struct Transfer {
 
 /// How many chats one routing round hands out at most (the rest wait for the next).
 const ROUND: i64 = 200;
-/// How many of an inbox's latest routings the wait estimate looks at.
+/// How many of an inbox's latest chats out of the queue the wait estimate looks at.
 const RECENT: i64 = 20;
 /// The chats a queue frame goes out for, at most (the rest ask `GET .../queue`).
 const ANNOUNCED: i64 = 500;
@@ -328,8 +328,10 @@ impl Core {
         Ok(())
     }
 
-    /// Seconds a chat at `position` may wait: how long the inbox's last routings took
-    /// apart, times its place. `None` until the queue has moved twice.
+    /// Seconds a place in the inbox's queue takes: over the last chats that waited in it
+    /// (a second or more) before getting an operator, the time from the first of them
+    /// joining to the last of them leaving, divided by their number. `None` until a chat
+    /// has waited.
     async fn wait_estimate(
         &self,
         conn: &impl ConnectionTrait,
@@ -338,15 +340,17 @@ impl Core {
         let rows = conn
             .query_all_raw(stmt(
                 conn.get_database_backend(),
-                "SELECT assigned_at FROM chats WHERE inbox_id = ? AND assigned_at IS NOT NULL \
-                 ORDER BY assigned_at DESC LIMIT ?",
+                "SELECT created_at, assigned_at FROM chats \
+                 WHERE inbox_id = ? AND assigned_at IS NOT NULL \
+                 AND assigned_at >= created_at + 1000 ORDER BY assigned_at DESC LIMIT ?",
                 [inbox_id.into(), RECENT.into()],
             ))
             .await?;
-        let times = rows_i64(&rows, "assigned_at")?;
-        Ok(match (times.first(), times.last()) {
-            (Some(newest), Some(oldest)) if times.len() >= 2 => {
-                Some((newest - oldest) as f64 / (times.len() - 1) as f64 / 1000.0)
+        let joined = rows_i64(&rows, "created_at")?;
+        let left = rows_i64(&rows, "assigned_at")?;
+        Ok(match (joined.iter().min(), left.first()) {
+            (Some(first), Some(last)) => {
+                Some((last - first).max(0) as f64 / rows.len() as f64 / 1000.0)
             }
             _ => None,
         })
