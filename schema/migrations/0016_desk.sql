@@ -13,8 +13,11 @@ ALTER TABLE inboxes ADD COLUMN routed_to BIGINT;
 -- The most open chats an operator gets from routing, over all inboxes (NULL: no limit).
 ALTER TABLE operators ADD COLUMN capacity INTEGER;
 
--- When the chat got its operator (by routing, a take, an answer or a transfer).
+-- When the chat got its operator (by routing, a take or a transfer), and when it last
+-- joined its inbox's queue (opened, handed back, moved, reopened): the queue's order.
 ALTER TABLE chats ADD COLUMN assigned_at BIGINT;
+ALTER TABLE chats ADD COLUMN queued_at BIGINT NOT NULL DEFAULT 0;
+UPDATE chats SET queued_at = created_at;
 -- A snooze: the chat's newest seq when it was snoozed, and until when (NULL: until the
 -- customer writes). A customer message after snooze_seq, or the time passing, ends it.
 ALTER TABLE chats ADD COLUMN snooze_seq BIGINT;
@@ -24,7 +27,7 @@ ALTER TABLE chats ADD COLUMN attributes TEXT;
 ALTER TABLE customers ADD COLUMN attributes TEXT;
 
 -- The queue of an inbox: its pending chats without an operator, oldest first.
-CREATE INDEX chats_queue ON chats (inbox_id, status, operator_id, created_at);
+CREATE INDEX chats_queue ON chats (inbox_id, status, operator_id, queued_at);
 -- The chats an inbox's queue handed out lately (the wait estimate).
 CREATE INDEX chats_assigned ON chats (inbox_id, assigned_at);
 -- An operator's open chats (routing counts them against capacities).

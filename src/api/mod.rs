@@ -340,6 +340,9 @@ fn page_of(req: &Req) -> Result<(u64, u64), ApiError> {
     Ok((page, per_page))
 }
 
+/// The longest wait a chat list filters by (a year).
+const MAX_WAITING_SECS: i64 = 366 * 24 * 3600;
+
 /// A chat list's filters: `status`, `inbox_id`, `customer_id`, `operator_id` (an id, `me`
 /// or `none`), `label`, `unread=true`, `waiting_secs`, `snoozed=true|false`.
 fn chat_filter(req: &Req, who: &Principal) -> Result<ChatFilter, ApiError> {
@@ -384,7 +387,14 @@ fn chat_filter(req: &Req, who: &Principal) -> Result<ChatFilter, ApiError> {
         operator_id,
         label,
         unread: flag("unread")?.unwrap_or(false),
-        waiting_secs: req.query_num("waiting_secs")?,
+        waiting_secs: match req.query_num::<i64>("waiting_secs")? {
+            Some(n) if n > MAX_WAITING_SECS => {
+                return Err(ApiError::invalid(format!(
+                    "waiting_secs must be 0 to {MAX_WAITING_SECS}"
+                )));
+            }
+            other => other,
+        },
         snoozed: flag("snoozed")?,
         customer_id: req.query_num("customer_id")?,
     })

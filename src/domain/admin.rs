@@ -441,7 +441,7 @@ impl Core {
             self.publish_presence(id, presence).await?;
         }
         if new_capacity.is_some() {
-            self.route_for_operator(id).await?;
+            self.route_for_operator(id).await;
         }
         Ok(updated.into())
     }
@@ -638,7 +638,7 @@ impl Core {
         }
         let updated = model.update(&*tx).await?;
         tx.commit().await?;
-        self.route_inbox(id, false).await?;
+        self.route_inbox(id, false).await;
         Ok(updated.into())
     }
 
@@ -709,7 +709,7 @@ impl Core {
         .map_err(|e| conflict_on_unique(e, "this operator is already assigned to this inbox"))?;
         self.commit_access_change(tx, super::events::Person::Operator(operator.id))
             .await?;
-        self.route_for_operator(operator.id).await?;
+        self.route_for_operator(operator.id).await;
         Ok(model.into())
     }
 
@@ -780,7 +780,7 @@ impl Core {
         let updated = model.update(&*tx).await?;
         self.commit_access_change(tx, super::events::Person::Operator(updated.operator_id))
             .await?;
-        self.route_for_operator(updated.operator_id).await?;
+        self.route_for_operator(updated.operator_id).await;
         Ok(updated.into())
     }
 
@@ -963,7 +963,7 @@ impl Core {
             chat_ids,
         });
         if presence == Presence::Online {
-            self.route_for_operator(operator_id).await?;
+            self.route_for_operator(operator_id).await;
         }
         Ok(())
     }

@@ -242,6 +242,7 @@ impl Core {
                     status: Set(ChatStatus::Pending.as_str().to_owned()),
                     last_seq: Set(0),
                     created_at: Set(now),
+                    queued_at: Set(now),
                     last_activity_at: Set(now),
                     ..Default::default()
                 }
@@ -277,7 +278,7 @@ impl Core {
                 chat: summary(&model),
                 audience,
             });
-            self.route_inbox(model.inbox_id, true).await?;
+            self.route_inbox(model.inbox_id, true).await;
             // As routing left it.
             return Ok((self.chat(who, model.id).await?, true));
         }
@@ -461,7 +462,7 @@ impl Core {
             self.publish_chat_updated(id).await?;
             if chat.operator_id.is_none() {
                 // It left the queue: the others move up.
-                self.route_inbox(chat.inbox_id, true).await?;
+                self.route_inbox(chat.inbox_id, true).await;
             }
         }
         let now = self.chat(who, id).await?;
@@ -502,8 +503,8 @@ impl Core {
             self.publish_chat_updated(id).await?;
             // A place freed: the operator's (under their capacities), or one in the queue.
             match chat.operator_id {
-                Some(operator_id) => self.route_for_operator(operator_id).await?,
-                None => self.route_inbox(chat.inbox_id, true).await?,
+                Some(operator_id) => self.route_for_operator(operator_id).await,
+                None => self.route_inbox(chat.inbox_id, true).await,
             }
         }
         self.chat(who, id).await
@@ -581,12 +582,14 @@ impl Core {
             .collect()
     }
 
-    /// Announces a chat's new status (read back after the commit that changed it).
-    pub(super) async fn publish_chat_updated(&self, id: i64) -> Result<()> {
-        if let Some(model) = chat::Entity::find_by_id(id).one(self.store().db()).await? {
-            self.announce(Event::ChatUpdated(summary(&model)));
+    /// Announces a chat's new status (read back after the commit that changed it), and
+    /// gives the chat as read.
+    pub(super) async fn publish_chat_updated(&self, id: i64) -> Result<Option<chat::Model>> {
+        let model = chat::Entity::find_by_id(id).one(self.store().db()).await?;
+        if let Some(model) = &model {
+            self.announce(Event::ChatUpdated(summary(model)));
         }
-        Ok(())
+        Ok(model)
     }
 
     /// The unfinished chats a live socket of `who` follows: a customer's own, an

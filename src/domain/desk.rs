@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::chats::ChatStatus;
+use super::events::{Event, Person};
 use super::{Chat, Core, Error, Principal, Result};
 use crate::store::entity::chat;
 use crate::store::stmt;
@@ -292,7 +293,10 @@ impl Core {
         let stored = tx
             .query_one_raw(stmt(
                 backend,
-                &format!("SELECT attributes FROM {table} WHERE id = ?"),
+                &format!(
+                    "SELECT attributes FROM {table} WHERE id = ?{}",
+                    row_lock(backend)
+                ),
                 [id.into()],
             ))
             .await?
@@ -366,11 +370,13 @@ impl Core {
             .execute_raw(stmt(
                 self.store().backend(),
                 "UPDATE chats SET status = CASE WHEN operator_id IS NULL THEN 'pending' \
-                 ELSE 'chatting' END, finished_at = NULL, snooze_seq = NULL, snoozed_until = NULL \
+                 ELSE 'chatting' END, finished_at = NULL, snooze_seq = NULL, snoozed_until = NULL, \
+                 queued_at = ? \
                  WHERE id = ? AND status = 'finished' AND finished_at IS NOT NULL \
                  AND EXISTS (SELECT 1 FROM inboxes i WHERE i.id = chats.inbox_id \
-                 AND i.reopen_secs > 0 AND chats.finished_at + i.reopen_secs * 1000 >= ?)",
-                [id.into(), now.into()],
+                 AND i.reopen_secs > 0 \
+                 AND chats.finished_at + i.reopen_secs * CAST(1000 AS BIGINT) >= ?)",
+                [now.into(), id.into(), now.into()],
             ))
             .await;
         let reopened = match updated {
@@ -387,9 +393,20 @@ impl Core {
             return Ok(false);
         };
         if reopened {
-            self.publish_chat_updated(id).await?;
+            // Its people's sockets left its room when it finished: they join it again.
+            let mut audience = vec![Person::Customer(model.customer_id)];
+            audience.extend(
+                self.operators_seeing(model.inbox_id, model.domain_id)
+                    .await?
+                    .into_iter()
+                    .map(Person::Operator),
+            );
+            self.announce(Event::ChatJoined {
+                chat: super::chats::summary(&model),
+                audience,
+            });
             if model.operator_id.is_none() {
-                self.route_inbox(model.inbox_id, true).await?;
+                self.route_inbox(model.inbox_id, true).await;
             }
         }
         Ok(model.status != ChatStatus::Finished.as_str())
@@ -403,7 +420,8 @@ impl Core {
             .query(
                 "SELECT c.id AS id FROM chats c JOIN inboxes i ON i.id = c.inbox_id \
                  WHERE c.customer_id = ? AND c.inbox_id = ? AND c.status = 'finished' \
-                 AND i.reopen_secs > 0 AND c.finished_at + i.reopen_secs * 1000 >= ? \
+                 AND i.reopen_secs > 0 \
+                 AND c.finished_at + i.reopen_secs * CAST(1000 AS BIGINT) >= ? \
                  ORDER BY c.id DESC LIMIT 1",
                 [customer_id.into(), inbox_id.into(), self.now_ms().into()],
             )
@@ -468,6 +486,16 @@ impl Core {
     }
 }
 
+/// What locks a row read in a write transaction against another such transaction
+/// (PostgreSQL; SQLite's writer is alone): not its key, so inserts that point at it go on.
+fn row_lock(backend: sea_orm::DbBackend) -> &'static str {
+    if backend == sea_orm::DbBackend::Postgres {
+        " FOR NO KEY UPDATE"
+    } else {
+        ""
+    }
+}
+
 /// Replaces the labels of one chat or customer (`table`, keyed by `key`).
 async fn replace_labels(
     tx: &impl ConnectionTrait,
@@ -478,6 +506,18 @@ async fn replace_labels(
     labels: &[String],
 ) -> Result<()> {
     let backend = tx.get_database_backend();
+    // The labelled row first: two replacements of one row's labels take turns.
+    let parent = if table == "chat_labels" {
+        "chats"
+    } else {
+        "customers"
+    };
+    tx.query_all_raw(stmt(
+        backend,
+        &format!("SELECT id FROM {parent} WHERE id = ?{}", row_lock(backend)),
+        [id.into()],
+    ))
+    .await?;
     tx.execute_raw(stmt(
         backend,
         &format!("DELETE FROM {table} WHERE {key} = ?"),

@@ -90,6 +90,12 @@ pub enum Event {
     },
     /// A chat's status or operator changed.
     ChatUpdated(ChatSummary),
+    /// A chat changed (it reopened, or moved to another inbox) and `audience` (its
+    /// customer and the operators who now see it) join its room first, as for a new chat.
+    ChatJoined {
+        chat: ChatSummary,
+        audience: Vec<Person>,
+    },
     /// Someone is typing (not stored).
     Typing {
         chat_id: i64,

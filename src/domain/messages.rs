@@ -290,7 +290,7 @@ impl Core {
             let sent = sent.await?;
             if sent.took_chat {
                 // Boxed: rare, and its reads would size every send's answer.
-                Box::pin(self.publish_chat_updated(chat_id)).await?;
+                Box::pin(self.chat_answered(chat_id)).await?;
             }
             Ok((sent.message, sent.new))
         })

@@ -75,6 +75,10 @@ pub struct Transfer {
     pub note: Option<String>,
 }
 
+/// How often a routing round tries an inbox another round holds, and how long it waits
+/// between tries; then it leaves the inbox to the next sweep.
+const BUSY_TRIES: u32 = 4;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 /// How many chats one routing round hands out at most (the rest wait for the next).
 const ROUND: i64 = 200;
 /// How many of an inbox's latest chats out of the queue the wait estimate looks at.
@@ -129,9 +133,27 @@ fn rows_i64(rows: &[sea_orm::QueryResult], column: &str) -> Result<Vec<i64>> {
 impl Core {
     /// Hands the queue of `inbox_id` to free operators (see the module). `changed`: the
     /// queue changed otherwise (a chat joined or left), so its customers hear their places
-    /// even if nothing was handed out.
-    pub(super) async fn route_inbox(&self, inbox_id: i64, changed: bool) -> Result<()> {
-        let routed = self.route_round(inbox_id).await?;
+    /// even if nothing was handed out. Runs after the commit of what called it, which
+    /// stands whatever becomes of this: a failure is logged, and the next sweep routes.
+    pub(super) async fn route_inbox(&self, inbox_id: i64, changed: bool) {
+        if let Err(e) = self.try_route_inbox(inbox_id, changed).await {
+            tracing::warn!(error = %e, inbox_id, "cannot route an inbox's queue");
+        }
+    }
+
+    async fn try_route_inbox(&self, inbox_id: i64, changed: bool) -> Result<()> {
+        let mut routed = None;
+        for _ in 0..BUSY_TRIES {
+            routed = self.route_round(inbox_id).await?;
+            if routed.is_some() {
+                break;
+            }
+            tokio::time::sleep(BUSY_PAUSE).await;
+        }
+        // An inbox without routing has no queue to tell of.
+        let Some(Some(routed)) = routed else {
+            return Ok(());
+        };
         for chat_id in &routed {
             self.publish_chat_updated(*chat_id).await?;
         }
@@ -141,15 +163,28 @@ impl Core {
         Ok(())
     }
 
-    /// One routing round of an inbox; returns the chats it handed out.
-    async fn route_round(&self, inbox_id: i64) -> Result<Vec<i64>> {
+    /// One routing round of an inbox; returns the chats it handed out (`None` inside when
+    /// the inbox does not route), or `None` when another round of the inbox holds it
+    /// (PostgreSQL: this one does not wait, holding a connection, but tries again soon).
+    async fn route_round(&self, inbox_id: i64) -> Result<Option<Option<Vec<i64>>>> {
         let backend = self.store().backend();
-        let lock = if backend == DbBackend::Postgres {
-            " FOR UPDATE"
+        let postgres = backend == DbBackend::Postgres;
+        // NO KEY UPDATE: inserts and updates of chats, whose foreign keys share-lock the
+        // inbox's and operators' rows, go on meanwhile.
+        let lock = if postgres {
+            " FOR NO KEY UPDATE SKIP LOCKED"
         } else {
             ""
         };
         let tx = self.store().write().await?;
+        let exists = !tx
+            .query_all_raw(stmt(
+                backend,
+                "SELECT id FROM inboxes WHERE id = ?",
+                [inbox_id.into()],
+            ))
+            .await?
+            .is_empty();
         let Some(row) = tx
             .query_one_raw(stmt(
                 backend,
@@ -158,22 +193,31 @@ impl Core {
             ))
             .await?
         else {
-            return Ok(Vec::new());
+            return Ok(if exists { None } else { Some(None) });
         };
         let mode = Routing::parse(&row.try_get::<String>("", "routing")?);
         let inbox_capacity = row.try_get::<Option<i32>>("", "capacity")?.map(i64::from);
         let mut last: Option<i64> = row.try_get("", "routed_to")?;
         if mode == Routing::Off {
-            return Ok(Vec::new());
+            return Ok(Some(None));
         }
-        let queue = self.queue_of(&*tx, inbox_id, ROUND).await?;
+        // The queue's chats that nothing else holds (a send to one is committing), so that
+        // this round never waits on a chat while holding operators.
+        let queue = self
+            .queue_of(
+                &*tx,
+                inbox_id,
+                ROUND,
+                postgres.then_some(" FOR UPDATE SKIP LOCKED"),
+            )
+            .await?;
         if queue.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Some(Vec::new())));
         }
         // Candidates, locked in id order (routers of other inboxes wait here, so that no
         // two count an operator's chats at once).
-        let lock_operators = if backend == DbBackend::Postgres {
-            " FOR UPDATE OF o"
+        let lock_operators = if postgres {
+            " FOR NO KEY UPDATE OF o"
         } else {
             ""
         };
@@ -205,7 +249,7 @@ impl Core {
             });
         }
         if candidates.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Some(Vec::new())));
         }
         let ids: Vec<String> = candidates.iter().map(|c| c.id.to_string()).collect();
         // Ids from our own rows, so inlining them is safe.
@@ -263,22 +307,26 @@ impl Core {
             .await?;
         }
         tx.commit().await?;
-        Ok(routed)
+        Ok(Some(Some(routed)))
     }
 
-    /// The first `limit` chats of an inbox's queue, in order.
+    /// The first `limit` chats of an inbox's queue, in order (`lock`: and locked so).
     async fn queue_of(
         &self,
         conn: &impl ConnectionTrait,
         inbox_id: i64,
         limit: i64,
+        lock: Option<&str>,
     ) -> Result<Vec<Queued>> {
         let rows = conn
             .query_all_raw(stmt(
                 conn.get_database_backend(),
-                "SELECT id, customer_id FROM chats \
-                 WHERE inbox_id = ? AND status = 'pending' AND operator_id IS NULL \
-                 ORDER BY created_at, id LIMIT ?",
+                &format!(
+                    "SELECT id, customer_id FROM chats \
+                     WHERE inbox_id = ? AND status = 'pending' AND operator_id IS NULL \
+                     ORDER BY queued_at, id LIMIT ?{}",
+                    lock.unwrap_or("")
+                ),
                 [inbox_id.into(), limit.into()],
             ))
             .await?;
@@ -294,7 +342,13 @@ impl Core {
 
     /// Routes every inbox the operator gets chats from (they came online, got an inbox,
     /// or one of their chats closed).
-    pub(super) async fn route_for_operator(&self, operator_id: i64) -> Result<()> {
+    pub(super) async fn route_for_operator(&self, operator_id: i64) {
+        if let Err(e) = self.try_route_for_operator(operator_id).await {
+            tracing::warn!(error = %e, operator_id, "cannot route an operator's inboxes");
+        }
+    }
+
+    async fn try_route_for_operator(&self, operator_id: i64) -> Result<()> {
         let rows = self
             .store()
             .query(
@@ -305,7 +359,7 @@ impl Core {
             )
             .await?;
         for inbox_id in rows_i64(&rows, "inbox_id")? {
-            self.route_inbox(inbox_id, false).await?;
+            self.route_inbox(inbox_id, false).await;
         }
         Ok(())
     }
@@ -323,7 +377,7 @@ impl Core {
             )
             .await?;
         for inbox_id in rows_i64(&rows, "inbox_id")? {
-            self.route_inbox(inbox_id, false).await?;
+            self.route_inbox(inbox_id, false).await;
         }
         Ok(())
     }
@@ -340,13 +394,13 @@ impl Core {
         let rows = conn
             .query_all_raw(stmt(
                 conn.get_database_backend(),
-                "SELECT created_at, assigned_at FROM chats \
+                "SELECT queued_at, assigned_at FROM chats \
                  WHERE inbox_id = ? AND assigned_at IS NOT NULL \
-                 AND assigned_at >= created_at + 1000 ORDER BY assigned_at DESC LIMIT ?",
+                 AND assigned_at >= queued_at + 1000 ORDER BY assigned_at DESC LIMIT ?",
                 [inbox_id.into(), RECENT.into()],
             ))
             .await?;
-        let joined = rows_i64(&rows, "created_at")?;
+        let joined = rows_i64(&rows, "queued_at")?;
         let left = rows_i64(&rows, "assigned_at")?;
         Ok(match (joined.iter().min(), left.first()) {
             (Some(first), Some(last)) => {
@@ -359,7 +413,7 @@ impl Core {
     /// Tells each queued customer of the inbox their place (a `queue` frame).
     async fn announce_queue(&self, inbox_id: i64) -> Result<()> {
         let db = self.store().db();
-        let queue = self.queue_of(db, inbox_id, ANNOUNCED).await?;
+        let queue = self.queue_of(db, inbox_id, ANNOUNCED, None).await?;
         if queue.is_empty() {
             return Ok(());
         }
@@ -394,11 +448,11 @@ impl Core {
             .query(
                 "SELECT COUNT(*) AS n FROM chats \
                  WHERE inbox_id = ? AND status = 'pending' AND operator_id IS NULL \
-                 AND (created_at < ? OR (created_at = ? AND id <= ?))",
+                 AND (queued_at < ? OR (queued_at = ? AND id <= ?))",
                 [
                     chat.inbox_id.into(),
-                    chat.created_at.into(),
-                    chat.created_at.into(),
+                    chat.queued_at.into(),
+                    chat.queued_at.into(),
                     chat.id.into(),
                 ],
             )
@@ -449,29 +503,23 @@ impl Core {
         let now = self.now_ms();
         let tx = self.store().write().await?;
         let backend = self.store().backend();
-        let (operator_id, status) = match &operator {
-            Some(op) => (
-                Some(op.id),
-                // An answered chat stays answered; a pending one waits for its first answer.
-                if current.status == ChatStatus::Chatting.as_str() {
-                    ChatStatus::Chatting
-                } else {
-                    ChatStatus::Pending
-                },
-            ),
-            None => (None, ChatStatus::Pending),
-        };
+        let operator_id = operator.as_ref().map(|op| op.id);
+        // To an operator, an answered chat stays answered (as it is when this commits); to
+        // a queue, it waits for a first answer again. Either way it joins the queue anew
+        // (`queued_at`), leaving it at once for a named operator.
         let updated = tx
             .execute_raw(stmt(
                 backend,
-                "UPDATE chats SET inbox_id = ?, domain_id = ?, operator_id = ?, status = ?, \
-                 assigned_at = ? WHERE id = ? AND status <> 'finished'",
+                "UPDATE chats SET inbox_id = ?, domain_id = ?, operator_id = ?, \
+                 status = CASE WHEN status = 'chatting' AND ? THEN 'chatting' ELSE 'pending' END, \
+                 assigned_at = ?, queued_at = ? WHERE id = ? AND status <> 'finished'",
                 [
                     target.id.into(),
                     target.domain_id.into(),
                     operator_id.into(),
-                    status.as_str().into(),
+                    operator_id.is_some().into(),
                     operator_id.map(|_| now).into(),
+                    now.into(),
                     id.into(),
                 ],
             ))
@@ -499,13 +547,25 @@ impl Core {
             .await?;
         if moved {
             self.announce_move(id, &current).await?;
+            // It left the old inbox's queue, if it was in it.
+            self.route_inbox(current.inbox_id, current.operator_id.is_none())
+                .await;
         }
-        self.route_inbox(target.id, true).await?;
+        self.route_inbox(target.id, true).await;
         if let Some(old) = current.operator_id {
-            self.route_for_operator(old).await?;
+            self.route_for_operator(old).await;
         }
         // Read back as the caller's view even if it went to an inbox they do not see.
         self.chat_view(who, id).await
+    }
+
+    /// An operator's answer took a pending chat: its `chat` frame, and if it was waiting
+    /// in a queue, the places of those behind it.
+    pub(super) async fn chat_answered(&self, chat_id: i64) -> Result<()> {
+        if let Some(chat) = self.publish_chat_updated(chat_id).await? {
+            self.route_inbox(chat.inbox_id, true).await;
+        }
+        Ok(())
     }
 
     /// The chat's operator (or one who sees it, or the admin) hands it back to its
@@ -527,9 +587,9 @@ impl Core {
         let updated = tx
             .execute_raw(stmt(
                 self.store().backend(),
-                "UPDATE chats SET operator_id = NULL, status = 'pending', assigned_at = NULL \
-                 WHERE id = ? AND operator_id = ? AND status <> 'finished'",
-                [id.into(), old.into()],
+                "UPDATE chats SET operator_id = NULL, status = 'pending', assigned_at = NULL, \
+                 queued_at = ? WHERE id = ? AND operator_id = ? AND status <> 'finished'",
+                [self.now_ms().into(), id.into(), old.into()],
             ))
             .await?;
         tx.commit().await?;
@@ -539,8 +599,8 @@ impl Core {
                 self.actor_name(who).await?
             );
             self.after_handover(who, &current, None, text).await?;
-            self.route_inbox(current.inbox_id, true).await?;
-            self.route_for_operator(old).await?;
+            self.route_inbox(current.inbox_id, true).await;
+            self.route_for_operator(old).await;
         }
         self.chat(who, id).await
     }
@@ -613,7 +673,7 @@ impl Core {
             .map(Person::Operator)
             .collect();
         let before = self.operators_seeing(was.inbox_id, was.domain_id).await?;
-        self.announce(Event::ChatCreated {
+        self.announce(Event::ChatJoined {
             chat: summary(&now),
             audience: audience.clone(),
         });

@@ -135,6 +135,17 @@ impl Envelope {
                     chat,
                 }),
             },
+            Event::ChatJoined { chat, audience } => Envelope {
+                route: Route::JoinRoom {
+                    chat_id: chat.id,
+                    people: audience.clone(),
+                },
+                seq: None,
+                frame: encode(&Frame::Chat {
+                    event: "updated",
+                    chat,
+                }),
+            },
             Event::ChatUpdated(chat) => Envelope {
                 route: Route::Room(chat.id),
                 seq: None,

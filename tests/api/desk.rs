@@ -662,7 +662,7 @@ async fn a_finished_chat_reopens_when_its_customer_writes_within_the_window_else
     app.patch(
         &format!("/v1/inboxes/{inbox}"),
         &admin,
-        json!({"reopen_secs": 600}),
+        json!({"reopen_secs": 2_592_000}),
     )
     .await
     .expect(200);
@@ -672,10 +672,23 @@ async fn a_finished_chat_reopens_when_its_customer_writes_within_the_window_else
     app.post(&format!("/v1/chats/{id}/finish"), op, json!({}))
         .await
         .expect(200);
-    // Within the window, a message reopens it with its operator.
+    // Within the window (30 days), a message reopens it with its operator, whose socket,
+    // opened since it finished, hears it.
+    let mut operator_ws = app.ws(op, "").await;
+    operator_ws.next_of("resumed").await;
+    app.clock
+        .advance(std::time::Duration::from_secs(29 * 24 * 3600));
     app.send(&customer, id, "one more thing", None)
         .await
         .expect(201);
+    // (It catches the chat up from the start, then the new message.)
+    let mut heard = Vec::new();
+    while heard.last().map(String::as_str) != Some("one more thing") {
+        heard.push(str_of(
+            &operator_ws.next_of("message").await["message"]["text"],
+        ));
+    }
+    assert_eq!(heard, ["hello", "one more thing"]);
     let reopened = app.get(&format!("/v1/chats/{id}"), op).await.expect(200);
     assert_eq!(
         (reopened["status"].clone(), operator_of(&reopened)),
@@ -694,6 +707,15 @@ async fn a_finished_chat_reopens_when_its_customer_writes_within_the_window_else
     app.post(&format!("/v1/chats/{id}/finish"), op, json!({}))
         .await
         .expect(200);
+    // (The admin's token of a month ago has expired.)
+    let admin = app.admin().await;
+    app.patch(
+        &format!("/v1/inboxes/{inbox}"),
+        &admin,
+        json!({"reopen_secs": 600}),
+    )
+    .await
+    .expect(200);
     app.clock.advance(std::time::Duration::from_secs(601));
     let late = app.send(&customer, id, "hello again", None).await;
     assert_eq!(late.status, 409, "{}", late.body);
@@ -906,6 +928,7 @@ async fn labels_and_attributes_filter_the_chat_list_and_stay_the_desks_own() {
         "operator_id=someone",
         "label=",
         "waiting_secs=-1",
+        "waiting_secs=99999999999999999",
         "snoozed=1",
     ] {
         let r = app.get(&format!("/v1/chats?{query}"), op).await;

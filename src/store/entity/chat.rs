@@ -24,6 +24,8 @@ pub struct Model {
     pub finished_at: Option<i64>,
     /// When it got its operator.
     pub assigned_at: Option<i64>,
+    /// When it last joined its inbox's queue.
+    pub queued_at: i64,
     /// The newest seq when it was snoozed (unset: not snoozed).
     pub snooze_seq: Option<i64>,
     /// Until when it is snoozed (unset with `snooze_seq`: until the customer writes).
