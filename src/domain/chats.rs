@@ -267,13 +267,7 @@ impl Core {
         };
         tx.commit().await?;
         if created {
-            let mut audience = vec![Person::Customer(customer_id)];
-            audience.extend(
-                self.operators_seeing(model.inbox_id, model.domain_id)
-                    .await?
-                    .into_iter()
-                    .map(Person::Operator),
-            );
+            let audience = self.chat_audience(&model).await?;
             self.announce(Event::ChatCreated {
                 chat: summary(&model),
                 audience,
@@ -580,6 +574,18 @@ impl Core {
                 })
             })
             .collect()
+    }
+
+    /// Who follows a chat live: its customer and the operators who see its inbox.
+    pub(super) async fn chat_audience(&self, chat: &chat::Model) -> Result<Vec<Person>> {
+        let mut audience = vec![Person::Customer(chat.customer_id)];
+        audience.extend(
+            self.operators_seeing(chat.inbox_id, chat.domain_id)
+                .await?
+                .into_iter()
+                .map(Person::Operator),
+        );
+        Ok(audience)
     }
 
     /// Announces a chat's new status (read back after the commit that changed it), and

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::chats::ChatStatus;
-use super::events::{Event, Person};
+use super::events::Event;
 use super::{Chat, Core, Error, Principal, Result};
 use crate::store::entity::chat;
 use crate::store::stmt;
@@ -394,16 +394,9 @@ impl Core {
         };
         if reopened {
             // Its people's sockets left its room when it finished: they join it again.
-            let mut audience = vec![Person::Customer(model.customer_id)];
-            audience.extend(
-                self.operators_seeing(model.inbox_id, model.domain_id)
-                    .await?
-                    .into_iter()
-                    .map(Person::Operator),
-            );
             self.announce(Event::ChatJoined {
                 chat: super::chats::summary(&model),
-                audience,
+                audience: self.chat_audience(&model).await?,
             });
             if model.operator_id.is_none() {
                 self.route_inbox(model.inbox_id, true).await;
