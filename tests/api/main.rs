@@ -1,6 +1,7 @@
 //! The integration suite: the real server on an ephemeral port, a real database (SQLite,
 //! or PostgreSQL when TEST_DATABASE_URL is set), real HTTP clients.
 
+mod browser;
 mod helpers;
 mod hojre;
 mod iqstore;
@@ -16,6 +17,7 @@ mod chatwhizz;
 mod cli;
 mod cluster;
 mod desk;
+mod e2e;
 mod edge;
 mod files;
 mod isolation;
