@@ -42,7 +42,7 @@
     ".m img{display:block;max-width:100%;max-height:200px;margin-top:4px;border-radius:6px}" +
     ".tick{font-size:12px;color:#555;margin-left:6px;white-space:nowrap}.tick[data-tick=read]{color:#0b57d0}.tick[data-tick=failed]{color:#a50e0e}" +
     ".info{padding:0 10px;min-height:1.4em;color:#555;font-size:13px}" +
-    ".send{display:flex;gap:6px;padding:8px;border-top:1px solid #ddd}" +
+    ".send{display:flex;gap:6px;padding:8px;border-top:1px solid #ddd}.send input{flex:1;min-width:0;width:auto}.send button{flex:none}" +
     ".open{float:right;border-radius:22px;padding:0 18px;min-height:44px;background:#1f1f1f;color:#fff;border-color:#1f1f1f;position:relative}" +
     ".badge{position:absolute;top:-6px;right:-6px;min-width:22px;height:22px;border-radius:11px;background:#b3261e;color:#fff;font-size:13px;line-height:22px;text-align:center;padding:0 5px}";
 
@@ -75,7 +75,7 @@
     '<form class="send" data-test="widget-composer"><label for="souq-input" class="vh">Message</label>' +
     '<input id="souq-input" autocomplete="off" placeholder="Write a message" data-test="widget-input">' +
     '<input class="file vh" type="file" tabindex="-1" aria-hidden="true" data-test="widget-file-input">' +
-    '<button type="button" class="attach" aria-label="Send a file" data-test="widget-attach">&#128206;</button>' +
+    '<button type="button" class="attach" aria-label="Send a file" data-test="widget-attach"><svg width="18" height="18" viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" d="M21 11l-8.5 8.5a5 5 0 0 1-7-7L14 4a3.5 3.5 0 0 1 5 5l-8.5 8.5a2 2 0 0 1-3-3L15 7"/></svg></button>' +
     '<button class="primary" data-test="widget-send">Send</button></form></section>' +
     '<button type="button" class="open" aria-expanded="false" data-test="widget-open">Chat' +
     '<span class="badge" data-test="widget-unread" hidden></span></button>';
