@@ -23,7 +23,8 @@
 //! - [`http`]: the HTTP transport: connections, bounded bodies, the error shape. It knows
 //!   no route: APIs plug in as `http::Surface`s.
 //! - [`socket`]: the native live API, `/v1/ws`: upgrade, each socket's task and session.
-//! - `api`: the native REST API, `/v1/...`.
+//! - `api`: the native REST API, `/v1/...`, and the pages the server serves itself (`/`,
+//!   `/console`, `/demo`, `/reference`, `/widget.js`; files under `api/web/`).
 //! - `compat`: the three seed APIs on the wire (Chatwhizz, hojre, iqstore).
 //! - `ops`: `/healthz`, `/readyz` and `/metrics`, for those who run the node.
 //! - `router`: which API answers a path.

@@ -2,6 +2,7 @@
 //! the core and its answers into JSON.
 
 pub(crate) mod files;
+mod web;
 
 use bytes::Bytes;
 use hyper::{Method, Response, StatusCode, header};
@@ -70,7 +71,8 @@ impl Surface for Api {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Health,
-    WidgetJs,
+    /// A page or asset of [`web`].
+    Web(web::Page),
     WidgetVisitors,
     AuthToken,
     AuthRefresh,
@@ -145,7 +147,21 @@ impl Routes {
     fn new() -> Self {
         let table = [
             ("/v1/health", Route::Health, "GET"),
-            ("/widget.js", Route::WidgetJs, "GET"),
+            ("/", Route::Web(web::Page::Front), "GET"),
+            ("/console", Route::Web(web::Page::Console), "GET"),
+            ("/console.js", Route::Web(web::Page::ConsoleJs), "GET"),
+            ("/souq.css", Route::Web(web::Page::Css), "GET"),
+            ("/demo", Route::Web(web::Page::Demo), "GET"),
+            ("/demo.js", Route::Web(web::Page::DemoJs), "GET"),
+            ("/reference", Route::Web(web::Page::Reference), "GET"),
+            ("/reference.js", Route::Web(web::Page::ReferenceJs), "GET"),
+            ("/widget.js", Route::Web(web::Page::WidgetJs), "GET"),
+            (
+                "/schema/openapi.json",
+                Route::Web(web::Page::OpenApi),
+                "GET",
+            ),
+            ("/schema/ws.json", Route::Web(web::Page::Frames), "GET"),
             (
                 "/v1/widget/{key}/visitors",
                 Route::WidgetVisitors,
@@ -186,7 +202,7 @@ impl Routes {
                 "POST, DELETE",
             ),
             ("/v1/chats", Route::Chats, "GET, POST"),
-            ("/v1/chats/{id}", Route::Chat, "GET"),
+            ("/v1/chats/{id}", Route::Chat, "GET, OPTIONS"),
             ("/v1/chats/{id}/take", Route::ChatTake, "POST"),
             ("/v1/chats/{id}/queue", Route::ChatQueue, "GET"),
             ("/v1/chats/{id}/transfer", Route::ChatTransfer, "POST"),
@@ -464,9 +480,6 @@ struct SetPresence {
     presence: Presence,
 }
 
-/// The embeddable chat widget (see the comment at its top).
-const WIDGET_JS: &str = include_str!("widget.js");
-
 fn cors(mut response: HttpResponse) -> HttpResponse {
     let headers = response.headers_mut();
     headers.insert(
@@ -490,6 +503,11 @@ struct VisitorBody {
     /// A visitor's earlier token, to continue as the same visitor.
     #[serde(default)]
     token: Option<String>,
+    /// A new visitor's name and e-mail, from the widget's pre-chat form.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -561,20 +579,7 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             let b: Refresh = req.json()?;
             return ok(&core.refresh_admin_tokens(&b.refresh_token).await?);
         }
-        (R::WidgetJs, &M::GET) => {
-            let mut response =
-                Response::new(crate::http::full(Bytes::from_static(WIDGET_JS.as_bytes())));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/javascript; charset=utf-8"),
-            );
-            headers.insert(
-                header::CACHE_CONTROL,
-                header::HeaderValue::from_static("public, max-age=300"),
-            );
-            return Ok(response);
-        }
+        (R::Web(page), &M::GET) => return Ok(web::serve(page, &req.headers)),
         // The widget runs on the merchant's site: its one REST call is cross-origin. It
         // carries no cookie, so any origin may make it.
         (R::WidgetVisitors, &M::OPTIONS) => return Ok(cors(no_content()?)),
@@ -585,7 +590,13 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             } else {
                 req.json()?
             };
-            let result = core.visitor(key, b.token.as_deref(), req.client).await;
+            let details = crate::domain::VisitorDetails {
+                name: b.name,
+                email: b.email,
+            };
+            let result = core
+                .visitor(key, b.token.as_deref(), details, req.client)
+                .await;
             return match result {
                 Ok(v) => Ok(cors(reply(StatusCode::OK, &v)?)),
                 Err(e) => Ok(cors(ApiError::from(e).into_response())),
@@ -606,6 +617,17 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 Ok(file) => reply(StatusCode::CREATED, &file)?,
                 Err(e) => e.into_response(),
             }));
+        }
+        // The widget shows who has its chat, from the merchant's site; the token goes in
+        // a header, not a cookie, so any origin may ask.
+        (R::Chat, &M::OPTIONS) => return Ok(cors(no_content()?)),
+        (R::Chat, &M::GET) => {
+            let chat = async {
+                let who = principal(app, &req).await?;
+                ok(&core.chat(&who, path_id(&params)?).await?)
+            }
+            .await;
+            return Ok(cors(chat.unwrap_or_else(|e| e.into_response())));
         }
         // Web Push from the widget, on the merchant's site: cross-origin, with the token
         // in a header, so any origin may ask.
@@ -642,7 +664,7 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             R::Health
             | R::AuthToken
             | R::AuthRefresh
-            | R::WidgetJs
+            | R::Web(_)
             | R::WidgetVisitors
             | R::File
             | R::PushKey
@@ -1037,7 +1059,6 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 .patch_customer_attributes(&who, id, req.json::<AttributesPatch>()?)
                 .await?)
         }
-        (R::Chat, M::GET) => ok(&core.chat(&who, path_id(&params)?).await?),
         (R::ChatTake, M::POST) => ok(&core.take_chat(&who, path_id(&params)?).await?),
         (R::ChatFinish, M::POST) => ok(&core.finish_chat(&who, path_id(&params)?).await?),
         (R::ChatMessages, M::POST) => {

@@ -50,7 +50,7 @@ pub use messages::{
 pub use settings::{OrganisationPatch, OrganisationSettings};
 pub use storefront::{Numbered, Said, StoreChat};
 pub use support::{CustomerCard, OperatorCard};
-pub use widget::Visitor;
+pub use widget::{Visitor, VisitorDetails};
 
 use self::events::Event;
 

@@ -7,6 +7,13 @@ use serde::Serialize;
 use super::{Core, Error, Principal, Result};
 use crate::store::entity::{domain, inbox};
 
+/// What a new visitor said of themselves in the widget's pre-chat form; both optional.
+#[derive(Debug, Clone, Default)]
+pub struct VisitorDetails {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
 /// What the widget needs to chat.
 #[derive(Debug, Clone, Serialize)]
 pub struct Visitor {
@@ -36,13 +43,15 @@ impl Core {
 
     /// A visitor of the domain whose widget key this is: the one a still valid `token`
     /// belongs to, or a new anonymous customer. Either way with an open chat with the
-    /// domain's inbox. Fails with `NotFound` for an unknown key, `Conflict` for an
-    /// inactive domain, and `RateLimited` when the client at `client` (or the widget, from
-    /// all clients) has made too many new visitors lately.
+    /// domain's inbox. A new visitor is named by `details` (else "Visitor"); a known one
+    /// keeps their name. Fails with `NotFound` for an unknown key, `Conflict` for an
+    /// inactive domain, `Invalid` for a malformed e-mail, and `RateLimited` when the client
+    /// at `client` (or the widget, from all clients) has made too many new visitors lately.
     pub async fn visitor(
         &self,
         widget_key: &str,
         token: Option<&str>,
+        details: VisitorDetails,
         client: std::net::IpAddr,
     ) -> Result<Visitor> {
         let domain = domain::Entity::find()
@@ -82,8 +91,13 @@ impl Core {
                     org_id: domain.org_id,
                     addon_id: domain.addon_id,
                 };
+                let name = details
+                    .name
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty());
                 let fields = super::CustomerFields {
-                    name: Some("Visitor".into()),
+                    name: Some(name.unwrap_or_else(|| "Visitor".into())),
+                    email: details.email.filter(|e| !e.trim().is_empty()),
                     ..Default::default()
                 };
                 let (customer, _) = self.identify_customer(&admin, fields).await?;

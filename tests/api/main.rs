@@ -24,5 +24,6 @@ mod isolation;
 mod live;
 mod messages;
 mod notify;
+mod web;
 mod webhooks;
 mod widget;
