@@ -25,6 +25,7 @@
 
   var CSS =
     ":host{all:initial;position:fixed;right:16px;bottom:16px;z-index:2147483647;font:15px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1a1a1a}" +
+    ".box{all:initial;display:block;font:15px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1a1a1a}" +
     "*{box-sizing:border-box}[hidden]{display:none!important}" +
     ":focus-visible{outline:3px solid #b3261e;outline-offset:2px}" +
     ".panel{display:flex;flex-direction:column;width:min(360px,calc(100vw - 32px));height:min(520px,calc(100vh - 96px));background:#fff;border:1px solid #999;border-radius:10px;margin-bottom:8px;box-shadow:0 4px 18px rgba(0,0,0,.18);overflow:hidden}" +
@@ -46,7 +47,9 @@
     ".open{float:right;border-radius:22px;padding:0 18px;min-height:44px;background:#1f1f1f;color:#fff;border-color:#1f1f1f;position:relative}" +
     ".badge{position:absolute;top:-6px;right:-6px;min-width:22px;height:22px;border-radius:11px;background:#b3261e;color:#fff;font-size:13px;line-height:22px;text-align:center;padding:0 5px}";
 
-  var host = document.createElement("div");
+  // A tag of its own, which no rule of the page names (a page's `div {...}` would reach
+  // a div host, and through it the text inside); inside, `.box` starts from nothing.
+  var host = document.createElement("souq-widget");
   host.id = "souq-widget";
   var root = host.attachShadow({ mode: "open" });
   // A constructed style sheet is not an inline style, so a page's CSP does not stop it.
@@ -60,6 +63,7 @@
     root.appendChild(style);
   }
   var box = document.createElement("div");
+  box.className = "box";
   box.innerHTML =
     '<section class="panel" role="dialog" aria-labelledby="souq-title" hidden data-test="widget-panel">' +
     '<header><span class="t"><span id="souq-title">Chat with us</span><span class="op" data-test="widget-operator" aria-live="polite"></span></span>' +
@@ -69,7 +73,7 @@
     '<label for="souq-email">E-mail</label><input id="souq-email" type="email" autocomplete="email" data-test="widget-email">' +
     '<p class="info" data-test="widget-prechat-error" role="alert"></p>' +
     '<button class="primary" data-test="widget-start">Start the chat</button></form>' +
-    '<ol class="log" role="log" aria-live="polite" aria-label="Messages" tabindex="0" data-test="widget-messages"></ol>' +
+    '<ol class="log" aria-live="polite" aria-label="Messages" tabindex="0" data-test="widget-messages"></ol>' +
     '<div class="info typing" aria-live="polite" data-test="widget-typing"></div>' +
     '<div class="info status" role="status" data-test="widget-status"></div>' +
     '<form class="send" data-test="widget-composer"><label for="souq-input" class="vh">Message</label>' +
