@@ -122,6 +122,7 @@ enum Route {
     InboxOffers,
     Offers,
     OfferRead,
+    Search,
 }
 
 #[derive(Debug)]
@@ -240,6 +241,7 @@ impl Routes {
             ),
             ("/v1/me/password", Route::MyPassword, "PUT"),
             ("/v1/offers/{id}/read", Route::OfferRead, "POST"),
+            ("/v1/search", Route::Search, "GET"),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -862,6 +864,14 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             let b: RenderCanned = req.json()?;
             ok(&json!({ "text": core.render_canned(&who, id, b.chat_id).await? }))
         }
+        (R::Search, M::GET) => ok(&core
+            .search(
+                &who,
+                req.query("q"),
+                req.query("before"),
+                req.query_num("limit")?,
+            )
+            .await?),
         (R::MyPassword, M::PUT) => {
             let b: NewPassword = req.json()?;
             core.set_customer_password(&who, b.current.as_deref(), &b.new)

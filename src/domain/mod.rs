@@ -16,6 +16,7 @@ pub mod events;
 mod files;
 mod messages;
 pub mod notify;
+pub mod search;
 mod settings;
 mod storefront;
 mod support;

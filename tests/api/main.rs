@@ -21,5 +21,6 @@ mod isolation;
 mod live;
 mod messages;
 mod notify;
+mod search;
 mod webhooks;
 mod widget;
