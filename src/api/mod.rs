@@ -123,6 +123,7 @@ enum Route {
     Offers,
     OfferRead,
     Search,
+    InboxReport,
 }
 
 #[derive(Debug)]
@@ -242,6 +243,7 @@ impl Routes {
             ("/v1/me/password", Route::MyPassword, "PUT"),
             ("/v1/offers/{id}/read", Route::OfferRead, "POST"),
             ("/v1/search", Route::Search, "GET"),
+            ("/v1/inboxes/{id}/report", Route::InboxReport, "GET"),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -872,6 +874,12 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 req.query_num("limit")?,
             )
             .await?),
+        (R::InboxReport, M::GET) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .inbox_report(&who, id, req.query_num("from")?, req.query_num("to")?)
+                .await?)
+        }
         (R::MyPassword, M::PUT) => {
             let b: NewPassword = req.json()?;
             core.set_customer_password(&who, b.current.as_deref(), &b.new)

@@ -16,6 +16,7 @@ pub mod events;
 mod files;
 mod messages;
 pub mod notify;
+pub mod report;
 pub mod search;
 mod settings;
 mod storefront;

@@ -21,6 +21,7 @@ mod isolation;
 mod live;
 mod messages;
 mod notify;
+mod report;
 mod search;
 mod webhooks;
 mod widget;
