@@ -183,6 +183,25 @@ async fn route(core: std::sync::Weak<domain::Core>, every: Duration) {
     }
 }
 
+/// Adds new messages to the SQLite search index, every `every` (and more rounds at once
+/// while a round comes back full). PostgreSQL's index keeps itself: not started there.
+async fn index_messages(core: std::sync::Weak<domain::Core>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(core) = core.upgrade() else { return };
+        loop {
+            match core.index_messages().await {
+                Ok(n) if n >= domain::search::INDEXER.round => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot index messages for search");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// How often each node routes what waits in queues.
 const ROUTE_EVERY: Duration = Duration::from_secs(2);
 
@@ -256,6 +275,12 @@ impl Server {
         ));
         tokio::spawn(notify(Arc::downgrade(&core), NOTIFY_EVERY));
         tokio::spawn(route(Arc::downgrade(&core), ROUTE_EVERY));
+        if core.store().backend() == sea_orm::DbBackend::Sqlite {
+            tokio::spawn(index_messages(
+                Arc::downgrade(&core),
+                domain::search::INDEXER.every,
+            ));
+        }
         if let Some(every) = bus.sweep_every() {
             tokio::spawn(sweep_presence(Arc::downgrade(&core), bus.clone(), every));
         }

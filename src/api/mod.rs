@@ -137,6 +137,8 @@ enum Route {
     InboxOffers,
     Offers,
     OfferRead,
+    Search,
+    InboxReport,
 }
 
 #[derive(Debug)]
@@ -286,6 +288,8 @@ impl Routes {
             ),
             ("/v1/me/password", Route::MyPassword, "PUT"),
             ("/v1/offers/{id}/read", Route::OfferRead, "POST"),
+            ("/v1/search", Route::Search, "GET"),
+            ("/v1/inboxes/{id}/report", Route::InboxReport, "GET"),
         ];
         let mut router = matchit::Router::new();
         for (path, route, allow) in table {
@@ -979,6 +983,20 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             let id = path_id(&params)?;
             let b: RenderCanned = req.json()?;
             ok(&json!({ "text": core.render_canned(&who, id, b.chat_id).await? }))
+        }
+        (R::Search, M::GET) => ok(&core
+            .search(
+                &who,
+                req.query("q"),
+                req.query("before"),
+                req.query_num("limit")?,
+            )
+            .await?),
+        (R::InboxReport, M::GET) => {
+            let id = path_id(&params)?;
+            ok(&core
+                .inbox_report(&who, id, req.query_num("from")?, req.query_num("to")?)
+                .await?)
         }
         (R::MyPassword, M::PUT) => {
             let b: NewPassword = req.json()?;

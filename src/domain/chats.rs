@@ -145,6 +145,53 @@ fn custom<V: Into<sea_orm::Value>>(
     sea_orm::sea_query::Expr::cust_with_values(sql, values)
 }
 
+/// The chats of its organisation a caller sees: all for an admin, a customer's own, an
+/// operator's assigned inboxes' and those of every domain it is admin of. Decided once,
+/// then written as a sea-orm condition or as SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ChatScope {
+    All,
+    Customer(i64),
+    Assigned {
+        inboxes: Vec<i64>,
+        domains: Vec<i64>,
+    },
+}
+
+impl ChatScope {
+    fn condition(&self) -> Condition {
+        match self {
+            ChatScope::All => Condition::all(),
+            ChatScope::Customer(id) => Condition::all().add(chat::Column::CustomerId.eq(*id)),
+            ChatScope::Assigned { inboxes, domains } => Condition::any()
+                .add(chat::Column::InboxId.is_in(inboxes.clone()))
+                .add(chat::Column::DomainId.is_in(domains.clone())),
+        }
+    }
+
+    /// The scope as a SQL condition on the chats table named `c` (the ids are integers
+    /// from our own rows, so writing them in is safe).
+    pub(super) fn sql(&self, c: &str) -> String {
+        // 0 is no id: it keeps an empty list valid SQL.
+        let list = |ids: &[i64]| {
+            std::iter::once(0)
+                .chain(ids.iter().copied())
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            ChatScope::All => "1 = 1".into(),
+            ChatScope::Customer(id) => format!("{c}.customer_id = {id}"),
+            ChatScope::Assigned { inboxes, domains } => format!(
+                "({c}.inbox_id IN ({}) OR {c}.domain_id IN ({}))",
+                list(inboxes),
+                list(domains)
+            ),
+        }
+    }
+}
+
 fn parse_cursor(cursor: &str) -> Result<(i64, i64)> {
     let bad = || Error::Invalid("before is not a cursor given by this API".into());
     let (at, id) = cursor.split_once('.').ok_or_else(bad)?;
@@ -504,26 +551,26 @@ impl Core {
         self.chat(who, id).await
     }
 
-    /// The chats `who` sees, as a condition on the chats table (within its organisation):
-    /// all for an admin, a customer's own, an operator's assigned inboxes' and those of
-    /// every domain it is admin of.
+    /// The chats `who` sees, as a condition on the chats table (within its organisation).
     async fn chat_scope(&self, who: &Principal) -> Result<Condition> {
+        Ok(self.scope_of(who).await?.condition())
+    }
+
+    /// Which chats of its organisation `who` sees (see [`ChatScope`]).
+    pub(super) async fn scope_of(&self, who: &Principal) -> Result<ChatScope> {
         Ok(match *who {
-            Principal::Admin { .. } => Condition::all(),
-            Principal::Customer { customer_id, .. } => {
-                Condition::all().add(chat::Column::CustomerId.eq(customer_id))
-            }
+            Principal::Admin { .. } => ChatScope::All,
+            Principal::Customer { customer_id, .. } => ChatScope::Customer(customer_id),
             Principal::Operator { operator_id, .. } => {
                 let assigned = self.counted_assignments(operator_id).await?;
-                let inboxes: Vec<i64> = assigned.iter().map(|a| a.inbox_id).collect();
-                let domains: Vec<i64> = assigned
-                    .iter()
-                    .filter(|a| a.is_admin)
-                    .map(|a| a.domain_id)
-                    .collect();
-                Condition::any()
-                    .add(chat::Column::InboxId.is_in(inboxes))
-                    .add(chat::Column::DomainId.is_in(domains))
+                ChatScope::Assigned {
+                    inboxes: assigned.iter().map(|a| a.inbox_id).collect(),
+                    domains: assigned
+                        .iter()
+                        .filter(|a| a.is_admin)
+                        .map(|a| a.domain_id)
+                        .collect(),
+                }
             }
         })
     }

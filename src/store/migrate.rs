@@ -8,7 +8,8 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
 use super::{Store, stmt};
 
-/// Each migration's version, the one backend it is for (`None`: both), and its SQL.
+/// Each migration's version, the one backend it is for (`None`: both), and its SQL. A
+/// version may have one entry per backend instead of one for both.
 const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
     (
         1,
@@ -90,6 +91,16 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0016_desk.sql"),
     ),
+    (
+        17,
+        Some(DbBackend::Sqlite),
+        include_str!("../../schema/migrations/0017_search.sqlite.sql"),
+    ),
+    (
+        17,
+        Some(DbBackend::Postgres),
+        include_str!("../../schema/migrations/0017_search.postgres.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.
@@ -105,6 +116,16 @@ pub(super) async fn run(store: &Store) -> Result<(), DbErr> {
         )
         .await?;
     for &(version, only, sql) in MIGRATIONS {
+        // The other backend's half of a version that has one for each: this backend's
+        // half records the version.
+        let elsewhere = only.is_some_and(|only| only != backend);
+        if elsewhere
+            && MIGRATIONS
+                .iter()
+                .any(|&(v, o, _)| v == version && o == Some(backend))
+        {
+            continue;
+        }
         let tx = store.write().await?;
         if backend == DbBackend::Postgres {
             tx.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({PG_LOCK_KEY})"))

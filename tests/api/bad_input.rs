@@ -331,7 +331,11 @@ async fn a_405_says_which_methods_the_resource_answers() {
     let desk = app.desk(&admin).await;
     for (method, path, allow) in [
         (Method::DELETE, "/v1/chats".to_owned(), "GET, POST"),
-        (Method::PUT, format!("/v1/chats/{}", desk.chat_id), "GET"),
+        (
+            Method::PUT,
+            format!("/v1/chats/{}", desk.chat_id),
+            "GET, OPTIONS",
+        ),
         (Method::GET, "/v1/auth/token".to_owned(), "POST"),
         (Method::POST, "/healthz".to_owned(), "GET"),
     ] {

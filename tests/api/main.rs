@@ -24,6 +24,8 @@ mod isolation;
 mod live;
 mod messages;
 mod notify;
+mod report;
+mod search;
 mod web;
 mod webhooks;
 mod widget;
