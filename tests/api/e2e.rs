@@ -407,7 +407,23 @@ async fn two_operators_see_one_chat_taken_by_one_and_the_pages_pass_an_accessibi
     assert_eq!(a.errors().await, Vec::<String>::new());
     assert_eq!(b.errors().await, Vec::<String>::new());
 
-    // The console, the front page and the widget's demo page, audited.
+    // On a phone's screen the console fits its width (sellers answer from phones).
+    a.client
+        .set_window_size(390, 844)
+        .await
+        .expect("a phone's size");
+    let overflow = a
+        .js(
+            "return document.documentElement.scrollWidth - window.innerWidth;",
+            vec![],
+        )
+        .await;
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "wider than the phone by {overflow}"
+    );
+    a.client.set_window_size(1280, 900).await.expect("back");
+    // The console, the front page and the reference, audited.
     if let Some(violations) = axe(&a).await {
         assert_eq!(violations, Vec::<Value>::new(), "console");
     }
