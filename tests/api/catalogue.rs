@@ -192,6 +192,7 @@ async fn a_comment_on_a_product_reaches_the_stores_operator_live_and_its_followe
     )
     .await;
     let mut operator = app.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
     let comment = app
         .post(
             &format!("/v1/catalogue/product/{product}/comments"),
@@ -479,6 +480,8 @@ async fn a_seller_makes_an_offer_the_customer_is_told_live_and_reads_it_here_and
     let desk = store_desk(&app, &admin).await;
     let (_, _, product) = market(&app, &admin, &desk).await;
     let mut customer = app.ws(&desk.customer, "").await;
+    // Told live only once the socket is in place.
+    customer.next_of("resumed").await;
     let offer = app
         .post(
             &format!("/v1/inboxes/{}/offers", desk.inbox_id),
