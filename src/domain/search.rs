@@ -10,7 +10,8 @@
 //!   more and a message is found well within a second. Erasure takes messages out of it
 //!   (a trigger of schema/migrations/0017_search.sqlite.sql).
 //! - PostgreSQL: a GIN index on `to_tsvector('simple', text)` (lowercased words, no
-//!   stemming), kept by PostgreSQL in each send's transaction.
+//!   stemming), kept by PostgreSQL in each send's transaction. A search looks through the
+//!   newest messages first, then asks the index (see [`PG_RECENT`]).
 //!
 //! The user's words never reach either query language as syntax: on SQLite each
 //! whitespace-separated piece becomes a quoted FTS5 phrase; PostgreSQL is given the text
@@ -224,11 +225,26 @@ impl Core {
         let before = parse_before(before)?;
         let scope = self.scope_of(who).await?;
         // One row past the page tells whether there is another.
-        let (sql, values) = match self.store().backend() {
-            DbBackend::Postgres => postgres_search(&scope, &query, who.org_id(), before, limit),
-            _ => sqlite_search(&scope, &query, who.org_id(), before, limit),
+        let rows = match self.store().backend() {
+            DbBackend::Postgres => {
+                let (org_id, store) = (who.org_id(), self.store());
+                let (sql, values) = postgres_search(&scope, &query, org_id, before, limit, false);
+                let recent = store.query(&sql, values).await?;
+                if recent.len() as u64 > limit {
+                    recent
+                } else {
+                    // Not a page among the newest: the index finds them all (those
+                    // again too).
+                    let (sql, values) =
+                        postgres_search(&scope, &query, org_id, before, limit, true);
+                    store.query(&sql, values).await?
+                }
+            }
+            _ => {
+                let (sql, values) = sqlite_search(&scope, &query, who.org_id(), before, limit);
+                self.store().query(&sql, values).await?
+            }
         };
-        let rows = self.store().query(&sql, values).await?;
         let mut items = Vec::with_capacity(rows.len());
         for row in rows.iter().take(limit as usize) {
             let model = message::Model::from_query_result(row, "")?;
@@ -344,37 +360,67 @@ fn sqlite_search(
     (sql, values)
 }
 
-/// PostgreSQL: the planner picks the GIN index or a walk down the newest messages; the
-/// highlight is made only for the page's rows.
+/// Newest messages in scope a search on PostgreSQL looks through before it asks the index.
+/// Its planner, left to choose, walks the newest messages testing each for the words even
+/// for a word it thinks rare, and took 1.5 s (12 s for some) in ten million messages;
+/// the index alone takes 1.3-1.9 s for an everyday word (it reads every hit). A walk of
+/// this many takes about 10-20 ms and finds a page of an everyday word; else the index
+/// finds the rest (20-100 ms for a rarer word). See docs/benchmarks.md, "Search".
+const PG_RECENT: i64 = 2_000;
+
+/// The two PostgreSQL searches of [`PG_RECENT`]: `recent` the newest messages in scope,
+/// else `indexed` through the GIN index. The highlight is made only for the page's rows.
 fn postgres_search(
     scope: &ChatScope,
     query: &Query,
     org_id: i64,
     before: i64,
     limit: u64,
+    indexed: bool,
 ) -> (String, Vec<Value>) {
-    let sql = format!(
-        "SELECT p.*, ts_headline('simple', translate(p.text, '<>&', ?), \
-         plainto_tsquery('simple', ?), ?) AS highlight \
-         FROM (SELECT {MESSAGE_COLUMNS} FROM messages m JOIN chats c ON c.id = m.chat_id \
-         WHERE to_tsvector('simple', m.text) @@ plainto_tsquery('simple', ?) \
-         AND m.id < ? AND c.org_id = ? AND {} \
-         ORDER BY m.id DESC LIMIT ?) p ORDER BY p.id DESC",
-        scope.sql("c")
-    );
+    let headline = "SELECT p.*, ts_headline('simple', translate(p.text, '<>&', ?), \
+         plainto_tsquery('simple', ?), ?) AS highlight FROM";
     let options = format!(
         "StartSel={OPEN}, StopSel={CLOSE}, MaxWords={HIGHLIGHT_WORDS}, MinWords={}, ShortWord=0",
         HIGHLIGHT_WORDS / 2
     );
-    let values = vec![
+    let headline_values: [Value; 3] = [
         STAND_INS.iter().collect::<String>().into(),
         query.text.clone().into(),
         options.into(),
-        query.text.clone().into(),
+    ];
+    let scope = scope.sql("c");
+    if indexed {
+        // MATERIALIZED: the hits come from the index, whatever the planner thinks.
+        let sql = format!(
+            "WITH hits AS MATERIALIZED (SELECT id FROM messages \
+               WHERE to_tsvector('simple', text) @@ plainto_tsquery('simple', ?) AND id < ?) \
+             {headline} (SELECT {MESSAGE_COLUMNS} FROM hits h \
+               JOIN messages m ON m.id = h.id JOIN chats c ON c.id = m.chat_id \
+               WHERE c.org_id = ? AND {scope} ORDER BY m.id DESC LIMIT ?) p \
+             ORDER BY p.id DESC"
+        );
+        let mut values: Vec<Value> = vec![query.text.clone().into(), before.into()];
+        values.extend(headline_values);
+        values.extend([org_id.into(), (limit as i64 + 1).into()]);
+        return (sql, values);
+    }
+    // The inner LIMIT keeps the test of the words out of the walk.
+    let sql = format!(
+        "{headline} (SELECT r.* FROM (SELECT {MESSAGE_COLUMNS} FROM messages m \
+           JOIN chats c ON c.id = m.chat_id \
+           WHERE m.id < ? AND c.org_id = ? AND {scope} ORDER BY m.id DESC LIMIT {PG_RECENT}) r \
+           WHERE to_tsvector('simple', r.text) @@ plainto_tsquery('simple', ?) \
+           ORDER BY r.id DESC LIMIT ?) p \
+         ORDER BY p.id DESC"
+    );
+    let mut values: Vec<Value> = headline_values.into();
+    values.extend([
         before.into(),
         org_id.into(),
+        query.text.clone().into(),
         (limit as i64 + 1).into(),
-    ];
+    ]);
     (sql, values)
 }
 

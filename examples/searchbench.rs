@@ -1,0 +1,677 @@
+//! Search and chat lists over a large organisation: fills a database with N messages
+//! (straight SQL, many rows a statement, big transactions), builds the search index, then
+//! times searches (common, middling and rare words; as the admin, an operator and a
+//! customer) and pages of the chat list (the first and the twentieth; admin and operator),
+//! straight into the core. Prints a Markdown table of p50 / p99 in milliseconds.
+//!
+//! ```sh
+//! cargo run --release --example searchbench -- --messages 1000000
+//! psql -h 127.0.0.1 -d postgres -c "CREATE DATABASE souq_searchbench"
+//! cargo run --release --example searchbench -- \
+//!     --database postgres://root@127.0.0.1:5432/souq_searchbench
+//! ```
+//! Without `--database` it uses a fresh SQLite file in the temp folder (removed after).
+//! A PostgreSQL database should be empty. The organisation: 20 domains of 10 inboxes, an
+//! operator for every 4 inboxes (each sees 2% of the chats), a customer per 50 messages,
+//! a chat per 10 messages over the last year; message text is 3 to 14 words drawn from a
+//! vocabulary of 50,000 with Zipf's law (the first words are everyday English, the rest
+//! made-up words, so that the rarest occur a few hundred times in ten million messages).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sea_orm::{ConnectionTrait, DbBackend};
+use souq::bus::Bus;
+use souq::domain::{
+    Core, Limits, NewAssignment, NewDomain, NewInbox, NewOperator, NewOrganisation, Principal,
+};
+use souq::hub::Hub;
+use souq::store::Store;
+
+struct Args {
+    database: Option<String>,
+    messages: u64,
+    /// Timed runs of each measurement.
+    runs: usize,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        database: None,
+        messages: 10_000_000,
+        runs: 100,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or(format!("{flag} needs a value"))?;
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag} takes a number"))
+        };
+        match flag.as_str() {
+            "--database" => a.database = Some(v),
+            "--messages" => a.messages = num(&v)?.max(1000),
+            "--runs" => a.runs = num(&v)?.max(1) as usize,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+const DOMAINS: usize = 20;
+const INBOXES_PER_DOMAIN: usize = 10;
+const INBOXES_PER_OPERATOR: usize = 4;
+const MESSAGES_PER_CHAT: u64 = 10;
+const MESSAGES_PER_CUSTOMER: u64 = 50;
+const VOCABULARY: usize = 50_000;
+/// Rows a statement, and statements a transaction.
+const ROWS: usize = 1_000;
+const STATEMENTS: usize = 100;
+
+/// Everyday words of a support desk, the most frequent first.
+const COMMON: &[&str] = &[
+    "the",
+    "i",
+    "you",
+    "to",
+    "a",
+    "is",
+    "my",
+    "order",
+    "it",
+    "and",
+    "for",
+    "please",
+    "of",
+    "can",
+    "thanks",
+    "hello",
+    "have",
+    "not",
+    "we",
+    "this",
+    "your",
+    "in",
+    "delivery",
+    "when",
+    "will",
+    "be",
+    "what",
+    "price",
+    "size",
+    "help",
+    "do",
+    "on",
+    "with",
+    "me",
+    "yes",
+    "no",
+    "how",
+    "refund",
+    "today",
+    "tomorrow",
+    "payment",
+    "card",
+    "shipping",
+    "address",
+    "phone",
+    "number",
+    "colour",
+    "available",
+    "stock",
+    "return",
+    "broken",
+    "late",
+    "parcel",
+    "tracking",
+    "invoice",
+    "discount",
+    "code",
+    "week",
+    "store",
+    "product",
+    "quality",
+    "cheap",
+    "expensive",
+    "hi",
+    "ok",
+    "sorry",
+    "wait",
+    "minute",
+    "send",
+    "photo",
+    "picture",
+    "exchange",
+    "warranty",
+    "account",
+    "password",
+    "login",
+    "email",
+    "message",
+    "answer",
+    "question",
+    "problem",
+    "issue",
+    "customer",
+    "service",
+    "time",
+    "day",
+    "money",
+    "cash",
+    "transfer",
+    "bank",
+    "receipt",
+    "courier",
+    "box",
+    "package",
+    "damaged",
+    "missing",
+    "wrong",
+    "item",
+    "items",
+    "shoes",
+    "shirt",
+    "dress",
+    "bag",
+    "watch",
+    "laptop",
+    "charger",
+    "cable",
+    "screen",
+    "battery",
+    "cover",
+    "case",
+    "gift",
+    "birthday",
+    "friday",
+    "monday",
+    "morning",
+    "evening",
+    "night",
+    "city",
+    "street",
+    "house",
+    "office",
+    "work",
+    "home",
+    "family",
+    "thank",
+    "great",
+    "good",
+    "bad",
+    "fast",
+    "slow",
+    "new",
+    "old",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "black",
+    "white",
+];
+
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "ba", "de", "fi", "go", "hu", "ja", "ke",
+    "li", "mo", "nu", "pe",
+];
+
+/// The word of rank `r` (0: the most frequent).
+fn word(r: usize) -> String {
+    if let Some(w) = COMMON.get(r) {
+        return (*w).to_owned();
+    }
+    // Made-up words of three or four syllables, one per rank.
+    let mut n = r;
+    let mut out = String::new();
+    for _ in 0..4 {
+        out.push_str(SYLLABLES[n % SYLLABLES.len()]);
+        n /= SYLLABLES.len();
+    }
+    out
+}
+
+/// Draws ranks with Zipf's law (weight 1 / (rank + 1)).
+struct Zipf {
+    cumulative: Vec<f64>,
+    words: Vec<String>,
+}
+
+impl Zipf {
+    fn new(n: usize) -> Zipf {
+        let mut total = 0.0;
+        let cumulative = (0..n)
+            .map(|r| {
+                total += 1.0 / (r as f64 + 1.0);
+                total
+            })
+            .collect();
+        Zipf {
+            cumulative,
+            words: (0..n).map(word).collect(),
+        }
+    }
+
+    fn draw(&self, rng: &mut StdRng) -> &str {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        let x = rng.random::<f64>() * total;
+        let r = self.cumulative.partition_point(|&c| c < x);
+        &self.words[r.min(self.words.len() - 1)]
+    }
+}
+
+/// Runs `rows` INSERT rows (each a `(...)` tuple) in statements of [`ROWS`], and
+/// transactions of [`STATEMENTS`] statements.
+async fn insert_all(
+    store: &Store,
+    head: &str,
+    rows: impl Iterator<Item = String>,
+) -> Result<(), String> {
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let tx = store.write().await.map_err(|e| e.to_string())?;
+        for _ in 0..STATEMENTS {
+            let chunk: Vec<String> = rows.by_ref().take(ROWS).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            tx.execute_unprepared(&format!("{head} VALUES {}", chunk.join(",")))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn max_id(store: &Store, table: &str) -> Result<i64, String> {
+    let rows = store
+        .query(
+            &format!("SELECT COALESCE(MAX(id), 0) AS id FROM {table}"),
+            [],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.first()
+        .and_then(|r| r.try_get::<i64>("", "id").ok())
+        .ok_or_else(|| format!("no max id of {table}"))
+}
+
+/// p50 and p99 of `runs` timings of `f` (after a few untimed), in milliseconds.
+async fn time<F, Fut>(runs: usize, mut f: F) -> Result<(f64, f64), String>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    for i in 0..3 {
+        f(i).await?;
+    }
+    let mut took = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let start = Instant::now();
+        f(i).await?;
+        took.push(start.elapsed());
+    }
+    took.sort();
+    let at = |p: f64| {
+        let i = ((took.len() as f64 * p).ceil() as usize).clamp(1, took.len()) - 1;
+        took[i].as_secs_f64() * 1000.0
+    };
+    Ok((at(0.50), at(0.99)))
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if let Err(e) = runtime.block_on(run()) {
+        eprintln!("searchbench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let a = args()?;
+    let file = std::env::temp_dir().join(format!("souq-searchbench-{}.db", std::process::id()));
+    let url = a
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", file.display()));
+    let store = Store::open(&url, 8).await.map_err(|e| e.to_string())?;
+    let backend = store.backend();
+    let core = Arc::new(
+        Core::new(
+            store.clone(),
+            Limits::default(),
+            Arc::new(Bus::new(Arc::new(Hub::new()))),
+            souq::Clock::system(),
+            Arc::default(),
+            souq::domain::Files::new(
+                souq::objects::Objects::open(&souq::objects::Place::Folder(
+                    std::env::temp_dir().join("souq-searchbench-files"),
+                ))
+                .map_err(|e| e.to_string())?,
+                souq::domain::FileLimits::default(),
+            ),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let e = |e: souq::domain::Error| e.to_string();
+
+    // The organisation, its domains, inboxes and operators, through the core.
+    let tag = format!("{:x}", std::process::id());
+    let org_id = core
+        .create_organisation(NewOrganisation {
+            email: format!("bench-{tag}@acme.test"),
+            password: "correct horse".into(),
+            subdomain: format!("bench-{tag}"),
+            addons: vec!["live_chat".into()],
+        })
+        .await
+        .map_err(e)?;
+    let tokens = core
+        .sign_in(
+            &format!("bench-{tag}@acme.test"),
+            "correct horse",
+            &format!("bench-{tag}"),
+            "live_chat",
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
+        .map_err(e)?;
+    let admin = core.authenticate(&tokens.access_token).await.map_err(e)?;
+    let mut inboxes: Vec<(i64, i64)> = Vec::new();
+    for d in 0..DOMAINS {
+        let (domain, inbox) = core
+            .create_domain(
+                &admin,
+                NewDomain {
+                    name: format!("shop{d}-{tag}.test"),
+                    email: None,
+                },
+            )
+            .await
+            .map_err(e)?;
+        inboxes.push((inbox.id, domain.id));
+        for i in 1..INBOXES_PER_DOMAIN {
+            let inbox = core
+                .create_inbox(
+                    &admin,
+                    NewInbox {
+                        domain_id: domain.id,
+                        unique_id: format!("store-{i}"),
+                        name: None,
+                    },
+                )
+                .await
+                .map_err(e)?;
+            inboxes.push((inbox.id, domain.id));
+        }
+    }
+    let mut operators = Vec::new();
+    for (o, group) in inboxes.chunks(INBOXES_PER_OPERATOR).enumerate() {
+        let operator = core
+            .create_operator(
+                &admin,
+                NewOperator {
+                    email: format!("op{o}@bench.test"),
+                    name: Some(format!("Operator {o}")),
+                    avatar: None,
+                },
+            )
+            .await
+            .map_err(e)?;
+        for &(inbox_id, _) in group {
+            core.create_assignment(
+                &admin,
+                NewAssignment {
+                    operator_id: operator.id,
+                    inbox_id,
+                    is_admin: false,
+                    online: true,
+                    receiving: true,
+                },
+            )
+            .await
+            .map_err(e)?;
+        }
+        operators.push(operator.id);
+    }
+
+    // Customers, chats and messages, in bulk.
+    let n = a.messages;
+    let chats = n / MESSAGES_PER_CHAT;
+    let customers = (n / MESSAGES_PER_CUSTOMER).max(1);
+    let (customer0, chat0, message0) = (
+        max_id(&store, "customers").await?,
+        max_id(&store, "chats").await?,
+        max_id(&store, "messages").await?,
+    );
+    let year_ms: i64 = 365 * 24 * 3600 * 1000;
+    let now = souq::clock::system_ms();
+    let start_ms = now - year_ms;
+    let minute = 60_000;
+    let filling = Instant::now();
+    insert_all(
+        &store,
+        "INSERT INTO customers (id, org_id, name, created_at, updated_at)",
+        (1..=customers as i64).map(|c| {
+            format!(
+                "({}, {org_id}, 'Customer {c}', {start_ms}, {start_ms})",
+                customer0 + c
+            )
+        }),
+    )
+    .await?;
+    // Chat k starts at an even spread over the year; its messages a minute apart.
+    let chat_start = |k: i64| start_ms + k * (year_ms - 3_600_000) / chats as i64;
+    let chat_inbox = |k: i64| inboxes[k as usize % inboxes.len()];
+    insert_all(
+        &store,
+        "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, operator_id, status, \
+         last_seq, created_at, last_activity_at, finished_at)",
+        (0..chats as i64).map(|k| {
+            let (inbox, domain) = chat_inbox(k);
+            let operator = operators[k as usize % inboxes.len() / INBOXES_PER_OPERATOR];
+            let at = chat_start(k);
+            let last = at + (MESSAGES_PER_CHAT as i64 - 1) * minute;
+            format!(
+                "({}, {org_id}, {inbox}, {domain}, {}, {operator}, 'finished', {MESSAGES_PER_CHAT}, \
+                 {at}, {last}, {last})",
+                chat0 + 1 + k,
+                customer0 + 1 + k % customers as i64,
+            )
+        }),
+    )
+    .await?;
+    let zipf = Zipf::new(VOCABULARY);
+    let mut rng = StdRng::seed_from_u64(30);
+    // The PostgreSQL index is built once after the load, as a bulk load would.
+    if backend == DbBackend::Postgres {
+        store
+            .db()
+            .execute_unprepared("DROP INDEX IF EXISTS messages_search")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let messages = (0..n as i64).map(|i| {
+        let k = i / MESSAGES_PER_CHAT as i64;
+        let seq = i % MESSAGES_PER_CHAT as i64 + 1;
+        let (author_kind, author_id) = if seq % 2 == 1 {
+            ("customer", customer0 + 1 + k % customers as i64)
+        } else {
+            (
+                "operator",
+                operators[k as usize % inboxes.len() / INBOXES_PER_OPERATOR],
+            )
+        };
+        let words = rng.random_range(3..15);
+        let text: Vec<&str> = (0..words).map(|_| zipf.draw(&mut rng)).collect();
+        format!(
+            "({}, {}, {seq}, '{author_kind}', {author_id}, 'text', '{}', {})",
+            message0 + 1 + i,
+            chat0 + 1 + k,
+            text.join(" "),
+            chat_start(k) + (seq - 1) * minute,
+        )
+    });
+    insert_all(
+        &store,
+        "INSERT INTO messages (id, chat_id, seq, author_kind, author_id, payload, text, created_at)",
+        messages,
+    )
+    .await?;
+    let filled = filling.elapsed();
+    let indexing = Instant::now();
+    match backend {
+        DbBackend::Postgres => {
+            let tx = store.write().await.map_err(|e| e.to_string())?;
+            for sql in [
+                "SET LOCAL maintenance_work_mem = '512MB'",
+                "CREATE INDEX messages_search ON messages USING GIN (to_tsvector('simple', text))",
+            ] {
+                tx.execute_unprepared(sql)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            tx.commit().await.map_err(|e| e.to_string())?;
+            for table in ["customers", "chats", "messages"] {
+                store
+                    .db()
+                    .execute_unprepared(&format!(
+                        "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                         (SELECT MAX(id) FROM {table}))"
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            store
+                .db()
+                .execute_unprepared("ANALYZE")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        _ => {
+            // What the indexer would do in rounds, in one go.
+            let tx = store.write().await.map_err(|e| e.to_string())?;
+            for sql in [
+                "INSERT INTO message_search (message_search) VALUES ('rebuild')",
+                "UPDATE search_cursor SET last_id = (SELECT MAX(id) FROM messages)",
+            ] {
+                tx.execute_unprepared(sql)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            tx.commit().await.map_err(|e| e.to_string())?;
+            store
+                .db()
+                .execute_unprepared("ANALYZE")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let indexed = indexing.elapsed();
+    eprintln!(
+        "{n} messages in {chats} chats: filled in {:.0} s, indexed in {:.0} s",
+        filled.as_secs_f64(),
+        indexed.as_secs_f64()
+    );
+
+    // The measurements.
+    let operator = Principal::Operator {
+        org_id,
+        operator_id: operators[operators.len() / 2],
+    };
+    let customer = Principal::Customer {
+        org_id,
+        customer_id: customer0 + 1 + customers as i64 / 2,
+    };
+    let words =
+        |ranks: std::ops::Range<usize>| -> Vec<String> { ranks.step_by(1).map(word).collect() };
+    let common = words(0..20);
+    let middling = words(1_000..1_020);
+    let rare = words(30_000..30_020);
+    let pairs: Vec<String> = (0..20)
+        .map(|i| format!("{} {}", word(7 + i), word(500 + i * 7)))
+        .collect();
+    let backend_name = match backend {
+        DbBackend::Postgres => "PostgreSQL",
+        _ => "SQLite",
+    };
+    println!("| backend | messages | what | p50 ms | p99 ms |");
+    println!("|---|---:|---|---:|---:|");
+    let row = |what: &str, (p50, p99): (f64, f64)| {
+        println!("| {backend_name} | {n} | {what} | {p50:.1} | {p99:.1} |");
+    };
+    for (who_name, who) in [
+        ("admin", &admin),
+        ("operator (2% of chats)", &operator),
+        ("customer", &customer),
+    ] {
+        for (kind, queries) in [
+            ("common word", &common),
+            ("middling word", &middling),
+            ("rare word", &rare),
+            ("two words", &pairs),
+        ] {
+            let timing = time(a.runs, |i| {
+                let q = queries[i % queries.len()].clone();
+                let core = core.clone();
+                async move {
+                    core.search(who, Some(&q), None, Some(20))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await?;
+            row(&format!("search, {kind}, {who_name}"), timing);
+        }
+    }
+    for (who_name, who) in [("admin", &admin), ("operator (2% of chats)", &operator)] {
+        let timing = time(a.runs, |_| {
+            let core = core.clone();
+            async move {
+                core.list_chats(who, None, None, Some(50))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        row(&format!("chat list, first page, {who_name}"), timing);
+        let mut next = None;
+        for _ in 0..19 {
+            next = core
+                .list_chats(who, None, next.as_deref(), Some(50))
+                .await
+                .map_err(e)?
+                .next;
+        }
+        let timing = time(a.runs, |_| {
+            let (core, next) = (core.clone(), next.clone());
+            async move {
+                core.list_chats(who, None, next.as_deref(), Some(50))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await?;
+        row(&format!("chat list, 20th page, {who_name}"), timing);
+    }
+    eprintln!(
+        "fill {:.0} s, index {:.0} s",
+        filled.as_secs_f64(),
+        indexed.as_secs_f64()
+    );
+    drop(core);
+    store.close().await.map_err(|e| e.to_string())?;
+    if a.database.is_none() {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
