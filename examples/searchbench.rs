@@ -632,10 +632,15 @@ async fn run() -> Result<(), String> {
         let timing = time(a.runs, |_| {
             let core = core.clone();
             async move {
-                core.list_chats(who, None, None, Some(50))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                core.list_chats(
+                    who,
+                    &souq::domain::desk::ChatFilter::default(),
+                    None,
+                    Some(50),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
         })
         .await?;
@@ -643,7 +648,12 @@ async fn run() -> Result<(), String> {
         let mut next = None;
         for _ in 0..19 {
             next = core
-                .list_chats(who, None, next.as_deref(), Some(50))
+                .list_chats(
+                    who,
+                    &souq::domain::desk::ChatFilter::default(),
+                    next.as_deref(),
+                    Some(50),
+                )
                 .await
                 .map_err(e)?
                 .next;
@@ -651,10 +661,15 @@ async fn run() -> Result<(), String> {
         let timing = time(a.runs, |_| {
             let (core, next) = (core.clone(), next.clone());
             async move {
-                core.list_chats(who, None, next.as_deref(), Some(50))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                core.list_chats(
+                    who,
+                    &souq::domain::desk::ChatFilter::default(),
+                    next.as_deref(),
+                    Some(50),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
         })
         .await?;
