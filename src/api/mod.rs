@@ -74,6 +74,7 @@ enum Route {
     /// A page or asset of [`web`].
     Web(web::Page),
     WidgetVisitors,
+    WidgetSettings,
     AuthToken,
     AuthRefresh,
     SignOut,
@@ -164,6 +165,7 @@ impl Routes {
                 "GET",
             ),
             ("/schema/ws.json", Route::Web(web::Page::Frames), "GET"),
+            ("/v1/widget/{key}", Route::WidgetSettings, "GET, OPTIONS"),
             (
                 "/v1/widget/{key}/visitors",
                 Route::WidgetVisitors,
@@ -586,7 +588,14 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         (R::Web(page), &M::GET) => return Ok(web::serve(page, &req.headers)),
         // The widget runs on the merchant's site: its one REST call is cross-origin. It
         // carries no cookie, so any origin may make it.
-        (R::WidgetVisitors, &M::OPTIONS) => return Ok(cors(no_content()?)),
+        (R::WidgetVisitors | R::WidgetSettings, &M::OPTIONS) => return Ok(cors(no_content()?)),
+        (R::WidgetSettings, &M::GET) => {
+            let key = params.get("key").unwrap_or_default();
+            return Ok(cors(match core.widget_settings(key).await {
+                Ok(settings) => reply(StatusCode::OK, &settings)?,
+                Err(e) => ApiError::from(e).into_response(),
+            }));
+        }
         (R::WidgetVisitors, &M::POST) => {
             let key = params.get("key").unwrap_or_default();
             let b: VisitorBody = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -670,6 +679,7 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
             | R::AuthRefresh
             | R::Web(_)
             | R::WidgetVisitors
+            | R::WidgetSettings
             | R::File
             | R::PushKey
             | R::PushSubscription

@@ -22,6 +22,9 @@
   var bySeq = {}, pending = {}, opRead = 0, opReceived = 0, unread = 0;
   var operator = null, presence = null, typingSent = 0, typingStop = null, theirTyping = null;
   var finished = false;
+  // Whether the domain asks a new visitor for a name and an e-mail first (GET
+  // /v1/widget/{key}); until the answer comes, it does not.
+  var prechat = false;
 
   var CSS =
     ":host{all:initial;position:fixed;right:16px;bottom:16px;z-index:2147483647;font:15px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1a1a1a}" +
@@ -347,7 +350,7 @@
     panel.hidden = !open;
     openButton.setAttribute("aria-expanded", String(open));
     if (!open) { openButton.focus(); return; }
-    if (!state) { pre.hidden = false; q("#souq-name").focus(); return; }
+    if (!state && prechat) { pre.hidden = false; q("#souq-name").focus(); return; }
     if (!socket) start().catch(function (e) { say(e.message); });
     markRead();
     input.focus();
@@ -421,6 +424,13 @@
   });
   document.addEventListener("visibilitychange", function () { if (!document.hidden && isOpen() && state) markRead(); });
   window.addEventListener("online", function () { if (state && !socket) { retry = 0; connect(); } });
+
+  if (!state) {
+    api("GET", "/v1/widget/" + encodeURIComponent(key)).then(function (w) {
+      prechat = !!w.prechat;
+      host.setAttribute("data-prechat", String(prechat));
+    }, function () {});
+  }
 
   // A returning visitor's chat comes back at once: the whole chat is replayed from seq 0,
   // and operator messages after the read cursor kept here count as unread on the button.

@@ -415,6 +415,7 @@ async fn admin_route(
                 name: f.text("name")?,
                 email: f.text("email")?,
                 active: f.flag("status")?,
+                prechat: None,
             };
             let d = core.update_domain(who, domain.id, patch).await?;
             ok(json!({"name": d.name, "status": d.active, "email": d.email}))

@@ -103,6 +103,8 @@ pub struct Domain {
     pub active: bool,
     /// Public key for the website widget (not a secret).
     pub widget_key: String,
+    /// Whether the widget asks a new visitor for a name and an e-mail before the chat.
+    pub prechat: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -115,6 +117,7 @@ impl From<domain::Model> for Domain {
             email: m.email,
             active: m.active,
             widget_key: m.widget_key,
+            prechat: m.prechat,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -138,6 +141,8 @@ pub struct DomainPatch {
     pub email: Option<String>,
     #[serde(default)]
     pub active: Option<bool>,
+    #[serde(default)]
+    pub prechat: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -527,9 +532,13 @@ impl Core {
         patch: DomainPatch,
     ) -> Result<Domain> {
         let (org_id, addon_id) = self.require_admin(who)?;
-        if patch.name.is_none() && patch.email.is_none() && patch.active.is_none() {
+        if patch.name.is_none()
+            && patch.email.is_none()
+            && patch.active.is_none()
+            && patch.prechat.is_none()
+        {
             return Err(Error::Invalid(
-                "give at least one of name, email, active".into(),
+                "give at least one of name, email, active, prechat".into(),
             ));
         }
         let name = patch.name.as_deref().map(domain_name).transpose()?;
@@ -555,6 +564,9 @@ impl Core {
         }
         if let Some(active) = patch.active {
             model.active = Set(active);
+        }
+        if let Some(prechat) = patch.prechat {
+            model.prechat = Set(prechat);
         }
         model.updated_at = Set(self.now_ms());
         let updated = model

@@ -22,7 +22,28 @@ pub struct Visitor {
     pub chat_id: i64,
 }
 
+/// What the widget of a domain shows before anyone has a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct WidgetSettings {
+    /// Ask a new visitor for a name and an e-mail before the chat.
+    pub prechat: bool,
+}
+
 impl Core {
+    /// The settings of the widget whose key this is (no token: the key is public).
+    /// `NotFound` for an unknown key or an inactive domain.
+    pub async fn widget_settings(&self, widget_key: &str) -> Result<WidgetSettings> {
+        let domain = domain::Entity::find()
+            .filter(domain::Column::WidgetKey.eq(widget_key))
+            .one(self.store().db())
+            .await?
+            .filter(|d| d.active)
+            .ok_or(Error::NotFound("widget"))?;
+        Ok(WidgetSettings {
+            prechat: domain.prechat,
+        })
+    }
+
     /// Whether `host` (of a browser's `Origin`) is the site of an active domain of some
     /// organisation, or a subdomain of one.
     pub async fn is_known_site(&self, host: &str) -> Result<bool> {

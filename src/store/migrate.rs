@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         Some(DbBackend::Postgres),
         include_str!("../../schema/migrations/0017_search.postgres.sql"),
     ),
+    (
+        18,
+        None,
+        include_str!("../../schema/migrations/0018_domain_prechat.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

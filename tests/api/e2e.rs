@@ -128,6 +128,14 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
     )
     .await
     .expect(200);
+    // The shop asks new visitors who they are.
+    app.patch(
+        &format!("/v1/domains/{}", desk.domain_id),
+        &admin,
+        json!({"prechat": true}),
+    )
+    .await
+    .expect(200);
     let key = widget_key(&app, &admin, desk.domain_id).await;
     let page = shop_page(&app, &key).await;
     visitor.client.goto(&page).await.expect("the shop's page");
@@ -135,7 +143,10 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
     visitor
         .until(
             "the widget's button",
-            &in_widget("return w.querySelector('[data-test=widget-open]') !== null;"),
+            &in_widget(
+                "return w.querySelector('[data-test=widget-open]') !== null \
+                 && host.getAttribute('data-prechat') === 'true';",
+            ),
         )
         .await;
     // The host page's loud styles do not reach into the widget.

@@ -168,3 +168,52 @@ async fn the_visitor_call_is_open_to_any_origin_and_refuses_bad_keys() {
         .await;
     assert_eq!(r.status, 422);
 }
+
+#[tokio::test]
+async fn a_domain_asks_for_the_pre_chat_form_and_the_widget_reads_it_from_any_origin() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let link = chatwhizz_domain(&app, &admin, "asks.example").await;
+    let key = between(&link, "data-souq-key=\"", "\"").to_owned();
+    let before = app
+        .call(Method::GET, &format!("/v1/widget/{key}"), None, None)
+        .await
+        .expect(200);
+    assert_eq!(before, json!({"prechat": false}));
+    let domain = app.get("/v1/domains", &admin).await.expect(200)["items"][0].clone();
+    let id = domain["id"].as_i64().expect("id");
+    assert_eq!(domain["prechat"], false);
+    let patched = app
+        .patch(
+            &format!("/v1/domains/{id}"),
+            &admin,
+            json!({"prechat": true}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(patched["prechat"], true);
+    let after = app
+        .client
+        .get(format!("{}/v1/widget/{key}", app.base))
+        .header("origin", "https://merchant.example")
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(after.headers()["access-control-allow-origin"], "*");
+    let after: serde_json::Value = after.json().await.expect("JSON");
+    assert_eq!(after, json!({"prechat": true}));
+    let r = app
+        .patch(
+            &format!("/v1/domains/{id}"),
+            &admin,
+            json!({"prechat": "yes"}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        app.call(Method::GET, "/v1/widget/nope", None, None)
+            .await
+            .status,
+        404
+    );
+}

@@ -14,6 +14,8 @@ pub struct Model {
     pub widget_key: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Whether the widget asks a new visitor for a name and an e-mail first.
+    pub prechat: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
