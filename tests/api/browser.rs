@@ -117,10 +117,72 @@ impl Browser {
         .await;
     }
 
+    /// Runs `script` at the start of every page this browser loads from now on, before
+    /// the page's own scripts (Chromium's DevTools, through chromedriver).
+    pub async fn on_every_page(&self, script: &str) {
+        self.client
+            .issue_cmd(Cdp {
+                cmd: "Page.addScriptToEvaluateOnNewDocument",
+                params: json!({ "source": script }),
+            })
+            .await
+            .expect("a script for every page");
+    }
+
+    /// From the next page on, records every WebSocket the page opens
+    /// (`window.__sockets`), so that a test can cut them as a network drop would.
+    pub async fn record_sockets(&self) {
+        self.on_every_page(RECORD_SOCKETS).await;
+    }
+
+    /// Closes the page's open WebSockets (see [`Browser::record_sockets`]); gives how many.
+    pub async fn cut_sockets(&self) -> i64 {
+        self.js(
+            "const open = (window.__sockets || []).filter(s => s.readyState === 1); \
+             open.forEach(s => s.close()); return open.length;",
+            vec![],
+        )
+        .await
+        .as_i64()
+        .unwrap_or(0)
+    }
+
     /// Saves a screenshot of the page to `path` (PNG).
     pub async fn screenshot(&self, path: &str) {
         let png = self.client.screenshot().await.expect("a screenshot");
         std::fs::write(path, png).expect("the screenshot written");
+    }
+}
+
+/// Wraps `WebSocket` so that every socket a page opens is kept in `window.__sockets`.
+pub const RECORD_SOCKETS: &str = "window.__sockets = []; const Native = window.WebSocket; \
+     window.WebSocket = function (url, p) { const s = new Native(url, p); \
+     window.__sockets.push(s); return s; }; \
+     window.WebSocket.prototype = Native.prototype; \
+     Object.assign(window.WebSocket, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });";
+
+/// A command chromedriver passes to Chromium's DevTools.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
     }
 }
 

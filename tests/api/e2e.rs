@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, host_page};
+use crate::browser::{Browser, RECORD_SOCKETS, host_page};
 use crate::helpers::{TestApp, eventually, spawn_app, str_of};
 
 /// A shop's page on its own origin with the widget of `key` embedded. It records every
@@ -13,10 +13,7 @@ async fn shop_page(app: &TestApp, key: &str) -> String {
     host_page(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>A shop</title>\
          <style>button {{ background: red !important; }} div {{ font-size: 40px; }}</style>\
-         <script>window.__sockets = []; const Native = window.WebSocket;\
-         window.WebSocket = function (url, p) {{ const s = new Native(url, p); \
-         window.__sockets.push(s); return s; }};\
-         window.WebSocket.prototype = Native.prototype; window.WebSocket.OPEN = 1;</script>\
+         <script>{RECORD_SOCKETS}</script>\
          </head><body><main><h1>A shop</h1><p>Blue shoes, 40 EUR.</p></main>\
          <script src=\"{}/widget.js\" data-souq-key=\"{key}\"></script></body></html>",
         app.base
@@ -63,6 +60,7 @@ async fn widget_key(app: &TestApp, admin: &str, domain_id: i64) -> String {
 /// The console signed in by its link, live.
 async fn console(app: &TestApp, token: &str) -> Browser {
     let b = Browser::start().await.expect("a browser");
+    b.record_sockets().await;
     b.client
         .goto(&format!("{}/console#token={token}", app.base))
         .await
@@ -286,15 +284,18 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
         operator.screenshot(&format!("{dir}/console.png")).await;
     }
 
-    // The network drops: the widget's socket is cut; the operator writes twice meanwhile.
-    let cut = visitor
-        .js(
-            "const open = window.__sockets.filter(s => s.readyState === 1); \
-             open.forEach(s => s.close()); return open.length;",
-            vec![],
-        )
-        .await;
-    assert_eq!(cut, json!(1), "the widget's one socket cut");
+    // The network drops on both sides: the widget's socket and the console's are cut,
+    // and both sides write meanwhile (the visitor from another tab of theirs).
+    assert_eq!(
+        visitor.cut_sockets().await,
+        1,
+        "the widget's one socket cut"
+    );
+    assert_eq!(
+        operator.cut_sockets().await,
+        1,
+        "the console's one socket cut"
+    );
     for text in [
         "One moment, checking the size chart.",
         "Size 38 and 40 are left.",
@@ -303,10 +304,24 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
             .await
             .expect(201);
     }
+    let customer = str_of(
+        &visitor
+            .js(
+                "return JSON.parse(localStorage.getItem('souq-visitor-' + arguments[0])).token;",
+                vec![json!(key)],
+            )
+            .await,
+    );
+    app.send(&customer, chat_id, "Then 40, please.", None)
+        .await
+        .expect(201);
     visitor
         .until(
-            "both answers after the drop",
-            &in_widget("return w.textContent.includes('Size 38 and 40 are left.');"),
+            "everything after the drop in the widget",
+            &in_widget(
+                "return w.textContent.includes('Size 38 and 40 are left.') \
+                 && w.textContent.includes('Then 40, please.');",
+            ),
         )
         .await;
     let texts = widget_texts(&visitor).await;
@@ -315,6 +330,7 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
         "Yes, in every size.",
         "One moment, checking the size chart.",
         "Size 38 and 40 are left.",
+        "Then 40, please.",
     ] {
         let n = texts.iter().filter(|t| t.contains(text)).count();
         assert_eq!(n, 1, "{text:?} shown {n} times: {texts:?}");
@@ -323,7 +339,7 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
     operator
         .until(
             "the console caught up",
-            "return document.querySelector('[data-test=chat-view]').innerText.includes('Size 38 and 40 are left.');",
+            "return document.querySelector('[data-test=chat-view]').innerText.includes('Then 40, please.');",
         )
         .await;
     let seqs = operator
@@ -342,7 +358,7 @@ async fn a_visitor_and_an_operator_talk_through_the_widget_and_the_console_acros
     let mut unique = seqs.clone();
     unique.dedup();
     assert_eq!(seqs, unique, "a message shown twice in the console");
-    assert_eq!(seqs.len(), 5, "{seqs:?}");
+    assert_eq!(seqs.len(), 6, "{seqs:?}");
     assert_eq!(visitor.errors().await, Vec::<String>::new());
     assert_eq!(operator.errors().await, Vec::<String>::new());
     // The open widget (in its shadow root) passes the audit on the shop's page.
