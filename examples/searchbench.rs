@@ -35,6 +35,8 @@ struct Args {
     messages: u64,
     /// Timed runs of each measurement.
     runs: usize,
+    /// Measure a database an earlier run filled (`--reuse yes`), without filling it.
+    reuse: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -42,6 +44,7 @@ fn args() -> Result<Args, String> {
         database: None,
         messages: 10_000_000,
         runs: 100,
+        reuse: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +57,7 @@ fn args() -> Result<Args, String> {
             "--database" => a.database = Some(v),
             "--messages" => a.messages = num(&v)?.max(1000),
             "--runs" => a.runs = num(&v)?.max(1) as usize,
+            "--reuse" => a.reuse = v == "yes",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -322,6 +326,50 @@ where
     Ok((at(0.50), at(0.99)))
 }
 
+/// The organisation an earlier run filled (the newest), as the measurements need it: its
+/// id, its admin, its operators, the id before its first customer, its customers and
+/// messages.
+async fn existing(store: &Store) -> Result<(i64, Principal, Vec<i64>, i64, i64, u64), String> {
+    let one = |sql: &'static str| async move {
+        let rows = store.query(sql, []).await.map_err(|e| e.to_string())?;
+        rows.first()
+            .and_then(|r| r.try_get::<i64>("", "v").ok())
+            .ok_or_else(|| format!("nothing for {sql}"))
+    };
+    let org_id = one("SELECT MAX(id) AS v FROM organisations").await?;
+    let addon_id = store
+        .query(
+            "SELECT MIN(id) AS v FROM addons WHERE org_id = ?",
+            [org_id.into()],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .first()
+        .and_then(|r| r.try_get::<i64>("", "v").ok())
+        .ok_or("no addon")?;
+    let operators = store
+        .query(
+            "SELECT id FROM operators WHERE org_id = ? ORDER BY id",
+            [org_id.into()],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|r| r.try_get::<i64>("", "id").ok())
+        .collect();
+    let first = one("SELECT MIN(id) AS v FROM customers").await?;
+    let customers = one("SELECT COUNT(*) AS v FROM customers").await?;
+    let n = one("SELECT COUNT(*) AS v FROM messages").await?;
+    Ok((
+        org_id,
+        Principal::Admin { org_id, addon_id },
+        operators,
+        first - 1,
+        customers,
+        n as u64,
+    ))
+}
+
 fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     if let Err(e) = runtime.block_on(run()) {
@@ -358,224 +406,229 @@ async fn run() -> Result<(), String> {
     );
     let e = |e: souq::domain::Error| e.to_string();
 
-    // The organisation, its domains, inboxes and operators, through the core.
-    let tag = format!("{:x}", std::process::id());
-    let org_id = core
-        .create_organisation(NewOrganisation {
-            email: format!("bench-{tag}@acme.test"),
-            password: "correct horse".into(),
-            subdomain: format!("bench-{tag}"),
-            addons: vec!["live_chat".into()],
-        })
-        .await
-        .map_err(e)?;
-    let tokens = core
-        .sign_in(
-            &format!("bench-{tag}@acme.test"),
-            "correct horse",
-            &format!("bench-{tag}"),
-            "live_chat",
-            std::net::Ipv4Addr::LOCALHOST.into(),
-        )
-        .await
-        .map_err(e)?;
-    let admin = core.authenticate(&tokens.access_token).await.map_err(e)?;
-    let mut inboxes: Vec<(i64, i64)> = Vec::new();
-    for d in 0..DOMAINS {
-        let (domain, inbox) = core
-            .create_domain(
-                &admin,
-                NewDomain {
-                    name: format!("shop{d}-{tag}.test"),
-                    email: None,
-                },
+    let (org_id, admin, operators, customer0, customers, n) = if a.reuse {
+        existing(&store).await?
+    } else {
+        // The organisation, its domains, inboxes and operators, through the core.
+        let tag = format!("{:x}", std::process::id());
+        let org_id = core
+            .create_organisation(NewOrganisation {
+                email: format!("bench-{tag}@acme.test"),
+                password: "correct horse".into(),
+                subdomain: format!("bench-{tag}"),
+                addons: vec!["live_chat".into()],
+            })
+            .await
+            .map_err(e)?;
+        let tokens = core
+            .sign_in(
+                &format!("bench-{tag}@acme.test"),
+                "correct horse",
+                &format!("bench-{tag}"),
+                "live_chat",
+                std::net::Ipv4Addr::LOCALHOST.into(),
             )
             .await
             .map_err(e)?;
-        inboxes.push((inbox.id, domain.id));
-        for i in 1..INBOXES_PER_DOMAIN {
-            let inbox = core
-                .create_inbox(
+        let admin = core.authenticate(&tokens.access_token).await.map_err(e)?;
+        let mut inboxes: Vec<(i64, i64)> = Vec::new();
+        for d in 0..DOMAINS {
+            let (domain, inbox) = core
+                .create_domain(
                     &admin,
-                    NewInbox {
-                        domain_id: domain.id,
-                        unique_id: format!("store-{i}"),
-                        name: None,
+                    NewDomain {
+                        name: format!("shop{d}-{tag}.test"),
+                        email: None,
                     },
                 )
                 .await
                 .map_err(e)?;
             inboxes.push((inbox.id, domain.id));
-        }
-    }
-    let mut operators = Vec::new();
-    for (o, group) in inboxes.chunks(INBOXES_PER_OPERATOR).enumerate() {
-        let operator = core
-            .create_operator(
-                &admin,
-                NewOperator {
-                    email: format!("op{o}@bench.test"),
-                    name: Some(format!("Operator {o}")),
-                    avatar: None,
-                },
-            )
-            .await
-            .map_err(e)?;
-        for &(inbox_id, _) in group {
-            core.create_assignment(
-                &admin,
-                NewAssignment {
-                    operator_id: operator.id,
-                    inbox_id,
-                    is_admin: false,
-                    online: true,
-                    receiving: true,
-                },
-            )
-            .await
-            .map_err(e)?;
-        }
-        operators.push(operator.id);
-    }
-
-    // Customers, chats and messages, in bulk.
-    let n = a.messages;
-    let chats = n / MESSAGES_PER_CHAT;
-    let customers = (n / MESSAGES_PER_CUSTOMER).max(1);
-    let (customer0, chat0, message0) = (
-        max_id(&store, "customers").await?,
-        max_id(&store, "chats").await?,
-        max_id(&store, "messages").await?,
-    );
-    let year_ms: i64 = 365 * 24 * 3600 * 1000;
-    let now = souq::clock::system_ms();
-    let start_ms = now - year_ms;
-    let minute = 60_000;
-    let filling = Instant::now();
-    insert_all(
-        &store,
-        "INSERT INTO customers (id, org_id, name, created_at, updated_at)",
-        (1..=customers as i64).map(|c| {
-            format!(
-                "({}, {org_id}, 'Customer {c}', {start_ms}, {start_ms})",
-                customer0 + c
-            )
-        }),
-    )
-    .await?;
-    // Chat k starts at an even spread over the year; its messages a minute apart.
-    let chat_start = |k: i64| start_ms + k * (year_ms - 3_600_000) / chats as i64;
-    let chat_inbox = |k: i64| inboxes[k as usize % inboxes.len()];
-    insert_all(
-        &store,
-        "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, operator_id, status, \
-         last_seq, created_at, last_activity_at, finished_at)",
-        (0..chats as i64).map(|k| {
-            let (inbox, domain) = chat_inbox(k);
-            let operator = operators[k as usize % inboxes.len() / INBOXES_PER_OPERATOR];
-            let at = chat_start(k);
-            let last = at + (MESSAGES_PER_CHAT as i64 - 1) * minute;
-            format!(
-                "({}, {org_id}, {inbox}, {domain}, {}, {operator}, 'finished', {MESSAGES_PER_CHAT}, \
-                 {at}, {last}, {last})",
-                chat0 + 1 + k,
-                customer0 + 1 + k % customers as i64,
-            )
-        }),
-    )
-    .await?;
-    let zipf = Zipf::new(VOCABULARY);
-    let mut rng = StdRng::seed_from_u64(30);
-    // The PostgreSQL index is built once after the load, as a bulk load would.
-    if backend == DbBackend::Postgres {
-        store
-            .db()
-            .execute_unprepared("DROP INDEX IF EXISTS messages_search")
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let messages = (0..n as i64).map(|i| {
-        let k = i / MESSAGES_PER_CHAT as i64;
-        let seq = i % MESSAGES_PER_CHAT as i64 + 1;
-        let (author_kind, author_id) = if seq % 2 == 1 {
-            ("customer", customer0 + 1 + k % customers as i64)
-        } else {
-            (
-                "operator",
-                operators[k as usize % inboxes.len() / INBOXES_PER_OPERATOR],
-            )
-        };
-        let words = rng.random_range(3..15);
-        let text: Vec<&str> = (0..words).map(|_| zipf.draw(&mut rng)).collect();
-        format!(
-            "({}, {}, {seq}, '{author_kind}', {author_id}, 'text', '{}', {})",
-            message0 + 1 + i,
-            chat0 + 1 + k,
-            text.join(" "),
-            chat_start(k) + (seq - 1) * minute,
-        )
-    });
-    insert_all(
-        &store,
-        "INSERT INTO messages (id, chat_id, seq, author_kind, author_id, payload, text, created_at)",
-        messages,
-    )
-    .await?;
-    let filled = filling.elapsed();
-    let indexing = Instant::now();
-    match backend {
-        DbBackend::Postgres => {
-            let tx = store.write().await.map_err(|e| e.to_string())?;
-            for sql in [
-                "SET LOCAL maintenance_work_mem = '512MB'",
-                "CREATE INDEX messages_search ON messages USING GIN (to_tsvector('simple', text))",
-            ] {
-                tx.execute_unprepared(sql)
+            for i in 1..INBOXES_PER_DOMAIN {
+                let inbox = core
+                    .create_inbox(
+                        &admin,
+                        NewInbox {
+                            domain_id: domain.id,
+                            unique_id: format!("store-{i}"),
+                            name: None,
+                        },
+                    )
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(e)?;
+                inboxes.push((inbox.id, domain.id));
             }
-            tx.commit().await.map_err(|e| e.to_string())?;
-            for table in ["customers", "chats", "messages"] {
+        }
+        let mut operators = Vec::new();
+        for (o, group) in inboxes.chunks(INBOXES_PER_OPERATOR).enumerate() {
+            let operator = core
+                .create_operator(
+                    &admin,
+                    NewOperator {
+                        email: format!("op{o}@bench.test"),
+                        name: Some(format!("Operator {o}")),
+                        avatar: None,
+                    },
+                )
+                .await
+                .map_err(e)?;
+            for &(inbox_id, _) in group {
+                core.create_assignment(
+                    &admin,
+                    NewAssignment {
+                        operator_id: operator.id,
+                        inbox_id,
+                        is_admin: false,
+                        online: true,
+                        receiving: true,
+                    },
+                )
+                .await
+                .map_err(e)?;
+            }
+            operators.push(operator.id);
+        }
+
+        // Customers, chats and messages, in bulk.
+        let n = a.messages;
+        let chats = n / MESSAGES_PER_CHAT;
+        let customers = (n / MESSAGES_PER_CUSTOMER).max(1);
+        let (customer0, chat0, message0) = (
+            max_id(&store, "customers").await?,
+            max_id(&store, "chats").await?,
+            max_id(&store, "messages").await?,
+        );
+        let year_ms: i64 = 365 * 24 * 3600 * 1000;
+        let now = souq::clock::system_ms();
+        let start_ms = now - year_ms;
+        let minute = 60_000;
+        let filling = Instant::now();
+        insert_all(
+            &store,
+            "INSERT INTO customers (id, org_id, name, created_at, updated_at)",
+            (1..=customers as i64).map(|c| {
+                format!(
+                    "({}, {org_id}, 'Customer {c}', {start_ms}, {start_ms})",
+                    customer0 + c
+                )
+            }),
+        )
+        .await?;
+        // Chat k starts at an even spread over the year; its messages a minute apart.
+        let chat_start = |k: i64| start_ms + k * (year_ms - 3_600_000) / chats as i64;
+        let chat_inbox = |k: i64| inboxes[k as usize % inboxes.len()];
+        insert_all(
+            &store,
+            "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, operator_id, status, \
+             last_seq, created_at, last_activity_at, finished_at)",
+            (0..chats as i64).map(|k| {
+                let (inbox, domain) = chat_inbox(k);
+                let operator = operators[k as usize % inboxes.len() / INBOXES_PER_OPERATOR];
+                let at = chat_start(k);
+                let last = at + (MESSAGES_PER_CHAT as i64 - 1) * minute;
+                format!(
+                    "({}, {org_id}, {inbox}, {domain}, {}, {operator}, 'finished', {MESSAGES_PER_CHAT}, \
+                     {at}, {last}, {last})",
+                    chat0 + 1 + k,
+                    customer0 + 1 + k % customers as i64,
+                )
+            }),
+        )
+        .await?;
+        let zipf = Zipf::new(VOCABULARY);
+        let mut rng = StdRng::seed_from_u64(30);
+        // The PostgreSQL index is built once after the load, as a bulk load would.
+        if backend == DbBackend::Postgres {
+            store
+                .db()
+                .execute_unprepared("DROP INDEX IF EXISTS messages_search")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let messages = (0..n as i64).map(|i| {
+            let k = i / MESSAGES_PER_CHAT as i64;
+            let seq = i % MESSAGES_PER_CHAT as i64 + 1;
+            let (author_kind, author_id) = if seq % 2 == 1 {
+                ("customer", customer0 + 1 + k % customers as i64)
+            } else {
+                (
+                    "operator",
+                    operators[k as usize % inboxes.len() / INBOXES_PER_OPERATOR],
+                )
+            };
+            let words = rng.random_range(3..15);
+            let text: Vec<&str> = (0..words).map(|_| zipf.draw(&mut rng)).collect();
+            format!(
+                "({}, {}, {seq}, '{author_kind}', {author_id}, 'text', '{}', {})",
+                message0 + 1 + i,
+                chat0 + 1 + k,
+                text.join(" "),
+                chat_start(k) + (seq - 1) * minute,
+            )
+        });
+        insert_all(
+            &store,
+            "INSERT INTO messages (id, chat_id, seq, author_kind, author_id, payload, text, created_at)",
+            messages,
+        )
+        .await?;
+        let filled = filling.elapsed();
+        let indexing = Instant::now();
+        match backend {
+            DbBackend::Postgres => {
+                let tx = store.write().await.map_err(|e| e.to_string())?;
+                for sql in [
+                    "SET LOCAL maintenance_work_mem = '512MB'",
+                    "CREATE INDEX messages_search ON messages USING GIN (to_tsvector('simple', text))",
+                ] {
+                    tx.execute_unprepared(sql)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                tx.commit().await.map_err(|e| e.to_string())?;
+                for table in ["customers", "chats", "messages"] {
+                    store
+                        .db()
+                        .execute_unprepared(&format!(
+                            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                             (SELECT MAX(id) FROM {table}))"
+                        ))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
                 store
                     .db()
-                    .execute_unprepared(&format!(
-                        "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                         (SELECT MAX(id) FROM {table}))"
-                    ))
+                    .execute_unprepared("ANALYZE")
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            store
-                .db()
-                .execute_unprepared("ANALYZE")
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        _ => {
-            // What the indexer would do in rounds, in one go.
-            let tx = store.write().await.map_err(|e| e.to_string())?;
-            for sql in [
-                "INSERT INTO message_search (message_search) VALUES ('rebuild')",
-                "UPDATE search_cursor SET last_id = (SELECT MAX(id) FROM messages)",
-            ] {
-                tx.execute_unprepared(sql)
+            _ => {
+                // What the indexer would do in rounds, in one go.
+                let tx = store.write().await.map_err(|e| e.to_string())?;
+                for sql in [
+                    "INSERT INTO message_search (message_search) VALUES ('rebuild')",
+                    "UPDATE search_cursor SET last_id = (SELECT MAX(id) FROM messages)",
+                ] {
+                    tx.execute_unprepared(sql)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                tx.commit().await.map_err(|e| e.to_string())?;
+                store
+                    .db()
+                    .execute_unprepared("ANALYZE")
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            tx.commit().await.map_err(|e| e.to_string())?;
-            store
-                .db()
-                .execute_unprepared("ANALYZE")
-                .await
-                .map_err(|e| e.to_string())?;
         }
-    }
-    let indexed = indexing.elapsed();
-    eprintln!(
-        "{n} messages in {chats} chats: filled in {:.0} s, indexed in {:.0} s",
-        filled.as_secs_f64(),
-        indexed.as_secs_f64()
-    );
+        let indexed = indexing.elapsed();
+        eprintln!(
+            "{n} messages in {chats} chats: filled in {:.0} s, indexed in {:.0} s",
+            filled.as_secs_f64(),
+            indexed.as_secs_f64()
+        );
+        (org_id, admin, operators, customer0, customers as i64, n)
+    };
 
     // The measurements.
     let operator = Principal::Operator {
@@ -584,7 +637,7 @@ async fn run() -> Result<(), String> {
     };
     let customer = Principal::Customer {
         org_id,
-        customer_id: customer0 + 1 + customers as i64 / 2,
+        customer_id: customer0 + 1 + customers / 2,
     };
     let words =
         |ranks: std::ops::Range<usize>| -> Vec<String> { ranks.step_by(1).map(word).collect() };
@@ -675,14 +728,9 @@ async fn run() -> Result<(), String> {
         .await?;
         row(&format!("chat list, 20th page, {who_name}"), timing);
     }
-    eprintln!(
-        "fill {:.0} s, index {:.0} s",
-        filled.as_secs_f64(),
-        indexed.as_secs_f64()
-    );
     drop(core);
     store.close().await.map_err(|e| e.to_string())?;
-    if a.database.is_none() {
+    if a.database.is_none() && !a.reuse {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
         }

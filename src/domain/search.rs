@@ -230,7 +230,9 @@ impl Core {
                 let (org_id, store) = (who.org_id(), self.store());
                 let (sql, values) = postgres_search(&scope, &query, org_id, before, limit, false);
                 let recent = store.query(&sql, values).await?;
-                if recent.len() as u64 > limit {
+                if recent.len() as u64 > limit
+                    || postgres_walked_all(self, &scope, org_id, before).await?
+                {
                     recent
                 } else {
                     // Not a page among the newest: the index finds them all (those
@@ -365,8 +367,34 @@ fn sqlite_search(
 /// for a word it thinks rare, and took 1.5 s (12 s for some) in ten million messages;
 /// the index alone takes 1.3-1.9 s for an everyday word (it reads every hit). A walk of
 /// this many takes about 10-20 ms and finds a page of an everyday word; else the index
-/// finds the rest (20-100 ms for a rarer word). See docs/benchmarks.md, "Search".
+/// finds the rest (20-100 ms for a rarer word). A scope with fewer messages than this
+/// (a customer's) is walked whole, and the index is not asked. See docs/benchmarks.md,
+/// "Search".
 const PG_RECENT: i64 = 2_000;
+
+/// Whether the scope has fewer than [`PG_RECENT`] messages before `before`: then the walk
+/// of the newest saw them all, and its hits are all there are (a customer's few chats).
+async fn postgres_walked_all(
+    core: &Core,
+    scope: &ChatScope,
+    org_id: i64,
+    before: i64,
+) -> Result<bool> {
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM messages m JOIN chats c ON c.id = m.chat_id \
+         WHERE m.id < ? AND c.org_id = ? AND {} LIMIT {PG_RECENT}) w",
+        scope.sql("c")
+    );
+    let rows = core
+        .store()
+        .query(&sql, [before.into(), org_id.into()])
+        .await?;
+    let n: i64 = match rows.first() {
+        Some(r) => r.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(n < PG_RECENT)
+}
 
 /// The two PostgreSQL searches of [`PG_RECENT`]: `recent` the newest messages in scope,
 /// else `indexed` through the GIN index. The highlight is made only for the page's rows.
