@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use souq::bus::Bus;
-use souq::domain::{
-    Core, CustomerFields, Limits, NewDomain, NewMessage, NewOrganisation, Principal,
-};
-use souq::hub::Hub;
+use souq::domain::{CustomerFields, NewDomain, NewMessage, Principal};
 use souq::store::Store;
+
+#[path = "common/mod.rs"]
+mod common;
 
 struct Args {
     database: Option<String>,
@@ -107,46 +106,10 @@ async fn run() -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", file.display()));
     let store = Store::open(&url, 8).await.map_err(|e| e.to_string())?;
-    let core = Arc::new(
-        Core::new(
-            store,
-            Limits::default(),
-            Arc::new(Bus::new(Arc::new(Hub::new()))),
-            souq::Clock::system(),
-            Arc::default(),
-            souq::domain::Files::new(
-                souq::objects::Objects::open(&souq::objects::Place::Folder(
-                    std::env::temp_dir().join("souq-appendbench-files"),
-                ))
-                .map_err(|e| e.to_string())?,
-                souq::domain::FileLimits::default(),
-            ),
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let core = common::core(store, "souq-appendbench")?;
     let e = |e: souq::domain::Error| e.to_string();
 
-    let tag = format!("{:x}", std::process::id());
-    let org_id = core
-        .create_organisation(NewOrganisation {
-            email: format!("bench-{tag}@acme.test"),
-            password: "correct horse".into(),
-            subdomain: format!("bench-{tag}"),
-            addons: vec!["live_chat".into()],
-        })
-        .await
-        .map_err(e)?;
-    let tokens = core
-        .sign_in(
-            &format!("bench-{tag}@acme.test"),
-            "correct horse",
-            &format!("bench-{tag}"),
-            "live_chat",
-            std::net::Ipv4Addr::LOCALHOST.into(),
-        )
-        .await
-        .map_err(e)?;
-    let admin = core.authenticate(&tokens.access_token).await.map_err(e)?;
+    let (org_id, admin, tag) = common::organisation(&core).await?;
     let (_, inbox) = core
         .create_domain(
             &admin,

@@ -17,18 +17,16 @@
 //! vocabulary of 50,000 with Zipf's law (the first words are everyday English, the rest
 //! made-up words, so that the rarest occur a few hundred times in ten million messages).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ConnectionTrait, DbBackend};
-use souq::bus::Bus;
-use souq::domain::{
-    Core, Limits, NewAssignment, NewDomain, NewInbox, NewOperator, NewOrganisation, Principal,
-};
-use souq::hub::Hub;
+use souq::domain::{NewAssignment, NewDomain, NewInbox, NewOperator, Principal};
 use souq::store::Store;
+
+#[path = "common/mod.rs"]
+mod common;
 
 struct Args {
     database: Option<String>,
@@ -387,50 +385,14 @@ async fn run() -> Result<(), String> {
         .unwrap_or_else(|| format!("sqlite://{}", file.display()));
     let store = Store::open(&url, 8).await.map_err(|e| e.to_string())?;
     let backend = store.backend();
-    let core = Arc::new(
-        Core::new(
-            store.clone(),
-            Limits::default(),
-            Arc::new(Bus::new(Arc::new(Hub::new()))),
-            souq::Clock::system(),
-            Arc::default(),
-            souq::domain::Files::new(
-                souq::objects::Objects::open(&souq::objects::Place::Folder(
-                    std::env::temp_dir().join("souq-searchbench-files"),
-                ))
-                .map_err(|e| e.to_string())?,
-                souq::domain::FileLimits::default(),
-            ),
-        )
-        .map_err(|e| e.to_string())?,
-    );
+    let core = common::core(store.clone(), "souq-searchbench")?;
     let e = |e: souq::domain::Error| e.to_string();
 
     let (org_id, admin, operators, customer0, customers, n) = if a.reuse {
         existing(&store).await?
     } else {
         // The organisation, its domains, inboxes and operators, through the core.
-        let tag = format!("{:x}", std::process::id());
-        let org_id = core
-            .create_organisation(NewOrganisation {
-                email: format!("bench-{tag}@acme.test"),
-                password: "correct horse".into(),
-                subdomain: format!("bench-{tag}"),
-                addons: vec!["live_chat".into()],
-            })
-            .await
-            .map_err(e)?;
-        let tokens = core
-            .sign_in(
-                &format!("bench-{tag}@acme.test"),
-                "correct horse",
-                &format!("bench-{tag}"),
-                "live_chat",
-                std::net::Ipv4Addr::LOCALHOST.into(),
-            )
-            .await
-            .map_err(e)?;
-        let admin = core.authenticate(&tokens.access_token).await.map_err(e)?;
+        let (org_id, admin, tag) = common::organisation(&core).await?;
         let mut inboxes: Vec<(i64, i64)> = Vec::new();
         for d in 0..DOMAINS {
             let (domain, inbox) = core

@@ -176,15 +176,22 @@ impl Core {
         } else {
             ""
         };
-        let tx = self.store().write().await?;
-        let exists = !tx
-            .query_all_raw(stmt(
-                backend,
-                "SELECT id FROM inboxes WHERE id = ?",
+        // Most inboxes do not route: they are told apart without a write transaction.
+        let routes = self
+            .store()
+            .query(
+                "SELECT routing FROM inboxes WHERE id = ?",
                 [inbox_id.into()],
-            ))
+            )
             .await?
-            .is_empty();
+            .first()
+            .map(|r| r.try_get::<String>("", "routing"))
+            .transpose()?
+            .is_some_and(|r| Routing::parse(&r) != Routing::Off);
+        if !routes {
+            return Ok(Some(None));
+        }
+        let tx = self.store().write().await?;
         let Some(row) = tx
             .query_one_raw(stmt(
                 backend,
@@ -193,7 +200,8 @@ impl Core {
             ))
             .await?
         else {
-            return Ok(if exists { None } else { Some(None) });
+            // Another round holds it (inboxes are not deleted).
+            return Ok(None);
         };
         let mode = Routing::parse(&row.try_get::<String>("", "routing")?);
         let inbox_capacity = row.try_get::<Option<i32>>("", "capacity")?.map(i64::from);
