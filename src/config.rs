@@ -22,6 +22,12 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// REDIS_URL names a Redis Cluster (Redis 7 or later): one or more of its nodes,
+    /// comma-separated (`redis://HOST1:7001,redis://HOST2:7002`). Chats' channels are
+    /// spread over its shards by slot (sharded pub/sub).
+    #[arg(long, env = "SOUQ_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+
     /// With a `rediss://` Redis: a PEM file of the certificate authority that signed its
     /// certificate (a private CA), trusted instead of the system's roots.
     #[arg(long, env = "SOUQ_REDIS_CA_FILE")]
@@ -234,6 +240,7 @@ impl Config {
             database_url: database_url.into(),
             redis_url: None,
             redis_ca_file: None,
+            redis_cluster: false,
             redis_prefix: "souq".into(),
             presence_ttl: 30,
             db_max_connections: 16,
@@ -287,12 +294,26 @@ impl Config {
                 "DATABASE_URL must start with sqlite: or postgres:// (got {url:?})"
             )));
         }
-        if let Some(redis) = &self.redis_url
-            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
-        {
-            return Err(ConfigError(format!(
-                "REDIS_URL must start with redis:// or, over TLS, rediss:// (got {redis:?})"
-            )));
+        if let Some(redis) = &self.redis_url {
+            let urls: Vec<&str> = redis.split(',').map(str::trim).collect();
+            if let Some(bad) = urls
+                .iter()
+                .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return Err(ConfigError(format!(
+                    "REDIS_URL must start with redis:// or, over TLS, rediss:// (got {bad:?})"
+                )));
+            }
+            if urls.len() > 1 && !self.redis_cluster {
+                return Err(ConfigError(
+                    "several REDIS_URLs name a Redis Cluster: add --redis-cluster".into(),
+                ));
+            }
+        }
+        if self.redis_cluster && self.redis_url.is_none() {
+            return Err(ConfigError(
+                "redis-cluster goes with a REDIS_URL (its nodes)".into(),
+            ));
         }
         if let Some(file) = &self.redis_ca_file {
             if !self
@@ -550,6 +571,7 @@ impl Config {
         self.redis_url.as_ref().map(|url| crate::bus::RedisConfig {
             url: url.clone(),
             ca_file: self.redis_ca_file.clone(),
+            cluster: self.redis_cluster,
             prefix: self.redis_prefix.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl),
         })
@@ -607,6 +629,25 @@ mod tests {
             refused.to_string().contains("/nonexistent/ca.pem"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn several_redis_nodes_name_a_cluster_and_each_is_a_redis_url() {
+        let mut config = Config::with_database("postgres://souq@db/souq");
+        config.redis_url = Some("redis://a:7001,redis://b:7002".into());
+        let refused = config
+            .validate()
+            .expect_err("several nodes without --redis-cluster");
+        assert!(refused.to_string().contains("redis-cluster"), "{refused}");
+        config.redis_cluster = true;
+        assert!(config.validate().is_ok(), "a cluster of two seeds");
+        assert!(config.redis().expect("redis").cluster);
+        config.redis_url = Some("redis://a:7001,b:7002".into());
+        let refused = config.validate().expect_err("a seed without a scheme");
+        assert!(refused.to_string().contains("\"b:7002\""), "{refused}");
+        config.redis_url = None;
+        let refused = config.validate().expect_err("a cluster without nodes");
+        assert!(refused.to_string().contains("REDIS_URL"), "{refused}");
     }
 
     #[test]

@@ -31,6 +31,8 @@
 //! expiry each refresh pushes on, and `{prefix}:nodes` scores each node by its expiry. A
 //! customer is connected while a live node's set holds them.
 
+mod cluster;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +40,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use dashmap::DashSet;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Client, ConnectionAddr, ConnectionInfo, RedisResult};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -57,6 +60,9 @@ pub struct RedisConfig {
     /// PEM file of the certificate authority that signed Redis's certificate (a private
     /// CA), trusted instead of the system's roots; with `rediss://` only.
     pub ca_file: Option<std::path::PathBuf>,
+    /// `url` names a Redis Cluster: one or more of its nodes, comma-separated; events
+    /// go over sharded pub/sub (see `cluster`).
+    pub cluster: bool,
     /// Prefix of every key and channel, so that several deployments (or tests) can share
     /// one Redis.
     pub prefix: String,
@@ -154,6 +160,61 @@ impl Dialer {
     }
 }
 
+/// The redis crate's connection: to one Redis, or to a cluster (routing each command by
+/// its key's slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How events travel: over the bus's own two connections to one Redis, or over the
+/// cluster connection, with the pushes its subscriptions bring.
+enum Links {
+    Single(Arc<Dialer>),
+    Cluster(ClusterConnection, mpsc::UnboundedReceiver<redis::PushInfo>),
+}
+
 #[derive(Debug)]
 pub struct RedisBus {
     node: String,
@@ -161,8 +222,9 @@ pub struct RedisBus {
     hub: Arc<Hub>,
     /// Presence claims expire by it (every node's clock is the system's but in tests).
     clock: Clock,
-    /// For presence; events go over connections of the bus's own (see `resp`).
-    conn: ConnectionManager,
+    /// For presence; with one Redis, events go over connections of the bus's own (see
+    /// `resp`), with a cluster over this one too (see `cluster`).
+    conn: Conn,
     outgoing: mpsc::Sender<Publish>,
     /// Channels this node wants, kept so that a new subscriber connection can restore them.
     wanted: DashSet<String>,
@@ -190,12 +252,19 @@ impl RedisBus {
         hub: Arc<Hub>,
         clock: Clock,
     ) -> redis::RedisResult<Arc<RedisBus>> {
-        let client = client(&config)?;
-        let conn = client.get_connection_manager().await?;
-        let dialer = Arc::new(Dialer::new(
-            client.get_connection_info().clone(),
-            config.ca_file.as_deref(),
-        )?);
+        let (conn, links) = if config.cluster {
+            let (pushes, push_rx) = mpsc::unbounded_channel();
+            let conn = cluster::connect(&config, pushes).await?;
+            (Conn::Cluster(conn.clone()), Links::Cluster(conn, push_rx))
+        } else {
+            let client = client(&config)?;
+            let conn = client.get_connection_manager().await?;
+            let dialer = Arc::new(Dialer::new(
+                client.get_connection_info().clone(),
+                config.ca_file.as_deref(),
+            )?);
+            (Conn::Single(conn), Links::Single(dialer))
+        };
         let node = format!("{:016x}", rand::random::<u64>());
         let (outgoing, out_rx) = mpsc::channel(16 * 1024);
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -214,15 +283,33 @@ impl RedisBus {
             deferred: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
-        tokio::spawn(publisher(Arc::downgrade(&bus), dialer.clone(), out_rx));
-        tokio::spawn(subscriber(Arc::downgrade(&bus), dialer, control_rx));
-        tokio::spawn(refresher(Arc::downgrade(&bus)));
-        tokio::spawn(customers_refresher(Arc::downgrade(&bus)));
+        let weak = Arc::downgrade(&bus);
+        match links {
+            Links::Single(dialer) => {
+                tokio::spawn(publisher(weak.clone(), dialer.clone(), out_rx));
+                tokio::spawn(subscriber(weak.clone(), dialer, control_rx));
+            }
+            Links::Cluster(conn, push_rx) => {
+                tokio::spawn(cluster::publisher(weak.clone(), conn.clone(), out_rx));
+                tokio::spawn(cluster::subscriber(weak.clone(), conn, control_rx, push_rx));
+            }
+        }
+        tokio::spawn(refresher(weak.clone()));
+        tokio::spawn(customers_refresher(weak));
         Ok(bus)
     }
 
     fn chat_channel(&self, chat_id: i64) -> String {
         format!("{}:chat:{chat_id}", self.config.prefix)
+    }
+
+    /// The chat whose channel `channel` is, if it is one of this deployment's chats'.
+    fn chat_of(&self, channel: &str) -> Option<i64> {
+        channel
+            .strip_prefix(self.config.prefix.as_str())?
+            .strip_prefix(":chat:")?
+            .parse()
+            .ok()
     }
 
     fn channel_of(&self, topic: &Topic) -> String {

@@ -284,6 +284,35 @@ impl Cluster {
         own: Option<(String, Option<std::path::PathBuf>)>,
         presence_ttl: u64,
     ) -> Option<Cluster> {
+        Cluster::start_on(n, own, false, presence_ttl).await
+    }
+
+    /// `n` nodes on the Redis Cluster of TEST_REDIS_CLUSTER_URL, or None (after saying
+    /// why) when this run has none.
+    async fn start_on_redis_cluster(n: usize) -> Option<(Cluster, String)> {
+        services()?;
+        let urls = match std::env::var("TEST_REDIS_CLUSTER_URL") {
+            Ok(urls) if !urls.is_empty() => urls,
+            _ if std::env::var("CI").is_ok() => {
+                panic!(
+                    "CI must set TEST_REDIS_CLUSTER_URL: the sharded pub/sub tests need a Redis Cluster"
+                )
+            }
+            _ => {
+                eprintln!("skipped: set TEST_REDIS_CLUSTER_URL to run the Redis Cluster tests");
+                return None;
+            }
+        };
+        let cluster = Cluster::start_on(n, Some((urls.clone(), None)), true, 3).await?;
+        Some((cluster, urls))
+    }
+
+    async fn start_on(
+        n: usize,
+        own: Option<(String, Option<std::path::PathBuf>)>,
+        redis_cluster: bool,
+        presence_ttl: u64,
+    ) -> Option<Cluster> {
         let redis_admin = services()?;
         let (database_url, _) = fresh_database().await;
         let prefix = unique_name("souq_t");
@@ -352,6 +381,9 @@ impl Cluster {
             let mut node = Command::new(env!("CARGO_BIN_EXE_souq"));
             if let Some((_, Some(ca))) = &own {
                 node.env("SOUQ_REDIS_CA_FILE", ca);
+            }
+            if redis_cluster {
+                node.env("SOUQ_REDIS_CLUSTER", "true");
             }
             node.env("SOUQ_FILE_STORE", &file_store);
             if let Some([endpoint, _, key, secret]) = &s3 {
@@ -1144,4 +1176,249 @@ async fn chats_opened_on_three_nodes_at_once_are_routed_once_each_within_capacit
         .await
         .expect(200);
     assert_eq!(now["operator"]["id"].as_i64(), Some(ops[0].0), "{now}");
+}
+
+/// A master of a Redis Cluster: its id, address and slot ranges.
+#[derive(Debug, Clone)]
+struct Master {
+    id: String,
+    addr: String,
+    slots: Vec<(u16, u16)>,
+}
+
+impl Master {
+    fn owns(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&slot))
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://{}", self.addr))
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a cluster node answers")
+    }
+
+    /// How many clients are subscribed to the sharded `channel` on this master.
+    async fn shard_subscribers(&self, channel: &str) -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(channel)
+            .query_async(&mut self.conn().await)
+            .await
+            .expect("pubsub shardnumsub");
+        n
+    }
+}
+
+/// The cluster's masters, as its first node sees them (`CLUSTER NODES`).
+async fn masters(urls: &str) -> Vec<Master> {
+    let first = urls.split(',').next().expect("a node");
+    let mut conn = redis::Client::open(first)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a cluster node answers");
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .expect("cluster nodes");
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 || !f[2].contains("master") {
+                return None;
+            }
+            let slots = f[8..]
+                .iter()
+                .filter(|r| !r.starts_with('['))
+                .filter_map(|r| match r.split_once('-') {
+                    Some((lo, hi)) => Some((lo.parse().ok()?, hi.parse().ok()?)),
+                    None => r.parse().ok().map(|s| (s, s)),
+                })
+                .collect();
+            Some(Master {
+                id: f[0].to_string(),
+                addr: f[1].split('@').next().unwrap_or(f[1]).to_string(),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// The slot of `key`, and the master that owns it.
+async fn owner(urls: &str, key: &str) -> (u16, Master) {
+    let all = masters(urls).await;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut all[0].conn().await)
+        .await
+        .expect("cluster keyslot");
+    let master = all
+        .into_iter()
+        .find(|m| m.owns(slot))
+        .expect("every slot is served");
+    (slot, master)
+}
+
+/// Moves `slot` (with its keys) from `from` to `to`, as a resharding does, and tells every
+/// master.
+async fn move_slot(urls: &str, slot: u16, from: &Master, to: &Master) {
+    let (mut source, mut target) = (from.conn().await, to.conn().await);
+    let setslot = |how: &str, id: &str| {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot).arg(how).arg(id);
+        c
+    };
+    let _: () = setslot("IMPORTING", &from.id)
+        .query_async(&mut target)
+        .await
+        .expect("importing");
+    let _: () = setslot("MIGRATING", &to.id)
+        .query_async(&mut source)
+        .await
+        .expect("migrating");
+    let (host, port) = to.addr.rsplit_once(':').expect("host:port");
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query_async(&mut source)
+            .await
+            .expect("getkeysinslot");
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg(host)
+            .arg(port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query_async(&mut source)
+            .await
+            .expect("migrate");
+    }
+    for master in masters(urls).await {
+        let _: () = setslot("NODE", &to.id)
+            .query_async(&mut master.conn().await)
+            .await
+            .expect("setslot node");
+    }
+}
+
+/// Chats spread over a Redis Cluster's shards by their channel's slot: every message
+/// reaches the sockets on other nodes live, through the shard that owns the chat's channel;
+/// a slot moved to another master mid-conversation (resharding) is followed there, and
+/// so is a cut of every connection to the cluster.
+#[tokio::test]
+async fn chats_on_every_shard_of_a_redis_cluster_reach_other_nodes_through_a_slot_move_and_a_cut() {
+    let Some((cluster, urls)) = Cluster::start_on_redis_cluster(3).await else {
+        return;
+    };
+    let prefix = cluster.user.clone();
+    let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let admin = a.admin().await;
+    let desk = a.desk(&admin).await;
+    // Chats of the desk's inbox until their channels cover every master.
+    let mut chats = vec![(desk.chat_id, desk.customer.clone())];
+    let mut shards = std::collections::HashMap::new();
+    for i in 0.. {
+        let (chat_id, _) = chats.last().cloned().expect("a chat");
+        let (_, master) = owner(&urls, &format!("{prefix}:chat:{chat_id}")).await;
+        shards.entry(master.addr).or_insert(chat_id);
+        if shards.len() == masters(&urls).await.len() {
+            break;
+        }
+        assert!(i < 200, "200 chats and still a master without one");
+        let (_, customer) = a.customer(&admin, &format!("shard-{i}")).await;
+        let chat = a
+            .post("/v1/chats", &customer, json!({"inbox_id": desk.inbox_id}))
+            .await
+            .expect(201);
+        chats.push((chat["id"].as_i64().expect("chat id"), customer));
+    }
+    // The operator watches every chat from node B; each customer writes through node C.
+    let mut operator = b.ws(&desk.operator, "").await;
+    operator.next_of("resumed").await;
+    round(c, &chats, "first", &mut operator).await;
+    // Each chat's channel is subscribed on the master that owns its slot.
+    for (chat_id, _) in &chats {
+        let channel = format!("{prefix}:chat:{chat_id}");
+        let (_, master) = owner(&urls, &channel).await;
+        assert!(
+            master.shard_subscribers(&channel).await >= 1,
+            "{channel} is not subscribed on {}",
+            master.addr
+        );
+    }
+
+    // Resharding: the first chat's slot moves to another master.
+    let moved = format!("{prefix}:chat:{}", desk.chat_id);
+    let (slot, from) = owner(&urls, &moved).await;
+    let to = masters(&urls)
+        .await
+        .into_iter()
+        .find(|m| m.id != from.id)
+        .expect("another master");
+    move_slot(&urls, slot, &from, &to).await;
+    until_async(
+        "the moved chat's channel is subscribed on its new master",
+        || {
+            let (to, moved) = (to.clone(), moved.clone());
+            async move { to.shard_subscribers(&moved).await >= 1 }
+        },
+    )
+    .await;
+    round(c, &chats, "moved", &mut operator).await;
+
+    // Every connection to every master is cut: the nodes reconnect and subscribe again.
+    for master in masters(&urls).await {
+        for kind in ["normal", "pubsub"] {
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg(kind)
+                .query_async(&mut master.conn().await)
+                .await
+                .expect("client kill");
+        }
+    }
+    for (chat_id, _) in &chats {
+        let channel = format!("{prefix}:chat:{chat_id}");
+        let (_, master) = owner(&urls, &channel).await;
+        until_async("a chat's channel is subscribed again after the cut", || {
+            let (master, channel) = (master.clone(), channel.clone());
+            async move { master.shard_subscribers(&channel).await >= 1 }
+        })
+        .await;
+    }
+    round(c, &chats, "after the cut", &mut operator).await;
+}
+
+/// Each customer of `chats` writes a message through `node`; `watcher` gets every one.
+async fn round(
+    node: &TestApp,
+    chats: &[(i64, String)],
+    label: &str,
+    watcher: &mut crate::helpers::Ws,
+) {
+    let mut want = std::collections::HashSet::new();
+    for (chat_id, customer) in chats {
+        let text = format!("{label} in {chat_id}");
+        node.send(customer, *chat_id, &text, None).await.expect(201);
+        want.insert(text);
+    }
+    while !want.is_empty() {
+        let m = watcher.next_of("message").await;
+        want.remove(m["message"]["text"].as_str().expect("text"));
+    }
 }
