@@ -23,10 +23,12 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 
@@ -44,6 +46,9 @@ pub(super) async fn connect(
     let mut builder = ClusterClientBuilder::new(nodes)
         .use_protocol(redis::ProtocolVersion::RESP3)
         .push_sender(pushes)
+        // Each publish goes out at once (Nagle's algorithm would hold it for the answer
+        // to the one before).
+        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
         .connection_timeout(Duration::from_secs(5))
         .response_timeout(Duration::from_secs(5));
     if let Some(file) = &config.ca_file {
@@ -55,44 +60,42 @@ pub(super) async fn connect(
     builder.build()?.get_async_connection().await
 }
 
-/// Publishes queued events with `SPUBLISH`, each to the master of its channel's slot,
-/// without waiting for one answer before sending the next (up to [`PUBLISH_WINDOW`]
-/// unanswered). The copies of a failed publish have their chats caught up on the other
-/// nodes: resync notices go out with the next events, or within a second.
+/// Publishes queued events with `SPUBLISH`, each to the master of its channel's slot. A
+/// slot has one pipeline in flight at a time, of everything queued for it meanwhile: so
+/// a chat's events reach Redis in order (a socket that saw them out of order would read
+/// the gap from the database), and under load each round trip carries many. The chats
+/// of failed publishes are caught up on the other nodes: resync notices go out with the
+/// next events, or within a second. At most [`PUBLISH_WINDOW`] wait.
 pub(super) async fn publisher(
     bus: Weak<RedisBus>,
     conn: ClusterConnection,
     mut rx: mpsc::Receiver<Publish>,
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    let mut inflight = FuturesUnordered::new();
+    // What waits for each slot, the slots with a pipeline in flight, and how many wait.
+    let mut queued: HashMap<Slot, Vec<Publish>> = HashMap::new();
+    let mut busy: HashSet<Slot> = HashSet::new();
+    let mut waiting = 0;
+    let mut inflight: FuturesUnordered<BoxFuture<'static, Sent>> = FuturesUnordered::new();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut failing = false;
     loop {
+        let mut ready = Vec::new();
         tokio::select! {
-            n = rx.recv_many(&mut batch, PUBLISH_BATCH), if inflight.len() < PUBLISH_WINDOW => {
+            n = rx.recv_many(&mut batch, PUBLISH_BATCH), if waiting < PUBLISH_WINDOW => {
                 if n == 0 {
                     return; // the bus is gone
                 }
             }
-            Some((chat, sent)) = inflight.next(), if !inflight.is_empty() => {
-                match sent {
-                    Ok(()) if failing => {
-                        failing = false;
-                        tracing::info!("redis cluster takes publishes again");
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        if !failing {
-                            failing = true;
-                            tracing::warn!(error = %e, "a publish to the redis cluster failed; its chat is caught up from the database");
-                        }
-                        if let Some(bus) = bus.upgrade() {
-                            bus.note_dropped(chat);
-                        }
+            Some((slot, chats, sent)) = inflight.next(), if !inflight.is_empty() => {
+                busy.remove(&slot);
+                ready.push(slot);
+                let lost = published(sent, &chats, &mut failing);
+                if let Some(bus) = bus.upgrade() {
+                    for chat in lost {
+                        bus.note_dropped(chat);
                     }
                 }
-                continue;
             }
             _ = retry.tick() => {}
         }
@@ -101,18 +104,81 @@ pub(super) async fn publisher(
             batch.extend(bus.resyncs());
         }
         for p in batch.drain(..) {
-            let mut conn = conn.clone();
-            inflight.push(async move {
-                let sent = redis::cmd("SPUBLISH")
+            let slot = Slot::for_key(p.channel.as_bytes());
+            queued.entry(slot).or_default().push(p);
+            ready.push(slot);
+            waiting += 1;
+        }
+        for slot in ready {
+            if busy.contains(&slot) {
+                continue;
+            }
+            let Some(sending) = queued.remove(&slot) else {
+                continue;
+            };
+            waiting -= sending.len();
+            busy.insert(slot);
+            let mut pipe = redis::pipe();
+            for p in &sending {
+                pipe.cmd("SPUBLISH")
                     .arg(p.channel.as_bytes())
-                    .arg(&p.payload[..])
-                    .query_async::<i64>(&mut conn)
-                    .await
-                    .map(drop);
-                (p.chat, sent)
-            });
+                    .arg(&p.payload[..]);
+            }
+            let chats: Vec<Option<i64>> = sending.iter().map(|p| p.chat).collect();
+            let mut conn = conn.clone();
+            inflight.push(
+                async move {
+                    let route = SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+                        slot,
+                        SlotAddr::Master,
+                    ));
+                    let sent = conn.route_pipeline(pipe, 0, chats.len(), route).await;
+                    (slot, chats, sent)
+                }
+                .boxed(),
+            );
         }
     }
+}
+
+/// A pipeline's slot, the chats of its publishes, and Redis's answer.
+type Sent = (Slot, Vec<Option<i64>>, RedisResult<Vec<Value>>);
+
+/// The chats of the publishes of a pipeline that did not reach Redis, from its answer.
+fn published(
+    sent: RedisResult<Vec<Value>>,
+    chats: &[Option<i64>],
+    failing: &mut bool,
+) -> Vec<Option<i64>> {
+    let lost: Vec<Option<i64>> = match &sent {
+        Err(_) => chats.to_vec(),
+        // A refused publish (an ACL, say): its chat is caught up all the same.
+        Ok(answers) => answers
+            .iter()
+            .zip(chats)
+            .filter(|(a, _)| matches!(a, Value::ServerError(_)))
+            .map(|(_, chat)| *chat)
+            .collect(),
+    };
+    match (lost.is_empty(), *failing) {
+        (true, true) => {
+            *failing = false;
+            tracing::info!("redis cluster takes publishes again");
+        }
+        (false, false) => {
+            *failing = true;
+            let error = match &sent {
+                Err(e) => e.to_string(),
+                Ok(_) => "refused".into(),
+            };
+            tracing::warn!(
+                error,
+                "a publish to the redis cluster failed; its chat is caught up from the database"
+            );
+        }
+        _ => {}
+    }
+    lost
 }
 
 /// Subscribes to the channels the hub wants (one `SSUBSCRIBE` each: a command's channels
