@@ -1,9 +1,11 @@
 //! The Redis bus: fan-out between nodes over Redis pub/sub.
 //!
 //! Channels: `{prefix}:chat:{id}` for a chat's room, `{prefix}:person:{c|o}:{id}` for what
-//! reaches a person before they are in a room (a new chat). A node subscribes to a chat's
+//! reaches a person before they are in a room (a new chat), and `{prefix}:broadcasts` for
+//! store broadcasts (one event carrying its whole audience). A node subscribes to a chat's
 //! channel while it has a socket in that room, and to a person's while it has a socket of
-//! theirs; the hub tells it when. The publishing node delivers to its own hub directly and
+//! theirs; the hub tells it when. Every node listens to the broadcasts channel always: one
+//! broadcast is one publish, and each node hands it to the audience's sockets it holds. The publishing node delivers to its own hub directly and
 //! skips its own messages when they come back from Redis.
 //!
 //! Events travel over two connections of the bus's own (see `resp`), in the clear or over
@@ -214,6 +216,8 @@ impl RedisBus {
             deferred: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
+        // Subscribed at the subscriber's first connection, and kept.
+        bus.wanted.insert(bus.broadcasts_channel());
         tokio::spawn(publisher(Arc::downgrade(&bus), dialer.clone(), out_rx));
         tokio::spawn(subscriber(Arc::downgrade(&bus), dialer, control_rx));
         tokio::spawn(refresher(Arc::downgrade(&bus)));
@@ -223,6 +227,10 @@ impl RedisBus {
 
     fn chat_channel(&self, chat_id: i64) -> String {
         format!("{}:chat:{chat_id}", self.config.prefix)
+    }
+
+    fn broadcasts_channel(&self) -> String {
+        format!("{}:broadcasts", self.config.prefix)
     }
 
     fn channel_of(&self, topic: &Topic) -> String {
@@ -256,6 +264,9 @@ impl RedisBus {
             Route::Recheck(person) | Route::Person(person) => {
                 vec![(self.channel_of(&Topic::Person(*person)), None)]
             }
+            // A lost broadcast is not recovered live: its audience finds it in their
+            // listing.
+            Route::Customers(_) => vec![(self.broadcasts_channel(), None)],
         };
         let Some(payload) = self.payload(&env.route, env.seq, env.frame.as_bytes()) else {
             return;
