@@ -420,7 +420,10 @@ async fn run() -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if let Ok(Some(status)) = server.0.try_wait() {
-        return Err(format!("the server stopped ({status}); see {}", log.display()));
+        return Err(format!(
+            "the server stopped ({status}); see {}",
+            log.display()
+        ));
     }
     if !up {
         return Err(format!("the server never got ready; see {}", log.display()));

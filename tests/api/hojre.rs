@@ -549,8 +549,16 @@ async fn a_broadcast_is_listed_for_the_stores_customers_of_that_moment_only() {
     // The native listing says the same.
     let native = app.get("/v1/broadcasts", &token).await.expect(200);
     assert_eq!(
-        (texts(&native), native["total"].clone(), native["items"][0]["chat_id"].clone()),
-        (vec!["second".to_owned(), "first".to_owned()], json!(2), json!(chats[0]))
+        (
+            texts(&native),
+            native["total"].clone(),
+            native["items"][0]["chat_id"].clone()
+        ),
+        (
+            vec!["second".to_owned(), "first".to_owned()],
+            json!(2),
+            json!(chats[0])
+        )
     );
     assert_eq!(app.get("/v1/broadcasts", &admin).await.status, 403);
     // The later customer has only what came after their chat; the other, nothing.
