@@ -242,8 +242,8 @@ impl Routes {
                 "POST",
             ),
             ("/v1/notifications", Route::Notifications, "GET"),
-            ("/v1/broadcasts", Route::Broadcasts, "GET"),
             ("/v1/notifications/read", Route::NotificationsRead, "POST"),
+            ("/v1/broadcasts", Route::Broadcasts, "GET"),
             ("/v1/push/key", Route::PushKey, "GET, OPTIONS"),
             (
                 "/v1/push/subscriptions",

@@ -5,8 +5,9 @@
 //! store broadcasts (one event carrying its whole audience). A node subscribes to a chat's
 //! channel while it has a socket in that room, and to a person's while it has a socket of
 //! theirs; the hub tells it when. Every node listens to the broadcasts channel always: one
-//! broadcast is one publish, and each node hands it to the audience's sockets it holds. The publishing node delivers to its own hub directly and
-//! skips its own messages when they come back from Redis.
+//! broadcast is one publish, and each node hands it to the audience's sockets it holds.
+//! The publishing node delivers to its own hub directly and skips its own messages when
+//! they come back from Redis.
 //!
 //! Events travel over two connections of the bus's own (see `resp`), in the clear or over
 //! TLS (`rediss://`): a publisher that writes whatever is queued without waiting for the
