@@ -88,6 +88,7 @@ enum Route {
     Inboxes,
     Inbox,
     InboxBroadcasts,
+    Broadcasts,
     Assignments,
     Assignment,
     Customers,
@@ -242,6 +243,7 @@ impl Routes {
             ),
             ("/v1/notifications", Route::Notifications, "GET"),
             ("/v1/notifications/read", Route::NotificationsRead, "POST"),
+            ("/v1/broadcasts", Route::Broadcasts, "GET"),
             ("/v1/push/key", Route::PushKey, "GET, OPTIONS"),
             (
                 "/v1/push/subscriptions",
@@ -782,8 +784,10 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
         (R::InboxBroadcasts, M::POST) => {
             let id = path_id(&params)?;
             let b: Broadcast = req.json()?;
-            let chats = core.broadcast(&who, id, &b.text).await?;
-            reply(StatusCode::CREATED, &json!({ "chats": chats }))
+            let sent = core.broadcast(&who, id, &b.text).await?;
+            // `chats`: named when each customer got a copy in their chat; it counts the
+            // customers the broadcast reaches.
+            reply(StatusCode::CREATED, &json!({ "chats": sent.customers }))
         }
 
         (R::Assignments, M::POST) => reply(
@@ -872,6 +876,11 @@ async fn dispatch(app: &Api, mut req: Req) -> Reply {
                 .mark_notifications_read(&who, req.json::<MarkRead>()?)
                 .await?;
             ok(&json!({ "unread": unread }))
+        }
+        (R::Broadcasts, M::GET) => {
+            let (page, per_page) = page_of(&req)?;
+            let found = core.broadcasts_to(&who, page, per_page).await?;
+            ok(&json!({"items": found.items, "total": found.total}))
         }
         (R::PushSubscriptions, M::GET) => items(core.push_subscriptions(&who).await?),
         (R::Catalogue, M::POST) => reply(

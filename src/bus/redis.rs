@@ -1,10 +1,13 @@
 //! The Redis bus: fan-out between nodes over Redis pub/sub.
 //!
 //! Channels: `{prefix}:chat:{id}` for a chat's room, `{prefix}:person:{c|o}:{id}` for what
-//! reaches a person before they are in a room (a new chat). A node subscribes to a chat's
+//! reaches a person before they are in a room (a new chat), and `{prefix}:broadcasts` for
+//! store broadcasts (one event carrying its whole audience). A node subscribes to a chat's
 //! channel while it has a socket in that room, and to a person's while it has a socket of
-//! theirs; the hub tells it when. The publishing node delivers to its own hub directly and
-//! skips its own messages when they come back from Redis.
+//! theirs; the hub tells it when. Every node listens to the broadcasts channel always: one
+//! broadcast is one publish, and each node hands it to the audience's sockets it holds.
+//! The publishing node delivers to its own hub directly and skips its own messages when
+//! they come back from Redis.
 //!
 //! Events travel over two connections of the bus's own (see `resp`), in the clear or over
 //! TLS (`rediss://`): a publisher that writes whatever is queued without waiting for the
@@ -283,6 +286,8 @@ impl RedisBus {
             deferred: Mutex::new(HashSet::new()),
         });
         hub.watch_interest(control);
+        // Subscribed at the subscriber's start, and kept.
+        bus.wanted.insert(bus.broadcasts_channel());
         let weak = Arc::downgrade(&bus);
         match links {
             Links::Single(dialer) => {
@@ -301,6 +306,10 @@ impl RedisBus {
 
     fn chat_channel(&self, chat_id: i64) -> String {
         format!("{}:chat:{chat_id}", self.config.prefix)
+    }
+
+    fn broadcasts_channel(&self) -> String {
+        format!("{}:broadcasts", self.config.prefix)
     }
 
     /// The chat whose channel `channel` is, if it is one of this deployment's chats'.
@@ -343,6 +352,9 @@ impl RedisBus {
             Route::Recheck(person) | Route::Person(person) => {
                 vec![(self.channel_of(&Topic::Person(*person)), None)]
             }
+            // A lost broadcast is not recovered live: its audience finds it in their
+            // listing.
+            Route::Customers(_) => vec![(self.broadcasts_channel(), None)],
         };
         let Some(payload) = self.payload(&env.route, env.seq, env.frame.as_bytes()) else {
             return;

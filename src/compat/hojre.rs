@@ -20,7 +20,7 @@ use hyper::{Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::domain::catalogue::{Comment, Offer, Reacted, Reaction, Subject, SubjectKind};
-use crate::domain::{Error, NewMessage, Numbered, Principal, Said};
+use crate::domain::{BroadcastTo, Error, NewMessage, Numbered, Principal, Said};
 use crate::http::{ApiError, HttpResponse, Req, Surface};
 use crate::http::{parse_id, parse_query};
 
@@ -200,6 +200,24 @@ fn said(s: &Said, origin: &str) -> Value {
         "chat": m.chat_id,
         "senderId": sender_id(m),
         "senderAvatar": s.sender_avatar.clone().unwrap_or_default(),
+    })
+}
+
+/// A broadcast as a message of the customer's chat with the store (`chat`), with the
+/// store: `id` is the broadcast's, the same in every customer's listing.
+fn broadcast(b: &BroadcastTo) -> Value {
+    let cast = &b.broadcast;
+    json!({
+        "id": cast.id,
+        "sender": cast.sender,
+        "text": cast.text,
+        "sentDate": cast.created_at / 1000,
+        "status": "sent",
+        "chat": b.chat_id,
+        "senderId": SELLER_ID_BASE + cast.operator_id,
+        "senderAvatar": b.sender_avatar.clone().unwrap_or_default(),
+        "store": cast.store,
+        "storeId": cast.inbox_id,
     })
 }
 
@@ -471,16 +489,7 @@ async fn handle(app: &Hojre, req: Req) -> HttpResponse {
             .broadcasts_to(&who, p.page, p.per_page)
             .await
             .map(|page| {
-                let items = page
-                    .items
-                    .iter()
-                    .map(|(s, store_id, store)| {
-                        let mut item = said(s, &origin(&req));
-                        item["store"] = json!(store);
-                        item["storeId"] = json!(store_id);
-                        item
-                    })
-                    .collect();
+                let items = page.items.iter().map(broadcast).collect();
                 listing(&req, &params, &[], items, page.total, &p)
             }),
         (&Method::GET, "/web/store-messages") => {

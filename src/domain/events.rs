@@ -123,6 +123,12 @@ pub enum Event {
         operator_id: i64,
         note: std::sync::Arc<super::notes::Note>,
     },
+    /// A store broadcast: one event for its whole audience, `customers` (in id order),
+    /// whichever node holds their sockets. Heard by those customers' sockets.
+    Broadcast {
+        broadcast: std::sync::Arc<super::Broadcast>,
+        customers: Vec<i64>,
+    },
     /// An operator's presence changed; heard in the rooms of the operator's open chats.
     Presence {
         operator_id: i64,

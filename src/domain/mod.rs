@@ -50,7 +50,7 @@ pub use messages::{
     Author, MemberReceipt, Message, MessagePage, MessageQuery, NewMessage, Receipt,
 };
 pub use settings::{OrganisationPatch, OrganisationSettings};
-pub use storefront::{Numbered, Said, StoreChat};
+pub use storefront::{Broadcast, BroadcastTo, Numbered, Said, Sent, StoreChat};
 pub use support::{CustomerCard, OperatorCard};
 pub use widget::{Visitor, VisitorDetails};
 

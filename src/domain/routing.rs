@@ -695,7 +695,7 @@ impl Core {
 }
 
 /// The `local_id` prefix of the notices souq itself says in chats (hand-overs,
-/// reopenings), which tells them apart from a store's broadcasts.
+/// reopenings), which tells them apart from notices operators send.
 pub(crate) const DESK_NOTICE: &str = "souq:";
 
 #[cfg(test)]

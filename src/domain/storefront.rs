@@ -1,12 +1,14 @@
 //! What the hojre customer API needs: a customer's chats and a chat's messages in numbered
-//! pages with totals, with the names and avatars of who wrote and who sells.
+//! pages with totals, with the names and avatars of who wrote and who sells; and a store's
+//! broadcasts, stored once and read by each customer through a join.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::Serialize;
 
-use super::events::Person;
-use super::write::{Draft, Payload};
+use super::events::Event;
 use super::{Chat, Core, Error, Message, Principal, Result, required};
 use crate::store::entity::{assignment, chat, customer, inbox, message, operator};
 
@@ -24,6 +26,37 @@ pub struct StoreChat {
     pub store: String,
     pub seller: String,
     pub seller_avatar: Option<String>,
+}
+
+/// A store's broadcast: one row, whatever the size of its audience.
+#[derive(Debug, Clone, Serialize)]
+pub struct Broadcast {
+    pub id: i64,
+    /// The store (inbox) it came from, and its name.
+    pub inbox_id: i64,
+    pub store: String,
+    /// The operator who sent it, and their name.
+    pub operator_id: i64,
+    pub sender: String,
+    pub text: String,
+    pub created_at: i64,
+}
+
+/// A broadcast just sent, and how many customers it reaches.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub broadcast: Arc<Broadcast>,
+    pub customers: u64,
+}
+
+/// A broadcast as one customer got it: with their chat with the store (the newest opened
+/// before it) and the sender's avatar.
+#[derive(Debug, Clone, Serialize)]
+pub struct BroadcastTo {
+    #[serde(flatten)]
+    pub broadcast: Broadcast,
+    pub sender_avatar: Option<String>,
+    pub chat_id: i64,
 }
 
 /// A message with its sender's name and avatar.
@@ -153,10 +186,15 @@ impl Core {
         Ok(Numbered { items, total })
     }
 
-    /// A store's message to every customer who has chatted with it: a `notice` from the
-    /// operator in each such customer's newest chat with the store (finished or not).
-    /// Returns how many chats it went to.
-    pub async fn broadcast(&self, who: &Principal, inbox_id: i64, text: &str) -> Result<u64> {
+    /// A store's message to every customer who has chatted with it, stored once. Its
+    /// audience is the customers with a chat in the inbox (finished or not) opened no later
+    /// than the broadcast: those online hear it at once (one event for all of them, each
+    /// node handing it to the audience's sockets it holds), and every one of them finds it
+    /// in their listing ([`Core::broadcasts_to`]) whenever they look. No chat changes.
+    ///
+    /// Fails when `who` is not an operator who sees the inbox, or the text is blank or
+    /// too long.
+    pub async fn broadcast(&self, who: &Principal, inbox_id: i64, text: &str) -> Result<Sent> {
         let Principal::Operator {
             org_id,
             operator_id,
@@ -169,87 +207,136 @@ impl Core {
         if !self.operator_sees_inbox(operator_id, &inbox).await? {
             return Err(Error::NotFound("inbox"));
         }
-        let chats = chat::Entity::find()
-            .filter(chat::Column::InboxId.eq(inbox.id))
-            .order_by_desc(chat::Column::Id)
-            .all(self.store().db())
-            .await?;
-        // The newest chat of each customer gets the notice; sent together, they share commits.
-        let mut reached = std::collections::HashSet::new();
-        let sends = chats
-            .iter()
-            .filter(|chat| reached.insert(chat.customer_id))
-            .map(|chat| {
-                let notice = Draft {
-                    author: Person::Operator(operator_id),
-                    local_id: None,
-                    payload: Payload::Notice,
-                    text: text.clone(),
-                    file: None,
-                };
-                self.append(chat.id, notice)
-            });
-        for sent in futures_util::future::join_all(sends).await {
-            sent?;
-        }
-        Ok(reached.len() as u64)
+        let sender = self.operator_model(org_id, operator_id).await?;
+        let now = self.now_ms();
+        let tx = self.store().write().await?;
+        let id = super::inserted_id(
+            &*tx,
+            "INSERT INTO broadcasts (org_id, inbox_id, operator_id, text, created_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+            [
+                org_id.into(),
+                inbox.id.into(),
+                operator_id.into(),
+                text.clone().into(),
+                now.into(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        // Read after the commit: a chat opened meanwhile (its time no later than the
+        // broadcast's) is in the audience, as its listing will say.
+        let customers = self.audience(inbox.id, now).await?;
+        let broadcast = Arc::new(Broadcast {
+            id,
+            inbox_id: inbox.id,
+            store: inbox.name,
+            operator_id,
+            sender: sender.name,
+            text,
+            created_at: now,
+        });
+        let reached = customers.len() as u64;
+        self.announce(Event::Broadcast {
+            broadcast: broadcast.clone(),
+            customers,
+        });
+        Ok(Sent {
+            broadcast,
+            customers: reached,
+        })
     }
 
-    /// Page `page` (from 1) of the broadcasts a customer got, newest first, with the store
-    /// (inbox) each came from.
+    /// The customers with a chat in `inbox_id` opened at or before `at`, in id order.
+    async fn audience(&self, inbox_id: i64, at: i64) -> Result<Vec<i64>> {
+        let rows = self
+            .store()
+            .query(
+                "SELECT DISTINCT customer_id FROM chats WHERE inbox_id = ? AND created_at <= ? \
+                 ORDER BY customer_id",
+                [inbox_id.into(), at.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64>("", "customer_id")?))
+            .collect()
+    }
+
+    /// Page `page` (from 1) of the broadcasts a customer got, newest first: those of each
+    /// inbox where they have a chat opened no later than the broadcast, with that
+    /// (newest such) chat, the store and who sent it.
+    ///
+    /// Fails when `who` is not a customer.
     pub async fn broadcasts_to(
         &self,
         who: &Principal,
         page: u64,
         per_page: u64,
-    ) -> Result<Numbered<(Said, i64, String)>> {
-        let Principal::Customer { customer_id, .. } = *who else {
+    ) -> Result<Numbered<BroadcastTo>> {
+        let Principal::Customer {
+            org_id,
+            customer_id,
+        } = *who
+        else {
             return Err(Error::Forbidden("only a customer gets broadcasts"));
         };
-        let db = self.store().db();
-        let chats: HashMap<i64, i64> = chat::Entity::find()
-            .filter(chat::Column::CustomerId.eq(customer_id))
-            .all(db)
+        let store = self.store();
+        // Which broadcasts reach the customer: one join, from their few chats to the
+        // broadcasts of those chats' inboxes.
+        const REACHED: &str = "FROM broadcasts b JOIN chats c ON c.inbox_id = b.inbox_id \
+             WHERE c.customer_id = ? AND b.org_id = ? AND c.created_at <= b.created_at";
+        let total = store
+            .query(
+                &format!("SELECT COUNT(DISTINCT b.id) AS n {REACHED}"),
+                [customer_id.into(), org_id.into()],
+            )
             .await?
-            .into_iter()
-            .map(|c| (c.id, c.inbox_id))
-            .collect();
-        let query = message::Entity::find()
-            .filter(message::Column::ChatId.is_in(chats.keys().copied()))
-            .filter(message::Column::Payload.eq("notice"))
-            .filter(message::Column::AuthorKind.eq("operator"))
-            // Not souq's own notices (a hand-over).
-            .filter(
-                sea_orm::Condition::any()
-                    .add(message::Column::LocalId.is_null())
-                    .add(
-                        message::Column::LocalId
-                            .not_like(format!("{}%", super::routing::DESK_NOTICE)),
-                    ),
-            );
-        let total = query.clone().count(db).await?;
-        let rows = query
-            .order_by_desc(message::Column::Id)
-            .offset((page - 1).saturating_mul(per_page))
-            .limit(per_page)
-            .all(db)
+            .first()
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        let offset = (page - 1).saturating_mul(per_page);
+        let rows = store
+            .query(
+                &format!(
+                    "SELECT b.id, b.inbox_id, b.operator_id, b.text, b.created_at, \
+                     i.name AS store, o.name AS sender, o.avatar AS sender_avatar, x.chat_id \
+                     FROM (SELECT b.id, MAX(c.id) AS chat_id {REACHED} \
+                           GROUP BY b.id ORDER BY b.id DESC LIMIT ? OFFSET ?) x \
+                     JOIN broadcasts b ON b.id = x.id \
+                     JOIN inboxes i ON i.id = b.inbox_id \
+                     JOIN operators o ON o.id = b.operator_id \
+                     ORDER BY b.id DESC"
+                ),
+                [
+                    customer_id.into(),
+                    org_id.into(),
+                    i64::try_from(per_page).unwrap_or(i64::MAX).into(),
+                    i64::try_from(offset).unwrap_or(i64::MAX).into(),
+                ],
+            )
             .await?;
-        let mut items = Vec::new();
-        for row in rows {
-            let inbox_id = chats.get(&row.chat_id).copied().unwrap_or(0);
-            let store = inbox::Entity::find_by_id(inbox_id)
-                .one(db)
-                .await?
-                .map(|i| i.name)
-                .unwrap_or_default();
-            let sender = operator::Entity::find_by_id(row.author_id).one(db).await?;
-            let said = Said {
-                sender: sender.as_ref().map(|o| o.name.clone()).unwrap_or_default(),
-                sender_avatar: sender.and_then(|o| o.avatar),
-                message: row.into(),
-            };
-            items.push((said, inbox_id, store));
-        }
-        Ok(Numbered { items, total })
+        let items = rows
+            .iter()
+            .map(|r| {
+                Ok(BroadcastTo {
+                    broadcast: Broadcast {
+                        id: r.try_get("", "id")?,
+                        inbox_id: r.try_get("", "inbox_id")?,
+                        store: r.try_get("", "store")?,
+                        operator_id: r.try_get("", "operator_id")?,
+                        sender: r.try_get("", "sender")?,
+                        text: r.try_get("", "text")?,
+                        created_at: r.try_get("", "created_at")?,
+                    },
+                    chat_id: r.try_get("", "chat_id")?,
+                    sender_avatar: r.try_get("", "sender_avatar")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Numbered {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+        })
     }
 }

@@ -8,7 +8,7 @@ use crate::domain::events::{Actor, ChatSummary, Event, Person};
 use crate::domain::notes::Note;
 use crate::domain::notify::Notification;
 use crate::domain::routing::QueuePlace;
-use crate::domain::{Message, Presence};
+use crate::domain::{Broadcast, Message, Presence};
 
 /// An encoded event with what the hub needs to route it.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub enum Route {
     Recheck(Person),
     /// This person's sockets.
     Person(Person),
+    /// The sockets of these customers (in id order) that this node holds.
+    Customers(Vec<i64>),
     /// The chat's sockets and waiters catch up from the database: a node could not pass
     /// on some of its events (the frame is empty and not sent).
     Resync(i64),
@@ -73,6 +75,9 @@ enum Frame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         notification: Option<&'a Notification>,
         unread: i64,
+    },
+    Broadcast {
+        broadcast: &'a Broadcast,
     },
 }
 
@@ -201,6 +206,14 @@ impl Envelope {
                     chat_id: note.chat_id,
                     note,
                 }),
+            },
+            Event::Broadcast {
+                broadcast,
+                customers,
+            } => Envelope {
+                route: Route::Customers(customers.clone()),
+                seq: None,
+                frame: encode(&Frame::Broadcast { broadcast }),
             },
             Event::Presence {
                 operator_id,

@@ -457,6 +457,7 @@ impl Hub {
                     self.metrics.deliveries.inc();
                 }
             }
+            Route::Customers(ids) => self.to_customers(ids, env, wakes),
             Route::Rooms(chat_ids) => {
                 let mut reached = HashSet::new();
                 for chat_id in chat_ids {
@@ -553,6 +554,37 @@ impl Hub {
                 .extend(member.push_quietly(Outbound::Event(env.clone())));
         }
         self.metrics.deliveries.inc_by(members.len() as u64);
+    }
+
+    /// Hands `env` to the sockets of the customers `ids` (in id order) that this node
+    /// holds. Walks whichever is smaller, the audience or the people connected here: a
+    /// broadcast to 100,000 customers on a node of 50 sockets looks at 50.
+    fn to_customers(&self, ids: &[i64], env: &Arc<Envelope>, wakes: &mut Wakes) {
+        let mut reached = 0;
+        let mut push = |sessions: &[Arc<Session>]| {
+            for session in sessions {
+                wakes
+                    .0
+                    .extend(session.push_quietly(Outbound::Event(env.clone())));
+                reached += 1;
+            }
+        };
+        if ids.len() <= self.people.len() {
+            for id in ids {
+                if let Some(sessions) = self.people.get(&Person::Customer(*id)) {
+                    push(&sessions);
+                }
+            }
+        } else {
+            for entry in self.people.iter() {
+                if let Person::Customer(id) = *entry.key()
+                    && ids.binary_search(&id).is_ok()
+                {
+                    push(entry.value());
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(reached);
     }
 
     /// A receiver that changes when a message is committed in `chat_id`.
@@ -828,6 +860,39 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
         assert_eq!(session.poll_mail(&mut cx, &mut mail), Poll::Ready(Ok(())));
         assert_eq!(mail.len(), 2, "both events are there");
+    }
+
+    #[test]
+    fn a_broadcast_reaches_the_sockets_of_its_audience_held_here_and_no_one_else() {
+        let hub = Hub::new();
+        let phone = hub.connect(Person::Customer(1), 8);
+        let laptop = hub.connect(Person::Customer(1), 8);
+        let other = hub.connect(Person::Customer(2), 8);
+        // Operator 1 is not customer 1.
+        let operator = hub.connect(Person::Operator(1), 8);
+        let got = |session: &Session| {
+            let mut mail = VecDeque::new();
+            let _ = poll(session, &mut mail);
+            mail.len()
+        };
+        // An audience smaller than the people here is walked; a larger one is looked up.
+        for (audience, reached) in [
+            (vec![1, 3], [1, 1, 0, 0]),
+            ((0..100).collect(), [1, 1, 1, 0]),
+        ] {
+            let env = Arc::new(Envelope {
+                route: Route::Customers(audience),
+                seq: None,
+                frame: Utf8Bytes::from_static("{}"),
+            });
+            hub.deliver(&env);
+            assert_eq!(
+                [&phone, &laptop, &other, &operator].map(|s| got(s)),
+                reached,
+                "{:?}",
+                env.route
+            );
+        }
     }
 
     #[test]

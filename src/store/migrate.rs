@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i64, Option<DbBackend>, &str)] = &[
         None,
         include_str!("../../schema/migrations/0018_domain_prechat.sql"),
     ),
+    (
+        19,
+        None,
+        include_str!("../../schema/migrations/0019_broadcasts.sql"),
+    ),
 ];
 
 /// Any fixed number; it only has to be the same on every node.

@@ -813,6 +813,33 @@ async fn a_long_poll_on_one_node_wakes_on_a_send_through_another() {
     assert_eq!(page["items"][0]["text"], "across nodes");
 }
 
+/// A broadcast is one event on the bus, whatever its audience: sent through node A, it
+/// reaches the audience's sockets on node B.
+#[tokio::test]
+async fn a_broadcast_sent_through_one_node_reaches_its_customers_on_another() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let admin = a.admin().await;
+    let desk = a.desk(&admin).await;
+    let mut customer = b.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    let r = a
+        .post(
+            &format!("/v1/inboxes/{}/broadcasts", desk.inbox_id),
+            &desk.operator,
+            json!({"text": "across nodes"}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(r["chats"], 1);
+    assert_eq!(
+        customer.next_of("broadcast").await["broadcast"]["text"],
+        "across nodes"
+    );
+}
+
 /// Over a Redis that speaks only TLS (`rediss://`, its certificate signed by a CA of the
 /// test's own that the nodes are told to trust), messages, receipts and presence cross
 /// nodes as they do in the clear.
@@ -1402,6 +1429,21 @@ async fn chats_on_every_shard_of_a_redis_cluster_reach_other_nodes_through_a_slo
         .await;
     }
     round(c, &chats, "after the cut", &mut operator).await;
+
+    // A store's broadcast, on the channel every node keeps, reaches a customer on node A.
+    let mut customer = a.ws(&desk.customer, "").await;
+    customer.next_of("resumed").await;
+    c.post(
+        &format!("/v1/inboxes/{}/broadcasts", desk.inbox_id),
+        &desk.operator,
+        json!({"text": "sale today"}),
+    )
+    .await
+    .expect(201);
+    assert_eq!(
+        customer.next_of("broadcast").await["broadcast"]["text"],
+        "sale today"
+    );
 }
 
 /// Each customer of `chats` writes a message through `node`; `watcher` gets every one.

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_types, spawn_app};
+use crate::helpers::{TestApp, Ws, assert_types, spawn_app};
 
 const PHONE: &str = "09121122777";
 
@@ -346,6 +346,8 @@ async fn a_broadcast_reaches_every_customer_of_the_store_and_no_one_else() {
         .expect("id");
     let mut socket = app.ws(&token, "").await;
     socket.next_of("resumed").await;
+    let mut third_socket = app.ws(&third, "").await;
+    third_socket.next_of("resumed").await;
 
     let r = app
         .post(
@@ -355,14 +357,15 @@ async fn a_broadcast_reaches_every_customer_of_the_store_and_no_one_else() {
         )
         .await
         .expect(201);
-    assert_eq!(r["chats"], 2);
-    let pushed = socket.next_of("message").await;
+    assert_eq!(r["chats"], 2, "the customers it reaches");
+    let pushed = socket.next_of("broadcast").await;
     assert_eq!(
         (
-            pushed["message"]["payload"].clone(),
-            pushed["message"]["text"].clone()
+            pushed["broadcast"]["text"].clone(),
+            pushed["broadcast"]["inbox_id"].clone(),
+            pushed["broadcast"]["sender"].clone()
         ),
-        (json!("notice"), json!("20% off today"))
+        (json!("20% off today"), json!(store), json!("Mohammad"))
     );
 
     let listed = get(
@@ -378,27 +381,44 @@ async fn a_broadcast_reaches_every_customer_of_the_store_and_no_one_else() {
         (
             listed["items"][0]["text"].clone(),
             listed["items"][0]["storeId"].clone(),
-            listed["items"][0]["sender"].clone()
+            listed["items"][0]["sender"].clone(),
+            listed["items"][0]["chat"].clone(),
+            listed["_meta"]["totalCount"].clone()
         ),
-        (json!("20% off today"), json!(store), json!("Mohammad"))
-    );
-    // The finished chat got it too, without being reopened; the other store's customer did not.
-    let second_view = app
-        .get(&format!("/v1/chats/{second_chat}"), &second)
-        .await
-        .expect(200);
-    assert_eq!(
         (
-            second_view["status"].clone(),
-            second_view["last_message"]["text"].clone()
-        ),
-        (json!("finished"), json!("20% off today"))
+            json!("20% off today"),
+            json!(store),
+            json!("Mohammad"),
+            json!(chats[0]),
+            json!(1)
+        )
     );
+    // Stored once: no chat holds it, and the finished chat stays as it was.
+    for (chat, who) in [(chats[0], &token), (second_chat, &second)] {
+        let view = app.get(&format!("/v1/chats/{chat}"), who).await.expect(200);
+        assert_eq!(view["last_seq"], 0, "chat {chat}: {view}");
+    }
+    assert_eq!(
+        app.get(&format!("/v1/chats/{second_chat}"), &second)
+            .await
+            .expect(200)["status"],
+        "finished"
+    );
+    // The other store's customer neither heard of it nor finds it.
     assert_eq!(
         app.get(&format!("/v1/chats/{third_chat}"), &third)
             .await
             .expect(200)["last_seq"],
         0
+    );
+    app.send(&third, third_chat, "still there?", None)
+        .await
+        .expect(201);
+    assert!(
+        !types_until_message(&mut third_socket)
+            .await
+            .contains(&"broadcast".to_owned()),
+        "the message came, the broadcast before it did not"
     );
     // Customers cannot broadcast; an operator of another store cannot see this one.
     let r = app
@@ -415,6 +435,163 @@ async fn a_broadcast_reaches_every_customer_of_the_store_and_no_one_else() {
         .post(
             &format!("/v1/inboxes/{store}/broadcasts"),
             &stranger,
+            json!({"text": "spam"}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+/// A customer with a phone and a session (hojre's listing is by phone): their token.
+async fn buyer(app: &TestApp, admin: &str, phone: &str) -> String {
+    let id = app
+        .post(
+            "/v1/customers",
+            admin,
+            json!({"phone": phone, "name": "Buyer"}),
+        )
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .expect("id");
+    crate::helpers::str_of(
+        &app.post(&format!("/v1/customers/{id}/sessions"), admin, json!({}))
+            .await
+            .expect(201)["token"],
+    )
+}
+
+/// The texts of a hojre listing, in order.
+fn texts(listed: &Value) -> Vec<String> {
+    listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| crate::helpers::str_of(&i["text"]))
+        .collect()
+}
+
+/// The types of the frames a socket gets up to and with the next `message`, which must
+/// come (presence and receipts may come on the way).
+async fn types_until_message(socket: &mut Ws) -> Vec<String> {
+    let mut types = Vec::new();
+    loop {
+        let frame = socket
+            .recv()
+            .await
+            .expect("a message before the socket closes");
+        types.push(crate::helpers::str_of(&frame["type"]));
+        if frame["type"] == "message" {
+            return types;
+        }
+    }
+}
+
+/// Who a broadcast reaches is decided when it is sent: the customers who had a chat with
+/// the store then, online or not, and no one of another organisation.
+#[tokio::test]
+async fn a_broadcast_is_listed_for_the_stores_customers_of_that_moment_only() {
+    let app = spawn_app().await;
+    let (token, _, chats, seller) = shop(&app, 1).await;
+    let admin = app.admin().await;
+    let store = app
+        .get(&format!("/v1/chats/{}", chats[0]), &token)
+        .await
+        .expect(200)["inbox_id"]
+        .as_i64()
+        .expect("id");
+    // Another organisation's customer, online, with a chat in a store of their own.
+    let globex = app.admin_of("globex").await;
+    let theirs = app.desk(&globex).await;
+    let mut outsider = app.ws(&theirs.customer, "").await;
+    outsider.next_of("resumed").await;
+
+    let first = app
+        .post(
+            &format!("/v1/inboxes/{store}/broadcasts"),
+            &seller,
+            json!({"text": "first"}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(first["chats"], 1);
+    // A customer who comes to the store afterwards, and one who never does.
+    app.clock.advance(std::time::Duration::from_secs(1));
+    let later = buyer(&app, &admin, "09120000001").await;
+    app.post("/v1/chats", &later, json!({"inbox_id": store}))
+        .await
+        .expect(201);
+    let never = buyer(&app, &admin, "09120000002").await;
+    app.clock.advance(std::time::Duration::from_secs(1));
+    let second = app
+        .post(
+            &format!("/v1/inboxes/{store}/broadcasts"),
+            &seller,
+            json!({"text": "second"}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(second["chats"], 2);
+
+    // The first customer was offline for both: both are listed, newest first, in pages.
+    let all = get(
+        &app,
+        &format!("/web/broadcasts?username={PHONE}&token={token}"),
+    )
+    .await;
+    assert_eq!(texts(&all), ["second", "first"]);
+    assert_eq!(all["_meta"]["totalCount"], 2);
+    let page2 = get(
+        &app,
+        &format!("/web/broadcasts?username={PHONE}&token={token}&page=2&perPage=1"),
+    )
+    .await;
+    assert_eq!(texts(&page2), ["first"]);
+    // The native listing says the same.
+    let native = app.get("/v1/broadcasts", &token).await.expect(200);
+    assert_eq!(
+        (
+            texts(&native),
+            native["total"].clone(),
+            native["items"][0]["chat_id"].clone()
+        ),
+        (
+            vec!["second".to_owned(), "first".to_owned()],
+            json!(2),
+            json!(chats[0])
+        )
+    );
+    assert_eq!(app.get("/v1/broadcasts", &admin).await.status, 403);
+    // The later customer has only what came after their chat; the other, nothing.
+    let theirs_later = get(
+        &app,
+        &format!("/web/broadcasts?username=09120000001&token={later}"),
+    )
+    .await;
+    assert_eq!(texts(&theirs_later), ["second"]);
+    let none = get(
+        &app,
+        &format!("/web/broadcasts?username=09120000002&token={never}"),
+    )
+    .await;
+    assert_eq!(
+        (texts(&none), none["_meta"]["totalCount"].clone()),
+        (Vec::<String>::new(), json!(0))
+    );
+    // Nothing reached the other organisation's customer.
+    app.send(&theirs.operator, theirs.chat_id, "hello", None)
+        .await
+        .expect(201);
+    assert!(
+        !types_until_message(&mut outsider)
+            .await
+            .contains(&"broadcast".to_owned()),
+        "the message came, no broadcast before it"
+    );
+    // Nor can their operator broadcast to this organisation's store.
+    let r = app
+        .post(
+            &format!("/v1/inboxes/{store}/broadcasts"),
+            &theirs.operator,
             json!({"text": "spam"}),
         )
         .await;

@@ -96,7 +96,7 @@ async fn an_inbox_report_counts_a_constructed_history_exactly() {
         .expect(200);
     let resolved = finished_at(&app, one_id).await - created(&one);
 
-    // Two: only a notice (a broadcast) from an operator: missed.
+    // Two: only a broadcast of the store reached its customer: missed.
     let two = new_chat(&app, &customers[1], inbox).await;
     // Three: answered by B after five minutes.
     let three = new_chat(&app, &customers[2], inbox).await;

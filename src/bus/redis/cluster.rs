@@ -199,6 +199,13 @@ pub(super) async fn subscriber(
     // local socket catches up.
     let mut restoring: HashSet<String> = HashSet::new();
     let mut settle_until: Option<tokio::time::Instant> = None;
+    // What the bus wants from the start (the broadcasts' channel).
+    if let Some(bus) = bus.upgrade() {
+        for channel in bus.wanted.iter() {
+            asking.insert(channel.clone(), None);
+            pending.push(ask(conn.clone(), channel.clone(), true));
+        }
+    }
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut reports = Vec::new();
     let mut received = Vec::new();

@@ -18,7 +18,7 @@ use super::super::{Author, ChatStatus, Error, Message, Receipt, Result};
 pub(crate) enum Payload {
     Text,
     File,
-    /// Said by the system on someone's behalf (a store's broadcast, say): it goes into any
+    /// Said by the system on someone's behalf (a hand-over, say): it goes into any
     /// chat, finished or not, and changes nothing else of it.
     Notice,
 }
