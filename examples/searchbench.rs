@@ -101,8 +101,9 @@ async fn run() -> Result<(), String> {
         org_id,
         customer_id: customer0 + 1 + customers / 2,
     };
-    let words =
-        |ranks: std::ops::Range<usize>| -> Vec<String> { ranks.step_by(1).map(fill::word).collect() };
+    let words = |ranks: std::ops::Range<usize>| -> Vec<String> {
+        ranks.step_by(1).map(fill::word).collect()
+    };
     let common = words(0..20);
     let middling = words(1_000..1_020);
     let rare = words(30_000..30_020);

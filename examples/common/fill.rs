@@ -345,8 +345,16 @@ pub async fn existing(store: &Store) -> Result<Filled, String> {
         .iter()
         .filter_map(|r| r.try_get::<i64>("", "id").ok())
         .collect();
-    let first = one("SELECT MIN(id) AS v FROM customers WHERE org_id = ?", org_id).await?;
-    let customers = one("SELECT COUNT(*) AS v FROM customers WHERE org_id = ?", org_id).await?;
+    let first = one(
+        "SELECT MIN(id) AS v FROM customers WHERE org_id = ?",
+        org_id,
+    )
+    .await?;
+    let customers = one(
+        "SELECT COUNT(*) AS v FROM customers WHERE org_id = ?",
+        org_id,
+    )
+    .await?;
     let first_chat = one("SELECT MIN(id) AS v FROM chats WHERE org_id = ?", org_id).await?;
     let chats = one("SELECT COUNT(*) AS v FROM chats WHERE org_id = ?", org_id).await?;
     Ok(Filled {
