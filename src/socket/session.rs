@@ -4,7 +4,7 @@
 //! a resume replays a chat from the seq a client names. The session knows the history and
 //! the socket only through [`History`] and [`Sink`], so its rules are tested in memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -292,8 +292,9 @@ impl<H: History> Delivery<'_, H> {
         let Ok(live) = self.history.live_chats().await else {
             return;
         };
+        let open: HashSet<i64> = live.iter().map(|c| c.id).collect();
         for chat_id in self.session.chat_ids() {
-            if live.iter().any(|c| c.id == chat_id) {
+            if open.contains(&chat_id) {
                 continue;
             }
             // Not open, or not visible: only the second is a reason to leave.
@@ -319,9 +320,22 @@ impl<H: History> Delivery<'_, H> {
             // A client resuming leaves what it may no longer see, not only joins.
             Box::pin(self.recheck()).await;
         }
+        // The open chats' newest seqs in one read, after the rooms were joined: a chat
+        // with nothing past its cursor needs no read of its own (a desk follows
+        // thousands), and what is committed later comes through the room. Others (a
+        // finished chat, one the caller may not see) are read one by one.
+        let live: HashMap<i64, i64> = match self.history.live_chats().await {
+            Ok(live) => live.into_iter().map(|c| (c.id, c.last_seq)).collect(),
+            Err(_) => HashMap::new(),
+        };
         let mut done = HashMap::new();
         for (chat_id, from, with_receipts) in replay.chats {
-            let last_seq = match self.history.last_seq(chat_id).await {
+            let known = live.get(&chat_id).copied();
+            let last_seq = match known {
+                Some(last_seq) => Ok(last_seq),
+                None => self.history.last_seq(chat_id).await,
+            };
+            let last_seq = match last_seq {
                 Ok(last_seq) => last_seq,
                 Err(e) => {
                     if !sink.put(domain_error_frame(id, e)).await {
@@ -339,7 +353,11 @@ impl<H: History> Delivery<'_, H> {
             if !replay.rewind {
                 from = from.max(self.cursors.get(chat_id).unwrap_or(0));
             }
-            if !self.catch_up_all(sink, chat_id, from).await {
+            // Nothing past `from` was committed before the read, nor sent on this socket.
+            let sent = self.cursors.get(chat_id).unwrap_or(0);
+            if known.is_some_and(|last_seq| from >= last_seq) && sent <= from {
+                self.cursors.set(chat_id, from);
+            } else if !self.catch_up_all(sink, chat_id, from).await {
                 return false;
             }
             if with_receipts && let Ok(receipts) = self.history.receipts(chat_id).await {
@@ -593,6 +611,32 @@ mod tests {
                 "receipt 7 1",
                 r#"resumed {"7":6,"8":1}"#,
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connect_reads_no_page_of_a_chat_with_nothing_new() {
+        let history = Memory::default().with(7, 6).with(8, 1).with(9, 3);
+        let hub = Hub::new();
+        let session = hub.connect(Person::Customer(1), 64);
+        let mut d = delivery(&history, &hub, &session);
+        assert!(d.start(vec![(9, 1)]).await);
+        let mut frames = Frames::default();
+        deliver_mail(&mut d, &mut frames).await;
+        assert_eq!(
+            frames.0,
+            [
+                r#"ready [{"id":7,"last_seq":6},{"id":8,"last_seq":1},{"id":9,"last_seq":3}]"#,
+                "9:2",
+                "9:3",
+                "receipt 9 1",
+                r#"resumed {"7":6,"8":1,"9":3}"#,
+            ]
+        );
+        assert_eq!(
+            *history.asked.lock().expect("lock"),
+            [(9, 1)],
+            "a page for the chat the client is behind in, none for the others"
         );
     }
 
