@@ -3,7 +3,7 @@
 # RATE (per sender, default 10), SECS (default 20), EXTRA (e.g. "--window 4" for closed loop).
 # Build first: cargo build --release --bin souq --example loadgen
 set -e
-B=${SOUQ:-$(git rev-parse --show-toplevel)/target/release/souq}; L=$(git rev-parse --show-toplevel)/target/release/examples/loadgen
+T=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}; B=${SOUQ:-$T/release/souq}; L=$T/release/examples/loadgen
 export DATABASE_URL=sqlite://${TMPDIR:-/tmp}/souq-bench.db SOUQ_WS_FRAMES_PER_SEC=100000 SOUQ_WEBHOOK_ALLOW_PRIVATE=true RUST_LOG=souq=warn
 rm -f ${TMPDIR:-/tmp}/souq-bench.db*
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
