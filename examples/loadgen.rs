@@ -12,6 +12,8 @@
 //! `--devices`: the old scenario instead, the M sockets are devices of the chat's customer,
 //! in the domain's own inbox (with `--receipts`, in a store of its own, the second socket
 //! its seller's), all the customer's sockets on one server thread.
+//! Once the sockets are open, the run waits for the `--pids` to go quiet (what the
+//! connections set off, such as the operators' presence, done) before it measures.
 //! Every delivery is checked: each socket must see each message once, in seq order.
 //! `worst_ms_by_second` is the longest send→deliver of each second of the run, by send
 //! time: a tail made of one stall shows as one high second.
@@ -615,6 +617,25 @@ enum Part {
     Member,
 }
 
+/// Waits (up to 20 s) until the given processes are quiet: what the connections set off
+/// (an operator's socket sets their presence and routes their inboxes, a write each)
+/// is done before the run is measured. Quiet: under 10% of a core for half a second.
+/// Returns the seconds it waited.
+async fn settle(pids: &[u32]) -> f64 {
+    let busy = || pids.iter().filter_map(|p| proc_ticks(*p)).sum::<u64>();
+    let started = Instant::now();
+    let mut last = busy();
+    while started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = busy();
+        if now - last <= 5 {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed().as_secs_f64()
+}
+
 /// Sums a counter over the shards.
 fn total(shards: &[Arc<Shard>], counter: impl Fn(&Counters) -> &AtomicU64) -> u64 {
     shards
@@ -697,6 +718,7 @@ async fn run(a: Args) -> Result<(), String> {
             .ok_or("a load generator thread stopped")??;
     }
     let a = &run.a;
+    let settled_in = settle(&a.pids).await;
     let before: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
     let (others_before, stolen_before, own_before) = (
         other_processes_cpu(),
@@ -809,6 +831,7 @@ async fn run(a: Args) -> Result<(), String> {
         "all_in_cpu_us_per_delivery": if deliveries > 0 { server_side_s * 1e6 / deliveries as f64 } else { 0.0 },
         "stolen_percent": stolen_percent,
         "loadgen_threads": threads,
+        "settled_in_s": settled_in,
         "loadgen_cpu_s": own_after.zip(own_before).map_or(0.0, |(a, b)| (a - b) as f64 / ticks_per_s),
         "webhook": webhook,
     });
