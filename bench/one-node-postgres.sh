@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # One souq node on PostgreSQL with the in-process bus; prints loadgen's JSON line.
-# RATE (per sender, default 10), SECS (default 20), EXTRA (e.g. "--window 4" for closed loop).
+# RATE (per sender, default 10), SECS (default 20), EXTRA (e.g. "--window 4" for closed loop);
+# PORT (default 18085) and DB (default souq_bench) to run beside another sitting.
 # Build first: cargo build --release --bin souq --example loadgen
 set -e
 T=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}; B=${SOUQ:-$T/release/souq}; L=$T/release/examples/loadgen
-psql -h 127.0.0.1 -d postgres -qc "DROP DATABASE IF EXISTS souq_bench WITH (FORCE)" ; psql -h 127.0.0.1 -d postgres -qc "CREATE DATABASE souq_bench"
-export DATABASE_URL=postgres://root@127.0.0.1:5432/souq_bench SOUQ_WS_FRAMES_PER_SEC=100000 SOUQ_WEBHOOK_ALLOW_PRIVATE=true RUST_LOG=souq=warn
+psql -h 127.0.0.1 -d postgres -qc "DROP DATABASE IF EXISTS ${DB:-souq_bench} WITH (FORCE)" ; psql -h 127.0.0.1 -d postgres -qc "CREATE DATABASE ${DB:-souq_bench}"
+export DATABASE_URL=postgres://root@127.0.0.1:5432/${DB:-souq_bench} SOUQ_WS_FRAMES_PER_SEC=100000 SOUQ_WEBHOOK_ALLOW_PRIVATE=true RUST_LOG=souq=warn
 $B org create --email owner@acme.test --password 'correct horse' --subdomain acme >/dev/null
-SOUQ_BIND=127.0.0.1:18085 $B > ${TMPDIR:-/tmp}/souq-bench-pg.log 2>&1 &
+SOUQ_BIND=127.0.0.1:${PORT:-18085} $B > ${TMPDIR:-/tmp}/souq-bench-pg.log 2>&1 &
 P=$!
 trap 'kill $P 2>/dev/null || true' EXIT  # also when loadgen fails
 sleep 1
-PGP=$(pgrep -d, -f "postgres: .*souq_bench" || true)
-$L --nodes http://127.0.0.1:18085 --chats 200 --members 5 --rate ${RATE:-10} --seconds ${SECS:-20} ${EXTRA:-} --pids $P${PGP:+,$PGP}
+PGP=$(pgrep -d, -f "postgres: .*${DB:-souq_bench}" || true)
+$L --nodes http://127.0.0.1:${PORT:-18085} --chats 200 --members 5 --rate ${RATE:-10} --seconds ${SECS:-20} ${EXTRA:-} --pids $P${PGP:+,$PGP}
 kill $P; wait $P 2>/dev/null || true
