@@ -17,15 +17,18 @@ def ms(us):
 
 
 def load(mode):
-    """loadgen's mode as the tables say it: "closed-loop w=4, receipts" reads
-    "closed loop, 4 unacked, with receipts"."""
+    """loadgen's mode as the tables say it: "closed-loop w=4, receipts, devices" reads
+    "closed loop, 4 unacked, with receipts, devices of one customer"."""
+    mode, devices, rest = mode.partition(", devices")
+    mode += rest
     mode, receipts, _ = (mode + ",").partition(", receipts")
     mode = mode.rstrip(",")
     if mode.startswith("closed-loop w="):
         mode = f"closed loop, {mode.removeprefix('closed-loop w=')} unacked"
     elif mode.startswith("rate ") and mode.endswith("/s per sender"):
         mode = f"{mode.removeprefix('rate ').removesuffix('/s per sender')} msg/s per sender"
-    return mode + (", with receipts" if receipts else "")
+    return (mode + (", with receipts" if receipts else "")
+            + (", devices of one customer" if devices else ""))
 
 
 def main(path):
@@ -61,7 +64,9 @@ def main(path):
     for (setup, mode), rows in groups.items():
         if not mode.startswith("idle"):
             continue
-        print(f"| {setup} | {rows[0]['sockets']:,} | {len(rows)} "
+        people = "devices of 200 customers" if mode.endswith(", devices") else (
+            "" if rows[0]["server"] == "ceiling" else "distinct people")
+        print(f"| {setup} | {rows[0]['sockets']:,} {people} | {len(rows)} "
               f"| {median(rows, lambda r: r['server_rss_kib_per_socket']):.1f} KiB "
               f"| {min(r['still_open_after_s'][1] for r in rows):,} |")
 

@@ -4,7 +4,7 @@
 # (default 10). Prints uploadbench's JSON line.
 # Build first: cargo build --release --bin souq --example uploadbench
 set -e
-B=${SOUQ:-$(git rev-parse --show-toplevel)/target/release/souq}; U=$(git rev-parse --show-toplevel)/target/release/examples/uploadbench
+T=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}; B=${SOUQ:-$T/release/souq}; U=$T/release/examples/uploadbench
 D=${TMPDIR:-/tmp}/souq-upbench
 rm -rf "$D"; mkdir -p "$D"
 export DATABASE_URL=sqlite://$D/souq.db RUST_LOG=souq=warn SOUQ_MAX_FILE_BYTES=$((64 * 1024 * 1024)) SOUQ_MAX_ORG_FILE_BYTES=0

@@ -8,7 +8,7 @@
 # RATE (per sender, default 10), SECS (default 20).
 # Build first: cargo build --release --bin souq --example loadgen
 set -e
-B=${SOUQ:-$(git rev-parse --show-toplevel)/target/release/souq}; L=$(git rev-parse --show-toplevel)/target/release/examples/loadgen
+T=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}; B=${SOUQ:-$T/release/souq}; L=$T/release/examples/loadgen
 psql -h 127.0.0.1 -d postgres -qc "DROP DATABASE IF EXISTS souq_bench WITH (FORCE)" ; psql -h 127.0.0.1 -d postgres -qc "CREATE DATABASE souq_bench"
 export DATABASE_URL=postgres://root@127.0.0.1:5432/souq_bench SOUQ_WS_FRAMES_PER_SEC=100000 RUST_LOG=souq=warn
 export REDIS_URL=redis://127.0.0.1:6379 SOUQ_REDIS_PREFIX=bench$$ SOUQ_WEBHOOK_ALLOW_PRIVATE=true

@@ -2,9 +2,18 @@
 //! nodes. Prints one JSON line: sends/s, deliveries/s, send→deliver latency percentiles,
 //! lost and duplicated deliveries, and the CPU time and RSS of the given processes.
 //!
-//! It needs an organisation (`souq org create`), and signs in as it to set up customers and
-//! chats. The M sockets of a chat are devices of the chat's customer (with `--receipts`
-//! and M ≥ 2, all but the second); the first one sends.
+//! It needs an organisation (`souq org create`), and signs in as it to set up people and
+//! chats over REST. A chat is as a real one is: its M sockets are M different people, each
+//! with a session of their own, which the server spreads over its socket threads (it places
+//! a socket by its person, see `src/socket/threads.rs`). The first
+//! socket is the customer's, and sends. The others are operators: each chat is with a store
+//! of its own (an inbox), the second socket is its seller's and the rest are more operators
+//! assigned to that store. Each send so reaches exactly M sockets.
+//! `--devices`: the old scenario instead, the M sockets are devices of the chat's customer,
+//! in the domain's own inbox (with `--receipts`, in a store of its own, the second socket
+//! its seller's), all the customer's sockets on one server thread.
+//! Once the sockets are open, the run waits for the `--pids` to go quiet (what the
+//! connections set off, such as the operators' presence, done) before it measures.
 //! Every delivery is checked: each socket must see each message once, in seq order.
 //! `worst_ms_by_second` is the longest send→deliver of each second of the run, by send
 //! time: a tail made of one stall shows as one high second.
@@ -17,9 +26,8 @@
 //! Start the server with `SOUQ_WS_FRAMES_PER_SEC` above the per-sender rate (closed loop:
 //! far above), or the rate limit answers sends with errors (counted as sends without acks).
 //!
-//! `--receipts`: each chat is with a store of its own (an inbox with one seller, an
-//! operator assigned to it), and the chat's second socket is the seller's: it sends `read`
-//! for every message it gets, as a seller's app showing the chat would. Each read moves the
+//! `--receipts`: the chat's second socket, its store's seller's, sends `read` for every
+//! message it gets, as a seller's app showing the chat would. Each read moves the
 //! seller's cursors and marks the customer's messages read, and is pushed to the chat's
 //! sockets as a `receipt` frame. Deliveries still count messages only.
 //!
@@ -33,8 +41,10 @@
 //! program runs, and reports the events it got: per second, from commit (the message's
 //! `created_at`) to arrival, and how many were missing or came twice by event id.
 //!
-//! `--idle N` opens N sockets that only stay connected (devices of the R customers, spread
-//! over source addresses 127.0.0.2, .3, ...), and reports the server's RSS per socket.
+//! `--idle N` opens N sockets that only stay connected, spread over source addresses
+//! 127.0.0.2, .3, ..., and reports the server's RSS per socket: N distinct customers, each
+//! with a chat of their own (in the domain's inbox) and one socket; with `--devices`,
+//! devices of the R customers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +74,8 @@ struct Args {
     ceiling: bool,
     idle: usize,
     receipts: bool,
+    /// The sockets of a chat are devices of its customer rather than distinct people.
+    devices: bool,
     threads: usize,
     /// The receiver's address, with `--webhook`.
     webhook: Option<String>,
@@ -84,6 +96,7 @@ fn args() -> Result<Args, String> {
         ceiling: false,
         idle: 0,
         receipts: false,
+        devices: false,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         webhook: None,
     };
@@ -95,6 +108,10 @@ fn args() -> Result<Args, String> {
         }
         if flag == "--receipts" {
             a.receipts = true;
+            continue;
+        }
+        if flag == "--devices" {
+            a.devices = true;
             continue;
         }
         if flag == "--webhook" {
@@ -221,30 +238,44 @@ async fn main() {
     }
 }
 
-/// One chat of the run: its id and the token of its customer (none for the ceiling,
-/// whose rooms are numbered 0..R), and with `--receipts` the token of its seller.
+/// One chat of the run: its id (for the ceiling, whose rooms are numbered 0..R, its
+/// number) and the token each of its sockets signs in with, in order (none for the
+/// ceiling).
 struct Room {
     id: i64,
-    token: Option<String>,
-    seller: Option<String>,
+    tokens: Vec<String>,
 }
 
-/// Signs in and makes R customers with one chat each: in a new domain's inbox, or with
-/// `--receipts` each in a store inbox of its own, with a seller assigned to it.
+/// Requests of the setup in flight at once: the setup of a run of distinct people is
+/// some 16 requests a chat, one after another within a chat.
+const SETUP_CONCURRENCY: usize = 16;
+
+/// The organisation's side of the setup: an admin token, and the domain the chats are in.
+struct Org {
+    http: reqwest::Client,
+    base: String,
+    admin: String,
+    domain_id: i64,
+    /// The domain's own inbox, the desk, with no operator assigned.
+    desk: i64,
+    run_id: String,
+}
+
+/// Signs in and makes the run's chats (see the header): for the ceiling only numbers.
+/// With `--idle N` of distinct people, N customers with a chat each and one socket.
 async fn setup(a: &Args) -> Result<Vec<Room>, String> {
     if a.ceiling {
         return Ok((0..a.chats as i64)
             .map(|id| Room {
                 id,
-                token: None,
-                seller: None,
+                tokens: Vec::new(),
             })
             .collect());
     }
     // reqwest takes the process's TLS provider (souq builds it without its own).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let base = &a.nodes[0];
+    let base = a.nodes[0].clone();
     let tokens = post(&http, format!("{base}/v1/auth/token"), None, json!({
         "email": a.email, "password": a.password, "organisation": a.organisation, "addon": "live_chat"
     }))
@@ -271,116 +302,140 @@ async fn setup(a: &Args) -> Result<Vec<Room>, String> {
         )
         .await?;
     }
-    let desk = domain["inbox"]["id"].as_i64().ok_or("no inbox")?;
-    let mut rooms = Vec::new();
-    for i in 0..a.chats {
-        // With fewer than two sockets a chat has no seller's socket to read.
-        let (inbox, seller) = if a.receipts && a.members >= 2 {
-            let (inbox, token) = store(&http, base, &admin, domain_id, &run_id, i).await?;
-            (inbox, Some(token))
-        } else {
-            (desk, None)
-        };
-        let c = post(
-            &http,
-            format!("{base}/v1/customers"),
-            Some(&admin),
-            json!({"external_id": format!("load-{run_id}-{i}")}),
+    let org = Org {
+        desk: domain["inbox"]["id"].as_i64().ok_or("no inbox")?,
+        http,
+        base,
+        admin,
+        domain_id,
+        run_id,
+    };
+    // Idle sockets of distinct people: one customer each, alone in a chat of the desk.
+    let (chats, members) = if a.idle > 0 && !a.devices {
+        (a.idle, 1)
+    } else {
+        (a.chats, a.members)
+    };
+    // Operators of a chat: with distinct people all but the customer; with devices only
+    // the seller who reads (with fewer than two sockets a chat has no seller's socket).
+    let operators = if a.devices {
+        usize::from(a.receipts && members >= 2)
+    } else {
+        members - 1
+    };
+    let org = &org;
+    futures_util::stream::iter(0..chats)
+        .map(|i| chat(org, i, members, operators))
+        .buffered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Chat `i`: a customer's chat with `members` sockets. With operators, in a store inbox of
+/// its own with them assigned (the first is its seller), each with a session: the
+/// customer's socket first, then one for each operator, then devices of the customer for
+/// the rest. Without, in the desk.
+async fn chat(org: &Org, i: usize, members: usize, operators: usize) -> Result<Room, String> {
+    let Org {
+        http,
+        base,
+        admin,
+        run_id,
+        ..
+    } = org;
+    let inbox = if operators > 0 {
+        let inbox = post(
+            http,
+            format!("{base}/v1/inboxes"),
+            Some(admin),
+            json!({"domain_id": org.domain_id, "unique_id": format!("store-{i}")}),
         )
         .await?;
-        let id = c["id"].as_i64().ok_or("no customer id")?;
+        inbox["id"].as_i64().ok_or("no inbox id")?
+    } else {
+        org.desk
+    };
+    let staff = futures_util::future::try_join_all((0..operators).map(|k| async move {
+        let role = if k == 0 { "seller" } else { "operator" };
+        let op = post(
+            http,
+            format!("{base}/v1/operators"),
+            Some(admin),
+            json!({"email": format!("{role}-{run_id}-{i}-{k}@load.test")}),
+        )
+        .await?;
+        let op = op["id"].as_i64().ok_or("no operator id")?;
+        post(
+            http,
+            format!("{base}/v1/assignments"),
+            Some(admin),
+            json!({"operator_id": op, "inbox_id": inbox}),
+        )
+        .await?;
         let s = post(
-            &http,
-            format!("{base}/v1/customers/{id}/sessions"),
-            Some(&admin),
+            http,
+            format!("{base}/v1/operators/{op}/sessions"),
+            Some(admin),
             json!({}),
         )
         .await?;
-        let token = s["token"].as_str().ok_or("no token")?.to_owned();
-        let chat = post(
-            &http,
-            format!("{base}/v1/chats"),
-            Some(&token),
-            json!({"inbox_id": inbox}),
-        )
-        .await?;
-        rooms.push(Room {
-            id: chat["id"].as_i64().ok_or("no chat id")?,
-            token: Some(token),
-            seller,
-        });
-    }
-    Ok(rooms)
-}
-
-/// A store's inbox in the domain, with a seller assigned to it; returns the inbox and the
-/// seller's session token.
-async fn store(
-    http: &reqwest::Client,
-    base: &str,
-    admin: &str,
-    domain_id: i64,
-    run_id: &str,
-    i: usize,
-) -> Result<(i64, String), String> {
-    let inbox = post(
+        Ok::<_, String>(s["token"].as_str().ok_or("no token")?.to_owned())
+    }))
+    .await?;
+    let c = post(
         http,
-        format!("{base}/v1/inboxes"),
+        format!("{base}/v1/customers"),
         Some(admin),
-        json!({"domain_id": domain_id, "unique_id": format!("store-{i}")}),
+        json!({"external_id": format!("load-{run_id}-{i}")}),
     )
     .await?;
-    let inbox = inbox["id"].as_i64().ok_or("no inbox id")?;
-    let seller = post(
-        http,
-        format!("{base}/v1/operators"),
-        Some(admin),
-        json!({"email": format!("seller-{run_id}-{i}@load.test")}),
-    )
-    .await?;
-    let seller = seller["id"].as_i64().ok_or("no operator id")?;
-    post(
-        http,
-        format!("{base}/v1/assignments"),
-        Some(admin),
-        json!({"operator_id": seller, "inbox_id": inbox}),
-    )
-    .await?;
+    let id = c["id"].as_i64().ok_or("no customer id")?;
     let s = post(
         http,
-        format!("{base}/v1/operators/{seller}/sessions"),
+        format!("{base}/v1/customers/{id}/sessions"),
         Some(admin),
         json!({}),
     )
     .await?;
-    let token = s["token"].as_str().ok_or("no token")?.to_owned();
-    Ok((inbox, token))
+    let customer = s["token"].as_str().ok_or("no token")?.to_owned();
+    let chat = post(
+        http,
+        format!("{base}/v1/chats"),
+        Some(&customer),
+        json!({"inbox_id": inbox}),
+    )
+    .await?;
+    let mut tokens = vec![customer.clone()];
+    tokens.extend(staff);
+    tokens.resize(members.max(1), customer);
+    Ok(Room {
+        id: chat["id"].as_i64().ok_or("no chat id")?,
+        tokens,
+    })
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Opens a socket to `node` for `room`, as its customer or its seller, from `source`
-/// when given.
+/// Opens socket number `m` of `room` to `node`, from `source` when given.
 async fn connect(
     a: &Args,
     node: &str,
     room: &Room,
-    as_seller: bool,
+    m: usize,
     source: Option<std::net::Ipv4Addr>,
 ) -> Result<Socket, String> {
-    tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        connect_now(a, node, room, as_seller, source),
-    )
-    .await
-    .map_err(|_| format!("no connection to {node} within {CONNECT_TIMEOUT:?}"))?
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_now(a, node, room, m, source))
+        .await
+        .map_err(|_| format!("no connection to {node} within {CONNECT_TIMEOUT:?}"))?
 }
 
 async fn connect_now(
     a: &Args,
     node: &str,
     room: &Room,
-    as_seller: bool,
+    m: usize,
     source: Option<std::net::Ipv4Addr>,
 ) -> Result<Socket, String> {
     let url = if a.ceiling {
@@ -392,8 +447,7 @@ async fn connect_now(
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
-    let token = if as_seller { &room.seller } else { &room.token };
-    if let Some(token) = token {
+    if let Some(token) = room.tokens.get(m) {
         request.headers_mut().insert(
             "authorization",
             format!("Bearer {token}").parse().map_err(|_| "token")?,
@@ -459,7 +513,7 @@ async fn run_idle(a: &Args, rooms: &[Room]) -> Result<(), String> {
     for i in 0..a.idle {
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i / PER_SOURCE) as u8);
         let node = &a.nodes[i % a.nodes.len()];
-        let ws = connect(a, node, &rooms[i % rooms.len()], false, Some(source)).await?;
+        let ws = connect(a, node, &rooms[i % rooms.len()], 0, Some(source)).await?;
         let (sink, mut stream) = ws.split();
         let frames = frames.clone();
         // Read (and so answer pings) without keeping anything.
@@ -479,7 +533,7 @@ async fn run_idle(a: &Args, rooms: &[Room]) -> Result<(), String> {
     let still_open = readers.iter().filter(|r| !r.is_finished()).count();
     let line = json!({
         "server": if a.ceiling { "ceiling" } else { "souq" },
-        "mode": format!("idle {}", a.idle),
+        "mode": format!("idle {}{}", a.idle, if a.devices && !a.ceiling { ", devices" } else { "" }),
         "nodes": a.nodes.len(),
         "sockets": a.idle,
         "opened_in_s": opened_in,
@@ -557,10 +611,29 @@ struct Run {
 enum Part {
     /// The chat's first socket: sends, at the rate or keeping the window full.
     Sender,
-    /// With `--receipts`, the chat's second socket, the seller's: sends `read` for every
+    /// With `--receipts`, the chat's second socket, its seller's: sends `read` for every
     /// message.
     Reader,
     Member,
+}
+
+/// Waits (up to 20 s) until the given processes are quiet: what the connections set off
+/// (an operator's socket sets their presence and routes their inboxes, a write each)
+/// is done before the run is measured. Quiet: under 10% of a core for half a second.
+/// Returns the seconds it waited.
+async fn settle(pids: &[u32]) -> f64 {
+    let busy = || pids.iter().filter_map(|p| proc_ticks(*p)).sum::<u64>();
+    let started = Instant::now();
+    let mut last = busy();
+    while started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = busy();
+        if now - last <= 5 {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed().as_secs_f64()
 }
 
 /// Sums a counter over the shards.
@@ -645,6 +718,7 @@ async fn run(a: Args) -> Result<(), String> {
             .ok_or("a load generator thread stopped")??;
     }
     let a = &run.a;
+    let settled_in = settle(&a.pids).await;
     let before: Vec<Option<(u64, u64)>> = a.pids.iter().map(|p| proc_stat(*p)).collect();
     let (others_before, stolen_before, own_before) = (
         other_processes_cpu(),
@@ -736,9 +810,10 @@ async fn run(a: Args) -> Result<(), String> {
         "nodes": a.nodes.len(), "chats": a.chats, "members": a.members,
         "server": if a.ceiling { "ceiling" } else { "souq" },
         "mode": format!(
-            "{}{}",
+            "{}{}{}",
             if a.window > 0 { format!("closed-loop w={}", a.window) } else { format!("rate {}/s per sender", a.rate) },
-            if a.receipts && !a.ceiling { ", receipts" } else { "" }
+            if a.receipts && !a.ceiling { ", receipts" } else { "" },
+            if a.devices && !a.ceiling { ", devices" } else { "" }
         ),
         "seconds": elapsed,
         "sends": sends, "acks": total(&shards, |c| &c.acks),
@@ -756,6 +831,7 @@ async fn run(a: Args) -> Result<(), String> {
         "all_in_cpu_us_per_delivery": if deliveries > 0 { server_side_s * 1e6 / deliveries as f64 } else { 0.0 },
         "stolen_percent": stolen_percent,
         "loadgen_threads": threads,
+        "settled_in_s": settled_in,
         "loadgen_cpu_s": own_after.zip(own_before).map_or(0.0, |(a, b)| (a - b) as f64 / ticks_per_s),
         "webhook": webhook,
     });
@@ -781,10 +857,10 @@ async fn shard_main(
             let node = &a.nodes[(i * a.members + m) % a.nodes.len()];
             let part = match m {
                 0 => Part::Sender,
-                1 if room.seller.is_some() => Part::Reader,
+                1 if a.receipts && !a.ceiling => Part::Reader,
                 _ => Part::Member,
             };
-            match connect(a, node, room, part == Part::Reader, None).await {
+            match connect(a, node, room, m, None).await {
                 Ok(ws) => {
                     sockets.push((ws, room.id, part, *i));
                 }
