@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::DbBackend;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use souq::domain::{NewAssignment, NewDomain, NewOperator};
@@ -42,6 +42,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 #[path = "common/mod.rs"]
 mod common;
+// Only its bulk inserts: the large organisation is searchbench's and scalebench's.
+#[allow(dead_code)]
+#[path = "common/fill.rs"]
+mod fill;
 
 struct Args {
     database: Option<String>,
@@ -92,9 +96,6 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Rows a statement, and statements a transaction, of the bulk fill.
-const ROWS: usize = 1_000;
-const STATEMENTS: usize = 50;
 /// Sockets per source address (see loadgen's `PER_SOURCE`).
 const PER_SOURCE: usize = 2_000;
 /// Sockets being opened at once.
@@ -103,30 +104,6 @@ const OPENING: usize = 64;
 const OFFLINE_LISTED: usize = 100;
 /// Longest a broadcast may take to reach every socket before the round gives up.
 const ROUND_WAIT: Duration = Duration::from_secs(60);
-
-/// Runs `rows` INSERT rows (each a `(...)` tuple) in statements of [`ROWS`] and
-/// transactions of [`STATEMENTS`] statements. (searchbench fills the same way.)
-async fn insert_all(
-    store: &Store,
-    head: &str,
-    rows: impl Iterator<Item = String>,
-) -> Result<(), String> {
-    let mut rows = rows.peekable();
-    while rows.peek().is_some() {
-        let tx = store.write().await.map_err(|e| e.to_string())?;
-        for _ in 0..STATEMENTS {
-            let chunk: Vec<String> = rows.by_ref().take(ROWS).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            tx.execute_unprepared(&format!("{head} VALUES {}", chunk.join(",")))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        tx.commit().await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
 
 async fn scalar(store: &Store, sql: &str) -> Result<i64, String> {
     let rows = store.query(sql, []).await.map_err(|e| e.to_string())?;
@@ -302,24 +279,17 @@ async fn run() -> Result<(), String> {
     // Customers, a finished chat each in the store, and sessions for those who connect
     // (and a few who stay offline), in bulk. Ids are given, so that rows refer to each
     // other without reading back.
-    let max_id = |table: &'static str| {
-        let store = store.clone();
-        async move {
-            scalar(
-                &store,
-                &format!("SELECT COALESCE(MAX(id), 0) AS n FROM {table}"),
-            )
-            .await
-        }
-    };
-    let (customer0, chat0) = (max_id("customers").await?, max_id("chats").await?);
+    let (customer0, chat0) = (
+        fill::max_id(&store, "customers").await?,
+        fill::max_id(&store, "chats").await?,
+    );
     let n = a.customers as i64;
     let now = souq::clock::system_ms();
     // Chats opened over the last 30 days, before any broadcast.
     let month: i64 = 30 * 24 * 3600 * 1000;
     let opened = |c: i64| now - month + c * (month - 60_000) / n;
     let filling = Instant::now();
-    insert_all(
+    fill::insert_all(
         &store,
         "INSERT INTO customers (id, org_id, name, phone, created_at, updated_at)",
         (1..=n).map(|c| {
@@ -332,7 +302,7 @@ async fn run() -> Result<(), String> {
         }),
     )
     .await?;
-    insert_all(
+    fill::insert_all(
         &store,
         "INSERT INTO chats (id, org_id, inbox_id, domain_id, customer_id, status, last_seq, \
          created_at, last_activity_at, finished_at, queued_at)",
@@ -353,7 +323,7 @@ async fn run() -> Result<(), String> {
     let tokens: Vec<String> = (1..=with_session)
         .map(|c| token(&tag, "c", customer0 + c).0)
         .collect();
-    insert_all(
+    fill::insert_all(
         &store,
         "INSERT INTO sessions (org_id, subject_kind, subject_id, token_hash, expires_at, created_at)",
         (1..=with_session)
@@ -365,23 +335,7 @@ async fn run() -> Result<(), String> {
             }),
     )
     .await?;
-    if backend == DbBackend::Postgres {
-        for table in ["customers", "chats"] {
-            store
-                .db()
-                .execute_unprepared(&format!(
-                    "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                     (SELECT MAX(id) FROM {table}))"
-                ))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        store
-            .db()
-            .execute_unprepared("ANALYZE")
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    fill::reseq(&store, &["customers", "chats"]).await?;
     let filled_s = filling.elapsed().as_secs_f64();
     let (seller_token, _) = token(&tag, "o", seller.id);
 
