@@ -70,6 +70,13 @@ struct Args {
     scale: f64,
 }
 
+impl Args {
+    /// `n` (one of the sizes) times `--scale`, at least 1.
+    fn scaled(&self, n: f64) -> i64 {
+        ((n * self.scale).round() as i64).max(1)
+    }
+}
+
 fn args() -> Result<Args, String> {
     let mut a = Args {
         part: Part::History,
@@ -593,8 +600,8 @@ async fn desk(
     url: &str,
     backend: &str,
 ) -> Result<(), String> {
-    let scaled = |n: f64| ((n * a.scale).round() as i64).max(1);
-    let (big, inboxes_b, operators_b) = (scaled(100_000.0), scaled(10_000.0), scaled(1_000.0));
+    let (big, inboxes_b, operators_b) =
+        (a.scaled(100_000.0), a.scaled(10_000.0), a.scaled(1_000.0));
     let filling = Instant::now();
     let (org_id, admin, tag) = common::organisation(core).await?;
     // Domain A: 100 inboxes of 1,000 chats, one admin operator.
@@ -916,8 +923,7 @@ async fn catchup(
     url: &str,
     backend: &str,
 ) -> Result<(), String> {
-    let scaled = |n: f64| ((n * a.scale).round() as i64).max(1);
-    let (long, many, senders) = (scaled(10_000.0), scaled(5_000.0), 100);
+    let (long, many, senders) = (a.scaled(10_000.0), a.scaled(5_000.0), 100);
     let filling = Instant::now();
     let (org_id, admin, tag) = common::organisation(core).await?;
     let (domain_c, desk_c) = domain(core, &admin, &format!("c-{tag}.test")).await?;
